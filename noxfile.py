@@ -1,0 +1,44 @@
+"""Developer tasks: `nox -s tests`, `nox -s lint`, `nox -s demo`, `nox -s docs`."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.default_venv_backend = "venv"
+
+# This pair imports together everywhere we test; pip takes it from a local wheel cache where one exists.
+TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite (offline, CPU)."""
+    session.install(*TORCH)
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Ruff lint and format check."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", "skincls", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The offline end-to-end demo on synthetic data."""
+    session.install(*TORCH)
+    session.install(".")
+    session.run(
+        "skincls", "demo", "--workdir", str(session.create_tmp()) + "/demo", *session.posargs
+    )
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site in strict mode (warnings fail)."""
+    session.install(*TORCH)
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")

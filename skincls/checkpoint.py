@@ -1,0 +1,145 @@
+"""Checkpoints: self-describing files that hold everything needed to rebuild and use a model.
+
+A checkpoint is a dict of plain values and tensors, so it loads with `torch.load(weights_only=True)`;
+a file that needs arbitrary unpickling is refused rather than executed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .errors import CheckpointError
+from .models import Preprocessing, SkinClassifier, create_model
+
+__all__ = ["FORMAT", "Checkpoint", "atomic_save", "load_checkpoint", "save_checkpoint"]
+
+FORMAT = "skincls-checkpoint-v1"
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """`torch.save` to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: metadata plus the model's state dict."""
+
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.data["classes"])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.model_validate(self.data["preprocessing"])
+
+    @property
+    def model_config(self) -> dict[str, Any]:
+        return dict(self.data["model"])
+
+    @property
+    def threshold(self) -> float | None:
+        return self.data.get("threshold")
+
+    @property
+    def temperature(self) -> float:
+        return float(self.data.get("temperature") or 1.0)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.data.get("metrics") or {})
+
+    def build_model(self) -> SkinClassifier:
+        """Rebuild the network (no weight download) and load the stored weights; eval mode."""
+        cfg = self.model_config
+        model, _ = create_model(
+            arch=cfg["arch"],
+            num_classes=len(self.classes),
+            weights="none",
+            head=tuple(cfg["head"]),
+            dropout=cfg["dropout"],
+            freeze=cfg["freeze"],
+        )
+        try:
+            model.load_state_dict(self.data["state_dict"])
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"{self.path}: weights do not fit the stored architecture: {exc}"
+            ) from exc
+        return model.eval()
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: SkinClassifier,
+    *,
+    model_config: dict[str, Any],
+    classes: list[str],
+    preprocessing: Preprocessing,
+    **extra: Any,
+) -> None:
+    """Write a checkpoint atomically. `extra` holds plain values (metrics, epoch, train config...)."""
+    meta = {
+        "format": FORMAT,
+        "skincls_version": __version__,
+        "torch_version": str(torch.__version__),
+        "model": dict(model_config),
+        "classes": list(classes),
+        "preprocessing": preprocessing.model_dump(mode="json"),
+        "threshold": None,
+        "temperature": 1.0,
+        "metrics": {},
+        **extra,
+    }
+    # A JSON round trip keeps metadata to plain types, so `weights_only=True` can always load it.
+    data = json.loads(json.dumps(meta))
+    data["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_save(data, path)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a skincls checkpoint safely (`weights_only=True`).
+
+    Raises:
+        CheckpointError: missing file, not a checkpoint, or a file that would need arbitrary unpickling.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refused to load {path}: it needs unpickling of arbitrary Python objects, which can run "
+            "code. skincls checkpoints never do; only load files from sources you trust."
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or corrupt?): {exc}"
+        ) from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a skincls checkpoint")
+    return Checkpoint(path, data)

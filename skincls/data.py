@@ -1,0 +1,80 @@
+"""Data: turn manifest records into tensors, with the model's own preprocessing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import v2 as T
+
+from .errors import DataError
+from .models import Preprocessing
+from .splits import Manifest, Record
+
+__all__ = ["ManifestDataset", "build_transform", "load_image"]
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image as RGB (grayscale, palette, RGBA, CMYK and 16-bit inputs are converted)."""
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16-bit grayscale: scale to 8 bits before RGB, which would clip it.
+                im = im.point(lambda v: v / 256).convert("L")
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                # Composite on white so transparent pixels don't turn black.
+                rgba = im.convert("RGBA")
+                canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                return Image.alpha_composite(canvas, rgba).convert("RGB")
+            return im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+
+
+def build_transform(pre: Preprocessing, *, train: bool = False, augment: bool = False) -> T.Compose:
+    """PIL image → normalised float tensor (3, crop, crop).
+
+    Evaluation: resize, centre crop, normalise. Training with `augment`: a lesion has no canonical
+    orientation, so flips and 90° turns, plus a small affine and colour jitter.
+    """
+    interp = T.InterpolationMode(pre.interpolation)
+    steps: list = [T.ToImage(), T.Resize(pre.resize_size, interpolation=interp, antialias=True)]
+    if train and augment:
+        steps += [
+            T.RandomResizedCrop(
+                pre.crop_size, scale=(0.7, 1.0), interpolation=interp, antialias=True
+            ),
+            T.RandomHorizontalFlip(),
+            T.RandomVerticalFlip(),
+            T.RandomChoice([T.RandomRotation((a, a)) for a in (0, 90, 180, 270)]),
+            T.RandomAffine(degrees=10, translate=(0.05, 0.05)),
+            T.ColorJitter(brightness=0.15, contrast=0.15, saturation=0.1, hue=0.02),
+        ]
+    else:
+        steps.append(T.CenterCrop(pre.crop_size))
+    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(pre.mean, pre.std)]
+    return T.Compose(steps)
+
+
+class ManifestDataset(Dataset):
+    """Images of one split of a manifest, as `(tensor, class_index)` pairs."""
+
+    def __init__(self, manifest: Manifest, split: str, transform=None):
+        self.manifest = manifest
+        self.split = split
+        self.records: Sequence[Record] = manifest.select(split)
+        self.classes = manifest.classes
+        self.transform = transform
+        self.targets = [manifest.label_index(r.label) for r in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        image = load_image(self.manifest.root / self.records[i].path)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[i]

@@ -1,0 +1,25 @@
+"""Errors a user can act on: the CLI shows their message as one line, without a traceback."""
+
+from __future__ import annotations
+
+__all__ = ["CheckpointError", "ConfigError", "DataError", "ModelError", "SkinclsError"]
+
+
+class SkinclsError(Exception):
+    """Base class: the message says what went wrong and what to do about it."""
+
+
+class ConfigError(SkinclsError):
+    """A configuration file or option is invalid."""
+
+
+class DataError(SkinclsError):
+    """The dataset is missing, unreadable or inconsistent."""
+
+
+class ModelError(SkinclsError):
+    """A model cannot be built or its weights cannot be loaded."""
+
+
+class CheckpointError(SkinclsError):
+    """A checkpoint cannot be read, or is not a skincls checkpoint."""

@@ -1,0 +1,67 @@
+"""Shared fixtures: no network, user dirs redirected, tiny datasets made on the fly."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from skincls.fetch import fetch
+
+
+class NetworkBlocked(RuntimeError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+
+    def guard(*args, **kwargs):
+        raise NetworkBlocked(f"test tried to reach the network: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", guard)
+    monkeypatch.setattr(socket.socket, "connect_ex", guard)
+    monkeypatch.setattr(socket, "create_connection", guard)
+    monkeypatch.setattr(socket, "getaddrinfo", guard)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_dirs(tmp_path_factory, monkeypatch):
+    """Torch hub cache and Kaggle config point into a temp dir, never at the user's own."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / "kaggle"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A prepared data dir with 48 synthetic images (shared, read-only by convention)."""
+    data_dir = tmp_path_factory.mktemp("tiny") / "data"
+    fetch(data_dir, synthetic=48, seed=3, val_fraction=0.2)
+    return data_dir
+
+
+TINY_TRAIN = [
+    "--arch",
+    "smallcnn",
+    "--weights",
+    "none",
+    "--freeze",
+    "none",
+    "--image-size",
+    "32",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "8",
+    "--device",
+    "cpu",
+    "--seed",
+    "1",
+    "--quiet",
+]
