@@ -10,6 +10,7 @@ the subset costs no extra disk space.  Images never go into the repository.
     python benchmarks/make_subset.py --src /work/data/dev/train --dst /work/data/sub300 \
         --n-train 240 --n-valid 60 --seed 0
 """
+
 import argparse
 import os
 import random
@@ -24,7 +25,9 @@ def allocate(total, counts):
     n = sum(counts.values())
     exact = {c: total * k / n for c, k in counts.items()}
     alloc = {c: int(v) for c, v in exact.items()}
-    for c in sorted(exact, key=lambda c: exact[c] - alloc[c], reverse=True)[: total - sum(alloc.values())]:
+    for c in sorted(exact, key=lambda c: exact[c] - alloc[c], reverse=True)[
+        : total - sum(alloc.values())
+    ]:
         alloc[c] += 1
     return alloc
 
@@ -53,7 +56,8 @@ def main(argv=None):
 
     files = {
         d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        for d in sorted(args.src.iterdir()) if d.is_dir()
+        for d in sorted(args.src.iterdir())
+        if d.is_dir()
     }
     files = {c: fs for c, fs in files.items() if fs}
     if not files:
@@ -71,7 +75,7 @@ def main(argv=None):
         if need > len(fs):
             ap.error(f"class {c!r} has {len(fs)} images, {need} requested")
         chosen = rng.sample(fs, need)
-        for split, part in (("train", chosen[: n_train[c]]), ("valid", chosen[n_train[c]:])):
+        for split, part in (("train", chosen[: n_train[c]]), ("valid", chosen[n_train[c] :])):
             for p in part:
                 place(p, args.dst / split / c / p.name, args.copy)
         print(f"{c:12s} train {n_train[c]:5d}  valid {n_valid[c]:5d}  (of {len(fs)})")

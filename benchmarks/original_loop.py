@@ -14,6 +14,7 @@ the same as with ImageNet weights, which can be given with ``--weights FILE``.
     python benchmarks/original_loop.py --train-dir /work/data/sub300/train \
         --valid-dir /work/data/sub300/valid --epochs 10 --json timings.json
 """
+
 import argparse
 import json
 import os
@@ -34,8 +35,12 @@ def build_model(weights=None):
     for p in model.features.parameters():
         p.requires_grad = False
     model.classifier = nn.Sequential(
-        model.classifier[0], nn.ReLU(), nn.Dropout(0.5),  # Linear(25088, 4096), kept
-        nn.Linear(4096, 512), nn.ReLU(), nn.Dropout(0.5),
+        model.classifier[0],
+        nn.ReLU(),
+        nn.Dropout(0.5),  # Linear(25088, 4096), kept
+        nn.Linear(4096, 512),
+        nn.ReLU(),
+        nn.Dropout(0.5),
         nn.Linear(512, 2),
     )
     return model
@@ -48,8 +53,11 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=20)
     ap.add_argument("--weights", help="VGG16 state_dict file (default: random init)")
-    ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "original_loop.pt"),
-                    help="checkpoint path (~480 MB; default in the temp dir, not the repo)")
+    ap.add_argument(
+        "--out",
+        default=os.path.join(tempfile.gettempdir(), "original_loop.pt"),
+        help="checkpoint path (~480 MB; default in the temp dir, not the repo)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num-workers", type=int, default=0)
     ap.add_argument("--json", help="write timings to this JSON file")
@@ -57,16 +65,22 @@ def main(argv=None):
 
     t_start = time.perf_counter()
     torch.manual_seed(args.seed)
-    tf = transforms.Compose([
-        transforms.Resize(224), transforms.CenterCrop(224), transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    tf = transforms.Compose(
+        [
+            transforms.Resize(224),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     train_data = datasets.ImageFolder(args.train_dir, transform=tf)
     valid_data = datasets.ImageFolder(args.valid_dir, transform=tf)
     train_loader = torch.utils.data.DataLoader(
-        train_data, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers)
+        train_data, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers
+    )
     valid_loader = torch.utils.data.DataLoader(
-        valid_data, batch_size=args.batch_size, num_workers=args.num_workers)
+        valid_data, batch_size=args.batch_size, num_workers=args.num_workers
+    )
 
     model = build_model(args.weights)
     criterion = nn.CrossEntropyLoss()
@@ -104,22 +118,44 @@ def main(argv=None):
             torch.save(model.state_dict(), args.out)
             valid_loss_min = valid_loss
         t2 = time.perf_counter()
-        epochs.append({"epoch": epoch, "wall_s": t2 - t0, "train_s": t1 - t0, "valid_s": ts - t1,
-                       "save_s": t2 - ts,
-                       "mean_step_s": sum(step_times) / len(step_times),
-                       "train_loss": train_loss, "valid_loss": valid_loss, "valid_acc": acc})
-        print(f"Epoch {epoch}: train loss {train_loss:.4f}  valid loss {valid_loss:.4f}  "
-              f"valid acc {acc:.3f}{'  (saved)' if saved else ''}  [{t2 - t0:.1f}s]", flush=True)
+        epochs.append(
+            {
+                "epoch": epoch,
+                "wall_s": t2 - t0,
+                "train_s": t1 - t0,
+                "valid_s": ts - t1,
+                "save_s": t2 - ts,
+                "mean_step_s": sum(step_times) / len(step_times),
+                "train_loss": train_loss,
+                "valid_loss": valid_loss,
+                "valid_acc": acc,
+            }
+        )
+        print(
+            f"Epoch {epoch}: train loss {train_loss:.4f}  valid loss {valid_loss:.4f}  "
+            f"valid acc {acc:.3f}{'  (saved)' if saved else ''}  [{t2 - t0:.1f}s]",
+            flush=True,
+        )
 
     total = time.perf_counter() - t_start
     print(f"Total wall time: {total:.1f}s  (threads={torch.get_num_threads()})")
     print("Per-epoch wall times: " + ", ".join(f"{e['wall_s']:.1f}s" for e in epochs))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"script": "original_loop", "total_wall_s": total, "epochs": epochs,
-                       "n_train": len(train_data), "n_valid": len(valid_data),
-                       "batch_size": args.batch_size, "threads": torch.get_num_threads(),
-                       "torch": torch.__version__}, f, indent=2)
+            json.dump(
+                {
+                    "script": "original_loop",
+                    "total_wall_s": total,
+                    "epochs": epochs,
+                    "n_train": len(train_data),
+                    "n_valid": len(valid_data),
+                    "batch_size": args.batch_size,
+                    "threads": torch.get_num_threads(),
+                    "torch": torch.__version__,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -5,12 +5,25 @@ Research software, not a medical device.
 
 __version__ = "0.1.0"
 
+import os
+
+# Large CPU tensors (e.g. a VGG head's 400 MB gradient, allocated every step) on transparent huge
+# pages: far fewer page faults. PyTorch reads this once, so it only helps when set before torch loads.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config
 from .errors import SkinclsError
-from .evaluate import EvalReport, Evaluator
+from .evaluate import EvalReport, Evaluator, evaluate_checkpoint
 from .fetch import fetch
-from .models import Preprocessing, SkinClassifier, create_model, list_models
+from .models import (
+    Preprocessing,
+    SkinClassifier,
+    create_model,
+    list_models,
+    register_model,
+    set_freeze,
+)
 from .pipeline import train_from_config
 from .predict import Prediction, Predictor
 from .splits import Manifest, load_manifest
@@ -34,11 +47,14 @@ __all__ = [
     "Trainer",
     "__version__",
     "create_model",
+    "evaluate_checkpoint",
     "fetch",
     "list_models",
     "load_checkpoint",
     "load_config",
     "load_manifest",
+    "register_model",
     "save_checkpoint",
+    "set_freeze",
     "train_from_config",
 ]

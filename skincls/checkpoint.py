@@ -15,12 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from . import __version__
-from .errors import CheckpointError
+from .errors import CheckpointError, ModelError
 from .models import Preprocessing, SkinClassifier, create_model
 
-__all__ = ["FORMAT", "Checkpoint", "atomic_save", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "Checkpoint",
+    "atomic_save",
+    "load_checkpoint",
+    "save_checkpoint",
+    "update_checkpoint",
+]
 
 FORMAT = "skincls-checkpoint-v1"
 
@@ -72,19 +80,50 @@ class Checkpoint:
     def metrics(self) -> dict[str, Any]:
         return dict(self.data.get("metrics") or {})
 
-    def build_model(self) -> SkinClassifier:
-        """Rebuild the network (no weight download) and load the stored weights; eval mode."""
+    def build_model(self, backbone: nn.Module | None = None) -> SkinClassifier:
+        """Rebuild the network (no weight download) and load the stored weights; eval mode.
+
+        Args:
+            backbone: For checkpoints of a custom backbone (`arch == "custom"`): a fresh instance of
+                the same module, whose weights are then replaced by the stored ones. Registered
+                archs take none.
+
+        Raises:
+            CheckpointError: a custom backbone is missing or does not fit, or the weights don't fit.
+        """
         cfg = self.model_config
-        model, _ = create_model(
-            arch=cfg["arch"],
-            num_classes=len(self.classes),
-            weights="none",
-            head=tuple(cfg["head"]),
-            dropout=cfg["dropout"],
-            freeze=cfg["freeze"],
-        )
+        custom = cfg.get("arch") == "custom"
+        if custom and backbone is None:
+            raise CheckpointError(
+                f"{self.path} was trained with a custom backbone ({cfg.get('backbone')}); build that "
+                "module again and pass it: build_model(backbone=module), or backbone= to "
+                "Evaluator/Predictor"
+            )
+        if backbone is not None and not custom:
+            raise CheckpointError(
+                f"{self.path} holds the registered arch {cfg.get('arch')!r}; it takes no backbone="
+            )
+        kwargs = {
+            "num_classes": len(self.classes),
+            "head": tuple(cfg["head"]),
+            "dropout": cfg["dropout"],
+            "freeze": cfg["freeze"],
+            "preprocessing": self.preprocessing,
+        }
+        state = self.data["state_dict"]
         try:
-            model.load_state_dict(self.data["state_dict"])
+            if custom:
+                model, _ = create_model(backbone=backbone, **kwargs)
+                model.load_state_dict(state)
+            else:
+                # Built on the meta device: no time spent initialising weights that are replaced.
+                with torch.device("meta"):
+                    model, _ = create_model(cfg["arch"], weights="none", **kwargs)
+                model.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)
+                if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+                    raise RuntimeError("some tensors are not in the checkpoint")
+        except ModelError as exc:
+            raise CheckpointError(f"{self.path}: cannot rebuild its model: {exc}") from exc
         except RuntimeError as exc:
             raise CheckpointError(
                 f"{self.path}: weights do not fit the stored architecture: {exc}"
@@ -96,12 +135,20 @@ def save_checkpoint(
     path: str | Path,
     model: SkinClassifier,
     *,
-    model_config: dict[str, Any],
     classes: list[str],
-    preprocessing: Preprocessing,
+    model_config: dict[str, Any] | None = None,
+    preprocessing: Preprocessing | None = None,
+    training_state: dict[str, Any] | None = None,
     **extra: Any,
 ) -> None:
-    """Write a checkpoint atomically. `extra` holds plain values (metrics, epoch, train config...)."""
+    """Write a checkpoint atomically. `extra` holds plain values (metrics, epoch, train config...).
+
+    `model_config` and `preprocessing` default to the model's own (`model.config`,
+    `model.preprocessing`, set by `create_model`). `training_state` (a `Trainer.state_dict()`) is
+    stored as is, for `skincls train --resume`.
+    """
+    model_config = model.config if model_config is None else model_config
+    preprocessing = model.preprocessing if preprocessing is None else preprocessing
     meta = {
         "format": FORMAT,
         "skincls_version": __version__,
@@ -117,6 +164,9 @@ def save_checkpoint(
     # A JSON round trip keeps metadata to plain types, so `weights_only=True` can always load it.
     data = json.loads(json.dumps(meta))
     data["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if training_state is not None:
+        # The trainer's resume state (optimizer, scheduler, RNG...): tensors and plain values only.
+        data["training_state"] = training_state
     atomic_save(data, path)
 
 
@@ -143,3 +193,20 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a skincls checkpoint")
     return Checkpoint(path, data)
+
+
+def update_checkpoint(path: str | Path, **fields: Any) -> Checkpoint:
+    """Set metadata fields (threshold, temperature, metrics...) of a checkpoint file, atomically.
+
+    Values go through the same JSON round trip as in `save_checkpoint`, so the file still loads with
+    `weights_only=True`; the weights are kept as they are. `state_dict` cannot be replaced here.
+
+    Returns:
+        The updated checkpoint.
+    """
+    if "state_dict" in fields or "format" in fields:
+        raise ValueError("update_checkpoint changes metadata only, not state_dict or format")
+    ckpt = load_checkpoint(path)
+    ckpt.data.update(json.loads(json.dumps(fields)))
+    atomic_save(ckpt.data, ckpt.path)
+    return ckpt

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -30,33 +30,87 @@ class _Config(BaseModel):
 class DataConfig(_Config):
     """Where the prepared dataset lives and how images are fed to the model."""
 
-    data_dir: Path = Path("data")
+    data_dir: Path = Field(
+        default=Path("data"), description="Prepared data dir (from `skincls fetch`)."
+    )
     image_size: int | None = Field(
         default=None, ge=16, le=1024, description="Crop size in pixels; default: the weights' own."
     )
-    num_workers: int = Field(default=0, ge=0)
-    augment: bool = False
+    num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes.")
+    augment: bool = Field(
+        default=False,
+        description="Flips, 90° turns, small affine and colour jitter on train images.",
+    )
 
 
 class ModelConfig(_Config):
     """Which network to build; see `skincls.models.create_model`."""
 
-    arch: str = "vgg16"
+    arch: str = Field(default="vgg16", description="A name from `skincls models`.")
     weights: str = Field(default="imagenet", description="'imagenet', 'none' or a state-dict file")
-    head: tuple[int, ...] = (4096, 512)
-    dropout: float = Field(default=0.5, ge=0.0, lt=1.0)
-    freeze: Literal["backbone", "none"] | int = "backbone"
+    head: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        default=(4096, 512), description="Hidden layer widths of the head; () for a linear head."
+    )
+    dropout: float = Field(
+        default=0.5, ge=0.0, lt=1.0, description="Dropout after each hidden head layer."
+    )
+    freeze: Literal["backbone", "none"] | Annotated[int, Field(ge=0, strict=True)] = Field(
+        default="backbone",
+        description="'backbone', 'none' or how many trailing backbone stages train.",
+    )
 
 
 class TrainConfig(_Config):
     """Optimisation recipe; defaults reproduce the original script (Adam 1e-3, batch 20, 10 epochs)."""
 
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=20, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    seed: int = 0
-    device: str = "auto"
+    epochs: int = Field(default=10, ge=1, description="Epochs of the first (head) phase.")
+    batch_size: int = Field(default=20, ge=1, description="Training batch size.")
+    lr: float = Field(
+        default=1e-3, gt=0, description="Learning rate (of the head; see backbone_lr_mult)."
+    )
+    optimizer: Literal["auto", "adam", "adamw", "sgd"] = Field(
+        default="auto", description="auto: Adam, or AdamW when weight_decay > 0."
+    )
+    weight_decay: float = Field(default=0.0, ge=0, description="Weight decay (decoupled, AdamW).")
+    schedule: Literal["none", "cosine", "plateau"] = Field(
+        default="none",
+        description="LR schedule per phase: cosine (per step, after warmup) or plateau.",
+    )
+    warmup_epochs: float = Field(default=0.0, ge=0, description="Linear LR warmup (cosine only).")
+    label_smoothing: float = Field(
+        default=0.0, ge=0, lt=1, description="Label smoothing of the training loss."
+    )
+    class_weights: Literal["none", "balanced"] = Field(
+        default="none", description="balanced: weight the training loss by inverse class frequency."
+    )
+    sampler: Literal["shuffle", "balanced"] = Field(
+        default="shuffle", description="balanced: draw classes equally often (with replacement)."
+    )
+    finetune_epochs: int = Field(
+        default=0, ge=0, description="Epochs of a second phase with the backbone (partly) unfrozen."
+    )
+    unfreeze: Literal["all"] | Annotated[int, Field(ge=1, strict=True)] = Field(
+        default="all",
+        description="Fine-tuning phase: 'all' or how many trailing backbone stages train.",
+    )
+    backbone_lr_mult: float = Field(
+        default=0.1, gt=0, le=1, description="Backbone LR = lr × this while fine-tuning."
+    )
+    patience: int | None = Field(
+        default=None, ge=1, description="Early stopping: epochs without improvement; None = off."
+    )
+    monitor: Literal["val_loss", "val_accuracy"] = Field(
+        default="val_loss", description="What decides the best checkpoint and early stopping."
+    )
+    cache_features: Literal["auto", "memory", "disk", "off"] = Field(
+        default="auto", description="Frozen backbone: compute its features once (memory or disk)."
+    )
+    inference_batch_size: int = Field(
+        default=32, ge=1, description="Batch size of the feature-extraction pass."
+    )
+    amp: bool | None = Field(default=None, description="Mixed precision; None = on for CUDA.")
+    seed: int = Field(default=0, description="Seeds init, shuffling and augmentation.")
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps.")
 
 
 class RunConfig(_Config):
@@ -65,7 +119,10 @@ class RunConfig(_Config):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
-    out: Path = Path("runs/latest")
+    out: Path = Field(
+        default=Path("runs/latest"),
+        description="Run directory for checkpoints, history and config.",
+    )
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,14 +15,14 @@ from .errors import DataError
 from .models import Preprocessing
 from .splits import Manifest, Record
 
-__all__ = ["ManifestDataset", "build_transform", "load_image"]
+__all__ = ["ManifestDataset", "build_transform", "is_deterministic", "load_image"]
 
 
 def load_image(path: str | Path) -> Image.Image:
     """Open an image as RGB (grayscale, palette, RGBA, CMYK and 16-bit inputs are converted)."""
     try:
         with Image.open(path) as im:
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            if im.mode == "I" or im.mode.startswith("I;16"):
                 # 16-bit grayscale: scale to 8 bits before RGB, which would clip it.
                 im = im.point(lambda v: v / 256).convert("L")
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
@@ -70,6 +71,19 @@ class ManifestDataset(Dataset):
         self.transform = transform
         self.targets = [manifest.label_index(r.label) for r in self.records]
 
+    @property
+    def deterministic(self) -> bool:
+        """True when an image always gives the same tensor (no augmentation): features can be cached."""
+        return is_deterministic(self.transform)
+
+    def fingerprint(self) -> str:
+        """Identity of what this dataset yields: image paths, labels, content hashes and transform."""
+        h = hashlib.sha256(repr(self.transform).encode())
+        h.update(str(self.manifest.root.resolve()).encode())
+        for r, t in zip(self.records, self.targets):
+            h.update(f"{r.path}\0{t}\0{r.sha256}\n".encode())
+        return h.hexdigest()
+
     def __len__(self) -> int:
         return len(self.records)
 
@@ -78,3 +92,25 @@ class ManifestDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, self.targets[i]
+
+
+# Transforms that map an image to the same tensor every time; anything else counts as random.
+_DETERMINISTIC = (
+    T.ToImage,
+    T.Resize,
+    T.CenterCrop,
+    T.ToDtype,
+    T.Normalize,
+    T.ToPureTensor,
+    T.Grayscale,
+    T.Pad,
+)
+
+
+def is_deterministic(transform) -> bool:
+    """Whether `transform` (None, a v2 transform or a `Compose` of them) has no random step."""
+    if transform is None:
+        return True
+    if isinstance(transform, T.Compose):
+        return all(is_deterministic(t) for t in transform.transforms)
+    return isinstance(transform, _DETERMINISTIC)

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import save_checkpoint
+from torch import nn
+
+from .callbacks import Callback, EarlyStopping, HistoryWriter, ModelCheckpoint, RichProgress
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, save_config
 from .data import ManifestDataset, build_transform
-from .errors import DataError
-from .models import Preprocessing, SkinClassifier, create_model
+from .errors import CheckpointError, DataError
+from .history import History
+from .models import Preprocessing, create_model
 from .runtime import seed_everything
 from .splits import load_manifest
-from .trainer import EpochRecord, History, Trainer
+from .trainer import Trainer
 
-__all__ = ["CheckpointWriter", "TrainResult", "train_from_config"]
+__all__ = ["TrainResult", "feature_cache_dir", "train_from_config"]
 
 
 @dataclass
@@ -29,70 +31,112 @@ class TrainResult:
     classes: list[str]
 
 
-class CheckpointWriter:
-    """Callback: writes `last.pt` every epoch and `best.pt` when validation loss improves."""
-
-    def __init__(self, run_dir: Path, model: SkinClassifier, meta: dict[str, Any]):
-        self.run_dir = run_dir
-        self.model = model
-        self.meta = meta
-
-    def on_epoch_end(self, trainer: Trainer, record: EpochRecord, improved: bool) -> None:
-        extra = {
-            "epoch": record.epoch,
-            "metrics": {"val": {"loss": record.val_loss, "accuracy": record.val_accuracy}},
-        }
-        save_checkpoint(self.run_dir / "last.pt", self.model, **self.meta, **extra)
-        if improved:
-            save_checkpoint(self.run_dir / "best.pt", self.model, **self.meta, **extra)
+def feature_cache_dir(data_dir: str | Path) -> Path:
+    """Where disk-cached backbone features of a data dir live (safe to delete)."""
+    return Path(data_dir) / ".cache" / "features"
 
 
-def train_from_config(config: RunConfig, *, progress: bool = True) -> TrainResult:
-    """Train the model that `config` describes on its data dir; write checkpoints, history and config."""
+def train_from_config(
+    config: RunConfig,
+    *,
+    progress: bool = True,
+    resume: bool = False,
+    backbone: nn.Module | None = None,
+    preprocessing: Preprocessing | None = None,
+    callbacks: list[Callback] | None = None,
+) -> TrainResult:
+    """Train the model that `config` describes on its data dir; write checkpoints, history and config.
+
+    Args:
+        config: Data, model and training recipe plus the run directory (`out`).
+        progress: Show progress bars and per-epoch lines.
+        resume: Continue from `out/last.pt` (weights, optimizer, scheduler, RNG, early stopping).
+        backbone: A custom backbone module (bring your own); `config.model.arch`/`weights` are then
+            ignored. `preprocessing` says what its images need.
+        callbacks: Extra trainer callbacks, called after the built-in ones.
+
+    Raises:
+        DataError: no manifest or no training images.
+        CheckpointError: `resume` without a resumable `last.pt`.
+    """
     manifest = load_manifest(config.data.data_dir)
     if not manifest.select("train"):
         raise DataError(f"{config.data.data_dir}: the manifest has no training images")
     m = config.model
     seed_everything(config.train.seed)  # the head's initial weights depend on it
-    model, pre = create_model(
-        m.arch,
-        num_classes=len(manifest.classes),
-        weights=m.weights,
-        head=m.head,
-        dropout=m.dropout,
-        freeze=m.freeze,
-    )
-    pre: Preprocessing = pre.with_size(config.data.image_size)
+    common = {
+        "num_classes": len(manifest.classes),
+        "head": m.head,
+        "dropout": m.dropout,
+        "freeze": m.freeze,
+    }
+    if backbone is not None:
+        model, pre = create_model(backbone=backbone, preprocessing=preprocessing, **common)
+    else:
+        model, pre = create_model(m.arch, weights=m.weights, **common)
+    pre = pre.with_size(config.data.image_size)
     train_ds = ManifestDataset(
         manifest, "train", build_transform(pre, train=True, augment=config.data.augment)
     )
-    val_records = manifest.select("val")
-    val_ds = ManifestDataset(manifest, "val", build_transform(pre)) if val_records else None
+    val_ds = (
+        ManifestDataset(manifest, "val", build_transform(pre)) if manifest.select("val") else None
+    )
 
     run_dir = Path(config.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.json")
-    meta = {
-        "model_config": {**m.model_dump(mode="json"), "num_classes": len(manifest.classes)},
-        "classes": manifest.classes,
-        "preprocessing": pre,
-        "train_config": config.model_dump(mode="json"),
+    model_config = getattr(model, "config", None) or {
+        **m.model_dump(mode="json"),
+        "num_classes": len(manifest.classes),
     }
+    train_config = config.model_dump(mode="json")
+
+    def save(
+        path: Path, net: nn.Module, extra: dict[str, Any], training_state: dict[str, Any] | None
+    ) -> None:
+        save_checkpoint(
+            path,
+            net,
+            model_config=model_config,
+            classes=manifest.classes,
+            preprocessing=pre,
+            train_config=train_config,
+            training_state=training_state,
+            **extra,
+        )
+
+    cbs: list[Callback] = []
+    if config.train.patience:
+        cbs.append(EarlyStopping(config.train.patience))
+    cbs += [ModelCheckpoint(run_dir, save, background=True), HistoryWriter(run_dir)]
+    if progress:
+        cbs.append(RichProgress())
     trainer = Trainer(
-        model, config.train, callbacks=[CheckpointWriter(run_dir, model, meta)], progress=progress
+        model,
+        config.train,
+        callbacks=cbs + list(callbacks or []),
+        cache_dir=feature_cache_dir(config.data.data_dir),
+        num_workers=config.data.num_workers,
     )
+    if resume:
+        _resume(trainer, run_dir / "last.pt")
     start = time.perf_counter()
     history = trainer.fit(train_ds, val_ds)
-    _write_history(run_dir, history, time.perf_counter() - start)
+    history.save(run_dir, wall_seconds=time.perf_counter() - start)
     return TrainResult(run_dir, history, run_dir / "best.pt", manifest.classes)
 
 
-def _write_history(run_dir: Path, history: History, seconds: float) -> None:
-    (run_dir / "history.json").write_text(
-        json.dumps({**history.to_dict(), "wall_seconds": seconds}, indent=2) + "\n"
-    )
-    rows = [vars(e) for e in history.epochs]
-    with (run_dir / "history.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+def _resume(trainer: Trainer, last: Path) -> None:
+    if not last.is_file():
+        raise CheckpointError(f"cannot resume: {last} does not exist; train without --resume")
+    ckpt = load_checkpoint(last)
+    state = ckpt.data.get("training_state")
+    if state is None:
+        raise CheckpointError(f"cannot resume from {last}: it holds no training state")
+    try:
+        trainer.model.load_state_dict(ckpt.data["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"cannot resume from {last}: its weights don't fit this model (changed options?): {exc}"
+        ) from exc
+    trainer.load_state_dict(state)

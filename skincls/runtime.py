@@ -1,15 +1,23 @@
-"""Runtime helpers shared by training and inference: device choice and seeding."""
+"""Runtime helpers shared by training and inference: device choice, mixed precision, seeding, RNG state."""
 
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import torch
 
 from .errors import ConfigError
 
-__all__ = ["resolve_device", "seed_everything"]
+__all__ = [
+    "amp_dtype",
+    "get_rng_state",
+    "resolve_device",
+    "seed_everything",
+    "seed_worker",
+    "set_rng_state",
+]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -42,9 +50,71 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
 
 
+def amp_dtype(device: torch.device, enabled: bool | None = None) -> torch.dtype | None:
+    """The autocast dtype for `device`, or None for full float32.
+
+    Mixed precision is a CUDA feature here: bf16 where the GPU supports it (no loss scaling needed),
+    else fp16 (the caller then needs a `GradScaler`). `enabled=None` means "on for CUDA".
+
+    Raises:
+        ConfigError: `enabled=True` on a device without CUDA mixed precision.
+    """
+    if device.type != "cuda":
+        if enabled:
+            raise ConfigError(
+                f"--amp needs a CUDA device, not {device.type}; drop --amp (float32 is used)"
+            )
+        return None
+    if enabled is False:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch generator for data shuffling."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: torch seeds each worker from the loader's generator; follow it.
+
+    Python's and NumPy's generators would otherwise start identical in every worker (fork).
+    """
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def get_rng_state(**generators: torch.Generator) -> dict[str, Any]:
+    """Every random state a training run depends on, as tensors and plain lists.
+
+    The result loads with `torch.load(weights_only=True)`. Named `generators` are stored too.
+    """
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(internal), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "generators": {k: g.get_state() for k, g in generators.items()},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], **generators: torch.Generator) -> None:
+    """Restore what `get_rng_state` captured, including the named generators present in it."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    for k, g in generators.items():
+        if k in state["generators"]:
+            g.set_state(state["generators"][k])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

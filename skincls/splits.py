@@ -24,6 +24,7 @@ __all__ = [
     "Record",
     "assign_splits",
     "load_manifest",
+    "unify_groups",
     "write_manifest",
 ]
 
@@ -68,20 +69,38 @@ class Manifest:
         return self.classes.index(label)
 
 
+def unify_groups(source_splits: Sequence[str | None], groups: Sequence[int]) -> list[str]:
+    """Put every group wholly in its most held-out split (test, then val, then train).
+
+    A duplicate found in the source's test split pulls its training copies into test, so no image is
+    trained on and then scored. Items without a source split count as train.
+
+    Returns:
+        A split per item; compare with `source_splits` to see which items moved.
+    """
+    rank = {"train": 0, "val": 1, "test": 2}
+    best: dict[int, int] = {}
+    for s, g in zip(source_splits, groups):
+        best[g] = max(best.get(g, 0), rank.get(s or "train", 0))
+    names = {v: k for k, v in rank.items()}
+    return [names[best[g]] for g in groups]
+
+
 def assign_splits(
     labels: Sequence[str],
-    source_splits: Sequence[str],
+    source_splits: Sequence[str | None],
     *,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     seed: int = 0,
     groups: Sequence[int] | None = None,
 ) -> list[str]:
-    """Assign each item to train/val/test, stratified by label and seeded.
+    """Assign each item to train/val/test, stratified by label, seeded, and whole groups at a time.
 
-    Items whose source split is "test" stay in test. When no item comes with a test split, a
-    stratified `test_fraction` is carved out first. `val_fraction` of the remaining training items
-    per class become validation. With `groups`, items sharing a group id move together.
+    The source's own test (and val) items keep their split. When no item comes with a test split, a
+    stratified `test_fraction` of groups is carved out first; when none comes with a val split,
+    `val_fraction` of the remaining training items per class become validation. With `groups`
+    (duplicate cluster ids), a group never straddles two splits (see `unify_groups`).
 
     Returns:
         A split name per item, in input order.
@@ -91,25 +110,22 @@ def assign_splits(
     n = len(labels)
     group_ids = list(groups) if groups is not None else list(range(n))
     rng = np.random.default_rng(seed)
-    out = ["test" if s == "test" else "train" for s in source_splits]
-    has_test = "test" in out
+    out = unify_groups(source_splits, group_ids)
+    has_test, has_val = "test" in out, "val" in out
+    members: dict[int, list[int]] = {}
+    for i in range(n):
+        members.setdefault(group_ids[i], []).append(i)
 
-    def carve(target: str, fraction: float, pool_split: str) -> None:
+    def carve(target: str, fraction: float) -> None:
         # Whole groups are drawn, per class of the group's first member, until the quota is met.
         by_label: dict[str, list[int]] = {}
-        seen: set[int] = set()
-        for i in range(n):
-            g = group_ids[i]
-            if out[i] == pool_split and g not in seen:
-                seen.add(g)
-                by_label.setdefault(labels[i], []).append(g)
-        members: dict[int, list[int]] = {}
-        for i in range(n):
-            members.setdefault(group_ids[i], []).append(i)
+        for g, idx in members.items():
+            if out[idx[0]] == "train":
+                by_label.setdefault(labels[idx[0]], []).append(g)
         for label in sorted(by_label):
             gs = by_label[label]
             order = rng.permutation(len(gs))
-            quota = round(sum(len(members[gs[j]]) for j in order) * fraction)
+            quota = round(sum(len(members[g]) for g in gs) * fraction)
             taken = 0
             for j in order:
                 if taken >= quota:
@@ -119,9 +135,9 @@ def assign_splits(
                 taken += len(members[gs[j]])
 
     if not has_test and test_fraction > 0:
-        carve("test", test_fraction, "train")
-    if val_fraction > 0:
-        carve("val", val_fraction, "train")
+        carve("test", test_fraction)
+    if not has_val and val_fraction > 0:
+        carve("val", val_fraction)
     return out
 
 

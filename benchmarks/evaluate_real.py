@@ -1,0 +1,111 @@
+"""Evaluate a trained checkpoint on real data: threshold and temperature fitted on val, test measured.
+
+Uses the Python API because a custom (bring-your-own) backbone checkpoint needs the backbone module.
+For each of plain inference and test-time augmentation (8 flips/turns) it:
+
+1. fits temperature scaling on the val split,
+2. chooses the largest threshold whose val sensitivity reaches --target-sensitivity,
+3. measures the test split at them (bootstrap CIs, plots),
+
+then stores the plain-inference threshold/temperature/metrics in a *copy* of the checkpoint.
+
+    flock /tmp/skincls-heavy.lock python benchmarks/evaluate_real.py \
+        --checkpoint RUN/best.pt --data-dir DATA --backbone lite0:lite0_backbone \
+        --plots docs/img/eval --out /work/scratch/D/eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from skincls.evaluate import Evaluator
+from skincls.predict import Predictor
+from skincls.splits import load_manifest
+
+
+def _backbone(spec: str | None):
+    """`module:function` → the backbone module that function returns (None without a spec).
+
+    The function may also return `(module, preprocessing)`, as `benchmarks/lite0.py` does; modules
+    next to this script (e.g. `lite0`) can be named directly.
+    """
+    if not spec:
+        return None
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    module, _, fn = spec.partition(":")
+    built = getattr(importlib.import_module(module), fn)()
+    return built[0] if isinstance(built, tuple) else built
+
+
+def _run(ckpt, data, backbone, *, tta, target, plots, out: Path, threads: int):
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    ev = Evaluator(ckpt, backbone=backbone, device="cpu", tta=tta, batch_size=16)
+    cal = ev.calibrate(data, "val")
+    choice = ev.choose_threshold(data, "val", target_sensitivity=target)
+    report = ev.evaluate(data, "test", n_bootstrap=1000, seed=0, plots_dir=plots)
+    seconds = time.perf_counter() - start
+    tag = "tta" if tta else "plain"
+    print(f"\n===== {tag}: {seconds:.0f} s (val + test forward passes, fits, bootstrap) =====")
+    print(
+        f"calibration on {cal.split} (n={cal.n_images}): T = {cal.temperature:.3f}, "
+        f"NLL {cal.nll_before:.4f} -> {cal.nll_after:.4f}, ECE {cal.ece_before:.4f} -> "
+        f"{cal.ece_after:.4f}"
+    )
+    print(
+        f"threshold on {choice.split} (n={choice.n_images}, {choice.n_positive} positive): "
+        f"{choice.threshold:.4f}, val sensitivity {choice.sensitivity:.3f}, "
+        f"val specificity {choice.specificity:.3f}"
+    )
+    print("\n".join(report.lines() + report.metric_lines()))
+    print(
+        f"confusion matrix (rows true, cols predicted; {report.classes}): {report.confusion_matrix}"
+    )
+    (out / f"report_{tag}.json").write_text(report.model_dump_json(indent=2) + "\n")
+    return ev, report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", type=Path, required=True)
+    ap.add_argument("--data-dir", type=Path, required=True)
+    ap.add_argument("--backbone", default=None, help="module:function returning the backbone")
+    ap.add_argument("--target-sensitivity", type=float, default=0.95)
+    ap.add_argument("--plots", type=Path, default=None, help="folder for the plain run's PNGs")
+    ap.add_argument("--out", type=Path, required=True, help="scratch folder for JSON and the copy")
+    ap.add_argument("--no-tta", action="store_true", help="skip the TTA comparison")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cams", type=int, default=0, help="Grad-CAM overlays of N test images")
+    args = ap.parse_args()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    ckpt = args.out / f"evaluated_{args.checkpoint.name}"
+    shutil.copy(args.checkpoint, ckpt)  # the trainer's file stays as it was
+    backbone = _backbone(args.backbone)
+    kw = dict(target=args.target_sensitivity, out=args.out, threads=args.threads)
+    ev, report = _run(ckpt, args.data_dir, backbone, tta=False, plots=args.plots, **kw)
+    ev.save_to_checkpoint(report)
+    print(f"\nstored threshold, temperature and test metrics in {ckpt}")
+    if args.cams:
+        # Grad-CAM overlays show real images, so they stay in scratch, never in the repo.
+        manifest = load_manifest(args.data_dir)
+        tests = [args.data_dir / r.path for r in manifest.select("test")]
+        picks = tests[:: max(1, len(tests) // args.cams)][: args.cams]
+        predictor = Predictor.from_checkpoint(ckpt, "cpu", backbone=_backbone(args.backbone))
+        for p in predictor.predict(picks, cam_dir=args.out / "cams"):
+            print(f"{p.path}: {p.label} P({p.positive_class})={p.probability:.3f} -> {p.cam}")
+    if not args.no_tta:
+        _run(ckpt, args.data_dir, _backbone(args.backbone), tta=True, plots=args.out / "tta", **kw)
+    print(json.dumps({"checkpoint": str(args.checkpoint), "copy": str(ckpt)}))
+
+
+if __name__ == "__main__":
+    main()
