@@ -7,9 +7,7 @@ a file that needs arbitrary unpickling is refused rather than executed.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .atomic import atomic_write
 from .errors import CheckpointError, ModelError
 from .models import Preprocessing, SkinClassifier, create_model
 
@@ -35,18 +34,8 @@ FORMAT = "skincls-checkpoint-v1"
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """`torch.save` to a temp file in the same folder, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as fh:
+        torch.save(obj, fh)
 
 
 @dataclass

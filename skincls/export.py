@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .atomic import atomic_path
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import SkinclsError
 
@@ -131,10 +130,7 @@ def export_model(
     out.parent.mkdir(parents=True, exist_ok=True)
 
     # Write next to the target, check, then rename: a failed check never leaves a file behind.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(out) as tmp:
         example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
         if format == "onnx":
             _export_onnx(wrapper, example, tmp, metadata, opset)
@@ -147,9 +143,6 @@ def export_model(
                 f"{diff:.3g} (tolerance {tolerance:g}); nothing was written to {out}. "
                 "Raise --tolerance only if you understand where the difference comes from."
             )
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportResult(
         path=out,
         format=format,

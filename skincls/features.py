@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from .atomic import atomic_write
+
 __all__ = [
     "FeatureSet",
     "backbone_fingerprint",
@@ -159,19 +161,6 @@ def _fits_in_memory(n_bytes: int) -> bool:
     return n_bytes <= available // 4
 
 
-def _write_atomic(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_or_extract(
     model: nn.Module,
     dataset: Dataset,
@@ -240,7 +229,9 @@ def load_or_extract(
         del feats
         with open(tmp[0], "rb+") as fh:
             os.fsync(fh.fileno())
-        _write_atomic(targ_path, targets)  # targets first: the features file marks a complete entry
+        # Targets first: the features file appearing under its name marks a complete entry.
+        with atomic_write(targ_path) as fh:
+            np.save(fh, targets)
         os.replace(tmp[0], feat_path)
     except BaseException:
         for name in tmp:

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write
+
 __all__ = ["EpochRecord", "History"]
 
 
@@ -69,6 +71,5 @@ class History:
             ("history.json", json.dumps({**self.to_dict(), **extra}, indent=2) + "\n"),
             ("history.csv", self.to_csv()),
         ):
-            tmp = run_dir / f".{name}.tmp"
-            tmp.write_text(text)
-            tmp.replace(run_dir / name)
+            with atomic_write(run_dir / name, "w") as fh:
+                fh.write(text)

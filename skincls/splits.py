@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import DataError
 
 __all__ = [
@@ -148,18 +149,15 @@ def write_manifest(
     data_dir = Path(data_dir)
     records = list(records)
     path = data_dir / MANIFEST_NAME
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as fh:
+    with atomic_write(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=_COLUMNS)
         writer.writeheader()
         for r in records:
             writer.writerow(asdict(r))
-    tmp.replace(path)
     manifest = Manifest(data_dir, list(classes), records)
     meta = {"classes": list(classes), "counts": manifest.counts(), **info}
-    tmp_json = data_dir / (DATASET_JSON + ".tmp")
-    tmp_json.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
-    tmp_json.replace(data_dir / DATASET_JSON)
+    with atomic_write(data_dir / DATASET_JSON, "w") as fh:
+        fh.write(json.dumps(meta, indent=2, sort_keys=False) + "\n")
     return path
 
 

@@ -260,3 +260,25 @@ def test_optimizer_prefers_fused_and_falls_back(monkeypatch):
     monkeypatch.setattr(torch.optim.AdamW, "__init__", no_fused)
     opt = build_optimizer([{"params": params}], TrainConfig(weight_decay=0.01))
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["foreach"]
+
+
+def test_atomic_write_keeps_old_file_on_error_and_uses_umask_permissions(tmp_path):
+    import os
+
+    from skincls.atomic import atomic_write
+
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_write(target, "w") as fh:
+        fh.write("half")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]  # no temp litter
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "g.bin") as fh:
+            fh.write(b"new")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "g.bin").stat().st_mode & 0o777 == 0o644

@@ -1,0 +1,32 @@
+"""The `skincls` command line: each command parses options, makes one library call, renders the result.
+
+One module per stage (fetch, train, evaluate); nothing in the library imports this package.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from .evaluate import evaluate, export, predict
+from .fetch import fetch
+from .train import demo, models, train
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="skincls")
+def main() -> None:
+    """Skin-lesion classification (benign vs malignant) by transfer learning.
+
+    Research software, not a medical device. Typical flow: fetch → train → evaluate → predict.
+    """
+
+
+for _command in (fetch, train, evaluate, predict, models, demo, export):
+    main.add_command(_command)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

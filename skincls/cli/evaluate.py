@@ -1,0 +1,258 @@
+"""`skincls evaluate`, `skincls predict` and `skincls export`: use a trained checkpoint."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ._common import console, friendly_errors
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path("data"),
+    show_default=True,
+    help="Prepared data dir.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "val", "test"]),
+    default="test",
+    show_default=True,
+    help="Which split to measure.",
+)
+@click.option(
+    "--target-sensitivity",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    help="Choose the largest threshold reaching this sensitivity on the val split; store it.",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Use and store this fixed threshold on P(malignant) instead.",
+)
+@click.option(
+    "--calibrate", is_flag=True, help="Fit temperature scaling on the val split and store it."
+)
+@click.option("--tta", is_flag=True, help="Average over the 8 flips and 90° turns of each image.")
+@click.option(
+    "--plots",
+    "plots_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write ROC, PR, confusion and reliability PNGs into this folder.",
+)
+@click.option(
+    "--bootstrap",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Bootstrap resamples for 95% confidence intervals (0: none).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option(
+    "--save/--no-save",
+    default=True,
+    show_default=True,
+    help="Store a fitted threshold/temperature and this report's metrics in the checkpoint.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--model-card",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write a Markdown model card (model, data, metrics, threshold, calibration, limits).",
+)
+@friendly_errors
+def evaluate(
+    checkpoint,
+    data_dir,
+    split,
+    target_sensitivity,
+    threshold,
+    calibrate,
+    tta,
+    plots_dir,
+    bootstrap,
+    seed,
+    save,
+    device,
+    as_json,
+    model_card,
+):
+    """Measure CHECKPOINT on one split: accuracy, sensitivity, specificity, AUC, calibration, CIs.
+
+    Threshold and temperature are fitted on the val split only (never on test), then the requested
+    split is measured at them. Without --threshold/--target-sensitivity the checkpoint's stored
+    threshold is used, or argmax when it has none.
+    """
+    from ..evaluate import evaluate_checkpoint
+
+    if target_sensitivity is not None and threshold is not None:
+        raise click.UsageError("give --target-sensitivity or --threshold, not both")
+    report = evaluate_checkpoint(
+        checkpoint,
+        data_dir,
+        split,
+        calibrate=calibrate,
+        target_sensitivity=target_sensitivity,
+        threshold=threshold,
+        tta=tta,
+        plots_dir=plots_dir,
+        device=device,
+        save=save,
+        n_bootstrap=bootstrap,
+        seed=seed,
+    )
+    if model_card is not None:
+        from ..modelcard import write_model_card
+
+        write_model_card(checkpoint, report, model_card, dataset=data_dir / "dataset.json")
+        click.echo(f"model card: {model_card}", err=True)  # stderr: keeps --json output pure
+    if as_json:
+        click.echo(report.model_dump_json(indent=2))
+        return
+    if report.calibration is not None:
+        c = report.calibration
+        console.print(
+            f"calibration on {c.split} (n={c.n_images}): temperature {c.temperature:.3f}, "
+            f"NLL {c.nll_before:.4f} → {c.nll_after:.4f}, ECE {c.ece_before:.4f} → {c.ece_after:.4f}"
+        )
+    for line in report.lines() + report.metric_lines():
+        console.print(line)
+    _print_confusion(report)
+    for path in report.plots:
+        console.print(f"plot: {path}")
+
+
+def _print_confusion(report) -> None:
+    table = Table(title=f"confusion matrix ({report.split} split, n={report.n_images})")
+    table.add_column("true \\ predicted")
+    for c in report.classes:
+        table.add_column(c, justify="right")
+    for c, row in zip(report.classes, report.confusion_matrix):
+        table.add_row(c, *map(str, row))
+    console.print(table)
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--tta", is_flag=True, help="Average over the 8 flips and 90° turns of each image.")
+@click.option(
+    "--cam",
+    "cam_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write Grad-CAM overlays (PNG, the input's size) into this folder.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--json", "as_json", is_flag=True, help="Print predictions as JSON.")
+@click.option(
+    "--csv",
+    "csv_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write predictions to this CSV file.",
+)
+@friendly_errors
+def predict(checkpoint, paths, tta, cam_dir, device, as_json, csv_file):
+    """Predict label and (calibrated) malignant probability of images.
+
+    PATHS are image files, folders (searched recursively) or glob patterns such as 'lesions/*.jpg'.
+    Unreadable files get an error row; the exit code is 1 if any failed.
+    """
+    from ..predict import Predictor
+
+    preds = Predictor.from_checkpoint(checkpoint, device=device, tta=tta).predict(
+        paths, cam_dir=cam_dir
+    )
+    if csv_file is not None:
+        _write_predictions_csv(preds, csv_file)
+    if as_json:
+        click.echo(json.dumps([p.to_dict() for p in preds], indent=2))
+    else:
+        ok = next((p for p in preds if not p.error), None)
+        positive = ok.positive_class if ok else "positive"
+        threshold = "argmax" if ok is None or ok.threshold is None else f"{ok.threshold:.4f}"
+        table = Table(title=f"predictions ({checkpoint}; threshold {threshold})")
+        for col in ("image", "label", f"P({positive})", *(["Grad-CAM"] if cam_dir else [])):
+            table.add_column(col, overflow="fold")
+        for p in preds:
+            if p.error:
+                table.add_row(p.path, "[red]error[/]", p.error)
+            else:
+                table.add_row(
+                    p.path, p.label, f"{p.probability:.3f}", *([p.cam] if cam_dir else [])
+                )
+        console.print(table)
+    if csv_file is not None and not as_json:
+        console.print(f"csv: {csv_file}")
+    if any(p.error for p in preds):
+        sys.exit(1)
+
+
+def _write_predictions_csv(preds, path: Path) -> None:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols = ["path", "label", "probability", "positive_class", "threshold", "cam", "error"]
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(p.to_dict() for p in preds)
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["onnx", "torchscript"]),
+    default="onnx",
+    show_default=True,
+    help="ONNX (checked with ONNX Runtime) or TorchScript (checked with torch.jit.load).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="File to write, e.g. model.onnx or model.pt.",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0),
+    default=1e-4,
+    show_default=True,
+    help="Largest max-abs probability difference from PyTorch that passes the parity check.",
+)
+@friendly_errors
+def export(checkpoint, fmt, out, tolerance):
+    """Export CHECKPOINT with normalisation and calibrated softmax built in, checked for parity.
+
+    The exported model takes float32 RGB images, NCHW, values in [0, 1], at the checkpoint's crop size,
+    and returns class probabilities.
+    """
+    from ..export import export_model
+
+    result = export_model(checkpoint, out, format=fmt, tolerance=tolerance)
+    batches = ", ".join(map(str, result.batch_sizes))
+    console.print(f"wrote {result.path} ({result.format})")
+    console.print(
+        f"input:  float32 RGB NCHW in [0, 1], shape {tuple(result.input_shape)}; output: probabilities of "
+        f"{', '.join(result.classes)} (temperature {result.temperature:g})"
+    )
+    console.print(
+        f"parity: max abs difference {result.max_abs_diff:.3g} <= tolerance {result.tolerance:g} "
+        f"(batches of {batches})"
+    )

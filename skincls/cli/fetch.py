@@ -1,0 +1,210 @@
+"""`skincls fetch`: prepare a dataset and show what was kept, skipped, de-duplicated and moved."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ._common import console, friendly_errors
+
+
+@click.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("data"),
+    show_default=True,
+    help="Where images/, manifest.csv and dataset.json are written.",
+)
+@click.option(
+    "--dataset",
+    default="fanconic/skin-cancer-malignant-vs-benign",
+    show_default=True,
+    help="Kaggle dataset OWNER/NAME, downloaded when no other source is given.",
+)
+@click.option(
+    "--archive",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Offline: a zip as Kaggle serves it (split/class/*.jpg; a second data/ copy is ignored).",
+)
+@click.option(
+    "--source-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Offline: a folder in split/class/*.jpg (or class/*.jpg) layout.",
+)
+@click.option(
+    "--synthetic",
+    type=click.IntRange(min=4),
+    default=None,
+    help="Generate N synthetic lesion images instead of downloading (offline).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where Kaggle downloads are kept and reused [~/.cache/skincls/kaggle].",
+)
+@click.option("--force", is_flag=True, help="Download and prepare again even when up to date.")
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Share of training images held out for validation.",
+)
+@click.option(
+    "--test-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="Share held out for test when the source has no test split.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed for splits and synthetic data."
+)
+@click.option(
+    "--near-dup-distance",
+    type=click.IntRange(-1, 16),
+    default=2,
+    show_default=True,
+    help="Max pHash Hamming distance (bits) for near duplicates; -1 turns them off.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@friendly_errors
+def fetch(
+    data_dir,
+    dataset,
+    archive,
+    source_dir,
+    synthetic,
+    cache_dir,
+    force,
+    val_fraction,
+    test_fraction,
+    seed,
+    near_dup_distance,
+    quiet,
+):
+    """Prepare a dataset: verified images, leak-free splits and the manifest every later step reads.
+
+    With no source option the Kaggle dataset is downloaded (credentials: KAGGLE_API_TOKEN,
+    ~/.kaggle/access_token or ~/.kaggle/kaggle.json). Running it again with the same inputs is a no-op.
+    """
+    from ..fetch import fetch as run_fetch
+
+    with _fetch_progress(quiet) as on_progress:
+        report = run_fetch(
+            data_dir,
+            source_dir=source_dir,
+            archive=archive,
+            synthetic=synthetic,
+            dataset=dataset,
+            cache_dir=cache_dir,
+            force=force,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+            near_dup_distance=near_dup_distance,
+            on_progress=on_progress,
+        )
+    _print_counts(report.manifest)
+    _print_fetch_details(report)
+
+
+@contextlib.contextmanager
+def _fetch_progress(quiet: bool):
+    """A rich progress bar per fetch stage, fed by the library's (stage, done, total) callback."""
+    if quiet:
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    labels = {
+        "download": "downloading",
+        "extract": "extracting",
+        "copy": "copying",
+        "verify": "verifying + hashing",
+    }
+    tasks: dict[str, int] = {}
+    bars = Progress(
+        TextColumn("{task.description:<20}"),
+        BarColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+    def update(stage: str, done: int, total: int | None) -> None:
+        # Downloads count bytes with no known total; the other stages count files.
+        detail = f"{done / 2**20:.1f} MiB" if stage == "download" else f"{done}/{total}"
+        if stage not in tasks:
+            bars.start()  # lazily: a run with nothing to show (up to date, an error) draws nothing
+            tasks[stage] = bars.add_task(labels.get(stage, stage), total=total, detail=detail)
+        bars.update(tasks[stage], completed=done, total=total, detail=detail)
+
+    try:
+        yield update
+    finally:
+        if tasks:
+            bars.stop()
+
+
+def _print_fetch_details(report) -> None:
+    info = report.info
+    data_dir = report.manifest.root
+    if not report.changed:
+        console.print(
+            f"[green]already up to date[/]: {data_dir} was prepared from the same inputs and "
+            "options; nothing was rewritten"
+        )
+    skipped = report.skipped
+    console.print(
+        f"{info.get('n_kept', len(report.manifest.records))} images kept, {len(skipped)} skipped"
+        f" ({info.get('n_files', '?')} files in the source's dataset tree)"
+    )
+    for path, reason in skipped[:20]:
+        console.print(f"  [yellow]skipped[/] {path}: {reason}")
+    if len(skipped) > 20:
+        console.print(f"  … and {len(skipped) - 20} more (see dataset.json)")
+    copies = info.get("source", {}).get("ignored_copies") or {}
+    for root, n in copies.items():
+        console.print(f"ignored a second copy of the dataset under {root}/ ({n} files)")
+    d = info.get("duplicates", {})
+    if d:
+        console.print(
+            f"duplicates: {len(d['exact_groups'])} exact-copy groups ({d['exact_images']} images); "
+            f"{d['near_pairs']} pairs within {info.get('near_dup_distance')} bits "
+            f"({d['near_pairs_exact']} at distance 0, {d['near_pairs_across_source_splits']} across source "
+            f"splits) → {len(d['clusters'])} clusters of {d['images_in_clusters']} images, "
+            "each kept in one split"
+        )
+        if d.get("rejected_pairs"):
+            console.print(
+                f"  {len(d['rejected_pairs'])} pHash look-alike pairs not confirmed by dHash "
+                "(different lesions) were left apart"
+            )
+        for c in d["label_conflicts"]:
+            console.print(f"  [red]label conflict[/] cluster {c['id']}: {', '.join(c['paths'])}")
+    moved = info.get("moved", [])
+    if moved:
+        console.print(f"moved {len(moved)} duplicates of held-out images out of train:")
+        for m in moved:
+            console.print(f"  {m['path']}: {m['from']} → {m['to']} (cluster {m['cluster']})")
+    console.print(f"manifest: {data_dir / 'manifest.csv'}\ndetails:  {data_dir / 'dataset.json'}")
+    console.print(f"images:   {data_dir / 'images'}")
+
+
+def _print_counts(manifest) -> None:
+    table = Table(title=f"dataset in {manifest.root}")
+    table.add_column("split")
+    for c in manifest.classes:
+        table.add_column(c, justify="right")
+    table.add_column("total", justify="right")
+    for split, row in manifest.counts().items():
+        table.add_row(split, *map(str, row.values()), str(sum(row.values())))
+    console.print(table)

@@ -1,0 +1,213 @@
+"""`skincls train`, `skincls models` and `skincls demo`: options map onto `RunConfig` keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ._common import console, friendly_errors
+
+
+def _int_or_word(value: str | None) -> int | str | None:
+    """`--freeze 2` is a stage count, `--freeze backbone` a policy name."""
+    return int(value) if value is not None and value.lstrip("-").isdigit() else value
+
+
+# `skincls train` options: (flag, RunConfig key, click settings). Help text and the default shown in
+# brackets come from the config's own fields, so `--help`, config files and the docs cannot disagree.
+_TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
+    ("--data-dir", "data.data_dir", {"type": click.Path(path_type=Path)}),
+    ("--arch", "model.arch", {}),
+    ("--weights", "model.weights", {}),
+    ("--freeze", "model.freeze", {"callback": lambda c, p, v: _int_or_word(v)}),
+    (
+        "--head",
+        "model.head",
+        {
+            "callback": lambda c, p, v: _parse_head(v),
+            "help": "Hidden widths, e.g. 4096,512; 'none' for a linear head.",
+        },
+    ),
+    ("--dropout", "model.dropout", {"type": click.FloatRange(0, 1, max_open=True)}),
+    ("--epochs", "train.epochs", {"type": click.IntRange(min=1)}),
+    ("--batch-size", "train.batch_size", {"type": click.IntRange(min=1)}),
+    ("--lr", "train.lr", {"type": click.FloatRange(min=0, min_open=True)}),
+    ("--image-size", "data.image_size", {"type": click.IntRange(16, 1024)}),
+    ("--augment/--no-augment", "data.augment", {}),
+    ("--device", "train.device", {}),
+    ("--seed", "train.seed", {"type": int}),
+    ("--out", "out", {"type": click.Path(file_okay=False, path_type=Path)}),
+    ("--finetune-epochs", "train.finetune_epochs", {"type": click.IntRange(min=0)}),
+    ("--unfreeze", "train.unfreeze", {"callback": lambda c, p, v: _int_or_word(v)}),
+    (
+        "--backbone-lr-mult",
+        "train.backbone_lr_mult",
+        {"type": click.FloatRange(0, 1, min_open=True)},
+    ),
+    ("--optimizer", "train.optimizer", {"type": click.Choice(["auto", "adam", "adamw", "sgd"])}),
+    ("--weight-decay", "train.weight_decay", {"type": click.FloatRange(min=0)}),
+    ("--schedule", "train.schedule", {"type": click.Choice(["none", "cosine", "plateau"])}),
+    ("--warmup-epochs", "train.warmup_epochs", {"type": click.FloatRange(min=0)}),
+    ("--label-smoothing", "train.label_smoothing", {"type": click.FloatRange(0, 1, max_open=True)}),
+    ("--class-weights", "train.class_weights", {"type": click.Choice(["none", "balanced"])}),
+    ("--sampler", "train.sampler", {"type": click.Choice(["shuffle", "balanced"])}),
+    ("--patience", "train.patience", {"type": click.IntRange(min=1)}),
+    ("--monitor", "train.monitor", {"type": click.Choice(["val_loss", "val_accuracy"])}),
+    (
+        "--cache-features",
+        "train.cache_features",
+        {"type": click.Choice(["auto", "memory", "disk", "off"])},
+    ),
+    ("--inference-batch-size", "train.inference_batch_size", {"type": click.IntRange(min=1)}),
+    ("--num-workers", "data.num_workers", {"type": click.IntRange(min=0)}),
+    ("--amp/--no-amp", "train.amp", {}),
+)
+
+
+def _config_field(key: str):
+    from ..config import RunConfig
+
+    model, *parents, leaf = [RunConfig, *key.split(".")]
+    for name in parents:
+        model = model.model_fields[name].annotation
+    return model.model_fields[leaf]
+
+
+def _train_options(fn):
+    """Add every `_TRAIN_OPTIONS` entry to `fn`; each defaults to None = "not given, keep the config's"."""
+    for flag, key, settings in reversed(_TRAIN_OPTIONS):
+        field = _config_field(key)
+        text = settings.pop("help", None) or (field.description or "").rstrip(".") + "."
+        default = field.default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        settings = {**settings, "help": text if default is None else f"{text} [{shown}]"}
+        fn = click.option(flag, default=None, **settings)(fn)
+    return fn
+
+
+def _param_name(flag: str) -> str:
+    return flag.split("/")[0].lstrip("-").replace("-", "_")
+
+
+@click.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="YAML or JSON config; options given here override it.",
+)
+@_train_options
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out from its last.pt (its config.json is the base config).",
+)
+@friendly_errors
+def train(config_file, quiet, resume, **options):
+    """Train a classifier; writes RUNDIR/best.pt, last.pt, history.json/csv, config.json and a plot.
+
+    With a frozen backbone and no augmentation, the backbone runs once per image (feature cache) and
+    only the head trains. --finetune-epochs adds a phase with the backbone unfrozen.
+    """
+    from ..config import load_config
+    from ..pipeline import train_from_config
+
+    out = options["out"]
+    if resume and config_file is None and out is not None and (out / "config.json").is_file():
+        config_file = out / "config.json"
+    overrides = {key: options[_param_name(flag)] for flag, key, _ in _TRAIN_OPTIONS}
+    config = load_config(config_file, overrides)
+    result = train_from_config(config, progress=not quiet, resume=resume)
+    if result.history.cache:
+        cache = ", ".join(f"{k} {v}" for k, v in result.history.cache.items())
+        console.print(f"feature cache (last phase): {cache}; notes in history.json")
+    _print_history(result.history)
+    console.print(f"best checkpoint: {result.best_checkpoint} (epoch {result.history.best_epoch})")
+    console.print(f"run directory:   {result.run_dir}")
+
+
+def _parse_head(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    if value.strip().lower() in ("", "none"):
+        return []
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give widths like 4096,512, or none") from None
+
+
+def _print_history(history) -> None:
+    table = Table(title="training history (train and val splits)")
+    cols = ("epoch", "phase", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
+    for col in cols:
+        table.add_column(col, justify="right")
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    for e in history.epochs:
+        mark = " *" if e.epoch == history.best_epoch else ""
+        table.add_row(
+            f"{e.epoch}{mark}",
+            e.phase,
+            fmt(e.train_loss),
+            fmt(e.train_accuracy),
+            fmt(e.val_loss),
+            fmt(e.val_accuracy),
+            f"{e.seconds:.1f}",
+        )
+    console.print(table)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+@friendly_errors
+def models(as_json):
+    """List the backbones `--arch` accepts, with parameter counts and default input size."""
+    from ..models import describe_models
+
+    rows = describe_models()
+    if as_json:
+        click.echo(json.dumps([vars(r) for r in rows], indent=2))
+        return
+    table = Table(
+        title="backbones for --arch",
+        caption="params/trainable: default head 4096,512, 2 classes, --freeze backbone; "
+        "stages: what --freeze N counts; px: default input size; top-1: ImageNet accuracy",
+    )
+    for col in ("arch", "params", "trainable", "stages", "px", "top-1"):
+        table.add_column(col, justify="left" if col == "arch" else "right", no_wrap=True)
+    for r in rows:
+        acc = "-" if r.imagenet_acc1 is None else f"{r.imagenet_acc1:.1f}%"
+        table.add_row(
+            r.name, f"{r.params:,}", f"{r.trainable:,}", str(r.stages), str(r.input_size), acc
+        )
+    console.print(table)
+
+
+@click.command()
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("skincls-demo"),
+    show_default=True,
+    help="Where the demo's data and run are written.",
+)
+@click.option(
+    "--images",
+    type=click.IntRange(min=40),
+    default=800,
+    show_default=True,
+    help="Synthetic images to generate.",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True, help="Epochs.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@friendly_errors
+def demo(workdir, images, epochs, quiet):
+    """Run the whole pipeline offline on synthetic data: fetch → train → evaluate → predict."""
+    from ..demo import run_demo
+
+    run_demo(workdir, images=images, epochs=epochs, progress=not quiet, console=console)
