@@ -49,6 +49,8 @@ _METRICS = (
     ("Expected calibration error (calibrated)", "ece", False),
     ("Loss (cross-entropy)", "loss", False),
 )
+# Training options named in the recipe when set (None, "none" and 0 are left out).
+_RECIPE_EXTRAS = ("optimizer", "weight_decay", "schedule", "label_smoothing", "class_weights")
 
 
 def write_model_card(
@@ -87,7 +89,7 @@ def render_model_card(
     rep = _as_dict(report)
     data = dict(ckpt.data)
     cfg = ckpt.model_config
-    train = (data.get("train_config") or {}).get("train") or {}
+    run = data.get("train_config") or {}
     arch = cfg.get("arch", NOT_RECORDED)
     positive = ckpt.classes[-1]
     split, n = rep.get("split", NOT_RECORDED), rep.get("n_images", NOT_RECORDED)
@@ -98,7 +100,7 @@ def render_model_card(
         f"`{ckpt.path.name}`. **Research software, not a medical device.**",
         "",
     ]
-    out += _section("Model details", _details(ckpt, cfg, train))
+    out += _section("Model details", _details(ckpt, cfg, run))
     out += _section(
         "Intended use",
         [
@@ -151,57 +153,87 @@ def _section(title: str, lines: list[str]) -> list[str]:
     return [f"## {title}", "", *lines, ""]
 
 
-def _details(ckpt: Checkpoint, cfg: Mapping[str, Any], train: Mapping[str, Any]) -> list[str]:
+def _details(ckpt: Checkpoint, cfg: Mapping[str, Any], run: Mapping[str, Any]) -> list[str]:
     pre = ckpt.preprocessing
+    train = run.get("train") or {}
+    planned = run.get("model") or {}  # the config as asked for; `cfg` is the model as saved
     head = cfg.get("head")
     head_desc = (
-        " → ".join(["features", *map(str, head), str(len(ckpt.classes))])
+        " → ".join([str(cfg.get("feature_dim", "features")), *map(str, head)])
+        + f" → {len(ckpt.classes)}"
         if head is not None
         else NOT_RECORDED
     )
-    recipe = (
-        ", ".join(f"{k} {train[k]}" for k in ("epochs", "batch_size", "lr", "seed") if k in train)
-        or NOT_RECORDED
-    )
+    arch = cfg.get("arch", NOT_RECORDED)
+    if arch == "custom":
+        arch_desc = f"bring-your-own backbone `{_fmt(cfg.get('backbone'))}` + MLP head"
+    else:
+        arch_desc = f"`{arch}` backbone + MLP head"
+    # A custom backbone brings its own weights (the model config says None); the run config names them.
+    weights = cfg.get("weights") or planned.get("weights")
+    recipe = [f"{k} {train[k]}" for k in ("epochs", "batch_size", "lr") if k in train]
+    if train.get("optimizer") == "auto":  # resolved as the trainer does
+        train = {**train, "optimizer": "adamw" if train.get("weight_decay") else "adam"}
+    recipe += [f"{k} {train[k]}" for k in _RECIPE_EXTRAS if train.get(k) not in (None, "none", 0)]
+    if (run.get("data") or {}).get("augment"):
+        recipe.append("augmentation on")
+    if train.get("finetune_epochs"):
+        recipe.append(
+            f"then {train['finetune_epochs']} fine-tuning epochs with "
+            f"{_trainable(train.get('unfreeze'))} trainable at lr × "
+            f"{_fmt(train.get('backbone_lr_mult'))}"
+        )
+    if "seed" in train:
+        recipe.append(f"seed {train['seed']}")
     return [
-        f"- **Architecture:** `{cfg.get('arch', NOT_RECORDED)}` backbone + MLP head",
-        f"- **Initial weights:** {_fmt(cfg.get('weights'))}",
+        f"- **Architecture:** {arch_desc}",
+        f"- **Initial weights:** {_fmt(weights)}",
         f"- **Head:** {head_desc} (dropout {_fmt(cfg.get('dropout'))})",
-        f"- **Frozen:** {_fmt(cfg.get('freeze'))}",
+        f"- **Trainable (as saved):** {_trainable(cfg.get('freeze'))}",
         f"- **Classes (index order):** {', '.join(f'{i}={c}' for i, c in enumerate(ckpt.classes))}"
         f"; positive class: {ckpt.classes[-1]}",
         f"- **Preprocessing:** resize shorter side to {pre.resize_size} px ({pre.interpolation}), "
         f"centre crop {pre.crop_size} px, normalise with mean {_triple(pre.mean)} and std "
         f"{_triple(pre.std)}",
-        f"- **Training recipe:** {recipe}; best epoch {_fmt(ckpt.data.get('epoch'))}",
+        f"- **Training recipe:** {', '.join(recipe) or NOT_RECORDED}; best epoch "
+        f"{_fmt(ckpt.data.get('epoch'))}"
+        + (f" ({ckpt.data['phase']} phase)" if ckpt.data.get("phase") else ""),
         f"- **Versions:** trained with skincls {_fmt(ckpt.data.get('skincls_version'))}, torch "
         f"{_fmt(ckpt.data.get('torch_version'))}",
     ]
 
 
+def _trainable(freeze: Any) -> str:
+    """What a freeze/unfreeze setting leaves trainable, in words."""
+    if freeze in ("backbone", 0):
+        return "head only (backbone frozen)"
+    if freeze in ("none", "all"):
+        return "whole backbone and head"
+    if isinstance(freeze, int):
+        return f"last {freeze} backbone stages and head"
+    return NOT_RECORDED
+
+
 def _data(dataset: Mapping[str, Any] | None, rep: Mapping[str, Any]) -> list[str]:
     ds = dict(dataset or {})
     lines = [f"- **Source:** {_fmt(_source(ds))}"]
-    counts = ds.get("counts")
-    if isinstance(counts, Mapping) and counts:
-        per = "; ".join(
-            f"{split}: " + ", ".join(f"{c} {k}" for c, k in row.items())
-            for split, row in counts.items()
-            if isinstance(row, Mapping)
-        )
-        lines.append(f"- **Images per split and class:** {per}")
-    else:
-        lines.append(f"- **Images per split and class:** {NOT_RECORDED}")
+    per = "; ".join(
+        f"{split}: " + ", ".join(f"{c} {k}" for c, k in row.items())
+        for split, row in (ds.get("counts") or {}).items()
+    )
+    lines.append(f"- **Images per split and class:** {per or NOT_RECORDED}")
     dup = ds.get("duplicates") if isinstance(ds.get("duplicates"), Mapping) else {}
     lines += [
-        f"- **Split method:** {_fmt(ds.get('split_method'), default=_SPLIT_METHOD)}; validation "
+        f"- **Split method:** {_SPLIT_METHOD}; validation "
         f"fraction {_fmt(ds.get('val_fraction'))}, seed {_fmt(ds.get('seed'))}",
         f"- **Images:** {_fmt(ds.get('n_files'))} files found, {_fmt(ds.get('n_kept'))} kept, "
         f"{_count(ds.get('skipped'))} skipped as unreadable",
         f"- **Duplicates:** {_count(dup.get('exact_images'))} images in exact-duplicate groups, "
         f"{_count(dup.get('near_pairs'))} near-duplicate pairs (pHash distance <= "
-        f"{_fmt(ds.get('near_dup_distance'))} bits), {_count(dup.get('clusters'))} clusters in all; "
-        f"{_count(ds.get('moved'))} images moved so that no cluster straddles two splits; "
+        f"{_fmt(ds.get('near_dup_distance'))} bits at the closest of 8 orientations, confirmed by a "
+        f"dHash within {_fmt(ds.get('near_dup_confirm'))} bits), {_count(dup.get('clusters'))} "
+        f"clusters in all; {_count(ds.get('moved'))} images moved so that no cluster straddles "
+        "two splits; "
         f"{_count(dup.get('label_conflicts'))} clusters with conflicting labels",
         "",
         "Known biases of the Kaggle dataset `fanconic/skin-cancer-malignant-vs-benign` (ISIC "
@@ -273,7 +305,7 @@ def _threshold(ckpt: Checkpoint, rep: Mapping[str, Any], positive: str) -> list[
     lines = [
         f"- **Threshold:** {positive} when P({positive}) >= {float(threshold):.4f}, on probabilities "
         f"at temperature {_fmt(choice.get('temperature', rep.get('temperature')))}",
-        f"- **How chosen:** {_fmt(rep.get('threshold_source'))}",
+        f"- **How chosen:** {_how_chosen(choice, rep)}",
     ]
     if choice.get("method") == "target_sensitivity":
         lines.append(
@@ -283,6 +315,19 @@ def _threshold(ckpt: Checkpoint, rep: Mapping[str, Any], positive: str) -> list[
             f"{_num(choice.get('specificity'), True)}. The test labels were never used."
         )
     return lines
+
+
+def _how_chosen(choice: Mapping[str, Any], rep: Mapping[str, Any]) -> str:
+    """The threshold's provenance from the stored choice (`threshold_info`), else the report's."""
+    if choice.get("method") == "target_sensitivity":
+        return (
+            f"the largest threshold reaching sensitivity >= {_fmt(choice.get('target_sensitivity'))} "
+            f"on the {_fmt(choice.get('split'))} split"
+            + (" with test-time augmentation" if choice.get("tta") else "")
+        )
+    if choice.get("method") == "fixed":
+        return "fixed by the user"
+    return _fmt(rep.get("threshold_source"))
 
 
 def _calibration(ckpt: Checkpoint, rep: Mapping[str, Any]) -> list[str]:
@@ -295,8 +340,9 @@ def _calibration(ckpt: Checkpoint, rep: Mapping[str, Any]) -> list[str]:
             f"({_fmt(fit.get('n_images'))} images) by minimising the negative log-likelihood"
         )
         on_fit = (
-            f"- **ECE on the {fit.get('split')} split:** {_metric(fit, 'ece_before')} "
-            f"before, {_metric(fit, 'ece_after')} after"
+            f"- **On the {fit.get('split')} split where it was fitted:** ECE "
+            f"{_metric(fit, 'ece_before')} before, {_metric(fit, 'ece_after')} after; negative "
+            f"log-likelihood {_metric(fit, 'nll_before')} before, {_metric(fit, 'nll_after')} after"
         )
     else:
         how = "not fitted (temperature 1.0 is the plain softmax)"
@@ -322,15 +368,12 @@ def _as_dict(report: Any) -> dict[str, Any]:
 
 
 def _cis(rep: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
-    """Confidence intervals as {metric: (low, high)}, from a `ci`/`cis` mapping of pairs or dicts."""
-    raw = rep.get("ci") or rep.get("cis") or rep.get("confidence_intervals") or {}
-    out = {}
-    for key, value in raw.items():
-        if isinstance(value, Mapping):
-            value = (value.get("low", value.get("lo")), value.get("high", value.get("hi")))
-        if value is not None and len(value) == 2 and None not in value:
-            out[key] = (float(value[0]), float(value[1]))
-    return out
+    """The report's bootstrap intervals (`EvalReport.ci`) as {metric: (low, high)}."""
+    return {
+        key: (float(pair[0]), float(pair[1]))
+        for key, pair in (rep.get("ci") or {}).items()
+        if pair is not None and None not in pair
+    }
 
 
 def _source(ds: Mapping[str, Any]) -> Any:
@@ -347,9 +390,9 @@ def _count(value: Any) -> str:
     return str(len(value)) if isinstance(value, (list, tuple, dict)) else str(value)
 
 
-def _fmt(value: Any, default: str = NOT_RECORDED) -> str:
+def _fmt(value: Any) -> str:
     if value is None or value == "":
-        return default
+        return NOT_RECORDED
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 

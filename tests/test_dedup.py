@@ -92,3 +92,15 @@ def test_clusters_join_exact_and_near_copies_transitively():
     # Near duplicates off: only the exact copies stay together.
     off = find_duplicates(sha, h, -1)
     assert off.near_pairs == [] and len(set(off.cluster)) == 5
+
+
+def test_distinct_synthetic_lesions_are_not_flagged_as_near_duplicates(tmp_path):
+    # Small lesions on plain skin look alike to a 64-bit pHash; the generator varies lighting and
+    # mottling per image so that its (all distinct) images rarely fall into duplicate clusters
+    # (before it did, 11% of an 800-image set did). A rare false match only moves a pair into one split.
+    from skincls.fetch import fetch
+
+    report = fetch(tmp_path / "data", synthetic=300, seed=1)
+    dup = report.manifest.info["duplicates"]
+    assert dup["images_in_clusters"] <= 6  # at most 2%
+    assert len(report.manifest.info["moved"]) <= 3

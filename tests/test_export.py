@@ -168,7 +168,7 @@ def test_cli_evaluate_writes_model_card(checkpoint, tiny_data, tmp_path):
     assert r.exit_code == 0, r.output
     text = card.read_text()
     assert all(f"## {s}" in text for s in SECTIONS)
-    assert "fitted on the val split" in text and "sensitivity >= 0.9 on val" in text
+    assert "fitted on the val split" in text and "sensitivity >= 0.9 on the val split" in text
     assert "50 resamples" in text
 
 
