@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
 
 import pytest
+import torch
 
+from skincls.checkpoint import save_checkpoint
 from skincls.fetch import fetch
+from skincls.models import create_model
 
 
 class NetworkBlocked(RuntimeError):
@@ -65,3 +69,25 @@ TINY_TRAIN = [
     "1",
     "--quiet",
 ]
+
+
+@pytest.fixture(scope="session")
+def untrained_ckpt_file(tmp_path_factory) -> Path:
+    """An untrained (seeded) smallcnn checkpoint at 32 px: its outputs are arbitrary but fixed."""
+    torch.manual_seed(0)
+    model, pre = create_model("smallcnn", weights="none", head=(16,), dropout=0.0, freeze="none")
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint(
+        path,
+        model,
+        model_config={"arch": "smallcnn", "head": [16], "dropout": 0.0, "freeze": "none"},
+        classes=["benign", "malignant"],
+        preprocessing=pre.with_size(32),
+    )
+    return path
+
+
+@pytest.fixture()
+def ckpt(untrained_ckpt_file, tmp_path) -> Path:
+    """A private copy of `untrained_ckpt_file`: evaluate and predict tests may write into it."""
+    return Path(shutil.copy(untrained_ckpt_file, tmp_path / "model.pt"))

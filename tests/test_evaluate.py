@@ -15,33 +15,11 @@ from torchmetrics.functional import classification as tmf
 
 from skincls import metrics as M
 from skincls.calibration import fit_temperature
-from skincls.checkpoint import load_checkpoint, save_checkpoint
+from skincls.checkpoint import load_checkpoint
 from skincls.cli import main
 from skincls.errors import ConfigError
 from skincls.evaluate import Evaluator, evaluate_checkpoint
 from skincls.models import create_model
-
-
-@pytest.fixture(scope="module")
-def ckpt_file(tmp_path_factory):
-    """An untrained (seeded) smallcnn checkpoint at 32 px: its outputs are arbitrary but fixed."""
-    torch.manual_seed(0)
-    model, pre = create_model("smallcnn", weights="none", head=(16,), dropout=0.0, freeze="none")
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(
-        path,
-        model,
-        model_config={"arch": "smallcnn", "head": [16], "dropout": 0.0, "freeze": "none"},
-        classes=["benign", "malignant"],
-        preprocessing=pre.with_size(32),
-    )
-    return path
-
-
-@pytest.fixture()
-def ckpt(ckpt_file, tmp_path):
-    """A private copy: evaluate may write threshold and temperature into it."""
-    return shutil.copy(ckpt_file, tmp_path / "model.pt")
 
 
 def _random_binary(n=300, seed=0):

@@ -12,27 +12,11 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from skincls.checkpoint import FORMAT, load_checkpoint, save_checkpoint, update_checkpoint
+from skincls.checkpoint import FORMAT, load_checkpoint, update_checkpoint
 from skincls.cli import main
 from skincls.errors import CheckpointError
 from skincls.metrics import softmax
-from skincls.models import create_model
 from skincls.predict import Predictor, dihedral_views
-
-
-@pytest.fixture()
-def ckpt(tmp_path):
-    torch.manual_seed(0)
-    model, pre = create_model("smallcnn", weights="none", head=(16,), dropout=0.0, freeze="none")
-    path = tmp_path / "model.pt"
-    save_checkpoint(
-        path,
-        model,
-        model_config={"arch": "smallcnn", "head": [16], "dropout": 0.0, "freeze": "none"},
-        classes=["benign", "malignant"],
-        preprocessing=pre.with_size(32),
-    )
-    return path
 
 
 @pytest.fixture()
