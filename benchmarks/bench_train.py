@@ -9,8 +9,8 @@ The skincls side gets a manifest whose train/val splits are exactly the source f
 images (a symlink to the images, nothing copied). It also measures the machine's float32 matmul rate
 and the conv base's throughput, and writes a JSON report plus a Markdown table.
 
-    flock /tmp/skincls-heavy.lock python benchmarks/bench_train.py --source /work/data/sub300 \
-        --workdir /work/scratch/C/bench --markdown docs/benchmarks-table.md
+    python benchmarks/make_subset.py --src DEV/train --dst sub300      # 240 train + 60 valid images
+    python benchmarks/bench_train.py --source sub300 --markdown docs/benchmarks-table.md
 """
 
 from __future__ import annotations
@@ -76,8 +76,10 @@ def timed(cmd: list[str], log: Path) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--source", type=Path, default=Path("/work/data/sub300"))
-    ap.add_argument("--workdir", type=Path, default=Path("/work/scratch/C/bench"))
+    ap.add_argument(
+        "--source", type=Path, required=True, help="train/ + valid/ folders (make_subset.py)"
+    )
+    ap.add_argument("--workdir", type=Path, default=Path("runs/bench-train"))
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--skip-original", action="store_true", help="time skincls only")
     ap.add_argument("--markdown", type=Path, help="also write the table here")

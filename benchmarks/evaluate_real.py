@@ -9,9 +9,9 @@ For each of plain inference and test-time augmentation (8 flips/turns) it:
 
 then stores the plain-inference threshold/temperature/metrics in a *copy* of the checkpoint.
 
-    flock /tmp/skincls-heavy.lock python benchmarks/evaluate_real.py \
+    python benchmarks/evaluate_real.py \
         --checkpoint RUN/best.pt --data-dir DATA --backbone lite0:lite0_backbone \
-        --plots docs/img/eval --out /work/scratch/D/eval
+        --plots docs/img/eval --out runs/eval-lite0
 """
 
 from __future__ import annotations

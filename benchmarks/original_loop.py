@@ -11,8 +11,8 @@ It is standalone on purpose (no ``skincls`` import) so that it stays a fixed bas
 By default VGG16 is randomly initialised (``weights=None``: no download); the timing is
 the same as with ImageNet weights, which can be given with ``--weights FILE``.
 
-    python benchmarks/original_loop.py --train-dir /work/data/sub300/train \
-        --valid-dir /work/data/sub300/valid --epochs 10 --json timings.json
+    python benchmarks/original_loop.py --train-dir sub300/train \
+        --valid-dir sub300/valid --epochs 10 --json timings.json
 """
 
 import argparse
