@@ -174,17 +174,15 @@ def predict(checkpoint, paths, tta, cam_dir, device, as_json, csv_file):
     """
     from ..predict import Predictor
 
-    preds = Predictor.from_checkpoint(checkpoint, device=device, tta=tta).predict(
-        paths, cam_dir=cam_dir
-    )
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, tta=tta)
+    preds = predictor.predict(paths, cam_dir=cam_dir)
     if csv_file is not None:
         _write_predictions_csv(preds, csv_file)
     if as_json:
         click.echo(json.dumps([p.to_dict() for p in preds], indent=2))
     else:
-        ok = next((p for p in preds if not p.error), None)
-        positive = ok.positive_class if ok else "positive"
-        threshold = "argmax" if ok is None or ok.threshold is None else f"{ok.threshold:.4f}"
+        positive = predictor.classes[predictor.positive]
+        threshold = "argmax" if predictor.threshold is None else f"{predictor.threshold:.4f}"
         table = Table(title=f"predictions ({checkpoint}; threshold {threshold})")
         for col in ("image", "label", f"P({positive})", *(["Grad-CAM"] if cam_dir else [])):
             table.add_column(col, overflow="fold")
