@@ -23,7 +23,9 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Ruff lint and format check."""
     session.install("ruff>=0.5")
-    session.run("ruff", "check", "skincls", "tests", "benchmarks", "noxfile.py")
+    paths = ["skincls", "tests", "benchmarks", "noxfile.py"]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session
