@@ -184,18 +184,22 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path, data)
 
 
-def update_checkpoint(path: str | Path, **fields: Any) -> Checkpoint:
+def update_checkpoint(checkpoint: str | Path | Checkpoint, **fields: Any) -> Checkpoint:
     """Set metadata fields (threshold, temperature, metrics...) of a checkpoint file, atomically.
 
     Values go through the same JSON round trip as in `save_checkpoint`, so the file still loads with
     `weights_only=True`; the weights are kept as they are. `state_dict` cannot be replaced here.
+
+    Args:
+        checkpoint: A path, or an already loaded `Checkpoint` (updated in place, not read again).
+        **fields: Metadata to set.
 
     Returns:
         The updated checkpoint.
     """
     if "state_dict" in fields or "format" in fields:
         raise ValueError("update_checkpoint changes metadata only, not state_dict or format")
-    ckpt = load_checkpoint(path)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     ckpt.data.update(json.loads(json.dumps(fields)))
     atomic_save(ckpt.data, ckpt.path)
     return ckpt

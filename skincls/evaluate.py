@@ -86,11 +86,7 @@ class Evaluator:
             self.threshold = model.threshold
             info = model.data.get("threshold_info")
             self.threshold_choice = ThresholdChoice.model_validate(info) if info else None
-            model = (
-                model.build_model(backbone=backbone)
-                if backbone is not None
-                else model.build_model()
-            )
+            model = model.build_model(backbone=backbone)
         if classes is None or preprocessing is None:
             raise ValueError("a bare module needs classes= and preprocessing=")
         self.device = resolve_device(device)
@@ -108,10 +104,13 @@ class Evaluator:
 
     def outputs(self, data: str | Path | Dataset, split: str = "test") -> Outputs:
         """Run the model once over a split (cached): a data dir plus split name, or a `Dataset`."""
-        ds = self._dataset(data, split)
-        split = getattr(ds, "split", split)
-        key = (str(data) if isinstance(data, (str, Path)) else id(data), split, self.tta)
+        if isinstance(data, (str, Path)):
+            key = (str(data), split, self.tta)
+        else:  # the dataset itself (not its id, which a new object could reuse) keys the cache
+            split = getattr(data, "split", split)
+            key = (data, split, self.tta)
         if key not in self._cache:
+            ds = self._dataset(data, split)
             logits, labels = [], []
             for x, y in DataLoader(ds, batch_size=self.batch_size):
                 logits.append(model_logits(self.model, x.to(self.device), self.tta).float().cpu())
@@ -136,17 +135,25 @@ class Evaluator:
     def calibrate(self, data: str | Path | Dataset, split: str = "val") -> CalibrationResult:
         """Fit the temperature on `split` (validation) and use it from now on.
 
-        A threshold already set is moved to the new temperature so that its decisions stay the same.
+        A threshold chosen for a target sensitivity is chosen again on its split at the new
+        temperature (its stored sensitivity and specificity stay true, with TTA too); a fixed one is
+        moved so that its decisions on single-view probabilities stay the same.
         """
         out = self.outputs(data, _not_test(data, split, "calibrate"))
         t = fit_temperature(out.logits, out.labels)
+        old_t, self.temperature = self.temperature, t
+        choice = self.threshold_choice
         if self.threshold is not None and self.binary:
-            self.threshold = M.rescale_threshold(self.threshold, self.temperature, t)
-            if self.threshold_choice is not None:
-                self.threshold_choice = self.threshold_choice.model_copy(
-                    update={"threshold": self.threshold, "temperature": t}
+            if choice is not None and choice.method == "target_sensitivity":
+                self.choose_threshold(
+                    data, choice.split or split, target_sensitivity=choice.target_sensitivity
                 )
-        self.temperature = t
+            else:
+                self.threshold = M.rescale_threshold(self.threshold, old_t, t)
+                if choice is not None:
+                    self.threshold_choice = choice.model_copy(
+                        update={"threshold": self.threshold, "temperature": t}
+                    )
         self.calibration = CalibrationResult(
             temperature=t,
             split=out.split,
@@ -333,7 +340,7 @@ class Evaluator:
                 exclude={"per_class", "plots", "calibration", "threshold_choice"}
             )
             fields["metrics"] = {**self.checkpoint.metrics, report.split: summary}
-        self.checkpoint = update_checkpoint(self.checkpoint.path, **fields)
+        update_checkpoint(self.checkpoint, **fields)
         return self.checkpoint.path
 
 
@@ -352,7 +359,7 @@ def _nan_to_none(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Checkpoint,
     data_dir: str | Path,
     split: str = "test",
     *,

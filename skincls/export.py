@@ -121,7 +121,7 @@ def export_model(
     if tolerance < 0:
         raise ExportError(f"tolerance must be >= 0, not {tolerance}")
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    model = ckpt.build_model(backbone=backbone) if backbone is not None else ckpt.build_model()
+    model = ckpt.build_model(backbone=backbone)
     pre = ckpt.preprocessing
     wrapper = ExportWrapper(model.cpu().eval(), pre.mean, pre.std, ckpt.temperature).eval()
     size = pre.crop_size

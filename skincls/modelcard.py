@@ -16,6 +16,7 @@ from typing import Any
 
 from . import __version__
 from .checkpoint import Checkpoint, load_checkpoint
+from .metrics import positive_index
 
 __all__ = ["NOT_RECORDED", "SECTIONS", "render_model_card", "write_model_card"]
 
@@ -91,7 +92,7 @@ def render_model_card(
     cfg = ckpt.model_config
     run = data.get("train_config") or {}
     arch = cfg.get("arch", NOT_RECORDED)
-    positive = ckpt.classes[-1]
+    positive = ckpt.classes[positive_index(ckpt.classes)]
     split, n = rep.get("split", NOT_RECORDED), rep.get("n_images", NOT_RECORDED)
     out: list[str] = [
         f"# Model card: skincls `{arch}` classifier ({', '.join(ckpt.classes)})",
@@ -191,7 +192,7 @@ def _details(ckpt: Checkpoint, cfg: Mapping[str, Any], run: Mapping[str, Any]) -
         f"- **Head:** {head_desc} (dropout {_fmt(cfg.get('dropout'))})",
         f"- **Trainable (as saved):** {_trainable(cfg.get('freeze'))}",
         f"- **Classes (index order):** {', '.join(f'{i}={c}' for i, c in enumerate(ckpt.classes))}"
-        f"; positive class: {ckpt.classes[-1]}",
+        f"; positive class: {ckpt.classes[positive_index(ckpt.classes)]}",
         f"- **Preprocessing:** resize shorter side to {pre.resize_size} px ({pre.interpolation}), "
         f"centre crop {pre.crop_size} px, normalise with mean {_triple(pre.mean)} and std "
         f"{_triple(pre.std)}",

@@ -15,7 +15,7 @@ from torch import nn
 from .checkpoint import Checkpoint, load_checkpoint
 from .data import build_transform, load_image
 from .errors import DataError
-from .fetch import IMAGE_SUFFIXES
+from .ingest import IMAGE_SUFFIXES
 from .metrics import positive_index, predict_labels, softmax
 from .runtime import resolve_device
 
@@ -103,12 +103,7 @@ class Predictor:
     ):
         self.checkpoint = checkpoint
         self.device = resolve_device(device)
-        model = (
-            checkpoint.build_model(backbone=backbone)
-            if backbone is not None
-            else checkpoint.build_model()
-        )
-        self.model = model.to(self.device).eval()
+        self.model = checkpoint.build_model(backbone=backbone).to(self.device).eval()
         self.transform = build_transform(checkpoint.preprocessing)
         self.classes = checkpoint.classes
         self.positive = positive_index(self.classes)

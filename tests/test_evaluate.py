@@ -218,3 +218,20 @@ def test_datasets_and_more_than_two_classes():
     assert report.roc_auc is not None and 0 <= report.roc_auc <= 1  # macro one-vs-rest
     with pytest.raises(ConfigError, match="two classes"):
         ev.choose_threshold(TensorDataset(x, y), target_sensitivity=0.9)
+
+
+def test_recalibrating_rechooses_a_target_sensitivity_threshold_with_tta(ckpt, tiny_data):
+    # With TTA, P(positive) averages several views, so rescaling a threshold to a new temperature
+    # would not keep its decisions; the stored val sensitivity/specificity must stay true.
+    ev = Evaluator(ckpt, device="cpu", tta=True)
+    ev.choose_threshold(tiny_data, "val", target_sensitivity=0.9)
+    ev.calibrate(tiny_data, "val")
+    choice = ev.threshold_choice
+    assert choice.temperature == pytest.approx(ev.temperature)
+    out = ev.outputs(tiny_data, "val")
+    y = (out.labels == ev.positive).astype(int)
+    p = out.probs(ev.temperature)[:, ev.positive]
+    at = M.binary_metrics(y, p, ev.threshold)
+    assert at["sensitivity"] == pytest.approx(choice.sensitivity)
+    assert at["specificity"] == pytest.approx(choice.specificity)
+    assert at["sensitivity"] >= 0.9

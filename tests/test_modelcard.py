@@ -86,3 +86,13 @@ def test_card_later_reads_the_stored_keys_of_the_checkpoint(evaluated, tiny_data
     text = write_model_card(ckpt, summary, tmp_path / "stored.md").read_text()
     for line in _expected_lines(ckpt):
         assert line in text, line
+
+
+def test_card_names_the_positive_class_like_the_evaluator(ckpt, tmp_path):
+    # Classes are sorted folder names, so "malignant" need not be last; it is still the positive one.
+    from skincls.checkpoint import update_checkpoint
+
+    ckpt = update_checkpoint(ckpt, classes=["malignant", "nevus"])
+    text = write_model_card(ckpt, {"split": "test", "n_images": 0}, tmp_path / "c.md").read_text()
+    assert "positive class: malignant" in text
+    assert "positive class: nevus" not in text

@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from ..export import FORMATS
+from ..splits import DATASET_JSON
 from ._common import console, friendly_errors
 
 
@@ -96,12 +98,14 @@ def evaluate(
     split is measured at them. Without --threshold/--target-sensitivity the checkpoint's stored
     threshold is used, or argmax when it has none.
     """
+    from ..checkpoint import load_checkpoint
     from ..evaluate import evaluate_checkpoint
 
     if target_sensitivity is not None and threshold is not None:
         raise click.UsageError("give --target-sensitivity or --threshold, not both")
+    ckpt = load_checkpoint(checkpoint)  # read once: evaluate, store and the model card share it
     report = evaluate_checkpoint(
-        checkpoint,
+        ckpt,
         data_dir,
         split,
         calibrate=calibrate,
@@ -117,7 +121,7 @@ def evaluate(
     if model_card is not None:
         from ..modelcard import write_model_card
 
-        write_model_card(checkpoint, report, model_card, dataset=data_dir / "dataset.json")
+        write_model_card(ckpt, report, model_card, dataset=data_dir / DATASET_JSON)
         click.echo(f"model card: {model_card}", err=True)  # stderr: keeps --json output pure
     if as_json:
         click.echo(report.model_dump_json(indent=2))
@@ -216,7 +220,7 @@ def _write_predictions_csv(preds, path: Path) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["onnx", "torchscript"]),
+    type=click.Choice(FORMATS),
     default="onnx",
     show_default=True,
     help="ONNX (checked with ONNX Runtime) or TorchScript (checked with torch.jit.load).",
