@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display needed; must run before pyplot is imported
-
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 __all__: list[str] = []
 
 
-def _save(fig: plt.Figure, path) -> None:
+def _subplots(*grid: int, figsize: tuple[float, float]):
+    """A figure without pyplot: no global backend switch, nothing to close (safe in notebooks)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid)
+
+
+def _save(fig: Figure, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # --- evaluation plots (ROC, PR, confusion matrix, reliability) -------------------------------------
@@ -28,7 +29,7 @@ def plot_roc(y, p, path, tag: str, threshold: float | None = None, positive: str
     from sklearn.metrics import roc_auc_score, roc_curve
 
     fpr, tpr, _ = roc_curve(y, p)
-    fig, ax = plt.subplots(figsize=(4.2, 4))
+    fig, ax = _subplots(figsize=(4.2, 4))
     ax.plot(fpr, tpr, lw=1.8, label=f"AUC {roc_auc_score(y, p):.3f}")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
     t = 0.5 if threshold is None else threshold
@@ -50,7 +51,7 @@ def plot_pr(y, p, path, tag: str, threshold: float | None = None, positive: str 
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
     prec, rec, _ = precision_recall_curve(y, p)
-    fig, ax = plt.subplots(figsize=(4.2, 4))
+    fig, ax = _subplots(figsize=(4.2, 4))
     ax.plot(rec, prec, lw=1.8, label=f"AP {average_precision_score(y, p):.3f}")
     ax.axhline(np.mean(y), ls="--", c="grey", lw=0.8, label=f"prevalence {np.mean(y):.2f}")
     t = 0.5 if threshold is None else threshold
@@ -68,7 +69,7 @@ def plot_confusion(cm, classes, path, tag: str):
     import numpy as np
 
     cm = np.asarray(cm)
-    fig, ax = plt.subplots(figsize=(3.6, 3.3))
+    fig, ax = _subplots(figsize=(3.6, 3.3))
     ax.imshow(cm, cmap="Blues")
     for (i, j), v in np.ndenumerate(cm):
         ax.text(j, i, str(v), ha="center", va="center", c="white" if v > cm.max() / 2 else "black")
@@ -99,7 +100,7 @@ def plot_reliability(
     """
     from .metrics import calibration_bins, expected_calibration_error
 
-    fig, ax = plt.subplots(figsize=(4.2, 4))
+    fig, ax = _subplots(figsize=(4.2, 4))
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
     curves = [("uncalibrated", probs, "C0")]
     if probs_after is not None:
@@ -141,7 +142,7 @@ def plot_history(history, path):
     data = history if isinstance(history, dict) else history.to_dict()
     epochs = data["epochs"]
     x = [e["epoch"] for e in epochs]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, axes = _subplots(1, 2, figsize=(9, 3.6))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for split, style in (("train", "-o"), ("val", "-s")):
             ys = [e[f"{split}_{metric}"] for e in epochs]

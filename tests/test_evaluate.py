@@ -235,3 +235,23 @@ def test_recalibrating_rechooses_a_target_sensitivity_threshold_with_tta(ckpt, t
     assert at["sensitivity"] == pytest.approx(choice.sensitivity)
     assert at["specificity"] == pytest.approx(choice.specificity)
     assert at["sensitivity"] >= 0.9
+
+
+def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
+    # A notebook's inline backend must survive `--plots` and training curves (no pyplot.use("Agg")).
+    import importlib
+
+    import matplotlib
+
+    from skincls import plots
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        importlib.reload(plots)  # as if first imported now, under the caller's backend
+        y, p = np.array([0, 1, 0, 1]), np.array([0.2, 0.7, 0.4, 0.9])
+        path = plots.plot_roc(y, p, tmp_path / "roc.png", "test n=4")
+        assert matplotlib.get_backend() == "svg"
+        assert path and (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    finally:
+        matplotlib.use(before)
