@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
 from .errors import DataError
+from .ingest import to_rgb
 from .models import Preprocessing
 from .splits import Manifest, Record
 
@@ -22,15 +23,8 @@ def load_image(path: str | Path) -> Image.Image:
     """Open an image as RGB (grayscale, palette, RGBA, CMYK and 16-bit inputs are converted)."""
     try:
         with Image.open(path) as im:
-            if im.mode == "I" or im.mode.startswith("I;16"):
-                # 16-bit grayscale: scale to 8 bits before RGB, which would clip it.
-                im = im.point(lambda v: v / 256).convert("L")
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                # Composite on white so transparent pixels don't turn black.
-                rgba = im.convert("RGBA")
-                canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return Image.alpha_composite(canvas, rgba).convert("RGB")
-            return im.convert("RGB")
+            # The same conversion fetch verified and hashed the image with.
+            return to_rgb(im)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
 

@@ -39,6 +39,10 @@ ByteProgress = Callable[[int, "int | None"], None]
 _DATASET_RE = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
+class _NotAnArchive(DataError):
+    """The download went through but brought no zip: credentials and network are not the cause."""
+
+
 class DatasetClient(Protocol):
     """Anything that can put a dataset's zip archive into a folder (Kaggle, or a fake in tests)."""
 
@@ -112,7 +116,7 @@ class KaggleClient:
                 raise DataError(_cause(exc, out.getvalue())) from None
         zips = sorted(dest.glob("*.zip"))
         if not zips:
-            raise DataError(f"Kaggle sent no zip archive for {dataset}")
+            raise _NotAnArchive(f"Kaggle sent no zip archive for {dataset}")
         return zips[0]
 
 
@@ -149,8 +153,8 @@ def download_dataset(
         The archive path, and whether it was downloaded now (False: reused from the cache).
 
     Raises:
-        DataError: bad dataset name, missing credentials, network failure, or not a zip archive,
-            with how to provide credentials or work offline.
+        DataError: bad dataset name, missing credentials or network failure (with how to provide
+            credentials or work offline), or a download that is not a zip archive.
     """
     if not _DATASET_RE.match(dataset):
         raise DataError(f"--dataset must look like OWNER/NAME, got {dataset!r}")
@@ -163,19 +167,22 @@ def download_dataset(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        got = (client or KaggleClient()).download(dataset, partial, progress)
-        if not zipfile.is_zipfile(got):
-            raise DataError(f"the download of {dataset} is not a zip archive: {got.name}")
+        try:
+            got = (client or KaggleClient()).download(dataset, partial, progress)
+            if not zipfile.is_zipfile(got):
+                raise _NotAnArchive(f"the download is not a zip archive: {got.name}")
+        except _NotAnArchive as exc:
+            raise DataError(f"could not download {dataset} from Kaggle: {exc}") from None
+        except DataError as exc:
+            raise DataError(
+                f"could not download {dataset} from Kaggle: {exc}. {CREDENTIALS_HELP}"
+            ) from None
+        except Exception as exc:  # a client's own network error, whatever its type
+            raise DataError(
+                f"could not download {dataset} from Kaggle: {_cause(exc, '')}. {CREDENTIALS_HELP}"
+            ) from None
         # Only a complete download replaces the cached copy, so an interrupted one is never reused.
         got.replace(archive)
-    except DataError as exc:
-        raise DataError(
-            f"could not download {dataset} from Kaggle: {exc}. {CREDENTIALS_HELP}"
-        ) from None
-    except Exception as exc:  # a client's own network error, whatever its type
-        raise DataError(
-            f"could not download {dataset} from Kaggle: {_cause(exc, '')}. {CREDENTIALS_HELP}"
-        ) from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return archive, True

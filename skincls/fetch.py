@@ -12,7 +12,7 @@ import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -22,15 +22,13 @@ from .errors import DataError
 from .ingest import (
     IMAGE_SUFFIXES,
     MAX_ARCHIVE_BYTES,
-    Layout,
     copy_source,
     extract_archive,
     inspect_image,
-    scan_images,
+    select_layout,
 )
 from .splits import (
     DATASET_JSON,
-    MANIFEST_NAME,
     Manifest,
     Record,
     assign_splits,
@@ -57,14 +55,12 @@ class FetchReport:
         skipped: `(path, reason)` for files left out.
         changed: False when the data dir was already up to date and nothing was written.
         downloaded: True when the archive was downloaded in this call (Kaggle source only).
-        written: Files written by this call.
     """
 
     manifest: Manifest
     skipped: list[tuple[str, str]] = field(default_factory=list)
     changed: bool = True
     downloaded: bool = False
-    written: list[Path] = field(default_factory=list)
 
     @property
     def info(self) -> dict:
@@ -147,8 +143,8 @@ def fetch(
         "near_dup_confirm": near_dup_confirm,
     }
     fingerprint = _fingerprint(source, archive, source_dir, options)
-    if not force and _up_to_date(data_dir, fingerprint):
-        manifest = load_manifest(data_dir)
+    manifest = None if force else _up_to_date(data_dir, fingerprint)
+    if manifest is not None:
         skipped = [tuple(s) for s in manifest.info.get("skipped", [])]
         return FetchReport(manifest, skipped, changed=False, downloaded=downloaded)
 
@@ -165,7 +161,11 @@ def fetch(
             layout = copy_source(source_dir, staging, progress=on_progress)
         else:
             generate_synthetic(staging, synthetic, seed=seed)
-            layout = Layout((), [])
+            layout = select_layout(
+                PurePosixPath(p.relative_to(staging).as_posix())
+                for p in staging.rglob("*")
+                if p.is_file()
+            )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -175,13 +175,12 @@ def fetch(
     shutil.rmtree(images, ignore_errors=True)
     staging.replace(images)
 
-    candidates, skipped = scan_images(images)
-    skipped += [(p, "outside the split/class/file layout") for p in layout.outside]
+    # Damaged archive members were never written out: they are skipped with the archive's reason.
+    candidates = [c for c in layout.candidates() if c.rel not in layout.damaged]
+    skipped = [(p, "outside the split/class/file layout") for p in layout.outside]
     skipped += sorted(layout.damaged.items())
     kept, sha, hashes = [], [], []
     for n, c in enumerate(candidates, 1):
-        if c.rel in layout.damaged:
-            continue
         result = inspect_image(images / c.rel)
         if result.reason:
             skipped.append((c.rel, result.reason))
@@ -225,16 +224,14 @@ def fetch(
         },
         **options,
         "class_order": "sorted class folder names; label id = position in classes",
-        "n_files": len(candidates) + len(layout.outside),
+        "n_files": len(layout.files) + len(layout.outside),
         "n_kept": len(kept),
         "skipped": [list(s) for s in skipped],
         "duplicates": _duplicate_summary(dups, kept, rel, splits),
         "moved": moved,
     }
-    write_manifest(data_dir, records, classes, info)
-    manifest = load_manifest(data_dir)
-    written = [images, data_dir / MANIFEST_NAME, data_dir / DATASET_JSON]
-    return FetchReport(manifest, skipped, changed=True, downloaded=downloaded, written=written)
+    manifest = write_manifest(data_dir, records, classes, info)
+    return FetchReport(manifest, skipped, changed=True, downloaded=downloaded)
 
 
 def _duplicate_summary(dups, kept, rel, splits) -> dict:
@@ -288,13 +285,15 @@ def _fingerprint(source: dict, archive, source_dir, options: dict) -> str:
     return h.hexdigest()
 
 
-def _up_to_date(data_dir: Path, fingerprint: str) -> bool:
+def _up_to_date(data_dir: Path, fingerprint: str) -> Manifest | None:
+    """The data dir's manifest when it was prepared from the same inputs and options, else None."""
     try:
-        meta = json.loads((data_dir / DATASET_JSON).read_text())
-        if meta.get("fingerprint") != fingerprint:
-            return False
         manifest = load_manifest(data_dir)
     except (OSError, ValueError, DataError):
-        return False
+        return None
+    if manifest.info.get("fingerprint") != fingerprint:
+        return None
     # Someone may have deleted images by hand; then the data dir is rebuilt, not trusted.
-    return all((data_dir / r.path).is_file() for r in manifest.records)
+    if not all((data_dir / r.path).is_file() for r in manifest.records):
+        return None
+    return manifest

@@ -33,8 +33,8 @@ __all__ = [
     "copy_source",
     "extract_archive",
     "inspect_image",
-    "scan_images",
     "select_layout",
+    "to_rgb",
 ]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -69,6 +69,15 @@ class Layout:
     ignored_copies: dict[str, int] = field(default_factory=dict)
     outside: list[str] = field(default_factory=list)
     damaged: dict[str, str] = field(default_factory=dict)
+
+    def candidates(self) -> list[Candidate]:
+        """The chosen files as `Candidate`s (relative to the copy's root), in `files` order."""
+        out = []
+        for f in self.files:
+            # `split/class/file` or `class/file`: select_layout keeps nothing else.
+            split = SPLIT_NAMES[f.parts[0].lower()] if len(f.parts) == 3 else None
+            out.append(Candidate(str(f), split, f.parts[-2]))
+        return out
 
 
 def _hidden(parts: Iterable[str]) -> bool:
@@ -226,25 +235,6 @@ class Candidate:
     label: str
 
 
-def scan_images(root: str | Path) -> tuple[list[Candidate], list[tuple[str, str]]]:
-    """List `root/split/class/file` (or `root/class/file`) files, sorted; others are skipped."""
-    root = Path(root)
-    files = sorted(
-        PurePosixPath(p.relative_to(root).as_posix()) for p in root.rglob("*") if p.is_file()
-    )
-    files = [f for f in files if not _hidden(f.parts)]
-    split_layout = any(len(f.parts) == 3 and f.parts[0].lower() in SPLIT_NAMES for f in files)
-    found, skipped = [], []
-    for f in files:
-        if split_layout and len(f.parts) == 3 and f.parts[0].lower() in SPLIT_NAMES:
-            found.append(Candidate(str(f), SPLIT_NAMES[f.parts[0].lower()], f.parts[1]))
-        elif not split_layout and len(f.parts) == 2:
-            found.append(Candidate(str(f), None, f.parts[0]))
-        else:
-            skipped.append((str(f), "outside the split/class/file layout"))
-    return found, skipped
-
-
 @dataclass
 class Inspection:
     """Outcome of decoding one file: `reason` is None for a usable image."""
@@ -252,11 +242,28 @@ class Inspection:
     reason: str | None
     sha256: str = ""
     hashes: np.ndarray | None = None
-    size: tuple[int, int] = (0, 0)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """`im` as 8-bit RGB, the way the model sees it (grayscale, palette, CMYK, 16-bit, alpha).
+
+    16-bit and 32-bit integer grayscale is scaled to 8 bits (a plain conversion clips it to white);
+    transparent pixels are composited on white (a plain conversion turns them black).
+    """
+    if im.mode == "I" or im.mode.startswith("I;16"):
+        im = im.point(lambda v: v / 256).convert("L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return im.convert("RGB")
 
 
 def inspect_image(path: str | Path) -> Inspection:
     """Decode the whole file, hash its bytes (SHA-256) and its look (pHash); say why it is unusable.
+
+    The look is hashed after `to_rgb`, as the model will see the image: hashing a 16-bit decode
+    directly would clip every pixel to white and make all such images look alike.
 
     Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) applies; its warning counts as an
     error too, so an image of more than the limit's pixels is skipped rather than decoded.
@@ -273,7 +280,7 @@ def inspect_image(path: str | Path) -> Inspection:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 im.load()
-                return Inspection(None, digest, perceptual_hashes(im), im.size)
+                return Inspection(None, digest, perceptual_hashes(to_rgb(im)))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return Inspection(f"too large, possible decompression bomb: {exc}", digest)
     except UnidentifiedImageError:

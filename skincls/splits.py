@@ -144,8 +144,12 @@ def assign_splits(
 
 def write_manifest(
     data_dir: str | Path, records: Iterable[Record], classes: Sequence[str], info: dict
-) -> Path:
-    """Write `manifest.csv` and `dataset.json` (class order, counts, provenance) atomically."""
+) -> Manifest:
+    """Write `manifest.csv` and `dataset.json` (class order, counts, provenance) atomically.
+
+    Returns:
+        The manifest as written; its `info` is the `dataset.json` content.
+    """
     data_dir = Path(data_dir)
     records = list(records)
     path = data_dir / MANIFEST_NAME
@@ -155,10 +159,10 @@ def write_manifest(
         for r in records:
             writer.writerow(asdict(r))
     manifest = Manifest(data_dir, list(classes), records)
-    meta = {"classes": list(classes), "counts": manifest.counts(), **info}
+    manifest.info = {"classes": list(classes), "counts": manifest.counts(), **info}
     with atomic_write(data_dir / DATASET_JSON, "w") as fh:
-        fh.write(json.dumps(meta, indent=2, sort_keys=False) + "\n")
-    return path
+        fh.write(json.dumps(manifest.info, indent=2, sort_keys=False) + "\n")
+    return manifest
 
 
 def load_manifest(data_dir: str | Path) -> Manifest:

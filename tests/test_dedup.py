@@ -42,6 +42,14 @@ def test_flipped_and_turned_copies_match_other_lesions_do_not():
         assert int(_popcount(ho[0] ^ ha[0, 0]).min()) > 2
 
 
+def test_popcount_fallback_matches_numpy(monkeypatch):
+    x = np.random.default_rng(3).integers(0, 2**63, size=(4, 8), dtype=np.uint64)
+    expected = np.array([[bin(int(v)).count("1") for v in row] for row in x])
+    assert (_popcount(x) == expected).all()
+    monkeypatch.delattr(np, "bitwise_count", raising=False)  # numpy < 2 has none
+    assert (_popcount(x) == expected).all()
+
+
 def test_pair_search_equals_brute_force():
     rng = np.random.default_rng(0)
     n = 300

@@ -140,9 +140,29 @@ def test_broken_files_are_skipped_with_reasons(tmp_path, monkeypatch):
     assert "decompression bomb" in reasons["train/benign/big.png"]
     assert "outside" in reasons["README.md"]
     assert len(report.manifest.records) == 12
-    assert report.info["n_kept"] + len(report.skipped) == 12 + 7
+    assert report.info["n_kept"] + len(report.skipped) == 12 + 7 == report.info["n_files"]
     meta = json.loads((tmp_path / "d" / "dataset.json").read_text())
     assert {tuple(s) for s in meta["skipped"]} == set(report.skipped)
+
+
+def test_damaged_archive_member_is_skipped_and_counted(tmp_path):
+    tree = _tree(tmp_path / "src", per_folder=2)  # 8 images
+    zpath = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_STORED) as zf:
+        for p in sorted(tree.rglob("*.jpg")):
+            zf.write(p, p.relative_to(tree).as_posix())
+        info = zf.getinfo("train/malignant/2.jpg")
+    # Flip a byte inside the stored data of one member: its CRC no longer matches.
+    raw = bytearray(zpath.read_bytes())
+    data_start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw[data_start + info.file_size // 2] ^= 0xFF
+    zpath.write_bytes(bytes(raw))
+    report = fetch(tmp_path / "d", archive=zpath, near_dup_distance=-1)
+    reasons = dict(report.skipped)
+    assert list(reasons) == ["train/malignant/2.jpg"]
+    assert reasons["train/malignant/2.jpg"].startswith("damaged in the archive")
+    assert report.info["n_kept"] == len(report.manifest.records) == 7
+    assert report.info["n_files"] == report.info["n_kept"] + len(report.skipped) == 8
 
 
 # --- duplicates and splits -------------------------------------------------------------------
@@ -276,6 +296,20 @@ def test_failed_download_keeps_no_partial_archive(tmp_path):
         fetch(tmp_path / "d", client=Offline(), cache_dir=tmp_path / "c", dataset="o/n")
     assert "ConnectionError" in str(err.value) and "KAGGLE_API_TOKEN" in str(err.value)
     assert not any((tmp_path / "c" / "o" / "n").iterdir())  # no half download left to reuse
+
+
+def test_download_that_is_not_a_zip_gets_no_credentials_help(tmp_path):
+    class Html:
+        def download(self, dataset, dest, progress=None):
+            out = Path(dest) / "page.zip"
+            out.write_text("<html>sign in</html>")
+            return out
+
+    with pytest.raises(DataError) as err:
+        fetch(tmp_path / "d", client=Html(), cache_dir=tmp_path / "c", dataset="o/n")
+    assert "not a zip archive" in str(err.value) and "page.zip" in str(err.value)
+    assert download.CREDENTIALS_HELP not in str(err.value)
+    assert not any((tmp_path / "c" / "o" / "n").iterdir())
 
 
 def _assert_credentials_error(result):

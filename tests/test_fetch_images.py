@@ -7,7 +7,9 @@ import pytest
 from PIL import Image
 
 from skincls.data import load_image
+from skincls.fetch import fetch
 from skincls.ingest import inspect_image
+from skincls.synthetic import make_lesion
 
 
 def _images(tmp_path):
@@ -57,3 +59,29 @@ def test_modes_load_as_rgb_and_pass_verification(tmp_path, name):
         assert tuple(px) == (128, 128, 128)  # scaled, not clipped to white
     if name == "cmyk.jpg":
         assert abs(int(px[0]) - 200) < 20 and abs(int(px[2]) - 50) < 20
+
+
+def _to_16bit(im: Image.Image) -> Image.Image:
+    """The grayscale of `im` on the full 16-bit scale (mode I;16)."""
+    return Image.fromarray(np.asarray(im.convert("L")).astype(np.uint16) * 257)
+
+
+def test_16bit_images_are_hashed_as_the_model_sees_them(tmp_path):
+    # Hashed from the raw decode, every 16-bit image clipped to white and all of them became one
+    # duplicate cluster.
+    src = tmp_path / "src"
+    for i in range(6):
+        label = "malignant" if i % 2 else "benign"
+        (src / label).mkdir(parents=True, exist_ok=True)
+        lesion = make_lesion(bool(i % 2), np.random.default_rng([7, i]), size=64)
+        _to_16bit(lesion).save(src / label / f"{i}.png")
+    original = make_lesion(False, np.random.default_rng([7, 99]), size=64)
+    original.save(src / "benign" / "original.png")  # 8-bit RGB
+    _to_16bit(original).save(src / "benign" / "copy16.png")
+    assert Image.open(src / "benign" / "copy16.png").mode == "I;16"
+    report = fetch(tmp_path / "d", source_dir=src)
+    assert report.info["n_kept"] == 8
+    clusters = report.info["duplicates"]["clusters"]
+    assert [sorted(c["paths"]) for c in clusters] == [
+        ["images/benign/copy16.png", "images/benign/original.png"]
+    ]

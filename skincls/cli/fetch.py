@@ -8,7 +8,21 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from ..dedup import DEFAULT_NEAR_DUP_DISTANCE
+from ..download import DEFAULT_DATASET, default_cache_dir
+from ..splits import DATASET_JSON, MANIFEST_NAME
 from ._common import console, friendly_errors
+
+
+def _default_cache_dir_shown() -> str:
+    """The default cache dir for the help, the home folder written as `~` (same on every machine)."""
+    try:
+        path = default_cache_dir()
+        return "~/" + path.relative_to(Path.home()).as_posix()
+    except ValueError:  # XDG_CACHE_HOME outside the home folder
+        return str(path)
+    except RuntimeError:  # no home folder at all
+        return "none: set XDG_CACHE_HOME or --cache-dir"
 
 
 @click.command()
@@ -17,11 +31,11 @@ from ._common import console, friendly_errors
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("data"),
     show_default=True,
-    help="Where images/, manifest.csv and dataset.json are written.",
+    help=f"Where images/, {MANIFEST_NAME} and {DATASET_JSON} are written.",
 )
 @click.option(
     "--dataset",
-    default="fanconic/skin-cancer-malignant-vs-benign",
+    default=DEFAULT_DATASET,
     show_default=True,
     help="Kaggle dataset OWNER/NAME, downloaded when no other source is given.",
 )
@@ -47,7 +61,7 @@ from ._common import console, friendly_errors
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Where Kaggle downloads are kept and reused [~/.cache/skincls/kaggle].",
+    help=f"Where Kaggle downloads are kept and reused [{_default_cache_dir_shown()}].",
 )
 @click.option("--force", is_flag=True, help="Download and prepare again even when up to date.")
 @click.option(
@@ -70,7 +84,7 @@ from ._common import console, friendly_errors
 @click.option(
     "--near-dup-distance",
     type=click.IntRange(-1, 16),
-    default=2,
+    default=DEFAULT_NEAR_DUP_DISTANCE,
     show_default=True,
     help="Max pHash Hamming distance (bits) for near duplicates; -1 turns them off.",
 )
@@ -170,7 +184,7 @@ def _print_fetch_details(report) -> None:
     for path, reason in skipped[:20]:
         console.print(f"  [yellow]skipped[/] {path}: {reason}")
     if len(skipped) > 20:
-        console.print(f"  … and {len(skipped) - 20} more (see dataset.json)")
+        console.print(f"  … and {len(skipped) - 20} more (see {DATASET_JSON})")
     copies = info.get("source", {}).get("ignored_copies") or {}
     for root, n in copies.items():
         console.print(f"ignored a second copy of the dataset under {root}/ ({n} files)")
@@ -195,7 +209,7 @@ def _print_fetch_details(report) -> None:
         console.print(f"moved {len(moved)} duplicates of held-out images out of train:")
         for m in moved:
             console.print(f"  {m['path']}: {m['from']} → {m['to']} (cluster {m['cluster']})")
-    console.print(f"manifest: {data_dir / 'manifest.csv'}\ndetails:  {data_dir / 'dataset.json'}")
+    console.print(f"manifest: {data_dir / MANIFEST_NAME}\ndetails:  {data_dir / DATASET_JSON}")
     console.print(f"images:   {data_dir / 'images'}")
 
 
