@@ -6,8 +6,8 @@ Each is a small object with some of the `Callback` hooks; the trainer calls them
 
 from __future__ import annotations
 
-import copy
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from torch import nn
+
+from .checkpoint import ModelSnapshot, snapshot_model, snapshot_state
 
 if TYPE_CHECKING:
     from .history import EpochRecord, History
@@ -46,10 +47,9 @@ class Callback:
 
 
 class BestWeights(Callback):
-    """Keeps a CPU copy of the weights of the best epoch in `state`; optionally loads them at the end."""
+    """Keeps a CPU copy of the weights of the best epoch in `state`."""
 
-    def __init__(self, restore: bool = False):
-        self.restore = restore
+    def __init__(self):
         self.state: dict[str, torch.Tensor] | None = None
 
     def on_epoch_end(self, trainer: Trainer, record: EpochRecord, improved: bool) -> None:
@@ -57,10 +57,6 @@ class BestWeights(Callback):
             self.state = {
                 k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()
             }
-
-    def on_fit_end(self, trainer: Trainer, history: History) -> None:
-        if self.restore and self.state is not None:
-            trainer.model.load_state_dict(self.state)
 
 
 class EarlyStopping(Callback):
@@ -91,18 +87,21 @@ class ModelCheckpoint(Callback):
 
     Args:
         run_dir: Folder for the two files.
-        save: `save(path, model, extra, training_state)` writes one checkpoint atomically; `extra`
-            holds the epoch and its metrics, `training_state` the trainer's state (None for best.pt).
+        save: `save(path, snapshot, extra, training_state)` writes one checkpoint atomically, e.g.
+            with `save_checkpoint`; `snapshot` is the model's `ModelSnapshot` (CPU weights, config,
+            preprocessing) taken once at the epoch's end for both files, `extra` holds the epoch and
+            its metrics, `training_state` the trainer's state (None for best.pt).
         last: Also write `last.pt`, so `--resume` loses at most the epoch in progress.
-        background: Write from a thread while the next epoch trains, from a snapshot taken at the
-            epoch's end (the next write, the end of `fit` and a crash all wait for it). Writing a
-            VGG head's 1.4 GB `last.pt` otherwise costs seconds per epoch.
+        background: Write from a thread while the next epoch trains (the next write, the end of
+            `fit` and a crash all wait for it); the snapshot and training state are then CPU copies
+            that training cannot change. Writing a VGG head's 1.4 GB `last.pt` otherwise costs
+            seconds per epoch.
     """
 
     def __init__(
         self,
         run_dir: str | Path,
-        save: Callable[[Path, nn.Module, dict[str, Any], dict[str, Any] | None], None],
+        save: Callable[[Path, ModelSnapshot, dict[str, Any], dict[str, Any] | None], None],
         *,
         last: bool = True,
         background: bool = False,
@@ -126,21 +125,27 @@ class ModelCheckpoint(Callback):
                 "val": {"loss": record.val_loss, "accuracy": record.val_accuracy},
             },
         }
-        jobs = [(self.run_dir / "best.pt", extra, None)] if improved else []
+        # One CPU snapshot for both files; in the background a copy, as training goes on mutating
+        # the live weights and optimizer state.
+        snapshot = snapshot_model(trainer.model, copy_weights=self.background)
+        jobs = [(self.run_dir / "best.pt", None)] if improved else []
         if self.last:
-            jobs.append((self.run_dir / "last.pt", extra, trainer.state_dict()))
+            state = trainer.state_dict()
+            jobs.append(
+                (self.run_dir / "last.pt", snapshot_state(state) if self.background else state)
+            )
         if not self.background:
-            self._write(trainer.model, jobs)
+            self._write(snapshot, extra, jobs)
             return
-        # Snapshot now: training goes on mutating the live weights and optimizer state.
-        model, jobs = copy.deepcopy(trainer.model), copy.deepcopy(jobs)
-        self._thread = threading.Thread(target=self._write, args=(model, jobs), daemon=True)
+        self._thread = threading.Thread(
+            target=self._write, args=(snapshot, extra, jobs), daemon=True
+        )
         self._thread.start()
 
-    def _write(self, model: nn.Module, jobs: list) -> None:
+    def _write(self, snapshot: ModelSnapshot, extra: dict[str, Any], jobs: list) -> None:
         try:
-            for path, extra, state in jobs:
-                self.save(path, model, extra, state)
+            for path, state in jobs:
+                self.save(path, snapshot, extra, state)
         except BaseException as exc:
             if not self.background:
                 raise
@@ -164,17 +169,25 @@ class ModelCheckpoint(Callback):
 
 
 class HistoryWriter(Callback):
-    """Writes `history.json`/`history.csv` after every epoch and a training-curve PNG at the end."""
+    """Writes `history.json`/`history.csv` after every epoch and a training-curve PNG at the end.
+
+    The final `history.json` also holds `wall_seconds`, the time `fit` took (of this session, when
+    resumed).
+    """
 
     def __init__(self, run_dir: str | Path, plot: bool = True):
         self.run_dir = Path(run_dir)
         self.plot = plot
+        self._start = time.perf_counter()
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._start = time.perf_counter()
 
     def on_epoch_end(self, trainer: Trainer, record: EpochRecord, improved: bool) -> None:
         trainer.history.save(self.run_dir)
 
     def on_fit_end(self, trainer: Trainer, history: History) -> None:
-        history.save(self.run_dir)
+        history.save(self.run_dir, wall_seconds=time.perf_counter() - self._start)
         if self.plot and history.epochs:
             from .plots import plot_history
 

@@ -6,6 +6,7 @@ a file that needs arbitrary unpickling is refused rather than executed.
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 from dataclasses import dataclass
@@ -23,9 +24,12 @@ from .models import Preprocessing, SkinClassifier, create_model
 __all__ = [
     "FORMAT",
     "Checkpoint",
+    "ModelSnapshot",
     "atomic_save",
     "load_checkpoint",
     "save_checkpoint",
+    "snapshot_model",
+    "snapshot_state",
     "update_checkpoint",
 ]
 
@@ -120,9 +124,56 @@ class Checkpoint:
         return model.eval()
 
 
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """What a checkpoint keeps of a model at one moment: CPU weights, `config` and `preprocessing`.
+
+    `save_checkpoint` takes it in place of the model, so a thread can write it while training goes on
+    changing the live model (weights, and `config["freeze"]` at a phase start).
+    """
+
+    weights: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    preprocessing: Preprocessing | None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.weights
+
+
+def snapshot_model(model: nn.Module, *, copy_weights: bool = True) -> ModelSnapshot:
+    """`model`'s weights on the CPU, its `config` (copied) and `preprocessing`, as they are now.
+
+    With `copy_weights=False`, CPU weights are shared with the model rather than copied: enough for
+    a checkpoint written before the model next changes.
+    """
+    if copy_weights:
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    else:
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    config = copy.deepcopy(dict(getattr(model, "config", None) or {}))
+    return ModelSnapshot(weights, config, getattr(model, "preprocessing", None))
+
+
+def snapshot_state(state: Any) -> Any:
+    """A copy of a training state (nested dicts, lists and tuples) with every tensor copied to the CPU.
+
+    For a `Trainer.state_dict()` that is written while training goes on: the optimizer's state
+    tensors are otherwise the live ones.
+    """
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: snapshot_state(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [snapshot_state(v) for v in state]
+    if isinstance(state, tuple):
+        return tuple(snapshot_state(v) for v in state)
+    return copy.deepcopy(state)
+
+
 def save_checkpoint(
     path: str | Path,
-    model: SkinClassifier,
+    model: SkinClassifier | ModelSnapshot,
     *,
     classes: list[str],
     model_config: dict[str, Any] | None = None,
@@ -132,9 +183,9 @@ def save_checkpoint(
 ) -> None:
     """Write a checkpoint atomically. `extra` holds plain values (metrics, epoch, train config...).
 
-    `model_config` and `preprocessing` default to the model's own (`model.config`,
-    `model.preprocessing`, set by `create_model`). `training_state` (a `Trainer.state_dict()`) is
-    stored as is, for `skincls train --resume`.
+    `model` is a model or a `snapshot_model` of one. `model_config` and `preprocessing` default to
+    its own (`model.config`, `model.preprocessing`, set by `create_model`). `training_state` (a
+    `Trainer.state_dict()`) is stored as is, for `skincls train --resume`.
     """
     model_config = model.config if model_config is None else model_config
     preprocessing = model.preprocessing if preprocessing is None else preprocessing
@@ -152,7 +203,10 @@ def save_checkpoint(
     }
     # A JSON round trip keeps metadata to plain types, so `weights_only=True` can always load it.
     data = json.loads(json.dumps(meta))
-    data["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if isinstance(model, ModelSnapshot):
+        data["state_dict"] = model.weights
+    else:
+        data["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if training_state is not None:
         # The trainer's resume state (optimizer, scheduler, RNG...): tensors and plain values only.
         data["training_state"] = training_state

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .atomic import atomic_write
 from .errors import ConfigError
 
 __all__ = [
@@ -181,5 +182,6 @@ def _validate(raw: dict[str, Any], source: Path | None) -> RunConfig:
 
 
 def save_config(config: BaseModel, path: str | Path) -> None:
-    """Write a resolved config as pretty JSON."""
-    Path(path).write_text(config.model_dump_json(indent=2) + "\n")
+    """Write a resolved config as pretty JSON, atomically (`--resume` reads it back)."""
+    with atomic_write(path, "w") as fh:
+        fh.write(config.model_dump_json(indent=2) + "\n")

@@ -43,7 +43,7 @@ def run_demo(
     console.print({s: sum(v.values()) for s, v in counts.items()}, f"→ {config.data.data_dir}")
     console.rule("2/4 train: smallcnn")
     result = train_from_config(config, progress=progress)
-    best = result.history.epochs[result.history.best_epoch - 1]
+    best = result.history.best
     console.print(
         f"best epoch {best.epoch}: val loss {best.val_loss:.4f}, val accuracy {best.val_accuracy:.3f}"
     )

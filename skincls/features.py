@@ -6,10 +6,9 @@ the cache computes them once (batched, inference mode, channels_last) so that on
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .atomic import atomic_write
+from .atomic import atomic_path, atomic_write
 
 __all__ = [
     "FeatureSet",
@@ -138,14 +137,9 @@ def extract_features(
     return feats, targets
 
 
-def _cache_key(model: nn.Module, data_fp: str, dtype: torch.dtype | None) -> str:
+def _cache_key(backbone_fp: str, data_fp: str, dtype: torch.dtype | None) -> str:
     blob = json.dumps(
-        {
-            "format": _FORMAT,
-            "data": data_fp,
-            "backbone": backbone_fingerprint(model),
-            "amp": str(dtype),
-        }
+        {"format": _FORMAT, "data": data_fp, "backbone": backbone_fp, "amp": str(dtype)}
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
@@ -173,6 +167,7 @@ def load_or_extract(
     autocast_dtype: torch.dtype | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] = lambda _: None,
+    backbone_fp: str | None = None,
 ) -> FeatureSet:
     """Features of `dataset` under `mode` ('memory', 'disk' or 'auto'), reusing a disk entry if any.
 
@@ -180,13 +175,16 @@ def load_or_extract(
     fingerprint (records and transform), the backbone's architecture and weights, and the autocast
     dtype; they are written atomically and memory-mapped when read. `auto` reuses an entry when one
     exists, else keeps features in memory when they fit comfortably, else writes them to disk.
+    `backbone_fp` is `backbone_fingerprint(model)` when the caller has it already (computed if needed).
     """
     data_fp = dataset_fingerprint(dataset)
     if isinstance(dataset, TensorDataset) or data_fp is None:
         if mode == "disk":
             log("feature cache: this dataset has no fingerprint, so it is cached in memory only")
         mode = "memory"
-    key = _cache_key(model, data_fp, autocast_dtype) if mode != "memory" else None
+    key = None
+    if mode != "memory":
+        key = _cache_key(backbone_fp or backbone_fingerprint(model), data_fp, autocast_dtype)
     feat_path = targ_path = None
     if key is not None and cache_dir is not None:
         feat_path = Path(cache_dir) / f"{key}.npy"
@@ -197,21 +195,20 @@ def load_or_extract(
             if len(feats) == len(dataset) == len(targets):
                 log(f"feature cache: reusing {feat_path}")
                 return FeatureSet(feats, targets, "disk")
-    tmp: list[str] = []
-
-    def allocate(shape: tuple[int, int]) -> np.ndarray:
-        if feat_path is None or (mode != "disk" and _fits_in_memory(shape[0] * shape[1] * 4)):
-            return np.empty(shape, dtype=np.float32)
-        feat_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(
-            prefix=f".{feat_path.name}.", suffix=".tmp", dir=feat_path.parent
-        )
-        os.close(fd)
-        tmp.append(name)
-        return np.lib.format.open_memmap(name, mode="w+", dtype=np.float32, shape=shape)
-
     start = time.perf_counter()
-    try:
+    # The features file is written in place as a memory map and only renamed to its real name
+    # (atomic_path) when the ExitStack closes, after its targets: a complete entry or none.
+    with contextlib.ExitStack() as stack:
+        on_disk = False
+
+        def allocate(shape: tuple[int, int]) -> np.ndarray:
+            nonlocal on_disk
+            if feat_path is None or (mode != "disk" and _fits_in_memory(shape[0] * shape[1] * 4)):
+                return np.empty(shape, dtype=np.float32)
+            tmp = stack.enter_context(atomic_path(feat_path))
+            on_disk = True
+            return np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+
         feats, targets = extract_features(
             model,
             dataset,
@@ -223,19 +220,12 @@ def load_or_extract(
             allocate=allocate,
         )
         seconds = time.perf_counter() - start
-        if not tmp:
+        if not on_disk:
             return FeatureSet(feats, targets, "computed", seconds)
         feats.flush()
         del feats
-        with open(tmp[0], "rb+") as fh:
-            os.fsync(fh.fileno())
         # Targets first: the features file appearing under its name marks a complete entry.
         with atomic_write(targ_path) as fh:
             np.save(fh, targets)
-        os.replace(tmp[0], feat_path)
-    except BaseException:
-        for name in tmp:
-            Path(name).unlink(missing_ok=True)
-        raise
     log(f"feature cache: wrote {feat_path}")
     return FeatureSet(np.load(feat_path, mmap_mode="r"), targets, "computed+disk", seconds)

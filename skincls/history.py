@@ -54,9 +54,6 @@ class History:
         kwargs["epochs"] = [EpochRecord(**e) for e in data.get("epochs", [])]
         return cls(**kwargs)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
     def to_csv(self) -> str:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=[f.name for f in fields(EpochRecord)])

@@ -105,10 +105,6 @@ class SkinClassifier(nn.Module):
                     m.eval()
         return self
 
-    def backbone_parameters(self) -> Iterator[nn.Parameter]:
-        """All backbone parameters, trainable or not."""
-        return self.backbone.parameters()
-
     def head_parameters(self) -> Iterator[nn.Parameter]:
         """All parameters after the backbone (pool and head)."""
         return itertools.chain(self.pool.parameters(), self.head.parameters())

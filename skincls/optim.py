@@ -56,20 +56,22 @@ def build_scheduler(
     *,
     epochs: int,
     steps_per_epoch: int,
+    maximise: bool,
 ) -> tuple[
     torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None, str
 ]:
     """The phase's LR schedule and when to step it: ("step" | "epoch" | "none").
 
     cosine: linear warmup over `warmup_epochs`, then cosine decay to zero, stepped every batch.
-    plateau: divide the LR by 5 when the monitored metric hasn't improved for an epoch.
+    plateau: divide the LR by 5 when the monitored metric hasn't improved for an epoch; `maximise`
+    says whether the metric the trainer steps it with improves upwards (accuracy) or downwards (loss).
     """
     if config.schedule == "cosine":
         total = max(1, epochs * steps_per_epoch)
         warmup = min(total - 1, round(config.warmup_epochs * steps_per_epoch))
         return torch.optim.lr_scheduler.LambdaLR(optimizer, _WarmupCosine(warmup, total)), "step"
     if config.schedule == "plateau":
-        mode = "min" if config.monitor == "val_loss" else "max"
+        mode = "max" if maximise else "min"
         return (
             torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode=mode, factor=0.2, patience=1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from .callbacks import Callback, EarlyStopping, HistoryWriter, ModelCheckpoint, RichProgress
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import ModelSnapshot, load_checkpoint, save_checkpoint
 from .config import RunConfig, save_config
 from .data import ManifestDataset, build_transform
 from .errors import CheckpointError, DataError
@@ -75,6 +74,7 @@ def train_from_config(
     else:
         model, pre = create_model(m.arch, weights=m.weights, **common)
     pre = pre.with_size(config.data.image_size)
+    model.preprocessing = pre  # what its checkpoints record
     train_ds = ManifestDataset(
         manifest, "train", build_transform(pre, train=True, augment=config.data.augment)
     )
@@ -85,21 +85,18 @@ def train_from_config(
     run_dir = Path(config.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.json")
-    model_config = getattr(model, "config", None) or {
-        **m.model_dump(mode="json"),
-        "num_classes": len(manifest.classes),
-    }
     train_config = config.model_dump(mode="json")
 
     def save(
-        path: Path, net: nn.Module, extra: dict[str, Any], training_state: dict[str, Any] | None
+        path: Path,
+        snapshot: ModelSnapshot,
+        extra: dict[str, Any],
+        training_state: dict[str, Any] | None,
     ) -> None:
         save_checkpoint(
             path,
-            net,
-            model_config=model_config,
+            snapshot,
             classes=manifest.classes,
-            preprocessing=pre,
             train_config=train_config,
             training_state=training_state,
             **extra,
@@ -120,9 +117,7 @@ def train_from_config(
     )
     if resume:
         _resume(trainer, run_dir / "last.pt")
-    start = time.perf_counter()
     history = trainer.fit(train_ds, val_ds)
-    history.save(run_dir, wall_seconds=time.perf_counter() - start)
     return TrainResult(run_dir, history, run_dir / "best.pt", manifest.classes)
 
 

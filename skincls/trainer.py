@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
-from .callbacks import BestWeights, Callback, RichProgress
+from .callbacks import BestWeights, Callback
 from .config import TrainConfig
 from .errors import ConfigError
-from .features import FeatureSet, can_cache, load_or_extract
+from .features import FeatureSet, backbone_fingerprint, can_cache, load_or_extract
 from .history import EpochRecord, History
 from .optim import balanced_class_weights, build_optimizer, build_scheduler, param_groups
 from .runtime import (
@@ -64,7 +64,6 @@ class Trainer:
         config: The optimisation recipe.
         callbacks: Objects with any of the `Callback` hooks, called in order. Default: keep the
             best weights in memory (`BestWeights`).
-        progress: Add a rich progress display.
         cache_dir: Where `cache_features="disk"` (or "auto" with large features) keeps features.
         num_workers: DataLoader worker processes (seeded from the run's seed).
     """
@@ -75,15 +74,12 @@ class Trainer:
         config: TrainConfig | None = None,
         *,
         callbacks: Sequence[Callback] | None = None,
-        progress: bool = False,
         cache_dir: str | None = None,
         num_workers: int = 0,
     ):
         self.model = model
         self.config = config or TrainConfig()
         self.callbacks = list(callbacks) if callbacks is not None else [BestWeights()]
-        if progress and not any(isinstance(c, RichProgress) for c in self.callbacks):
-            self.callbacks.append(RichProgress())
         self.cache_dir = cache_dir
         self.num_workers = num_workers
         self.device = resolve_device(self.config.device)
@@ -99,6 +95,9 @@ class Trainer:
         self._shuffle = torch.Generator()
         self._loader_rng = torch.Generator()
         self._resume: dict | None = None
+        # The EpochRecord field that decides `improved` and steps a plateau schedule (set by `fit`).
+        self._monitor = self.config.monitor
+        self._backbone_fp: str | None = None  # the current phase's, computed when first needed
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -143,25 +142,22 @@ class Trainer:
         model.to(
             memory_format=torch.channels_last
         )  # conv weights only; faster convs on CPU and GPU
+        self._monitor = cfg.monitor if val is not None else "train_loss"
         targets = _targets(train)
         num_classes = len(getattr(train, "classes", [])) or int(max(targets)) + 1
-        weight = (
+        balanced = (
             balanced_class_weights(targets, num_classes)
-            if cfg.class_weights == "balanced"
+            if "balanced" in (cfg.class_weights, cfg.sampler)
             else None
         )
         self.criterion = nn.CrossEntropyLoss(
-            weight=weight.to(self.device) if weight is not None else None,
+            weight=balanced.to(self.device) if cfg.class_weights == "balanced" else None,
             label_smoothing=cfg.label_smoothing,
         )
         self._val_criterion = nn.CrossEntropyLoss(
             reduction="sum"
         )  # plain CE: comparable across runs
-        sample_weights = (
-            balanced_class_weights(targets, num_classes)[torch.as_tensor(targets)]
-            if cfg.sampler == "balanced"
-            else None
-        )
+        sample_weights = balanced[torch.as_tensor(targets)] if cfg.sampler == "balanced" else None
         if self._resume is None:
             seed_everything(cfg.seed)
             self._shuffle.manual_seed(cfg.seed)
@@ -206,6 +202,7 @@ class Trainer:
             set_freeze(self.model, phase.freeze)
         resuming = self._resume is not None and self._resume["phase"] == phase.name
         self.phase, self.stop = phase.name, False
+        self._backbone_fp = None  # the backbone may have changed (fine-tuned, unfrozen)
         train_fs = self._features(train, "train")
         val_fs = self._features(val, "val") if val is not None else None
         steps = math.ceil(len(train) / cfg.batch_size)
@@ -213,7 +210,11 @@ class Trainer:
         self.optimizer = build_optimizer(param_groups(self.model, cfg.lr, mult), cfg)
         epochs = phase.last - phase.first + 1
         self.scheduler, when = build_scheduler(
-            self.optimizer, cfg, epochs=epochs, steps_per_epoch=steps
+            self.optimizer,
+            cfg,
+            epochs=epochs,
+            steps_per_epoch=steps,
+            maximise=self._maximise,
         )
         if self.amp_dtype == torch.float16:
             self.scaler = torch.amp.GradScaler(self.device.type)
@@ -283,8 +284,10 @@ class Trainer:
             if when == "step":
                 self.scheduler.step()
             n = len(y)
-            batch_loss = loss.item()
-            batch_correct = int((logits.argmax(1) == y).sum())
+            # One device-to-host transfer per step for both numbers (counts < 2**24 are exact).
+            hits = (logits.argmax(1) == y).sum().float()
+            batch_loss, batch_correct = torch.stack([loss.detach().float(), hits]).tolist()
+            batch_correct = int(batch_correct)
             total, correct, seen = total + batch_loss * n, correct + batch_correct, seen + n
             self._emit("on_batch_end", batch_loss, batch_correct / n)
         return total / seen, correct / seen
@@ -329,10 +332,16 @@ class Trainer:
             if mode != "off" or split == "train":
                 self.log(f"feature cache off for {split} ({self.phase} phase): {why}")
             return None
+        backbone_fp = None
+        if mode in ("auto", "disk") and callable(getattr(dataset, "fingerprint", None)):
+            if self._backbone_fp is None:  # a disk cache key: hash the backbone once per phase
+                self._backbone_fp = backbone_fingerprint(self.model)
+            backbone_fp = self._backbone_fp
         fs = load_or_extract(
             self.model,
             dataset,
             mode=mode,
+            backbone_fp=backbone_fp,
             cache_dir=self.cache_dir,
             device=self.device,
             batch_size=self.config.inference_batch_size,
@@ -370,16 +379,18 @@ class Trainer:
         dtype = self.amp_dtype
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
+    @property
+    def _maximise(self) -> bool:
+        """Whether the monitored metric improves upwards (accuracy) rather than down (a loss)."""
+        return self._monitor == "val_accuracy"
+
     def _monitored(self, record: EpochRecord) -> float:
-        if record.val_loss is None:
-            return record.train_loss
-        return record.val_accuracy if self.config.monitor == "val_accuracy" else record.val_loss
+        return getattr(record, self._monitor)
 
     def _update_best(self, record: EpochRecord) -> bool:
         value = self._monitored(record)
-        maximise = self.config.monitor == "val_accuracy" and record.val_loss is not None
         better = self.best_value is None or (
-            value > self.best_value if maximise else value < self.best_value
+            value > self.best_value if self._maximise else value < self.best_value
         )
         if better:
             self.best_value, self.history.best_epoch = value, record.epoch

@@ -134,3 +134,15 @@ def test_vgg16_default_is_the_original_recipe():
     ]
     assert model.head[0].in_features == 25088 and model.head[-1].out_features == 2
     assert pre.crop_size == 224
+
+
+def test_run_files_record_wall_time_and_each_phase_model_config(tiny_data, tmp_path):
+    cfg = _config(tiny_data, tmp_path / "r", epochs=1, finetune_epochs=1)
+    cfg.model.freeze = "backbone"
+    result = skincls.train_from_config(cfg, progress=False)
+    history = json.loads((result.run_dir / "history.json").read_text())
+    assert history["wall_seconds"] > 0 and len(history["epochs"]) == 2
+    assert RunConfig.model_validate_json((result.run_dir / "config.json").read_text()) == cfg
+    last = torch.load(result.run_dir / "last.pt", weights_only=True)
+    assert last["epoch"] == 2 and last["model"]["freeze"] == "none"  # set at the finetune start
+    assert last["preprocessing"]["crop_size"] == 32

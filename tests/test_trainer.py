@@ -4,6 +4,7 @@ stopping, class weights, device/precision choice."""
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from types import SimpleNamespace
 
@@ -282,3 +283,80 @@ def test_atomic_write_keeps_old_file_on_error_and_uses_umask_permissions(tmp_pat
     finally:
         os.umask(mask)
     assert (tmp_path / "g.bin").stat().st_mode & 0o777 == 0o644
+
+
+def test_plateau_without_val_follows_train_loss():
+    """No val set: the trainer monitors train loss, so the plateau schedule must minimise it even
+    with monitor="val_accuracy" (which, taken literally, would cut the LR while the loss falls)."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(
+        epochs=6, batch_size=16, lr=1e-2, schedule="plateau", monitor="val_accuracy", device="cpu"
+    )
+    history = Trainer(nn.Linear(8, 2), cfg).fit(_tensor_data())
+    losses = [e.train_loss for e in history.epochs]
+    assert all(b < a for a, b in itertools.pairwise(losses))  # one full-batch step per epoch
+    assert [e.lr for e in history.epochs] == [1e-2] * 6
+    assert history.best_epoch == 6
+
+
+def test_background_checkpoint_writes_the_epoch_end_snapshot(tmp_path):
+    """Both files come from one CPU snapshot taken at the epoch's end: later changes to the live
+    weights, config and optimizer state (the next epoch, a phase start) don't reach them."""
+    model, _ = _frozen_model()
+    opt = torch.optim.Adam(model.head.parameters())
+    model.head(torch.randn(2, model.head[0].in_features)).sum().backward()
+    opt.step()
+    trainer = SimpleNamespace(
+        model=model, state_dict=lambda: {"epoch": 1, "optimizer": opt.state_dict()}
+    )
+    writer = ModelCheckpoint(
+        tmp_path,
+        lambda path, snap, extra, state: skincls.save_checkpoint(
+            path, snap, classes=["benign", "malignant"], training_state=state, **extra
+        ),
+        background=True,
+    )
+    record = skincls.History.from_dict({"epochs": [_record(1)]}).epochs[0]
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    exp_avg = opt.state_dict()["state"][0]["exp_avg"].clone()
+    writer.on_epoch_end(trainer, record, improved=True)
+    with torch.no_grad():  # training goes on while the thread writes
+        for p in model.parameters():
+            p.add_(1.0)
+    opt.state[next(iter(model.head.parameters()))]["exp_avg"].add_(1.0)
+    skincls.models.set_freeze(model, "none")
+    writer.on_fit_end(trainer, None)
+    for name in ("best.pt", "last.pt"):
+        raw = torch.load(tmp_path / name, weights_only=True)
+        assert all(torch.equal(raw["state_dict"][k], v) for k, v in expected.items()), name
+        assert raw["model"]["freeze"] == "backbone" and raw["epoch"] == 1
+    assert "training_state" not in torch.load(tmp_path / "best.pt", weights_only=True)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)["training_state"]
+    assert torch.equal(state["optimizer"]["state"][0]["exp_avg"], exp_avg)
+
+
+def test_backbone_hashed_once_per_phase_and_cache_files_use_umask(tiny_data, tmp_path, monkeypatch):
+    import os
+
+    import skincls.features
+    import skincls.trainer
+
+    calls = []
+    real = skincls.features.backbone_fingerprint
+
+    def counting(model):
+        calls.append(1)
+        return real(model)
+
+    monkeypatch.setattr(skincls.features, "backbone_fingerprint", counting)
+    monkeypatch.setattr(skincls.trainer, "backbone_fingerprint", counting)
+    model, pre = _frozen_model()
+    train, val = _datasets(tiny_data, pre)
+    mask = os.umask(0o022)
+    try:
+        Trainer(model, _cfg(epochs=1, cache_features="disk"), cache_dir=tmp_path).fit(train, val)
+    finally:
+        os.umask(mask)
+    assert len(calls) == 1  # train and val share the phase's fingerprint
+    files = list(tmp_path.glob("*.npy"))
+    assert len(files) == 4 and all(f.stat().st_mode & 0o777 == 0o644 for f in files)
