@@ -21,11 +21,13 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Ruff lint and format check."""
-    session.install("ruff>=0.5")
+    """Ruff lint and format check, and the import layers (`lint-imports`, contract in pyproject.toml)."""
+    session.install("ruff>=0.5", "import-linter>=2.1")
+    session.install("--no-deps", "-e", ".")  # lint-imports reads the source; no need for torch
     paths = ["skincls", "tests", "benchmarks", "noxfile.py"]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
+    session.run("lint-imports")
 
 
 @nox.session

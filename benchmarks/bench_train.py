@@ -45,7 +45,7 @@ def matmul_gflops(n: int = 4096, reps: int = 5) -> float:
 def make_data_dir(source: Path, data_dir: Path) -> dict[str, int]:
     """A skincls data dir whose train/val are exactly `source/train` and `source/valid`."""
     sys.path.insert(0, str(HERE.parent))
-    from skincls.splits import Record, write_manifest
+    from skincls.data.splits import Record, write_manifest
 
     data_dir.mkdir(parents=True, exist_ok=True)
     link = data_dir / "images"

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from skincls.evaluate import Evaluator
-from skincls.predict import Predictor
-from skincls.splits import load_manifest
+from skincls.data.splits import load_manifest
+from skincls.evaluation.evaluator import Evaluator
+from skincls.inference.predict import Predictor
 
 
 def _backbone(spec: str | None):

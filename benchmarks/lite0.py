@@ -6,7 +6,8 @@ nothing is downloaded.
 
     from lite0 import lite0_backbone
     backbone, pre = lite0_backbone()
-    model, pre = skincls.create_model(backbone=backbone, preprocessing=pre, head=(512,))
+    model = skincls.create_model(backbone=backbone, preprocessing=pre, head=(512,))
+    pre = model.preprocessing
     # or, for a checkpoint trained with it:
     model = skincls.load_checkpoint("best.pt").build_model(backbone=lite0_backbone()[0])
 """
@@ -19,7 +20,7 @@ import io
 import torch
 from torch import nn
 
-from skincls.models import Preprocessing
+from skincls.preprocessing import Preprocessing
 
 __all__ = ["Lite0Backbone", "lite0_backbone", "lite0_preprocessing"]
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lite0 import lite0_backbone
 
 import skincls
-from skincls.data import ManifestDataset, build_transform
+from skincls.data.dataset import ManifestDataset, build_transform
 
 RUNS = {
     "frozen": {
@@ -88,9 +88,9 @@ def main() -> None:
     if not (data_dir / "manifest.csv").is_file():
         t = time.perf_counter()
         if args.source_dir:
-            skincls.fetch(data_dir, source_dir=args.source_dir, seed=0)
+            skincls.data.fetch(data_dir, source_dir=args.source_dir, seed=0)
         else:
-            skincls.fetch(data_dir, archive=args.archive, seed=0)
+            skincls.data.fetch(data_dir, archive=args.archive, seed=0)
         report["fetch_s"] = time.perf_counter() - t
     manifest = skincls.load_manifest(data_dir)
     report["counts"] = manifest.counts()

@@ -3,31 +3,25 @@
 Research software, not a medical device.
 """
 
-__version__ = "0.1.0"
-
 import os
+
+from ._version import __version__
 
 # Large CPU tensors (e.g. a VGG head's 400 MB gradient, allocated every step) on transparent huge
 # pages: far fewer page faults. PyTorch reads this once, so it only helps when set before torch loads.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config
+from .data.fetch import fetch
+from .data.splits import Manifest, load_manifest
 from .errors import SkinclsError
-from .evaluate import EvalReport, Evaluator, evaluate_checkpoint
-from .fetch import fetch
-from .models import (
-    Preprocessing,
-    SkinClassifier,
-    create_model,
-    list_models,
-    register_model,
-    set_freeze,
-)
-from .pipeline import train_from_config
-from .predict import Prediction, Predictor
-from .splits import Manifest, load_manifest
-from .trainer import History, Trainer
+from .evaluation.evaluator import EvalReport, Evaluator, evaluate_checkpoint
+from .inference.predict import Prediction, Predictor
+from .models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .models.classifier import SkinClassifier, create_model, list_models, register_model, set_freeze
+from .preprocessing import Preprocessing
+from .training.run import train_from_config
+from .training.trainer import History, Trainer
 
 __all__ = [
     "Checkpoint",

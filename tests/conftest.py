@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from skincls.checkpoint import save_checkpoint
-from skincls.fetch import fetch
-from skincls.models import create_model
+from skincls.data.fetch import fetch
+from skincls.models.checkpoint import save_checkpoint
+from skincls.models.classifier import create_model
 
 
 class NetworkBlocked(RuntimeError):
@@ -75,7 +75,8 @@ TINY_TRAIN = [
 def untrained_ckpt_file(tmp_path_factory) -> Path:
     """An untrained (seeded) smallcnn checkpoint at 32 px: its outputs are arbitrary but fixed."""
     torch.manual_seed(0)
-    model, pre = create_model("smallcnn", weights="none", head=(16,), dropout=0.0, freeze="none")
+    model = create_model("smallcnn", weights="none", head=(16,), dropout=0.0, freeze="none")
+    pre = model.preprocessing
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     save_checkpoint(
         path,

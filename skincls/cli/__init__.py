@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from .. import __version__
+from .._version import __version__
 from .evaluate import evaluate, export, predict
 from .fetch import fetch
 from .train import demo, models, train

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ..export import FORMATS
-from ..splits import DATASET_JSON
+from ..data.splits import DATASET_JSON
+from ..inference.export import FORMATS
 from ._common import console, friendly_errors
 
 
@@ -98,8 +98,8 @@ def evaluate(
     split is measured at them. Without --threshold/--target-sensitivity the checkpoint's stored
     threshold is used, or argmax when it has none.
     """
-    from ..checkpoint import load_checkpoint
-    from ..evaluate import evaluate_checkpoint
+    from ..evaluation.evaluator import evaluate_checkpoint
+    from ..models.checkpoint import load_checkpoint
 
     if target_sensitivity is not None and threshold is not None:
         raise click.UsageError("give --target-sensitivity or --threshold, not both")
@@ -119,7 +119,7 @@ def evaluate(
         seed=seed,
     )
     if model_card is not None:
-        from ..modelcard import write_model_card
+        from ..evaluation.modelcard import write_model_card
 
         write_model_card(ckpt, report, model_card, dataset=data_dir / DATASET_JSON)
         click.echo(f"model card: {model_card}", err=True)  # stderr: keeps --json output pure
@@ -176,7 +176,7 @@ def predict(checkpoint, paths, tta, cam_dir, device, as_json, csv_file):
     PATHS are image files, folders (searched recursively) or glob patterns such as 'lesions/*.jpg'.
     Unreadable files get an error row; the exit code is 1 if any failed.
     """
-    from ..predict import Predictor
+    from ..inference.predict import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint, device=device, tta=tta)
     preds = predictor.predict(paths, cam_dir=cam_dir)
@@ -245,7 +245,7 @@ def export(checkpoint, fmt, out, tolerance):
     The exported model takes float32 RGB images, NCHW, values in [0, 1], at the checkpoint's crop size,
     and returns class probabilities.
     """
-    from ..export import export_model
+    from ..inference.export import export_model
 
     result = export_model(checkpoint, out, format=fmt, tolerance=tolerance)
     batches = ", ".join(map(str, result.batch_sizes))

@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ..dedup import DEFAULT_NEAR_DUP_DISTANCE
-from ..download import DEFAULT_DATASET, default_cache_dir
-from ..splits import DATASET_JSON, MANIFEST_NAME
+from ..data.dedup import DEFAULT_NEAR_DUP_DISTANCE
+from ..data.download import DEFAULT_DATASET, default_cache_dir
+from ..data.splits import DATASET_JSON, MANIFEST_NAME
 from ._common import console, friendly_errors
 
 
@@ -109,7 +109,7 @@ def fetch(
     With no source option the Kaggle dataset is downloaded (credentials: KAGGLE_API_TOKEN,
     ~/.kaggle/access_token or ~/.kaggle/kaggle.json). Running it again with the same inputs is a no-op.
     """
-    from ..fetch import fetch as run_fetch
+    from ..data.fetch import fetch as run_fetch
 
     with _fetch_progress(quiet) as on_progress:
         report = run_fetch(

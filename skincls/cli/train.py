@@ -115,7 +115,7 @@ def train(config_file, quiet, resume, **options):
     only the head trains. --finetune-epochs adds a phase with the backbone unfrozen.
     """
     from ..config import load_config
-    from ..pipeline import train_from_config
+    from ..training.run import train_from_config
 
     out = options["out"]
     if resume and config_file is None and out is not None and (out / "config.json").is_file():
@@ -167,7 +167,7 @@ def _print_history(history) -> None:
 @friendly_errors
 def models(as_json):
     """List the backbones `--arch` accepts, with parameter counts and default input size."""
-    from ..models import describe_models
+    from ..models.classifier import describe_models
 
     rows = describe_models()
     if as_json:
@@ -208,6 +208,6 @@ def models(as_json):
 @friendly_errors
 def demo(workdir, images, epochs, quiet):
     """Run the whole pipeline offline on synthetic data: fetch → train → evaluate → predict."""
-    from ..demo import run_demo
+    from .demo import run_demo
 
     run_demo(workdir, images=images, epochs=epochs, progress=not quiet, console=console)

@@ -1,0 +1,110 @@
+"""Data: turn manifest records into tensors, with the model's own preprocessing."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import v2 as T
+
+from ..errors import DataError
+from ..preprocessing import Preprocessing
+from .ingest import to_rgb
+from .splits import Manifest, Record
+
+__all__ = ["ManifestDataset", "build_transform", "is_deterministic", "load_image"]
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image as RGB (grayscale, palette, RGBA, CMYK and 16-bit inputs are converted)."""
+    try:
+        with Image.open(path) as im:
+            # The same conversion fetch verified and hashed the image with.
+            return to_rgb(im)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+
+
+def build_transform(pre: Preprocessing, *, train: bool = False, augment: bool = False) -> T.Compose:
+    """PIL image → normalised float tensor (3, crop, crop).
+
+    Evaluation: resize, centre crop, normalise. Training with `augment`: a lesion has no canonical
+    orientation, so flips and 90° turns, plus a small affine and colour jitter.
+    """
+    interp = T.InterpolationMode(pre.interpolation)
+    steps: list = [T.ToImage(), T.Resize(pre.resize_size, interpolation=interp, antialias=True)]
+    if train and augment:
+        steps += [
+            T.RandomResizedCrop(
+                pre.crop_size, scale=(0.7, 1.0), interpolation=interp, antialias=True
+            ),
+            T.RandomHorizontalFlip(),
+            T.RandomVerticalFlip(),
+            T.RandomChoice([T.RandomRotation((a, a)) for a in (0, 90, 180, 270)]),
+            T.RandomAffine(degrees=10, translate=(0.05, 0.05)),
+            T.ColorJitter(brightness=0.15, contrast=0.15, saturation=0.1, hue=0.02),
+        ]
+    else:
+        steps.append(T.CenterCrop(pre.crop_size))
+    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(pre.mean, pre.std)]
+    return T.Compose(steps)
+
+
+class ManifestDataset(Dataset):
+    """Images of one split of a manifest, as `(tensor, class_index)` pairs."""
+
+    def __init__(self, manifest: Manifest, split: str, transform=None):
+        self.manifest = manifest
+        self.split = split
+        self.records: Sequence[Record] = manifest.select(split)
+        self.classes = manifest.classes
+        self.transform = transform
+        self.targets = [manifest.label_index(r.label) for r in self.records]
+
+    @property
+    def deterministic(self) -> bool:
+        """True when an image always gives the same tensor (no augmentation): features can be cached."""
+        return is_deterministic(self.transform)
+
+    def fingerprint(self) -> str:
+        """Identity of what this dataset yields: image paths, labels, content hashes and transform."""
+        h = hashlib.sha256(repr(self.transform).encode())
+        h.update(str(self.manifest.root.resolve()).encode())
+        for r, t in zip(self.records, self.targets):
+            h.update(f"{r.path}\0{t}\0{r.sha256}\n".encode())
+        return h.hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        image = load_image(self.manifest.root / self.records[i].path)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[i]
+
+
+# Transforms that map an image to the same tensor every time; anything else counts as random.
+_DETERMINISTIC = (
+    T.ToImage,
+    T.Resize,
+    T.CenterCrop,
+    T.ToDtype,
+    T.Normalize,
+    T.ToPureTensor,
+    T.Grayscale,
+    T.Pad,
+)
+
+
+def is_deterministic(transform) -> bool:
+    """Whether `transform` (None, a v2 transform or a `Compose` of them) has no random step."""
+    if transform is None:
+        return True
+    if isinstance(transform, T.Compose):
+        return all(is_deterministic(t) for t in transform.transforms)
+    return isinstance(transform, _DETERMINISTIC)

@@ -1,0 +1,299 @@
+"""Fetch: bring a dataset into a data dir (Kaggle, an archive, a folder or synthetic) and index it.
+
+One call runs the whole preparation: get the files, verify every image, find duplicates, assign
+leak-free splits and write `manifest.csv` + `dataset.json`. Running it again with the same inputs and
+options changes nothing: a fingerprint of both is kept in `dataset.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from ..errors import DataError
+from .dedup import DEFAULT_CONFIRM_DISTANCE, DEFAULT_NEAR_DUP_DISTANCE, find_duplicates
+from .download import DEFAULT_DATASET, DatasetClient, download_dataset
+from .ingest import (
+    IMAGE_SUFFIXES,
+    MAX_ARCHIVE_BYTES,
+    copy_source,
+    extract_archive,
+    inspect_image,
+    select_layout,
+)
+from .splits import (
+    DATASET_JSON,
+    Manifest,
+    Record,
+    assign_splits,
+    load_manifest,
+    unify_groups,
+    write_manifest,
+)
+from .synthetic import generate_synthetic
+
+__all__ = ["DEFAULT_DATASET", "IMAGE_SUFFIXES", "FetchReport", "ProgressCallback", "fetch"]
+
+# Bump when the preparation itself changes, so old data dirs are rebuilt rather than trusted.
+FORMAT_VERSION = 2
+ProgressCallback = Callable[[str, int, "int | None"], None]
+"""Called as `(stage, done, total)`; stages: download (bytes), extract, copy, verify (files)."""
+
+
+@dataclass
+class FetchReport:
+    """What fetch did.
+
+    Attributes:
+        manifest: The resulting manifest (its `info` is `dataset.json`).
+        skipped: `(path, reason)` for files left out.
+        changed: False when the data dir was already up to date and nothing was written.
+        downloaded: True when the archive was downloaded in this call (Kaggle source only).
+    """
+
+    manifest: Manifest
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    changed: bool = True
+    downloaded: bool = False
+
+    @property
+    def info(self) -> dict:
+        """The dataset.json content: source, duplicates, moved images, label conflicts."""
+        return self.manifest.info
+
+
+def fetch(
+    data_dir: str | Path,
+    *,
+    source_dir: str | Path | None = None,
+    archive: str | Path | None = None,
+    synthetic: int | None = None,
+    dataset: str = DEFAULT_DATASET,
+    cache_dir: str | Path | None = None,
+    client: DatasetClient | None = None,
+    force: bool = False,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    near_dup_distance: int = DEFAULT_NEAR_DUP_DISTANCE,
+    near_dup_confirm: int | None = DEFAULT_CONFIRM_DISTANCE,
+    max_archive_bytes: int = MAX_ARCHIVE_BYTES,
+    on_progress: ProgressCallback | None = None,
+) -> FetchReport:
+    """Prepare `data_dir`: `images/`, `manifest.csv` (path, label, split, sha256, cluster), `dataset.json`.
+
+    At most one source: `source_dir` (a folder), `archive` (a zip as Kaggle serves it) or `synthetic`
+    (that many generated images); with none, `dataset` is downloaded from Kaggle into `cache_dir`
+    (reused later; `force` downloads again). Either source may be in `split/class/file` layout (its
+    test split is kept, val is carved from train) or `class/file` (train/val/test are carved).
+    Classes are the class folder names, sorted (benign=0, malignant=1).
+
+    Args:
+        near_dup_distance: Largest pHash Hamming distance (bits, best of 8 orientations) at which two
+            images count as the same lesion; -1 turns near-duplicate search off.
+        near_dup_confirm: Largest dHash distance (bits, same orientation) confirming a pHash match;
+            None accepts every pHash match.
+        max_archive_bytes: Refuse archives that would expand past this many bytes.
+        on_progress: Progress callback, see `ProgressCallback`.
+
+    Raises:
+        DataError: conflicting sources, unreadable or unsafe inputs, no usable image, or a failed
+            download (with how to fix it).
+    """
+    data_dir = Path(data_dir)
+    given = [name for name, v in (("--source-dir", source_dir), ("--archive", archive),
+                                  ("--synthetic", synthetic)) if v is not None]  # fmt: skip
+    if len(given) > 1:
+        raise DataError(f"give one source, not {' and '.join(given)}")
+    downloaded = False
+    if not given:
+        archive, downloaded = download_dataset(
+            dataset,
+            cache_dir,
+            client=client,
+            force=force,
+            progress=(lambda done, total: on_progress("download", done, total))
+            if on_progress
+            else None,
+        )
+        source: dict = {"kind": "kaggle", "dataset": dataset, "archive": str(archive)}
+    elif archive is not None:
+        if not Path(archive).is_file():
+            raise DataError(f"archive {archive} does not exist")
+        source = {"kind": "archive", "path": str(Path(archive).resolve())}
+    elif source_dir is not None:
+        if not Path(source_dir).is_dir():
+            raise DataError(f"source dir {source_dir} does not exist")
+        if data_dir.resolve().is_relative_to(Path(source_dir).resolve()):
+            raise DataError(f"--data-dir {data_dir} must not lie inside --source-dir {source_dir}")
+        source = {"kind": "source_dir", "path": str(Path(source_dir).resolve())}
+    else:
+        source = {"kind": "synthetic", "n": synthetic}
+    options = {
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "near_dup_distance": near_dup_distance,
+        "near_dup_confirm": near_dup_confirm,
+    }
+    fingerprint = _fingerprint(source, archive, source_dir, options)
+    manifest = None if force else _up_to_date(data_dir, fingerprint)
+    if manifest is not None:
+        skipped = [tuple(s) for s in manifest.info.get("skipped", [])]
+        return FetchReport(manifest, skipped, changed=False, downloaded=downloaded)
+
+    images = data_dir / "images"
+    staging = data_dir / ".images.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    # Each source checks its input before writing; a refused archive leaves no trace, not even dirs.
+    try:
+        if archive is not None:
+            layout = extract_archive(
+                archive, staging, max_bytes=max_archive_bytes, progress=on_progress
+            )
+        elif source_dir is not None:
+            layout = copy_source(source_dir, staging, progress=on_progress)
+        else:
+            generate_synthetic(staging, synthetic, seed=seed)
+            layout = select_layout(
+                PurePosixPath(p.relative_to(staging).as_posix())
+                for p in staging.rglob("*")
+                if p.is_file()
+            )
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    staging.mkdir(parents=True, exist_ok=True)
+    # The old dataset.json goes first: a half-replaced data dir must never look up to date.
+    (data_dir / DATASET_JSON).unlink(missing_ok=True)
+    shutil.rmtree(images, ignore_errors=True)
+    staging.replace(images)
+
+    # Damaged archive members were never written out: they are skipped with the archive's reason.
+    candidates = [c for c in layout.candidates() if c.rel not in layout.damaged]
+    skipped = [(p, "outside the split/class/file layout") for p in layout.outside]
+    skipped += sorted(layout.damaged.items())
+    kept, sha, hashes = [], [], []
+    for n, c in enumerate(candidates, 1):
+        result = inspect_image(images / c.rel)
+        if result.reason:
+            skipped.append((c.rel, result.reason))
+        else:
+            kept.append(c)
+            sha.append(result.sha256)
+            hashes.append(result.hashes)
+        if on_progress:
+            on_progress("verify", n, len(candidates))
+    if not kept:
+        raise DataError(f"no readable images found under {images} (expected split/class/*.jpg)")
+
+    dups = find_duplicates(sha, np.stack(hashes), near_dup_distance, near_dup_confirm)
+    classes = sorted({c.label for c in kept})
+    source_splits = [c.split for c in kept]
+    unified = unify_groups(source_splits, dups.cluster)
+    splits = assign_splits(
+        [c.label for c in kept],
+        source_splits,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        groups=dups.cluster,
+    )
+    rel = [f"images/{c.rel}" for c in kept]
+    records = [
+        Record(rel[i], c.label, splits[i], sha[i], dups.cluster[i]) for i, c in enumerate(kept)
+    ]
+    moved = [
+        {"path": rel[i], "from": s, "to": unified[i], "cluster": dups.cluster[i]}
+        for i, s in enumerate(source_splits)
+        if s is not None and s != unified[i]
+    ]
+    info = {
+        "format": FORMAT_VERSION,
+        "fingerprint": fingerprint,
+        "source": {
+            **source,
+            "layout_root": "/".join(layout.prefix) or ".",
+            "ignored_copies": layout.ignored_copies,
+        },
+        **options,
+        "class_order": "sorted class folder names; label id = position in classes",
+        "n_files": len(layout.files) + len(layout.outside),
+        "n_kept": len(kept),
+        "skipped": [list(s) for s in skipped],
+        "duplicates": _duplicate_summary(dups, kept, rel, splits),
+        "moved": moved,
+    }
+    manifest = write_manifest(data_dir, records, classes, info)
+    return FetchReport(manifest, skipped, changed=True, downloaded=downloaded)
+
+
+def _duplicate_summary(dups, kept, rel, splits) -> dict:
+    clusters = []
+    for members in dups.groups():
+        labels = sorted({kept[i].label for i in members})
+        clusters.append(
+            {
+                "id": dups.cluster[members[0]],
+                "paths": [rel[i] for i in members],
+                "labels": labels,
+                "source_splits": sorted({kept[i].split or "-" for i in members}),
+                "split": splits[members[0]],
+            }
+        )
+
+    def across(pairs) -> int:
+        return sum(1 for i, j, _ in pairs if (kept[i].split or "-") != (kept[j].split or "-"))
+
+    return {
+        "exact_groups": [[rel[i] for i in g] for g in dups.exact_groups],
+        "exact_images": sum(len(g) for g in dups.exact_groups),
+        "near_pairs": len(dups.near_pairs),
+        "near_pairs_exact": sum(1 for *_, d in dups.near_pairs if d == 0),
+        "near_pairs_across_source_splits": across(dups.near_pairs),
+        "rejected_pairs": [[rel[i], rel[j], d] for i, j, d in dups.rejected_pairs],
+        "rejected_pairs_across_source_splits": across(dups.rejected_pairs),
+        "clusters": clusters,
+        "images_in_clusters": sum(len(c["paths"]) for c in clusters),
+        "label_conflicts": [c for c in clusters if len(c["labels"]) > 1],
+    }
+
+
+def _fingerprint(source: dict, archive, source_dir, options: dict) -> str:
+    """Hash of what the result depends on: the input's content (or listing) and the options."""
+    h = hashlib.sha256(json.dumps([FORMAT_VERSION, source.get("kind"), options]).encode())
+    if archive is not None:
+        with Path(archive).open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    elif source_dir is not None:
+        root = Path(source_dir)
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                h.update(
+                    f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+                )
+    else:
+        h.update(str(source.get("n")).encode())
+    return h.hexdigest()
+
+
+def _up_to_date(data_dir: Path, fingerprint: str) -> Manifest | None:
+    """The data dir's manifest when it was prepared from the same inputs and options, else None."""
+    try:
+        manifest = load_manifest(data_dir)
+    except (OSError, ValueError, DataError):
+        return None
+    if manifest.info.get("fingerprint") != fingerprint:
+        return None
+    # Someone may have deleted images by hand; then the data dir is rebuilt, not trusted.
+    if not all((data_dir / r.path).is_file() for r in manifest.records):
+        return None
+    return manifest

@@ -1,0 +1,206 @@
+"""Splits and the manifest: which image belongs to which split, decided once and written down.
+
+Every later step reads `manifest.csv` and never reshuffles (prepare once, train many).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_write
+from ..errors import DataError
+
+__all__ = [
+    "DATASET_JSON",
+    "MANIFEST_NAME",
+    "SPLITS",
+    "Manifest",
+    "Record",
+    "assign_splits",
+    "load_manifest",
+    "unify_groups",
+    "write_manifest",
+]
+
+MANIFEST_NAME = "manifest.csv"
+DATASET_JSON = "dataset.json"
+SPLITS = ("train", "val", "test")
+_COLUMNS = ("path", "label", "split", "sha256", "cluster")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image: `path` is relative to the data dir; `cluster` groups duplicates of one another."""
+
+    path: str
+    label: str
+    split: str
+    sha256: str = ""
+    cluster: int = -1
+
+
+@dataclass
+class Manifest:
+    """The prepared dataset: its root folder, class names (index = label id) and records."""
+
+    root: Path
+    classes: list[str]
+    records: list[Record]
+    info: dict = field(default_factory=dict)
+
+    def select(self, split: str) -> list[Record]:
+        """Records of one split, in manifest order."""
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        return [r for r in self.records if r.split == split]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """`{split: {class: n}}` for every split and class (zeros included)."""
+        c = Counter((r.split, r.label) for r in self.records)
+        return {s: {k: c[(s, k)] for k in self.classes} for s in SPLITS}
+
+    def label_index(self, label: str) -> int:
+        return self.classes.index(label)
+
+
+def unify_groups(source_splits: Sequence[str | None], groups: Sequence[int]) -> list[str]:
+    """Put every group wholly in its most held-out split (test, then val, then train).
+
+    A duplicate found in the source's test split pulls its training copies into test, so no image is
+    trained on and then scored. Items without a source split count as train.
+
+    Returns:
+        A split per item; compare with `source_splits` to see which items moved.
+    """
+    rank = {"train": 0, "val": 1, "test": 2}
+    best: dict[int, int] = {}
+    for s, g in zip(source_splits, groups):
+        best[g] = max(best.get(g, 0), rank.get(s or "train", 0))
+    names = {v: k for k, v in rank.items()}
+    return [names[best[g]] for g in groups]
+
+
+def assign_splits(
+    labels: Sequence[str],
+    source_splits: Sequence[str | None],
+    *,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    groups: Sequence[int] | None = None,
+) -> list[str]:
+    """Assign each item to train/val/test, stratified by label, seeded, and whole groups at a time.
+
+    The source's own test (and val) items keep their split. When no item comes with a test split, a
+    stratified `test_fraction` of groups is carved out first; when none comes with a val split,
+    `val_fraction` of the remaining training items per class become validation. With `groups`
+    (duplicate cluster ids), a group never straddles two splits (see `unify_groups`).
+
+    Returns:
+        A split name per item, in input order.
+    """
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1:
+        raise DataError("val and test fractions must be in [0, 1)")
+    n = len(labels)
+    group_ids = list(groups) if groups is not None else list(range(n))
+    rng = np.random.default_rng(seed)
+    out = unify_groups(source_splits, group_ids)
+    has_test, has_val = "test" in out, "val" in out
+    members: dict[int, list[int]] = {}
+    for i in range(n):
+        members.setdefault(group_ids[i], []).append(i)
+
+    def carve(target: str, fraction: float) -> None:
+        # Whole groups are drawn, per class of the group's first member, until the quota is met.
+        by_label: dict[str, list[int]] = {}
+        for g, idx in members.items():
+            if out[idx[0]] == "train":
+                by_label.setdefault(labels[idx[0]], []).append(g)
+        for label in sorted(by_label):
+            gs = by_label[label]
+            order = rng.permutation(len(gs))
+            quota = round(sum(len(members[g]) for g in gs) * fraction)
+            taken = 0
+            for j in order:
+                if taken >= quota:
+                    break
+                for i in members[gs[j]]:
+                    out[i] = target
+                taken += len(members[gs[j]])
+
+    if not has_test and test_fraction > 0:
+        carve("test", test_fraction)
+    if not has_val and val_fraction > 0:
+        carve("val", val_fraction)
+    return out
+
+
+def write_manifest(
+    data_dir: str | Path, records: Iterable[Record], classes: Sequence[str], info: dict
+) -> Manifest:
+    """Write `manifest.csv` and `dataset.json` (class order, counts, provenance) atomically.
+
+    Returns:
+        The manifest as written; its `info` is the `dataset.json` content.
+    """
+    data_dir = Path(data_dir)
+    records = list(records)
+    path = data_dir / MANIFEST_NAME
+    with atomic_write(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=_COLUMNS)
+        writer.writeheader()
+        for r in records:
+            writer.writerow(asdict(r))
+    manifest = Manifest(data_dir, list(classes), records)
+    manifest.info = {"classes": list(classes), "counts": manifest.counts(), **info}
+    with atomic_write(data_dir / DATASET_JSON, "w") as fh:
+        fh.write(json.dumps(manifest.info, indent=2, sort_keys=False) + "\n")
+    return manifest
+
+
+def load_manifest(data_dir: str | Path) -> Manifest:
+    """Read a prepared data dir.
+
+    Raises:
+        DataError: the folder or its manifest is missing or malformed, with the command to fix it.
+    """
+    data_dir = Path(data_dir)
+    path = data_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise DataError(
+            f"no {MANIFEST_NAME} in {data_dir}: prepare the data first, e.g. "
+            f"`skincls fetch --data-dir {data_dir}` (or `--synthetic 500` for offline data)"
+        )
+    try:
+        meta = json.loads((data_dir / DATASET_JSON).read_text())
+        classes = list(meta["classes"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(
+            f"{data_dir / DATASET_JSON} is missing or unreadable; run fetch again"
+        ) from exc
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = set(_COLUMNS[:3]) - set(reader.fieldnames or ())
+        if missing:
+            raise DataError(f"{path} lacks columns {sorted(missing)}; run fetch again")
+        records = [
+            Record(
+                path=row["path"],
+                label=row["label"],
+                split=row["split"],
+                sha256=row.get("sha256") or "",
+                cluster=int(row.get("cluster") or -1),
+            )
+            for row in reader
+        ]
+    unknown = {r.label for r in records} - set(classes)
+    if unknown:
+        raise DataError(f"{path} has labels {sorted(unknown)} not in {DATASET_JSON}'s classes")
+    return Manifest(data_dir, classes, records, meta)

@@ -1,0 +1,394 @@
+"""Evaluate: measure a trained model on one split, choose its operating point and calibrate it on val.
+
+The model runs once per split (logits are collected, then cached); every number after that comes from
+arrays through `skincls.metrics`. Threshold and temperature are fitted on the validation split only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.dataset import ManifestDataset, build_transform
+from ..data.splits import load_manifest
+from ..errors import ConfigError, DataError
+from ..inference.decision import positive_index, predict_labels, softmax
+from ..inference.tta import model_logits
+from ..models.checkpoint import Checkpoint, load_checkpoint, update_checkpoint
+from ..preprocessing import Preprocessing
+from ..runtime import resolve_device
+from . import metrics as M
+from .calibration import fit_temperature, nll
+from .report import ECE_BINS, CalibrationResult, ClassResult, EvalReport, ThresholdChoice
+
+__all__ = [
+    "CalibrationResult",
+    "ClassResult",
+    "EvalReport",
+    "Evaluator",
+    "Outputs",
+    "ThresholdChoice",
+    "evaluate_checkpoint",
+]
+
+
+@dataclass
+class Outputs:
+    """A model's raw outputs on one split: logits (N, C), or (N, V, C) with TTA, and labels (N,)."""
+
+    split: str
+    logits: np.ndarray
+    labels: np.ndarray
+
+    def probs(self, temperature: float = 1.0) -> np.ndarray:
+        return softmax(self.logits, temperature)
+
+
+class Evaluator:
+    """Evaluates a model, given as a checkpoint path, a `Checkpoint`, or a module with its metadata.
+
+    Args:
+        model: Checkpoint file, `Checkpoint`, or `nn.Module` (then `classes` and `preprocessing`).
+        backbone: The backbone module of a custom-backbone checkpoint.
+        device: auto, cpu, cuda, cuda:N or mps.
+        batch_size: Images per forward pass.
+        tta: Average softmax over the 8 flips and 90° turns.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | Checkpoint | nn.Module,
+        *,
+        backbone: nn.Module | None = None,
+        classes: list[str] | None = None,
+        preprocessing: Preprocessing | None = None,
+        device: str = "auto",
+        batch_size: int = 32,
+        tta: bool = False,
+    ):
+        self.checkpoint: Checkpoint | None = None
+        self.threshold: float | None = None
+        self.threshold_choice: ThresholdChoice | None = None
+        self.temperature = 1.0
+        self.calibration: CalibrationResult | None = None
+        if isinstance(model, (str, Path)):
+            model = load_checkpoint(model)
+        if isinstance(model, Checkpoint):
+            self.checkpoint = model
+            classes = classes or model.classes
+            preprocessing = preprocessing or model.preprocessing
+            self.temperature = model.temperature
+            self.threshold = model.threshold
+            info = model.data.get("threshold_info")
+            self.threshold_choice = ThresholdChoice.model_validate(info) if info else None
+            model = model.build_model(backbone=backbone)
+        if classes is None or preprocessing is None:
+            raise ValueError("a bare module needs classes= and preprocessing=")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.classes = list(classes)
+        self.positive = positive_index(self.classes)
+        self.preprocessing = preprocessing
+        self.batch_size = batch_size
+        self.tta = tta
+        self._cache: dict[tuple, Outputs] = {}
+
+    @property
+    def binary(self) -> bool:
+        return len(self.classes) == 2
+
+    def outputs(self, data: str | Path | Dataset, split: str = "test") -> Outputs:
+        """Run the model once over a split (cached): a data dir plus split name, or a `Dataset`."""
+        if isinstance(data, (str, Path)):
+            key = (str(data), split, self.tta)
+        else:  # the dataset itself (not its id, which a new object could reuse) keys the cache
+            split = getattr(data, "split", split)
+            key = (data, split, self.tta)
+        if key not in self._cache:
+            ds = self._dataset(data, split)
+            logits, labels = [], []
+            for x, y in DataLoader(ds, batch_size=self.batch_size):
+                logits.append(model_logits(self.model, x.to(self.device), self.tta).float().cpu())
+                labels.append(torch.as_tensor(y))
+            if not labels:
+                raise DataError(f"the {split} split has no images")
+            self._cache[key] = Outputs(
+                split, torch.cat(logits).numpy(), torch.cat(labels).numpy().astype(int)
+            )
+        return self._cache[key]
+
+    def _dataset(self, data: str | Path | Dataset, split: str) -> Dataset:
+        if not isinstance(data, (str, Path)):
+            return data
+        manifest = load_manifest(data)
+        if manifest.classes != self.classes:
+            raise DataError(
+                f"data classes {manifest.classes} differ from the model's {self.classes}"
+            )
+        return ManifestDataset(manifest, split, build_transform(self.preprocessing))
+
+    def calibrate(self, data: str | Path | Dataset, split: str = "val") -> CalibrationResult:
+        """Fit the temperature on `split` (validation) and use it from now on.
+
+        A threshold chosen for a target sensitivity is chosen again on its split at the new
+        temperature (its stored sensitivity and specificity stay true, with TTA too); a fixed one is
+        moved so that its decisions on single-view probabilities stay the same.
+        """
+        out = self.outputs(data, _not_test(data, split, "calibrate"))
+        t = fit_temperature(out.logits, out.labels)
+        old_t, self.temperature = self.temperature, t
+        choice = self.threshold_choice
+        if self.threshold is not None and self.binary:
+            if choice is not None and choice.method == "target_sensitivity":
+                self.choose_threshold(
+                    data, choice.split or split, target_sensitivity=choice.target_sensitivity
+                )
+            else:
+                self.threshold = M.rescale_threshold(self.threshold, old_t, t)
+                if choice is not None:
+                    self.threshold_choice = choice.model_copy(
+                        update={"threshold": self.threshold, "temperature": t}
+                    )
+        self.calibration = CalibrationResult(
+            temperature=t,
+            split=out.split,
+            n_images=len(out.labels),
+            tta=self.tta,
+            nll_before=nll(out.logits, out.labels),
+            nll_after=nll(out.logits, out.labels, t),
+            ece_before=M.expected_calibration_error(
+                out.labels, out.probs(), ECE_BINS, self.positive
+            ),
+            ece_after=M.expected_calibration_error(
+                out.labels, out.probs(t), ECE_BINS, self.positive
+            ),
+        )
+        return self.calibration
+
+    def choose_threshold(
+        self,
+        data: str | Path | Dataset | None = None,
+        split: str = "val",
+        *,
+        target_sensitivity: float | None = None,
+        threshold: float | None = None,
+    ) -> ThresholdChoice:
+        """Set the binary operating threshold: fixed, or the largest reaching a target sensitivity.
+
+        The target is met on `split` (validation; test is refused). Only that split's labels and
+        probabilities reach `metrics.select_threshold`.
+        """
+        if not self.binary:
+            raise ConfigError("an operating threshold needs exactly two classes")
+        if (target_sensitivity is None) == (threshold is None):
+            raise ConfigError("give either a target sensitivity or a fixed threshold")
+        if threshold is not None:
+            if not 0 <= threshold <= 1:
+                raise ConfigError(f"threshold must be in [0, 1], not {threshold}")
+            choice = ThresholdChoice(
+                threshold=threshold, method="fixed", temperature=self.temperature, tta=self.tta
+            )
+        else:
+            if data is None:
+                raise ConfigError("a target sensitivity needs data to choose the threshold on")
+            out = self.outputs(data, _not_test(data, split, "choose a threshold"))
+            y_val = (out.labels == self.positive).astype(int)
+            p_val = out.probs(self.temperature)[:, self.positive]
+            try:
+                t = M.select_threshold(y_val, p_val, target_sensitivity)
+            except ValueError as exc:
+                raise DataError(f"cannot choose a threshold on {out.split}: {exc}") from exc
+            at = M.binary_metrics(y_val, p_val, t)
+            choice = ThresholdChoice(
+                threshold=t,
+                method="target_sensitivity",
+                target_sensitivity=target_sensitivity,
+                split=out.split,
+                n_images=len(y_val),
+                n_positive=int(y_val.sum()),
+                sensitivity=at["sensitivity"],
+                specificity=at["specificity"],
+                temperature=self.temperature,
+                tta=self.tta,
+            )
+        self.threshold, self.threshold_choice = choice.threshold, choice
+        return choice
+
+    def evaluate(
+        self,
+        data: str | Path | Dataset,
+        split: str = "test",
+        *,
+        n_bootstrap: int = 1000,
+        seed: int = 0,
+        plots_dir: str | Path | None = None,
+    ) -> EvalReport:
+        """All metrics of `split` at the current threshold and temperature.
+
+        Args:
+            data: A prepared data dir, or a `Dataset` of (image tensor, class index).
+            split: Which split of the data dir.
+            n_bootstrap: Bootstrap resamples for the 95% confidence intervals (0: none).
+            seed: Bootstrap seed; the same seed gives the same intervals.
+            plots_dir: If given, write ROC, PR, confusion and reliability PNGs there.
+        """
+        out = self.outputs(data, split)
+        y, probs, probs_raw = out.labels, out.probs(self.temperature), out.probs()
+        pred = predict_labels(probs, self.threshold if self.binary else None, self.positive)
+        cm = np.zeros((len(self.classes),) * 2, dtype=int)
+        np.add.at(cm, (y, pred), 1)
+        report: dict[str, Any] = {
+            "split": out.split,
+            "n_images": len(y),
+            "classes": self.classes,
+            "positive_class": self.classes[self.positive],
+            "loss": nll(out.logits, y),
+            "accuracy": float((pred == y).mean()),
+            "per_class": [
+                ClassResult(name=c, correct=int(cm[k, k]), total=int(cm[k].sum()))
+                for k, c in enumerate(self.classes)
+            ],
+            "confusion_matrix": cm.tolist(),
+            "threshold": self.threshold if self.binary else None,
+            "threshold_source": self._threshold_source(),
+            "temperature": self.temperature,
+            "tta": self.tta,
+            "nll": nll(out.logits, y, self.temperature),
+            "ece": M.expected_calibration_error(y, probs, ECE_BINS, self.positive),
+            "ece_uncalibrated": M.expected_calibration_error(y, probs_raw, ECE_BINS, self.positive),
+            "calibration": self.calibration,
+            "threshold_choice": self.threshold_choice,
+        }
+        if self.binary:
+            yb, pb = (y == self.positive).astype(int), probs[:, self.positive]
+            binary = M.binary_metrics(yb, pb, self.threshold)
+            binary.pop("confusion_matrix")  # the class-ordered one above is the same counts
+            report.update(binary)
+            if n_bootstrap:
+                report["ci"] = M.bootstrap_ci(
+                    yb, pb, self.threshold, n_resamples=n_bootstrap, seed=seed
+                )
+                report.update(bootstrap_resamples=n_bootstrap, bootstrap_seed=seed)
+        else:
+            multi = M.multiclass_metrics(y, probs)
+            report.update(
+                balanced_accuracy=multi["balanced_accuracy"],
+                roc_auc=multi["roc_auc"],
+                brier=multi["brier"],
+            )
+        result = EvalReport.model_validate(_nan_to_none(report))
+        if plots_dir is not None:
+            result.plots = self._plots(out, result, Path(plots_dir))
+        return result
+
+    def _threshold_source(self) -> str:
+        if not self.binary or self.threshold is None:
+            return "argmax"
+        return self.threshold_choice.describe() if self.threshold_choice else "from checkpoint"
+
+    def _plots(self, out: Outputs, report: EvalReport, folder: Path) -> list[str]:
+        from . import plots
+
+        folder.mkdir(parents=True, exist_ok=True)
+        tag = f"{out.split} split, n={len(out.labels)}" + (", TTA" if self.tta else "")
+        stem = folder / out.split
+        written = [
+            plots.plot_confusion(
+                report.confusion_matrix, self.classes, f"{stem}_confusion.png", tag
+            )
+        ]
+        y = out.labels
+        probs = out.probs(self.temperature)
+        if self.binary and len(np.unique(y)) == 2:
+            yb, pb = (y == self.positive).astype(int), probs[:, self.positive]
+            pos = self.classes[self.positive]
+            written.append(plots.plot_roc(yb, pb, f"{stem}_roc.png", tag, self.threshold, pos))
+            written.append(plots.plot_pr(yb, pb, f"{stem}_pr.png", tag, self.threshold, pos))
+        after = probs if self.temperature != 1.0 else None
+        written.append(
+            plots.plot_reliability(
+                y,
+                out.probs(),
+                f"{stem}_reliability.png",
+                tag,
+                after,
+                self.temperature,
+                ECE_BINS,
+                self.classes[self.positive],
+                self.positive,
+            )
+        )
+        return [str(p) for p in written]
+
+    def save_to_checkpoint(self, report: EvalReport | None = None) -> Path:
+        """Store threshold, temperature, their provenance and `report`'s summary in the checkpoint."""
+        if self.checkpoint is None:
+            raise ConfigError("this Evaluator was built from a module, not a checkpoint file")
+        fields: dict[str, Any] = {
+            "threshold": self.threshold,
+            "threshold_info": self.threshold_choice.model_dump() if self.threshold_choice else None,
+            "temperature": self.temperature,
+            "calibration": self.calibration.model_dump() if self.calibration else None,
+        }
+        if report is not None:
+            summary = report.model_dump(
+                exclude={"per_class", "plots", "calibration", "threshold_choice"}
+            )
+            fields["metrics"] = {**self.checkpoint.metrics, report.split: summary}
+        update_checkpoint(self.checkpoint, **fields)
+        return self.checkpoint.path
+
+
+def _not_test(data: Any, split: str, what: str) -> str:
+    """`split`, unless it (or the given dataset's own split) is test: fitting there would leak."""
+    if "test" in (split, getattr(data, "split", None)):
+        raise ConfigError(
+            f"refusing to {what} on the test split: fit it on val, then measure test at it"
+        )
+    return split
+
+
+def _nan_to_none(d: dict[str, Any]) -> dict[str, Any]:
+    """Undefined metrics are NaN in the arrays and None (null in JSON) in the report."""
+    return {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in d.items()}
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path | Checkpoint,
+    data_dir: str | Path,
+    split: str = "test",
+    *,
+    calibrate: bool = False,
+    target_sensitivity: float | None = None,
+    threshold: float | None = None,
+    tta: bool = False,
+    plots_dir: str | Path | None = None,
+    device: str = "auto",
+    backbone: nn.Module | None = None,
+    save: bool = True,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> EvalReport:
+    """What `skincls evaluate` does: optionally calibrate and choose a threshold on val, then measure.
+
+    Calibration comes first, so a threshold is chosen on the calibrated probabilities that predict
+    shows. When anything was fitted or set and `save` is true, the checkpoint is updated with it and
+    with this report's summary.
+    """
+    ev = Evaluator(checkpoint, backbone=backbone, device=device, tta=tta)
+    if calibrate:
+        ev.calibrate(data_dir, "val")
+    if target_sensitivity is not None or threshold is not None:
+        ev.choose_threshold(
+            data_dir, "val", target_sensitivity=target_sensitivity, threshold=threshold
+        )
+    report = ev.evaluate(data_dir, split, n_bootstrap=n_bootstrap, seed=seed, plots_dir=plots_dir)
+    if save and (calibrate or target_sensitivity is not None or threshold is not None):
+        ev.save_to_checkpoint(report)
+    return report

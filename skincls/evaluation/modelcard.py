@@ -1,0 +1,415 @@
+"""Model card: a Markdown summary of one checkpoint and its evaluation report, for people, not code.
+
+Follows the sections of Mitchell et al., "Model Cards for Model Reporting" (2019), cut to what a
+skin-lesion classifier needs. Every value comes from the checkpoint, the report or the dataset's
+`dataset.json`; a value none of them holds is written as "not recorded", never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..inference.decision import positive_index
+from ..models.checkpoint import Checkpoint, load_checkpoint
+
+__all__ = ["NOT_RECORDED", "SECTIONS", "render_model_card", "write_model_card"]
+
+NOT_RECORDED = "not recorded"
+SECTIONS = (
+    "Model details",
+    "Intended use",
+    "Data",
+    "Metrics",
+    "Decision threshold",
+    "Calibration",
+    "Limitations",
+    "Ethical considerations",
+)
+
+_SPLIT_METHOD = (
+    "the source's own test split kept; a stratified, seeded validation split carved from train; "
+    "duplicate clusters kept within one split (skincls fetch)"
+)
+# (label, report key, is a proportion shown in %); CIs are looked up under the same key.
+_METRICS = (
+    ("Accuracy", "accuracy", True),
+    ("Balanced accuracy", "balanced_accuracy", True),
+    ("Sensitivity (recall of the positive class)", "sensitivity", True),
+    ("Specificity", "specificity", True),
+    ("PPV (precision)", "ppv", True),
+    ("NPV", "npv", True),
+    ("ROC-AUC", "roc_auc", False),
+    ("PR-AUC (average precision)", "pr_auc", False),
+    ("Brier score", "brier", False),
+    ("Expected calibration error (calibrated)", "ece", False),
+    ("Loss (cross-entropy)", "loss", False),
+)
+# Training options named in the recipe when set (None, "none" and 0 are left out).
+_RECIPE_EXTRAS = ("optimizer", "weight_decay", "schedule", "label_smoothing", "class_weights")
+
+
+def write_model_card(
+    checkpoint: str | Path | Checkpoint,
+    report: Any,
+    path: str | Path,
+    *,
+    dataset: str | Path | Mapping[str, Any] | None = None,
+) -> Path:
+    """Render a model card for `checkpoint` evaluated as `report` and write it to `path`.
+
+    Args:
+        checkpoint: A checkpoint path or a loaded `Checkpoint` (threshold and temperature are read
+            from it).
+        report: The `EvalReport` from `Evaluator.evaluate` (or its `model_dump()` dict).
+        path: The Markdown file to write; parent folders are created.
+        dataset: The data dir's `dataset.json` (path or loaded dict) for counts, duplicates and
+            source; optional.
+
+    Returns:
+        The path written.
+    """
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    if isinstance(dataset, (str, Path)):
+        dataset = json.loads(Path(dataset).read_text()) if Path(dataset).is_file() else None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_model_card(ckpt, report, dataset=dataset))
+    return path
+
+
+def render_model_card(
+    ckpt: Checkpoint, report: Any, *, dataset: Mapping[str, Any] | None = None
+) -> str:
+    """The model card as a Markdown string; see `write_model_card`."""
+    rep = _as_dict(report)
+    data = dict(ckpt.data)
+    cfg = ckpt.model_config
+    run = data.get("train_config") or {}
+    arch = cfg.get("arch", NOT_RECORDED)
+    positive = ckpt.classes[positive_index(ckpt.classes)]
+    split, n = rep.get("split", NOT_RECORDED), rep.get("n_images", NOT_RECORDED)
+    out: list[str] = [
+        f"# Model card: skincls `{arch}` classifier ({', '.join(ckpt.classes)})",
+        "",
+        f"Written by skincls {__version__} on {datetime.now(timezone.utc):%Y-%m-%d} from "
+        f"`{ckpt.path.name}`. **Research software, not a medical device.**",
+        "",
+    ]
+    out += _section("Model details", _details(ckpt, cfg, run))
+    out += _section(
+        "Intended use",
+        [
+            "- **Intended:** research and teaching on benign-vs-malignant classification of "
+            "dermoscopic skin-lesion images: comparing backbones and training recipes, studying "
+            "dataset leakage, calibration and thresholds.",
+            "- **Users:** machine-learning researchers and students who can read the metrics below.",
+            "- **Out of scope:** diagnosis, triage or screening of real patients; any clinical "
+            "decision; use without a clinician; clinical (non-dermoscopic) or smartphone photos; "
+            "populations, skin types or lesion types absent from the training data; more than the "
+            f"classes it was trained on ({', '.join(ckpt.classes)}).",
+        ],
+    )
+    out += _section("Data", _data(dataset, rep))
+    out += _section("Metrics", _metrics(rep, split, n, positive))
+    out += _section("Decision threshold", _threshold(ckpt, rep, positive))
+    out += _section("Calibration", _calibration(ckpt, rep))
+    out += _section(
+        "Limitations",
+        [
+            f"- Measured on {n} images of one split ({split}) of one dataset; confidence intervals "
+            "are wide at this size and say nothing about other clinics, cameras or populations.",
+            "- Benign images come mostly from one source (HAM10000), so the model can learn "
+            "acquisition cues (borders, rulers, vignetting, colour balance) that go with the label "
+            "instead of lesion features.",
+            "- Two classes only: every malignant lesion type is pooled into one class, and any image "
+            "is forced into one of the two, even one that shows no lesion.",
+            "- PPV and NPV depend on prevalence: the test split's class mix is not that of any "
+            "clinic, so recompute them for the population of interest.",
+            "- Calibration was fitted on the validation split of the same dataset and need not "
+            "transfer to new data.",
+        ],
+    )
+    out += _section(
+        "Ethical considerations",
+        [
+            "- Skin tone is not recorded in this dataset and dermoscopic archives are dominated by "
+            "light skin: performance on darker skin is unknown and likely worse.",
+            "- A false negative (missed malignancy) can delay treatment; a false positive causes "
+            "anxiety and unnecessary excisions. The threshold trades one against the other and "
+            "must be chosen with clinicians for any real use, which this model is not cleared for.",
+            "- The images are public research data (ISIC archive); no patient identifiers are used "
+            "or stored by skincls.",
+        ],
+    )
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _section(title: str, lines: list[str]) -> list[str]:
+    return [f"## {title}", "", *lines, ""]
+
+
+def _details(ckpt: Checkpoint, cfg: Mapping[str, Any], run: Mapping[str, Any]) -> list[str]:
+    pre = ckpt.preprocessing
+    train = run.get("train") or {}
+    planned = run.get("model") or {}  # the config as asked for; `cfg` is the model as saved
+    head = cfg.get("head")
+    head_desc = (
+        " → ".join([str(cfg.get("feature_dim", "features")), *map(str, head)])
+        + f" → {len(ckpt.classes)}"
+        if head is not None
+        else NOT_RECORDED
+    )
+    arch = cfg.get("arch", NOT_RECORDED)
+    if arch == "custom":
+        arch_desc = f"bring-your-own backbone `{_fmt(cfg.get('backbone'))}` + MLP head"
+    else:
+        arch_desc = f"`{arch}` backbone + MLP head"
+    # A custom backbone brings its own weights (the model config says None); the run config names them.
+    weights = cfg.get("weights") or planned.get("weights")
+    recipe = [f"{k} {train[k]}" for k in ("epochs", "batch_size", "lr") if k in train]
+    if train.get("optimizer") == "auto":  # resolved as the trainer does
+        train = {**train, "optimizer": "adamw" if train.get("weight_decay") else "adam"}
+    recipe += [f"{k} {train[k]}" for k in _RECIPE_EXTRAS if train.get(k) not in (None, "none", 0)]
+    if (run.get("data") or {}).get("augment"):
+        recipe.append("augmentation on")
+    if train.get("finetune_epochs"):
+        recipe.append(
+            f"then {train['finetune_epochs']} fine-tuning epochs with "
+            f"{_trainable(train.get('unfreeze'))} trainable at lr × "
+            f"{_fmt(train.get('backbone_lr_mult'))}"
+        )
+    if "seed" in train:
+        recipe.append(f"seed {train['seed']}")
+    return [
+        f"- **Architecture:** {arch_desc}",
+        f"- **Initial weights:** {_fmt(weights)}",
+        f"- **Head:** {head_desc} (dropout {_fmt(cfg.get('dropout'))})",
+        f"- **Trainable (as saved):** {_trainable(cfg.get('freeze'))}",
+        f"- **Classes (index order):** {', '.join(f'{i}={c}' for i, c in enumerate(ckpt.classes))}"
+        f"; positive class: {ckpt.classes[positive_index(ckpt.classes)]}",
+        f"- **Preprocessing:** resize shorter side to {pre.resize_size} px ({pre.interpolation}), "
+        f"centre crop {pre.crop_size} px, normalise with mean {_triple(pre.mean)} and std "
+        f"{_triple(pre.std)}",
+        f"- **Training recipe:** {', '.join(recipe) or NOT_RECORDED}; best epoch "
+        f"{_fmt(ckpt.data.get('epoch'))}"
+        + (f" ({ckpt.data['phase']} phase)" if ckpt.data.get("phase") else ""),
+        f"- **Versions:** trained with skincls {_fmt(ckpt.data.get('skincls_version'))}, torch "
+        f"{_fmt(ckpt.data.get('torch_version'))}",
+    ]
+
+
+def _trainable(freeze: Any) -> str:
+    """What a freeze/unfreeze setting leaves trainable, in words."""
+    if freeze in ("backbone", 0):
+        return "head only (backbone frozen)"
+    if freeze in ("none", "all"):
+        return "whole backbone and head"
+    if isinstance(freeze, int):
+        return f"last {freeze} backbone stages and head"
+    return NOT_RECORDED
+
+
+def _data(dataset: Mapping[str, Any] | None, rep: Mapping[str, Any]) -> list[str]:
+    ds = dict(dataset or {})
+    lines = [f"- **Source:** {_fmt(_source(ds))}"]
+    per = "; ".join(
+        f"{split}: " + ", ".join(f"{c} {k}" for c, k in row.items())
+        for split, row in (ds.get("counts") or {}).items()
+    )
+    lines.append(f"- **Images per split and class:** {per or NOT_RECORDED}")
+    dup = ds.get("duplicates") if isinstance(ds.get("duplicates"), Mapping) else {}
+    lines += [
+        f"- **Split method:** {_SPLIT_METHOD}; validation "
+        f"fraction {_fmt(ds.get('val_fraction'))}, seed {_fmt(ds.get('seed'))}",
+        f"- **Images:** {_fmt(ds.get('n_files'))} files found, {_fmt(ds.get('n_kept'))} kept, "
+        f"{_count(ds.get('skipped'))} skipped as unreadable",
+        f"- **Duplicates:** {_count(dup.get('exact_images'))} images in exact-duplicate groups, "
+        f"{_count(dup.get('near_pairs'))} near-duplicate pairs (pHash distance <= "
+        f"{_fmt(ds.get('near_dup_distance'))} bits at the closest of 8 orientations, confirmed by a "
+        f"dHash within {_fmt(ds.get('near_dup_confirm'))} bits), {_count(dup.get('clusters'))} "
+        f"clusters in all; {_count(ds.get('moved'))} images moved so that no cluster straddles "
+        "two splits; "
+        f"{_count(dup.get('label_conflicts'))} clusters with conflicting labels",
+        "",
+        "Known biases of the Kaggle dataset `fanconic/skin-cancer-malignant-vs-benign` (ISIC "
+        "archive images):",
+        "",
+        "- Most benign images come from one source, HAM10000, so acquisition differences "
+        "(camera, lighting, framing) can correlate with the label.",
+        "- Several images can show the same lesion (different dates, zoom or rotation): a model "
+        "can memorise lesions, and a split that separates copies overstates accuracy.",
+        "- The dataset contains exact and near-duplicate images, some across its own train and "
+        "test folders, and the Kaggle archive holds every image twice. skincls groups exact "
+        "(content hash) and near duplicates (perceptual hash) into clusters and keeps each "
+        "cluster in one split.",
+        "- No patient metadata (age, sex, body site, skin type) ships with the images, so "
+        "subgroup performance cannot be measured.",
+    ]
+    return lines
+
+
+def _metrics(rep: Mapping[str, Any], split: Any, n: Any, positive: str) -> list[str]:
+    ci = _cis(rep)
+    level = f"{100 * float(rep.get('ci_level') or 0.95):.0f}%"
+    resamples = rep.get("bootstrap_resamples")
+    how = (
+        f"percentile bootstrap, {resamples} resamples, seed {rep.get('bootstrap_seed', 0)}"
+        if resamples
+        else NOT_RECORDED
+    )
+    tta = " With test-time augmentation (flips and 90° turns)." if rep.get("tta") else ""
+    lines = [
+        f"Measured on the **{split}** split, **{n}** images; positive class: {positive}; at the "
+        f"decision threshold and temperature below.{tta} {level} confidence intervals: {how}.",
+        "",
+        f"| metric | value | {level} CI |",
+        "| --- | --- | --- |",
+    ]
+    for label, key, pct in _METRICS:
+        # The report holds None for a metric undefined on this split (e.g. NPV with no negative
+        # prediction); a key it lacks altogether was not recorded.
+        value = _metric(rep, key, pct)
+        lo_hi = ci.get(key)
+        if lo_hi:
+            interval = f"{_num(lo_hi[0], pct)} – {_num(lo_hi[1], pct)}"
+        else:
+            interval = "not computed" if key in rep else NOT_RECORDED
+        lines.append(f"| {label} | {value} | {interval} |")
+    per_class = rep.get("per_class") or []
+    if per_class:
+        lines += ["", "Per-class accuracy:", ""]
+        for c in per_class:
+            total = c.get("total") or 0
+            acc = c["correct"] / total if total else None
+            lines.append(f"- {c.get('name')}: {_num(acc, True)} ({c.get('correct')}/{total})")
+    cm = rep.get("confusion_matrix")
+    if cm:
+        lines += ["", f"Confusion matrix (rows = truth, columns = prediction): `{cm}`"]
+    return lines
+
+
+def _threshold(ckpt: Checkpoint, rep: Mapping[str, Any], positive: str) -> list[str]:
+    threshold = rep.get("threshold", ckpt.threshold)
+    choice = rep.get("threshold_choice") or ckpt.data.get("threshold_info") or {}
+    if threshold is None:
+        return [
+            "- **Threshold:** none; the predicted class is the most probable one "
+            f"(for two classes: {positive} when P({positive}) > 0.5).",
+            "- **How chosen:** not chosen (argmax is the default).",
+        ]
+    lines = [
+        f"- **Threshold:** {positive} when P({positive}) >= {float(threshold):.4f}, on probabilities "
+        f"at temperature {_fmt(choice.get('temperature', rep.get('temperature')))}",
+        f"- **How chosen:** {_how_chosen(choice, rep)}",
+    ]
+    if choice.get("method") == "target_sensitivity":
+        lines.append(
+            f"- **On the {choice.get('split')} split where it was chosen** "
+            f"({_fmt(choice.get('n_images'))} images, {_fmt(choice.get('n_positive'))} {positive}): "
+            f"sensitivity {_num(choice.get('sensitivity'), True)}, specificity "
+            f"{_num(choice.get('specificity'), True)}. The test labels were never used."
+        )
+    return lines
+
+
+def _how_chosen(choice: Mapping[str, Any], rep: Mapping[str, Any]) -> str:
+    """The threshold's provenance from the stored choice (`threshold_info`), else the report's."""
+    if choice.get("method") == "target_sensitivity":
+        return (
+            f"the largest threshold reaching sensitivity >= {_fmt(choice.get('target_sensitivity'))} "
+            f"on the {_fmt(choice.get('split'))} split"
+            + (" with test-time augmentation" if choice.get("tta") else "")
+        )
+    if choice.get("method") == "fixed":
+        return "fixed by the user"
+    return _fmt(rep.get("threshold_source"))
+
+
+def _calibration(ckpt: Checkpoint, rep: Mapping[str, Any]) -> list[str]:
+    temperature = rep.get("temperature", ckpt.data.get("temperature"))
+    fit = rep.get("calibration") or ckpt.data.get("calibration") or {}
+    split = rep.get("split", NOT_RECORDED)
+    if fit:
+        how = (
+            f"temperature scaling fitted on the {fit.get('split')} split "
+            f"({_fmt(fit.get('n_images'))} images) by minimising the negative log-likelihood"
+        )
+        on_fit = (
+            f"- **On the {fit.get('split')} split where it was fitted:** ECE "
+            f"{_metric(fit, 'ece_before')} before, {_metric(fit, 'ece_after')} after; negative "
+            f"log-likelihood {_metric(fit, 'nll_before')} before, {_metric(fit, 'nll_after')} after"
+        )
+    else:
+        how = "not fitted (temperature 1.0 is the plain softmax)"
+        on_fit = "- **ECE where the temperature was fitted:** not fitted"
+    bins = rep.get("ece_bins")
+    return [
+        f"- **Temperature:** {_fmt(temperature)}: {how}",
+        on_fit,
+        f"- **ECE on the {split} split** ({_fmt(bins)} equal-width bins): "
+        f"{_metric(rep, 'ece_uncalibrated')} at temperature 1, "
+        f"{_metric(rep, 'ece')} at temperature {_fmt(temperature)}",
+        "- Probabilities are `softmax(logits / temperature)`; dividing by a positive temperature "
+        "keeps the ranking, so ROC-AUC is unchanged by calibration.",
+    ]
+
+
+def _as_dict(report: Any) -> dict[str, Any]:
+    if report is None:
+        return {}
+    if hasattr(report, "model_dump"):
+        return report.model_dump(mode="json")
+    return dict(report)
+
+
+def _cis(rep: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """The report's bootstrap intervals (`EvalReport.ci`) as {metric: (low, high)}."""
+    return {
+        key: (float(pair[0]), float(pair[1]))
+        for key, pair in (rep.get("ci") or {}).items()
+        if pair is not None and None not in pair
+    }
+
+
+def _source(ds: Mapping[str, Any]) -> Any:
+    src = ds.get("source")
+    if isinstance(src, Mapping):  # scalar fields only: kind, dataset, archive, n...
+        plain = {k: v for k, v in src.items() if isinstance(v, (str, int, float)) and v != ""}
+        return ", ".join(f"{k} {v}" for k, v in plain.items()) or None
+    return src
+
+
+def _count(value: Any) -> str:
+    if value is None:
+        return NOT_RECORDED
+    return str(len(value)) if isinstance(value, (list, tuple, dict)) else str(value)
+
+
+def _fmt(value: Any) -> str:
+    if value is None or value == "":
+        return NOT_RECORDED
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _metric(values: Mapping[str, Any], key: str, pct: bool = False) -> str:
+    return _num(values[key], pct) if key in values else NOT_RECORDED
+
+
+def _num(value: Any, pct: bool) -> str:
+    """A proportion as a percentage, another number to 4 decimals; None/NaN = undefined."""
+    if value is None:
+        return "undefined on this split"
+    value = float(value)
+    if math.isnan(value):
+        return "undefined on this split"
+    return f"{100 * value:.1f}%" if pct else f"{value:.4f}"
+
+
+def _triple(values: Any) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"

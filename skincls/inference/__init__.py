@@ -1,0 +1,1 @@
+"""Inference: the decision rule, test-time augmentation, prediction, Grad-CAM and export."""

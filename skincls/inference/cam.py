@@ -1,0 +1,100 @@
+"""Grad-CAM: where in the image the model looked, as a heat map over the original picture.
+
+Uses the grad-cam library (`pytorch_grad_cam`), the maintained implementation of Selvaraju et al.
+(2017) and its relatives, instead of hand-written hooks. What skincls adds is choosing the target
+layer for any backbone and mapping the map from the model's centre crop back onto the full image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..data.dataset import build_transform
+from ..errors import ModelError
+from ..preprocessing import Preprocessing
+
+__all__ = ["GradCamExplainer", "find_target_layer"]
+
+
+def find_target_layer(model: nn.Module, crop_size: int) -> nn.Module:
+    """The last module of `model.backbone` to produce a spatial (N, C, H, W) map with H·W > 1.
+
+    Found by running one dummy image with forward hooks, so it works for registry and custom
+    backbones alike. "Last to finish" is the backbone's final feature map (for a container that
+    returns a map, the container itself), whose output nothing modifies in place afterwards — the
+    usual Grad-CAM choice of the last convolutional stage.
+
+    Raises:
+        ModelError: the backbone never produces a spatial map (e.g. a transformer's token vector).
+    """
+    backbone = getattr(model, "backbone", model)
+    order: list[nn.Module] = []
+
+    def hook(module, _inputs, output):
+        if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[-2:].numel() > 1:
+            order.append(module)
+
+    handles = [m.register_forward_hook(hook) for m in backbone.modules()]
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model(torch.zeros(1, 3, crop_size, crop_size, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    if not order:
+        raise ModelError("Grad-CAM needs a backbone with a spatial feature map; this one has none")
+    return order[-1]
+
+
+class GradCamExplainer:
+    """Grad-CAM overlays for one model; the target layer is found once.
+
+    Args:
+        model: A `SkinClassifier` (or any module with a `backbone`) in eval mode.
+        preprocessing: The model's preprocessing, to rebuild its input from a PIL image.
+    """
+
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing):
+        self.model = model.eval()
+        self.pre = preprocessing
+        self.transform = build_transform(preprocessing)
+        self.layer = find_target_layer(model, preprocessing.crop_size)
+
+    def heatmap(self, image: Image.Image, target_class: int) -> np.ndarray:
+        """Grad-CAM of `target_class` on the model's input crop: (crop, crop) floats in [0, 1]."""
+        from pytorch_grad_cam import GradCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        device = next(self.model.parameters()).device
+        # A frozen backbone has no parameter gradients; an input that requires grad still gives
+        # the feature map a gradient, which is all Grad-CAM needs.
+        x = self.transform(image).unsqueeze(0).to(device).requires_grad_(True)
+        with torch.enable_grad(), GradCAM(model=self.model, target_layers=[self.layer]) as cam:
+            return cam(input_tensor=x, targets=[ClassifierOutputTarget(target_class)])[0]
+
+    def overlay(self, image: Image.Image, target_class: int) -> Image.Image:
+        """The image with its Grad-CAM heat map blended in, at the image's own size."""
+        from pytorch_grad_cam.utils.image import show_cam_on_image
+
+        full = self._to_image_frame(self.heatmap(image, target_class), image.size)
+        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+        return Image.fromarray(show_cam_on_image(rgb, full, use_rgb=True, image_weight=0.55))
+
+    def _to_image_frame(self, cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Undo resize + centre crop: place the crop's map where the crop came from (zeros outside)."""
+        w, h = size
+        scale = min(w, h) / self.pre.resize_size  # the shorter side was resized to resize_size
+        side = self.pre.crop_size * scale  # the crop's side in original pixels
+        left, top = round((w - side) / 2), round((h - side) / 2)
+        n = max(1, round(side))
+        patch = np.asarray(Image.fromarray(cam.astype(np.float32)).resize((n, n), Image.BILINEAR))
+        out = np.zeros((h, w), dtype=np.float32)
+        # Clip the patch to the image (a crop larger than the resized image would overhang).
+        x0, y0 = max(left, 0), max(top, 0)
+        x1, y1 = min(left + n, w), min(top + n, h)
+        out[y0:y1, x0:x1] = patch[y0 - top : y1 - top, x0 - left : x1 - left]
+        return np.clip(out, 0, 1)

@@ -1,0 +1,274 @@
+"""Export: a checkpoint as one ONNX or TorchScript file that runs without skincls, checked for parity.
+
+The exported network is `ExportWrapper`: it takes **float32 RGB images, NCHW, values in [0, 1], at the
+checkpoint's crop size** (resize the shorter side to `resize_size` and centre-crop `crop_size` first,
+as the checkpoint's preprocessing says), normalises them with the checkpoint's mean and std, and returns
+calibrated class probabilities: `softmax(logits / temperature)`. The batch axis is dynamic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._version import __version__
+from ..atomic import atomic_path
+from ..errors import SkinclsError
+from ..models.checkpoint import Checkpoint, load_checkpoint
+
+__all__ = ["FORMATS", "ExportError", "ExportResult", "ExportWrapper", "export_model"]
+
+FORMATS = ("onnx", "torchscript")
+Format = Literal["onnx", "torchscript"]
+
+# Batch sizes for the parity check: 1 and odd sizes catch a batch axis that was baked in at trace time.
+PARITY_BATCHES = (1, 2, 5)
+INPUT_NAME = "images"
+OUTPUT_NAME = "probabilities"
+
+
+class ExportError(SkinclsError):
+    """Export failed, or the exported model disagrees with PyTorch beyond the tolerance."""
+
+
+class ExportWrapper(nn.Module):
+    """Images in [0, 1] → normalise → model → softmax(logits / temperature).
+
+    Args:
+        model: The trained classifier (eval mode).
+        mean: Per-channel mean of the checkpoint's preprocessing.
+        std: Per-channel standard deviation.
+        temperature: Calibration temperature (1.0 = uncalibrated softmax).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        temperature: float = 1.0,
+    ):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) float in [0, 1] → (N, num_classes) probabilities summing to 1."""
+        logits = self.model((images - self.mean) / self.std)
+        return torch.softmax(logits / self.temperature, dim=1)
+
+
+@dataclass
+class ExportResult:
+    """What `export_model` wrote and how closely it matches PyTorch."""
+
+    path: Path
+    format: str
+    input_shape: tuple[int | str, ...]  # ("batch", 3, crop, crop)
+    classes: list[str]
+    temperature: float
+    max_abs_diff: float
+    tolerance: float
+    batch_sizes: tuple[int, ...]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def export_model(
+    checkpoint: str | Path | Checkpoint,
+    out: str | Path,
+    *,
+    format: Format = "onnx",
+    tolerance: float = 1e-4,
+    backbone: nn.Module | None = None,
+    seed: int = 0,
+    opset: int = 17,
+) -> ExportResult:
+    """Export a checkpoint with preprocessing and calibrated softmax built in, then check parity.
+
+    The file is written only if every parity batch (seeded random images of sizes 1, 2 and 5) agrees
+    with the same wrapper run eagerly in PyTorch to within `tolerance` (max absolute difference of the
+    probabilities); otherwise nothing is left at `out`.
+
+    Args:
+        checkpoint: A checkpoint path or a loaded `Checkpoint`.
+        out: The file to write (`.onnx`, or `.pt` for TorchScript by convention).
+        format: "onnx" (checked with ONNX Runtime) or "torchscript" (checked with `torch.jit.load`).
+        tolerance: Largest acceptable max absolute difference between the two sets of probabilities.
+        backbone: The backbone module, for checkpoints of a custom (bring-your-own) backbone.
+        seed: Seed of the random parity images.
+        opset: ONNX opset version.
+
+    Returns:
+        The written path, input shape, classes, temperature and the measured max absolute difference.
+
+    Raises:
+        ExportError: unknown format, a missing optional dependency, a failed export, or a parity
+            difference above `tolerance`.
+    """
+    if format not in FORMATS:
+        raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if tolerance < 0:
+        raise ExportError(f"tolerance must be >= 0, not {tolerance}")
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    model = ckpt.build_model(backbone=backbone)
+    pre = ckpt.preprocessing
+    wrapper = ExportWrapper(model.cpu().eval(), pre.mean, pre.std, ckpt.temperature).eval()
+    size = pre.crop_size
+    metadata = _metadata(ckpt)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    # Write next to the target, check, then rename: a failed check never leaves a file behind.
+    with atomic_path(out) as tmp:
+        example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+        if format == "onnx":
+            _export_onnx(wrapper, example, tmp, metadata, opset)
+        else:
+            _export_torchscript(wrapper, example, tmp, metadata)
+        diff = _parity(wrapper, tmp, format, size, seed)
+        if not diff <= tolerance:  # also catches NaN
+            raise ExportError(
+                f"parity check failed: the exported {format} model differs from PyTorch by up to "
+                f"{diff:.3g} (tolerance {tolerance:g}); nothing was written to {out}. "
+                "Raise --tolerance only if you understand where the difference comes from."
+            )
+    return ExportResult(
+        path=out,
+        format=format,
+        input_shape=("batch", 3, size, size),
+        classes=ckpt.classes,
+        temperature=ckpt.temperature,
+        max_abs_diff=diff,
+        tolerance=tolerance,
+        batch_sizes=PARITY_BATCHES,
+        metadata=metadata,
+    )
+
+
+def _metadata(ckpt: Checkpoint) -> dict[str, Any]:
+    """What a consumer of the file needs besides the graph: classes, preprocessing, threshold."""
+    pre = ckpt.preprocessing
+    return {
+        "skincls_version": __version__,
+        "torch_version": str(torch.__version__),
+        "arch": ckpt.model_config.get("arch"),
+        "classes": ckpt.classes,
+        "input": f"float32 RGB NCHW in [0, 1], {pre.crop_size}x{pre.crop_size}",
+        "output": "class probabilities softmax(logits / temperature), columns in `classes` order",
+        "resize_size": pre.resize_size,
+        "crop_size": pre.crop_size,
+        "interpolation": pre.interpolation,
+        "mean": list(pre.mean),
+        "std": list(pre.std),
+        "temperature": ckpt.temperature,
+        "threshold": ckpt.threshold,
+    }
+
+
+def _import_onnx():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:
+        raise ExportError(
+            f"ONNX export needs the optional packages onnx and onnxruntime ({exc.name} is missing); "
+            "install them with: pip install 'skincls[export]'"
+        ) from exc
+    return onnx, onnxruntime
+
+
+def _export_onnx(
+    wrapper: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any], opset: int
+) -> None:
+    onnx, _ = _import_onnx()
+    # The TorchScript-based exporter (dynamo=False): it needs no onnxscript, gives a dynamic batch axis
+    # through `dynamic_axes` and behaves the same on every torch >= 2.2 we support. torch >= 2.9
+    # defaults to the torch.export-based exporter and flags this one as deprecated, hence the filter.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                str(path),
+                dynamo=False,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=opset,
+            )
+    except Exception as exc:  # the exporter raises many types; all mean "this model did not export"
+        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
+    proto = onnx.load(str(path))
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    proto.doc_string = f"skincls {__version__} export: {metadata['input']} → {metadata['output']}"
+    onnx.save(proto, str(path))
+
+
+def _export_torchscript(
+    wrapper: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any]
+) -> None:
+    # Tracing (not scripting) works for any backbone, including bring-your-own modules; the wrapper
+    # has no data-dependent control flow, so the trace is the whole computation.
+    # torch >= 2.10 marks torch.jit as deprecated (FutureWarning); the format is still what many C++
+    # and mobile runtimes load, so we keep offering it and keep the warning out of users' output.
+    try:
+        with torch.no_grad(), _quiet_jit():
+            traced = torch.jit.trace(wrapper, example)
+            torch.jit.save(traced, str(path), _extra_files={"skincls.json": json.dumps(metadata)})
+    except Exception as exc:
+        raise ExportError(f"TorchScript export failed: {type(exc).__name__}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _quiet_jit() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*")
+        yield
+
+
+def _parity(wrapper: nn.Module, path: Path, format: str, size: int, seed: int) -> float:
+    """Max abs difference between eager PyTorch and the exported file over the parity batches."""
+    run = _load_runner(path, format)
+    gen = torch.Generator().manual_seed(seed + 1)
+    worst = 0.0
+    for n in PARITY_BATCHES:
+        images = torch.rand(n, 3, size, size, generator=gen)
+        with torch.no_grad():
+            expected = wrapper(images).numpy()
+        got = np.asarray(run(images.numpy()))
+        if got.shape != expected.shape:
+            raise ExportError(
+                f"parity check failed: batch of {n} gave shape {got.shape}, expected {expected.shape}"
+            )
+        worst = max(worst, float(np.abs(got - expected).max()))
+    return worst
+
+
+def _load_runner(path: Path, format: str):
+    """A function numpy images → numpy probabilities that runs the exported file."""
+    if format == "onnx":
+        _, ort = _import_onnx()
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    with _quiet_jit():
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).numpy()
+
+    return run

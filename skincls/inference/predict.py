@@ -1,0 +1,194 @@
+"""Predict: label new images with a checkpoint; needs nothing but the checkpoint file."""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from ..data.dataset import build_transform, load_image
+from ..data.ingest import IMAGE_SUFFIXES
+from ..errors import DataError
+from ..models.checkpoint import Checkpoint, load_checkpoint
+from ..runtime import resolve_device
+from .decision import positive_index, predict_labels, softmax
+from .tta import model_logits
+
+__all__ = ["Prediction", "Predictor", "expand_paths"]
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, folders searched recursively for images, glob patterns expanded.
+
+    Patterns are expanded here too because not every shell does (Windows, quoted arguments). A path
+    that matches nothing is kept, so that it gets an error row instead of vanishing.
+    """
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            out += sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            )
+        elif not p.exists() and glob.has_magic(str(raw)):
+            matches = sorted(Path(m) for m in glob.glob(str(raw), recursive=True))
+            out += [m for m in matches if m.is_file()] or [p]
+        else:
+            out.append(p)
+    return out
+
+
+@dataclass
+class Prediction:
+    """One image's result; `error` is set (and the rest empty) when the image could not be read."""
+
+    path: str
+    label: str | None = None
+    probability: float | None = None  # calibrated P(positive class), e.g. P(malignant)
+    positive_class: str | None = None
+    threshold: float | None = None  # None: argmax decision
+    probabilities: dict[str, float] | None = None
+    cam: str | None = None  # Grad-CAM overlay file, when asked for
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Predictor:
+    """Runs a checkpoint on images, with its stored temperature and operating threshold.
+
+    Args:
+        checkpoint: A loaded checkpoint.
+        device: auto, cpu, cuda, cuda:N or mps.
+        backbone: The backbone module, for checkpoints of a custom (bring-your-own) backbone.
+        tta: Average softmax over the 8 flips and 90° turns.
+        batch_size: Images per forward pass.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        device: str = "auto",
+        *,
+        backbone: nn.Module | None = None,
+        tta: bool = False,
+        batch_size: int = 16,
+    ):
+        self.checkpoint = checkpoint
+        self.device = resolve_device(device)
+        self.model = checkpoint.build_model(backbone=backbone).to(self.device).eval()
+        self.transform = build_transform(checkpoint.preprocessing)
+        self.classes = checkpoint.classes
+        self.positive = positive_index(self.classes)
+        self.temperature = checkpoint.temperature
+        # A threshold is a binary operating point; with more classes the decision is argmax.
+        self.threshold = checkpoint.threshold if len(self.classes) == 2 else None
+        self.tta = tta
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        *,
+        backbone: nn.Module | None = None,
+        tta: bool = False,
+    ) -> Predictor:
+        """Load a checkpoint file (safely, `weights_only=True`) and wrap it."""
+        return cls(load_checkpoint(path), device, backbone=backbone, tta=tta)
+
+    def predict(
+        self, images: Iterable[str | Path | Image.Image], *, cam_dir: str | Path | None = None
+    ) -> list[Prediction]:
+        """Predict each image; unreadable files get an error row and the rest go on.
+
+        Args:
+            images: File paths, folders (searched recursively), glob patterns or PIL images.
+            cam_dir: If given, write a Grad-CAM overlay per image there (PNG, the input's size).
+        """
+        items = _expand_items(images)
+        preds: list[Prediction] = []
+        for chunk in _chunks(items, self.batch_size):
+            preds += self._predict_chunk(chunk)
+        if cam_dir is not None:
+            self._write_cams(items, preds, Path(cam_dir))
+        return preds
+
+    def _predict_chunk(self, chunk: list[tuple[str, Any]]) -> list[Prediction]:
+        rows: list[Prediction | None] = []
+        tensors = []
+        for name, item in chunk:
+            try:
+                image = item if isinstance(item, Image.Image) else load_image(item)
+                tensors.append(self.transform(image.convert("RGB")))
+                rows.append(None)
+            except DataError as exc:
+                rows.append(Prediction(name, error=str(exc)))
+        if tensors:
+            x = torch.stack(tensors).to(self.device)
+            probs = softmax(
+                model_logits(self.model, x, self.tta).float().cpu().numpy(), self.temperature
+            )
+            labels = predict_labels(probs, self.threshold, self.positive)
+            it = iter(zip(probs, labels))
+            for i, (name, _) in enumerate(chunk):
+                if rows[i] is None:
+                    p, k = next(it)
+                    rows[i] = Prediction(
+                        name,
+                        label=self.classes[k],
+                        probability=float(p[self.positive]),
+                        positive_class=self.classes[self.positive],
+                        threshold=self.threshold,
+                        probabilities={c: float(v) for c, v in zip(self.classes, p)},
+                    )
+        return rows  # type: ignore[return-value]
+
+    def _write_cams(self, items: list[tuple[str, Any]], preds: list[Prediction], cam_dir: Path):
+        from .cam import GradCamExplainer
+
+        explainer = GradCamExplainer(self.model, self.checkpoint.preprocessing)
+        cam_dir.mkdir(parents=True, exist_ok=True)
+        used: set[str] = set()
+        for i, ((name, item), pred) in enumerate(zip(items, preds)):
+            if pred.error:
+                continue
+            image = item if isinstance(item, Image.Image) else load_image(item)
+            stem = Path(name).stem if not isinstance(item, Image.Image) else f"image_{i}"
+            out = _unique(cam_dir, stem, used)
+            explainer.overlay(image.convert("RGB"), self.positive).save(out)
+            pred.cam = str(out)
+
+
+def _expand_items(images: Iterable[str | Path | Image.Image]) -> list[tuple[str, Any]]:
+    """(display name, path or PIL image) pairs; folders and patterns expanded in place."""
+    items: list[tuple[str, Any]] = []
+    for i, im in enumerate(images if not isinstance(images, (str, Path)) else [images]):
+        if isinstance(im, Image.Image):
+            items.append((getattr(im, "filename", "") or f"<image {i}>", im))
+        else:
+            items += [(str(p), p) for p in expand_paths([im])]
+    return items
+
+
+def _chunks(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def _unique(folder: Path, stem: str, used: set[str]) -> Path:
+    """`stem_cam.png`, with a counter when two inputs share a name (same file name, other folder)."""
+    name, k = f"{stem}_cam.png", 1
+    while name in used:
+        k += 1
+        name = f"{stem}_{k}_cam.png"
+    used.add(name)
+    return folder / name

@@ -1,0 +1,1 @@
+"""Models: the backbone registry, the transfer-learning classifier, and self-describing checkpoints."""

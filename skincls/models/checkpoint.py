@@ -1,0 +1,260 @@
+"""Checkpoints: self-describing files that hold everything needed to rebuild and use a model.
+
+A checkpoint is a dict of plain values and tensors, so it loads with `torch.load(weights_only=True)`;
+a file that needs arbitrary unpickling is refused rather than executed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._version import __version__
+from ..atomic import atomic_write
+from ..errors import CheckpointError, ModelError
+from ..preprocessing import Preprocessing
+from .classifier import SkinClassifier, create_model
+
+__all__ = [
+    "FORMAT",
+    "Checkpoint",
+    "ModelSnapshot",
+    "atomic_save",
+    "load_checkpoint",
+    "save_checkpoint",
+    "snapshot_model",
+    "snapshot_state",
+    "update_checkpoint",
+]
+
+FORMAT = "skincls-checkpoint-v1"
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """`torch.save` to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    with atomic_write(path) as fh:
+        torch.save(obj, fh)
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: metadata plus the model's state dict."""
+
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.data["classes"])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.model_validate(self.data["preprocessing"])
+
+    @property
+    def model_config(self) -> dict[str, Any]:
+        return dict(self.data["model"])
+
+    @property
+    def threshold(self) -> float | None:
+        return self.data.get("threshold")
+
+    @property
+    def temperature(self) -> float:
+        return float(self.data.get("temperature") or 1.0)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.data.get("metrics") or {})
+
+    def build_model(self, backbone: nn.Module | None = None) -> SkinClassifier:
+        """Rebuild the network (no weight download) and load the stored weights; eval mode.
+
+        Args:
+            backbone: For checkpoints of a custom backbone (`arch == "custom"`): a fresh instance of
+                the same module, whose weights are then replaced by the stored ones. Registered
+                archs take none.
+
+        Raises:
+            CheckpointError: a custom backbone is missing or does not fit, or the weights don't fit.
+        """
+        cfg = self.model_config
+        custom = cfg.get("arch") == "custom"
+        if custom and backbone is None:
+            raise CheckpointError(
+                f"{self.path} was trained with a custom backbone ({cfg.get('backbone')}); build that "
+                "module again and pass it: build_model(backbone=module), or backbone= to "
+                "Evaluator/Predictor"
+            )
+        if backbone is not None and not custom:
+            raise CheckpointError(
+                f"{self.path} holds the registered arch {cfg.get('arch')!r}; it takes no backbone="
+            )
+        kwargs = {
+            "num_classes": len(self.classes),
+            "head": tuple(cfg["head"]),
+            "dropout": cfg["dropout"],
+            "freeze": cfg["freeze"],
+            "preprocessing": self.preprocessing,
+        }
+        state = self.data["state_dict"]
+        try:
+            if custom:
+                model = create_model(backbone=backbone, **kwargs)
+                model.load_state_dict(state)
+            else:
+                # Built on the meta device: no time spent initialising weights that are replaced.
+                with torch.device("meta"):
+                    model = create_model(cfg["arch"], weights="none", **kwargs)
+                model.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)
+                if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+                    raise RuntimeError("some tensors are not in the checkpoint")
+        except ModelError as exc:
+            raise CheckpointError(f"{self.path}: cannot rebuild its model: {exc}") from exc
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"{self.path}: weights do not fit the stored architecture: {exc}"
+            ) from exc
+        return model.eval()
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """What a checkpoint keeps of a model at one moment: CPU weights, `config` and `preprocessing`.
+
+    `save_checkpoint` takes it in place of the model, so a thread can write it while training goes on
+    changing the live model (weights, and `config["freeze"]` at a phase start).
+    """
+
+    weights: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    preprocessing: Preprocessing | None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.weights
+
+
+def snapshot_model(model: nn.Module, *, copy_weights: bool = True) -> ModelSnapshot:
+    """`model`'s weights on the CPU, its `config` (copied) and `preprocessing`, as they are now.
+
+    With `copy_weights=False`, CPU weights are shared with the model rather than copied: enough for
+    a checkpoint written before the model next changes.
+    """
+    if copy_weights:
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    else:
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    config = copy.deepcopy(dict(getattr(model, "config", None) or {}))
+    return ModelSnapshot(weights, config, getattr(model, "preprocessing", None))
+
+
+def snapshot_state(state: Any) -> Any:
+    """A copy of a training state (nested dicts, lists and tuples) with every tensor copied to the CPU.
+
+    For a `Trainer.state_dict()` that is written while training goes on: the optimizer's state
+    tensors are otherwise the live ones.
+    """
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: snapshot_state(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [snapshot_state(v) for v in state]
+    if isinstance(state, tuple):
+        return tuple(snapshot_state(v) for v in state)
+    return copy.deepcopy(state)
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: SkinClassifier | ModelSnapshot,
+    *,
+    classes: list[str],
+    model_config: dict[str, Any] | None = None,
+    preprocessing: Preprocessing | None = None,
+    training_state: dict[str, Any] | None = None,
+    **extra: Any,
+) -> None:
+    """Write a checkpoint atomically. `extra` holds plain values (metrics, epoch, train config...).
+
+    `model` is a model or a `snapshot_model` of one. `model_config` and `preprocessing` default to
+    its own (`model.config`, `model.preprocessing`, set by `create_model`). `training_state` (a
+    `Trainer.state_dict()`) is stored as is, for `skincls train --resume`.
+    """
+    model_config = model.config if model_config is None else model_config
+    preprocessing = model.preprocessing if preprocessing is None else preprocessing
+    meta = {
+        "format": FORMAT,
+        "skincls_version": __version__,
+        "torch_version": str(torch.__version__),
+        "model": dict(model_config),
+        "classes": list(classes),
+        "preprocessing": preprocessing.model_dump(mode="json"),
+        "threshold": None,
+        "temperature": 1.0,
+        "metrics": {},
+        **extra,
+    }
+    # A JSON round trip keeps metadata to plain types, so `weights_only=True` can always load it.
+    data = json.loads(json.dumps(meta))
+    if isinstance(model, ModelSnapshot):
+        data["state_dict"] = model.weights
+    else:
+        data["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if training_state is not None:
+        # The trainer's resume state (optimizer, scheduler, RNG...): tensors and plain values only.
+        data["training_state"] = training_state
+    atomic_save(data, path)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a skincls checkpoint safely (`weights_only=True`).
+
+    Raises:
+        CheckpointError: missing file, not a checkpoint, or a file that would need arbitrary unpickling.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refused to load {path}: it needs unpickling of arbitrary Python objects, which can run "
+            "code. skincls checkpoints never do; only load files from sources you trust."
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or corrupt?): {exc}"
+        ) from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a skincls checkpoint")
+    return Checkpoint(path, data)
+
+
+def update_checkpoint(checkpoint: str | Path | Checkpoint, **fields: Any) -> Checkpoint:
+    """Set metadata fields (threshold, temperature, metrics...) of a checkpoint file, atomically.
+
+    Values go through the same JSON round trip as in `save_checkpoint`, so the file still loads with
+    `weights_only=True`; the weights are kept as they are. `state_dict` cannot be replaced here.
+
+    Args:
+        checkpoint: A path, or an already loaded `Checkpoint` (updated in place, not read again).
+        **fields: Metadata to set.
+
+    Returns:
+        The updated checkpoint.
+    """
+    if "state_dict" in fields or "format" in fields:
+        raise ValueError("update_checkpoint changes metadata only, not state_dict or format")
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    ckpt.data.update(json.loads(json.dumps(fields)))
+    atomic_save(ckpt.data, ckpt.path)
+    return ckpt

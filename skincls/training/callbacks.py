@@ -1,0 +1,268 @@
+"""Trainer callbacks: best weights, early stopping, checkpoints, history files and progress display.
+
+Each is a small object with some of the `Callback` hooks; the trainer calls them in list order, so put
+`EarlyStopping` before `ModelCheckpoint` (the saved state then knows the phase has stopped).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..config import TrainConfig
+from ..models.checkpoint import ModelSnapshot, snapshot_model, snapshot_state
+from .history import EpochRecord, History
+
+__all__ = [
+    "BestWeights",
+    "Callback",
+    "EarlyStopping",
+    "HistoryWriter",
+    "ModelCheckpoint",
+    "RichProgress",
+]
+
+
+class Trainer(Protocol):
+    """What a callback may use of the trainer that calls it (so callbacks need not import the trainer)."""
+
+    model: torch.nn.Module
+    config: TrainConfig
+    history: History
+    epoch: int
+    phase: str
+    stop: bool
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+
+class Callback:
+    """Hooks the trainer calls (all optional); `state_dict`/`load_state_dict` make a callback resumable."""
+
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+    def on_phase_start(self, trainer: Trainer, phase: str, first: int, last: int) -> None: ...
+    def on_extract(self, trainer: Trainer, split: str, done: int, total: int) -> None: ...
+    def on_epoch_start(self, trainer: Trainer, epoch: int, batches: int) -> None: ...
+    def on_batch_end(self, trainer: Trainer, loss: float, accuracy: float) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord, improved: bool) -> None: ...
+    def on_fit_end(self, trainer: Trainer, history: History) -> None: ...
+    def on_fit_error(self, trainer: Trainer, error: BaseException) -> None: ...
+    def on_message(self, trainer: Trainer, message: str) -> None: ...
+
+
+class BestWeights(Callback):
+    """Keeps a CPU copy of the weights of the best epoch in `state`."""
+
+    def __init__(self):
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord, improved: bool) -> None:
+        if improved:
+            self.state = {
+                k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()
+            }
+
+
+class EarlyStopping(Callback):
+    """Ends a phase after `patience` epochs without improvement of the trainer's monitored metric."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.wait = 0
+
+    def on_phase_start(self, trainer: Trainer, phase: str, first: int, last: int) -> None:
+        if trainer.epoch < first:  # a new phase (not a resumed one) gets the full patience
+            self.wait = 0
+
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord, improved: bool) -> None:
+        self.wait = 0 if improved else self.wait + 1
+        if self.wait >= self.patience:
+            trainer.stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"wait": self.wait}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.wait = int(state["wait"])
+
+
+class ModelCheckpoint(Callback):
+    """Writes `best.pt` when the monitored metric improves and `last.pt` (with resume state) each epoch.
+
+    Args:
+        run_dir: Folder for the two files.
+        save: `save(path, snapshot, extra, training_state)` writes one checkpoint atomically, e.g.
+            with `save_checkpoint`; `snapshot` is the model's `ModelSnapshot` (CPU weights, config,
+            preprocessing) taken once at the epoch's end for both files, `extra` holds the epoch and
+            its metrics, `training_state` the trainer's state (None for best.pt).
+        last: Also write `last.pt`, so `--resume` loses at most the epoch in progress.
+        background: Write from a thread while the next epoch trains (the next write, the end of
+            `fit` and a crash all wait for it); the snapshot and training state are then CPU copies
+            that training cannot change. Writing a VGG head's 1.4 GB `last.pt` otherwise costs
+            seconds per epoch.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        save: Callable[[Path, ModelSnapshot, dict[str, Any], dict[str, Any] | None], None],
+        *,
+        last: bool = True,
+        background: bool = False,
+    ):
+        self.run_dir = Path(run_dir)
+        self.save = save
+        self.last = last
+        self.background = background
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord, improved: bool) -> None:
+        if not (improved or self.last):
+            return
+        self._wait()
+        extra = {
+            "epoch": record.epoch,
+            "phase": record.phase,
+            "metrics": {
+                "train": {"loss": record.train_loss, "accuracy": record.train_accuracy},
+                "val": {"loss": record.val_loss, "accuracy": record.val_accuracy},
+            },
+        }
+        # One CPU snapshot for both files; in the background a copy, as training goes on mutating
+        # the live weights and optimizer state.
+        snapshot = snapshot_model(trainer.model, copy_weights=self.background)
+        jobs = [(self.run_dir / "best.pt", None)] if improved else []
+        if self.last:
+            state = trainer.state_dict()
+            jobs.append(
+                (self.run_dir / "last.pt", snapshot_state(state) if self.background else state)
+            )
+        if not self.background:
+            self._write(snapshot, extra, jobs)
+            return
+        self._thread = threading.Thread(
+            target=self._write, args=(snapshot, extra, jobs), daemon=True
+        )
+        self._thread.start()
+
+    def _write(self, snapshot: ModelSnapshot, extra: dict[str, Any], jobs: list) -> None:
+        try:
+            for path, state in jobs:
+                self.save(path, snapshot, extra, state)
+        except BaseException as exc:
+            if not self.background:
+                raise
+            self._error = exc
+
+    def _wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def on_fit_end(self, trainer: Trainer, history: History) -> None:
+        self._wait()
+
+    def on_fit_error(self, trainer: Trainer, error: BaseException) -> None:
+        if self._thread is not None:  # finish the last completed epoch's files before dying
+            self._thread.join()
+            self._thread = None
+
+
+class HistoryWriter(Callback):
+    """Writes `history.json`/`history.csv` after every epoch and a training-curve PNG at the end.
+
+    The final `history.json` also holds `wall_seconds`, the time `fit` took (of this session, when
+    resumed).
+    """
+
+    def __init__(self, run_dir: str | Path, plot: bool = True):
+        self.run_dir = Path(run_dir)
+        self.plot = plot
+        self._start = time.perf_counter()
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord, improved: bool) -> None:
+        trainer.history.save(self.run_dir)
+
+    def on_fit_end(self, trainer: Trainer, history: History) -> None:
+        history.save(self.run_dir, wall_seconds=time.perf_counter() - self._start)
+        if self.plot and history.epochs:
+            from .plots import plot_history
+
+            plot_history(history, self.run_dir / "training_curves.png")
+
+
+class RichProgress(Callback):
+    """Progress bars for feature extraction, epochs and batches (ETA, loss, accuracy) and log lines."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.bar: Progress | None = None
+        self._loss = self._acc = 0.0
+        self._seen = 0
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+            transient=True,
+        )
+        self.bar.start()
+        total = trainer.config.epochs + trainer.config.finetune_epochs
+        self.epochs = self.bar.add_task("epochs", total=total, completed=trainer.epoch, info="")
+        self.batches = self.bar.add_task("batches", total=None, info="")
+
+    def on_extract(self, trainer: Trainer, split: str, done: int, total: int) -> None:
+        self.bar.update(
+            self.batches, description=f"features ({split})", completed=done, total=total, info=""
+        )
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int, batches: int) -> None:
+        self._loss = self._acc = 0.0
+        self._seen = 0
+        self.bar.reset(self.batches, total=batches, description=f"epoch {epoch} ({trainer.phase})")
+
+    def on_batch_end(self, trainer: Trainer, loss: float, accuracy: float) -> None:
+        self._seen += 1
+        self._loss += (loss - self._loss) / self._seen
+        self._acc += (accuracy - self._acc) / self._seen
+        info = f"train_loss {self._loss:.4f} train_acc {self._acc:.3f}"
+        self.bar.update(self.batches, advance=1, info=info)
+
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord, improved: bool) -> None:
+        self.bar.advance(self.epochs)
+        line = (
+            f"epoch {record.epoch} ({record.phase}): train_loss {record.train_loss:.4f} "
+            f"train_acc {record.train_accuracy:.3f}"
+        )
+        if record.val_loss is not None:
+            line += f" val_loss {record.val_loss:.4f} val_acc {record.val_accuracy:.3f}"
+        self.console.print(line + f" [{record.seconds:.1f}s]" + (" *" if improved else ""))
+
+    def on_message(self, trainer: Trainer, message: str) -> None:
+        self.console.print(f"[dim]{message}[/]")
+
+    def on_fit_end(self, trainer: Trainer, history: History) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def on_fit_error(self, trainer: Trainer, error: BaseException) -> None:
+        self.on_fit_end(trainer, trainer.history)

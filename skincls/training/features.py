@@ -1,0 +1,231 @@
+"""Feature cache: run a frozen backbone once per image and keep its features in memory or on disk.
+
+With a frozen backbone and a deterministic transform, every epoch would recompute the same features;
+the cache computes them once (batched, inference mode, channels_last) so that only the head trains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from ..atomic import atomic_path, atomic_write
+
+__all__ = [
+    "FeatureSet",
+    "backbone_fingerprint",
+    "can_cache",
+    "dataset_fingerprint",
+    "extract_features",
+    "load_or_extract",
+]
+
+_FORMAT = "skincls-features-v1"
+
+
+@dataclass
+class FeatureSet:
+    """A split's head inputs: `features` (N, D) float32 (in memory or memory-mapped) and `targets` (N,)."""
+
+    features: np.ndarray
+    targets: np.ndarray
+    source: str  # "computed", "disk" (reused) or "computed+disk" (computed and stored)
+    seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        i = idx.numpy()
+        return torch.from_numpy(np.ascontiguousarray(self.features[i])), torch.from_numpy(
+            self.targets[i]
+        )
+
+
+def can_cache(model: nn.Module) -> str | None:
+    """Why `model`'s backbone can't be cached, or None when it can."""
+    if not (hasattr(model, "features") and hasattr(model, "head") and hasattr(model, "backbone")):
+        return "the model has no backbone/features/head split"
+    if any(p.requires_grad for p in model.backbone.parameters()):
+        return "the backbone has trainable parameters"
+    return None
+
+
+def dataset_fingerprint(dataset: Dataset) -> str | None:
+    """A stable identity of a dataset's content and transform, or None when it has none."""
+    fp = getattr(dataset, "fingerprint", None)
+    return fp() if callable(fp) else None
+
+
+def backbone_fingerprint(model: nn.Module) -> str:
+    """Hash of the backbone's (and pool's) architecture and every weight and buffer."""
+    h = hashlib.sha256()
+    for part in (model.backbone, getattr(model, "pool", nn.Identity())):
+        h.update(repr(part).encode())
+        for name, t in part.state_dict().items():
+            h.update(name.encode())
+            h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@torch.inference_mode()
+def extract_features(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    device: torch.device,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    autocast_dtype: torch.dtype | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    allocate: Callable[[tuple[int, int]], np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`model.features` over the whole dataset in order: (N, D) float32 features and (N,) targets.
+
+    The backbone runs in eval mode (BatchNorm statistics, no dropout/stochastic depth); the caller's
+    train/eval modes are restored afterwards. `allocate(shape)` makes the output array (default:
+    in memory; a memory map lets features larger than RAM stream to disk).
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    # Our own generator: a loader without one would draw from the global torch RNG and shift the
+    # dropout masks of the training that follows (cached and uncached runs must match).
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(0),
+    )
+    feats: np.ndarray | None = None
+    targets = np.empty(len(dataset), dtype=np.int64)
+    done = 0
+    try:
+        for x, y in loader:
+            x = x.to(device, non_blocking=True)
+            if x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(
+                device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+            ):
+                f = model.features(x)
+            f = f.float().cpu().numpy()
+            if feats is None:
+                shape = (len(dataset), f.shape[1])
+                feats = allocate(shape) if allocate else np.empty(shape, dtype=np.float32)
+            feats[done : done + len(f)] = f
+            targets[done : done + len(f)] = torch.as_tensor(y).numpy()
+            done += len(f)
+            if on_progress:
+                on_progress(done, len(dataset))
+    finally:
+        for m, training in modes:
+            m.training = training
+    if feats is None:
+        feats = np.empty((0, 0), dtype=np.float32)
+    return feats, targets
+
+
+def _cache_key(backbone_fp: str, data_fp: str, dtype: torch.dtype | None) -> str:
+    blob = json.dumps(
+        {"format": _FORMAT, "data": data_fp, "backbone": backbone_fp, "amp": str(dtype)}
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _fits_in_memory(n_bytes: int) -> bool:
+    """'Comfortably': at most a quarter of the memory available now."""
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh}
+        available = info.get("MemAvailable", info["MemFree"])
+    except (OSError, KeyError, ValueError, IndexError):
+        available = 8 << 30
+    return n_bytes <= available // 4
+
+
+def load_or_extract(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    mode: str,
+    cache_dir: Path | None,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int = 0,
+    autocast_dtype: torch.dtype | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] = lambda _: None,
+    backbone_fp: str | None = None,
+) -> FeatureSet:
+    """Features of `dataset` under `mode` ('memory', 'disk' or 'auto'), reusing a disk entry if any.
+
+    Disk entries live in `cache_dir/<key>.npy` (+ `<key>.targets.npy`), keyed by the dataset's
+    fingerprint (records and transform), the backbone's architecture and weights, and the autocast
+    dtype; they are written atomically and memory-mapped when read. `auto` reuses an entry when one
+    exists, else keeps features in memory when they fit comfortably, else writes them to disk.
+    `backbone_fp` is `backbone_fingerprint(model)` when the caller has it already (computed if needed).
+    """
+    data_fp = dataset_fingerprint(dataset)
+    if isinstance(dataset, TensorDataset) or data_fp is None:
+        if mode == "disk":
+            log("feature cache: this dataset has no fingerprint, so it is cached in memory only")
+        mode = "memory"
+    key = None
+    if mode != "memory":
+        key = _cache_key(backbone_fp or backbone_fingerprint(model), data_fp, autocast_dtype)
+    feat_path = targ_path = None
+    if key is not None and cache_dir is not None:
+        feat_path = Path(cache_dir) / f"{key}.npy"
+        targ_path = Path(cache_dir) / f"{key}.targets.npy"
+        if feat_path.is_file() and targ_path.is_file():
+            feats = np.load(feat_path, mmap_mode="r")
+            targets = np.load(targ_path)
+            if len(feats) == len(dataset) == len(targets):
+                log(f"feature cache: reusing {feat_path}")
+                return FeatureSet(feats, targets, "disk")
+    start = time.perf_counter()
+    # The features file is written in place as a memory map and only renamed to its real name
+    # (atomic_path) when the ExitStack closes, after its targets: a complete entry or none.
+    with contextlib.ExitStack() as stack:
+        on_disk = False
+
+        def allocate(shape: tuple[int, int]) -> np.ndarray:
+            nonlocal on_disk
+            if feat_path is None or (mode != "disk" and _fits_in_memory(shape[0] * shape[1] * 4)):
+                return np.empty(shape, dtype=np.float32)
+            tmp = stack.enter_context(atomic_path(feat_path))
+            on_disk = True
+            return np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+
+        feats, targets = extract_features(
+            model,
+            dataset,
+            device=device,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            autocast_dtype=autocast_dtype,
+            on_progress=on_progress,
+            allocate=allocate,
+        )
+        seconds = time.perf_counter() - start
+        if not on_disk:
+            return FeatureSet(feats, targets, "computed", seconds)
+        feats.flush()
+        del feats
+        # Targets first: the features file appearing under its name marks a complete entry.
+        with atomic_write(targ_path) as fh:
+            np.save(fh, targets)
+    log(f"feature cache: wrote {feat_path}")
+    return FeatureSet(np.load(feat_path, mmap_mode="r"), targets, "computed+disk", seconds)

@@ -1,0 +1,101 @@
+"""Optimisation pieces for the trainer: optimizer with parameter groups, LR schedules, loss weights."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+
+__all__ = ["balanced_class_weights", "build_optimizer", "build_scheduler", "param_groups"]
+
+
+def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float) -> list[dict]:
+    """Trainable parameters as optimizer groups: the backbone's at `lr * backbone_lr_mult`, the rest at `lr`.
+
+    Models without a `backbone` attribute get a single group.
+    """
+    backbone = getattr(model, "backbone", None)
+    in_backbone = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_backbone]
+    body = [p for p in model.parameters() if p.requires_grad and id(p) in in_backbone]
+    groups = [{"params": rest, "lr": lr, "name": "head"}]
+    if body:
+        groups.append({"params": body, "lr": lr * backbone_lr_mult, "name": "backbone"})
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (the original recipe), AdamW or SGD over `groups`, using the fastest implementation.
+
+    `fused=True` updates all parameters in one kernel per step (on CPU too in recent PyTorch): the same
+    algorithm as the default per-parameter loop, an order of magnitude faster on a 100M-parameter
+    head. Where a build lacks it, the multi-tensor `foreach` path is used.
+    """
+    name = config.optimizer
+    if name == "auto":
+        name = "adamw" if config.weight_decay > 0 else "adam"
+    cls, kwargs = {
+        "adam": (torch.optim.Adam, {}),
+        "adamw": (torch.optim.AdamW, {}),
+        "sgd": (torch.optim.SGD, {"momentum": 0.9, "nesterov": True}),
+    }[name]
+    kwargs = {**kwargs, "lr": config.lr, "weight_decay": config.weight_decay}
+    try:
+        return cls(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device/dtype/build
+        return cls(groups, foreach=True, **kwargs)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    maximise: bool,
+) -> tuple[
+    torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None, str
+]:
+    """The phase's LR schedule and when to step it: ("step" | "epoch" | "none").
+
+    cosine: linear warmup over `warmup_epochs`, then cosine decay to zero, stepped every batch.
+    plateau: divide the LR by 5 when the monitored metric hasn't improved for an epoch; `maximise`
+    says whether the metric the trainer steps it with improves upwards (accuracy) or downwards (loss).
+    """
+    if config.schedule == "cosine":
+        total = max(1, epochs * steps_per_epoch)
+        warmup = min(total - 1, round(config.warmup_epochs * steps_per_epoch))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, _WarmupCosine(warmup, total)), "step"
+    if config.schedule == "plateau":
+        mode = "max" if maximise else "min"
+        return (
+            torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode=mode, factor=0.2, patience=1
+            ),
+            "epoch",
+        )
+    return None, "none"
+
+
+class _WarmupCosine:
+    """LR multiplier at step s: linear ramp for `warmup` steps, then half a cosine down to 0."""
+
+    def __init__(self, warmup: int, total: int):
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / (self.warmup + 1)
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def balanced_class_weights(targets: Sequence[int], num_classes: int) -> torch.Tensor:
+    """n / (k · count_c) per class, as scikit-learn's "balanced"; absent classes get weight 0."""
+    counts = torch.bincount(torch.as_tensor(list(targets), dtype=torch.long), minlength=num_classes)
+    weights = len(targets) / (num_classes * counts.clamp(min=1).double())
+    return torch.where(counts > 0, weights, torch.zeros_like(weights)).float()
