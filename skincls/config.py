@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .atomic import atomic_write
 from .errors import ConfigError
@@ -64,6 +64,15 @@ class ModelConfig(_Config):
 class TrainConfig(_Config):
     """Optimisation recipe; defaults reproduce the original script (Adam 1e-3, batch 20, 10 epochs)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_amp(cls, data: Any) -> Any:
+        """Configs and checkpoints from before `precision` said `amp: true|false|null`."""
+        if isinstance(data, dict) and "amp" in data and "precision" not in data:
+            data = dict(data)
+            data["precision"] = "fp32" if data.pop("amp") is False else "auto"
+        return data
+
     epochs: int = Field(default=10, ge=1, description="Epochs of the first (head) phase.")
     batch_size: int = Field(default=20, ge=1, description="Training batch size.")
     lr: float = Field(
@@ -109,7 +118,11 @@ class TrainConfig(_Config):
     inference_batch_size: int = Field(
         default=32, ge=1, description="Batch size of the feature-extraction pass."
     )
-    amp: bool | None = Field(default=None, description="Mixed precision; None = on for CUDA.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto",
+        description="auto: bf16 on CUDA where supported (else fp16); on CPUs with native bf16, bf16 "
+        "for the frozen feature pass, evaluation and prediction, fp32 for training steps.",
+    )
     seed: int = Field(default=0, description="Seeds init, shuffling and augmentation.")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps.")
 

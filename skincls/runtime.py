@@ -1,9 +1,10 @@
-"""Runtime helpers shared by training and inference: device choice, mixed precision, seeding, RNG state."""
+"""Runtime helpers shared by training and inference: device choice, precision, seeding, RNG state."""
 
 from __future__ import annotations
 
 import random
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -11,13 +12,20 @@ import torch
 from .errors import ConfigError
 
 __all__ = [
-    "amp_dtype",
+    "PRECISIONS",
+    "PrecisionPlan",
+    "cpu_has_native_bf16",
     "get_rng_state",
+    "plan_precision",
     "resolve_device",
     "seed_everything",
     "seed_worker",
     "set_rng_state",
 ]
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -50,24 +58,69 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
 
 
-def amp_dtype(device: torch.device, enabled: bool | None = None) -> torch.dtype | None:
-    """The autocast dtype for `device`, or None for full float32.
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
-    Mixed precision is a CUDA feature here: bf16 where the GPU supports it (no loss scaling needed),
-    else fp16 (the caller then needs a `GradScaler`). `enabled=None` means "on for CUDA".
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """The precision of each phase of a run: 'fp32', 'bf16' or 'fp16'.
+
+    `features` is the frozen-backbone feature pass, `train` the optimisation steps, `inference`
+    evaluation and prediction. Recorded in histories, checkpoints and cached features.
+    """
+
+    requested: str
+    features: str
+    train: str
+    inference: str
+
+    def dtype(self, phase: Literal["features", "train", "inference"]) -> torch.dtype | None:
+        """The autocast dtype of `phase`, or None for full float32."""
+        return _DTYPES[getattr(self, phase)]
+
+    def describe(self) -> str:
+        """One line for people: `precision auto: features bf16, train fp32, inference bf16`."""
+        parts = {"features": self.features, "train": self.train, "inference": self.inference}
+        if len(set(parts.values())) == 1:
+            return f"precision {self.requested}: {self.train}"
+        return f"precision {self.requested}: " + ", ".join(f"{k} {v}" for k, v in parts.items())
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def plan_precision(precision: str, device: torch.device) -> PrecisionPlan:
+    """Decide each phase's precision for `precision` (auto|fp32|bf16|fp16) on `device`.
+
+    `auto`: on CUDA, bf16 where the GPU supports it, else fp16 (with loss scaling), in every phase.
+    On a CPU with native bf16 (AVX-512 BF16/AMX), bf16 only where it was measured to help — the frozen
+    feature pass, evaluation and prediction (about 3× faster for VGG16, features within 0.7%) — and
+    fp32 for training steps (a bf16 training step was measured slower on such a CPU). Elsewhere fp32.
 
     Raises:
-        ConfigError: `enabled=True` on a device without CUDA mixed precision.
+        ConfigError: an unknown name, fp16 off CUDA, or bf16 on a GPU without it.
     """
-    if device.type != "cuda":
-        if enabled:
-            raise ConfigError(
-                f"--amp needs a CUDA device, not {device.type}; drop --amp (float32 is used)"
-            )
-        return None
-    if enabled is False:
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    name = (precision or "auto").lower()
+    if name not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        if name == "bf16" and not bf16:
+            raise ConfigError("--precision bf16: this GPU has no bf16; use fp16, fp32 or auto")
+        chosen = ("bf16" if bf16 else "fp16") if name == "auto" else name
+        return PrecisionPlan(name, chosen, chosen, chosen)
+    if name == "fp16":
+        raise ConfigError(
+            f"--precision fp16 needs a CUDA device, not {device.type}; use bf16, fp32 or auto"
+        )
+    if name == "auto":
+        fast = "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+        return PrecisionPlan(name, fast, "fp32", fast)
+    return PrecisionPlan(name, name, name, name)
 
 
 def seed_everything(seed: int) -> None:

@@ -11,6 +11,15 @@ from ..errors import SkinclsError
 
 console = Console(stderr=False)
 
+precision_option = click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="Model precision. auto: bf16 on CUDA where supported and on CPUs with native bf16 "
+    "(AVX-512 BF16/AMX), else fp32.",
+)
+
 
 def friendly_errors(fn):
     """Turn library errors into one-line Click errors (no traceback)."""

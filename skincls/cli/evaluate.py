@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..data.splits import DATASET_JSON
 from ..inference.export import FORMATS
-from ._common import console, friendly_errors
+from ._common import console, friendly_errors, precision_option
 
 
 @click.command()
@@ -68,6 +68,14 @@ from ._common import console, friendly_errors
     help="Store a fitted threshold/temperature and this report's metrics in the checkpoint.",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@precision_option
+@click.option(
+    "--num-workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Worker processes decoding images while the model runs.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
     "--model-card",
@@ -89,6 +97,8 @@ def evaluate(
     seed,
     save,
     device,
+    precision,
+    num_workers,
     as_json,
     model_card,
 ):
@@ -117,6 +127,8 @@ def evaluate(
         save=save,
         n_bootstrap=bootstrap,
         seed=seed,
+        precision=precision,
+        num_workers=num_workers,
     )
     if model_card is not None:
         from ..evaluation.modelcard import write_model_card
@@ -161,6 +173,7 @@ def _print_confusion(report) -> None:
     help="Write Grad-CAM overlays (PNG, the input's size) into this folder.",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@precision_option
 @click.option("--json", "as_json", is_flag=True, help="Print predictions as JSON.")
 @click.option(
     "--csv",
@@ -170,7 +183,7 @@ def _print_confusion(report) -> None:
     help="Also write predictions to this CSV file.",
 )
 @friendly_errors
-def predict(checkpoint, paths, tta, cam_dir, device, as_json, csv_file):
+def predict(checkpoint, paths, tta, cam_dir, device, precision, as_json, csv_file):
     """Predict label and (calibrated) malignant probability of images.
 
     PATHS are image files, folders (searched recursively) or glob patterns such as 'lesions/*.jpg'.
@@ -178,7 +191,7 @@ def predict(checkpoint, paths, tta, cam_dir, device, as_json, csv_file):
     """
     from ..inference.predict import Predictor
 
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, tta=tta)
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, tta=tta, precision=precision)
     preds = predictor.predict(paths, cam_dir=cam_dir)
     if csv_file is not None:
         _write_predictions_csv(preds, csv_file)
@@ -187,7 +200,9 @@ def predict(checkpoint, paths, tta, cam_dir, device, as_json, csv_file):
     else:
         positive = predictor.classes[predictor.positive]
         threshold = "argmax" if predictor.threshold is None else f"{predictor.threshold:.4f}"
-        table = Table(title=f"predictions ({checkpoint}; threshold {threshold})")
+        table = Table(
+            title=f"predictions ({checkpoint}; threshold {threshold}; {predictor.precision})"
+        )
         for col in ("image", "label", f"P({positive})", *(["Grad-CAM"] if cam_dir else [])):
             table.add_column(col, overflow="fold")
         for p in preds:

@@ -63,7 +63,7 @@ _TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
     ),
     ("--inference-batch-size", "train.inference_batch_size", {"type": click.IntRange(min=1)}),
     ("--num-workers", "data.num_workers", {"type": click.IntRange(min=0)}),
-    ("--amp/--no-amp", "train.amp", {}),
+    ("--precision", "train.precision", {"type": click.Choice(["auto", "fp32", "bf16", "fp16"])}),
 )
 
 

@@ -22,7 +22,7 @@ from ..inference.decision import positive_index, predict_labels, softmax
 from ..inference.tta import model_logits
 from ..models.checkpoint import Checkpoint, load_checkpoint, update_checkpoint
 from ..preprocessing import Preprocessing
-from ..runtime import resolve_device
+from ..runtime import plan_precision, resolve_device
 from . import metrics as M
 from .calibration import fit_temperature, nll
 from .report import ECE_BINS, CalibrationResult, ClassResult, EvalReport, ThresholdChoice
@@ -71,6 +71,8 @@ class Evaluator:
         device: str = "auto",
         batch_size: int = 32,
         tta: bool = False,
+        precision: str = "auto",
+        num_workers: int = 0,
     ):
         self.checkpoint: Checkpoint | None = None
         self.threshold: float | None = None
@@ -91,7 +93,10 @@ class Evaluator:
         if classes is None or preprocessing is None:
             raise ValueError("a bare module needs classes= and preprocessing=")
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
+        plan = plan_precision(precision, self.device)
+        self.precision, self._dtype = plan.inference, plan.dtype("inference")
+        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
+        self.num_workers = num_workers
         self.classes = list(classes)
         self.positive = positive_index(self.classes)
         self.preprocessing = preprocessing
@@ -113,8 +118,16 @@ class Evaluator:
         if key not in self._cache:
             ds = self._dataset(data, split)
             logits, labels = [], []
-            for x, y in DataLoader(ds, batch_size=self.batch_size):
-                logits.append(model_logits(self.model, x.to(self.device), self.tta).float().cpu())
+            # Worker processes decode the next batches while the model runs on this one.
+            loader = DataLoader(
+                ds,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda",
+            )
+            for x, y in loader:
+                x = x.to(self.device, non_blocking=True)
+                logits.append(model_logits(self.model, x, self.tta, self._dtype).cpu())
                 labels.append(torch.as_tensor(y))
             if not labels:
                 raise DataError(f"the {split} split has no images")
@@ -259,6 +272,7 @@ class Evaluator:
             "threshold_source": self._threshold_source(),
             "temperature": self.temperature,
             "tta": self.tta,
+            "precision": self.precision,
             "nll": nll(out.logits, y, self.temperature),
             "ece": M.expected_calibration_error(y, probs, ECE_BINS, self.positive),
             "ece_uncalibrated": M.expected_calibration_error(y, probs_raw, ECE_BINS, self.positive),
@@ -374,6 +388,8 @@ def evaluate_checkpoint(
     save: bool = True,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    precision: str = "auto",
+    num_workers: int = 0,
 ) -> EvalReport:
     """What `skincls evaluate` does: optionally calibrate and choose a threshold on val, then measure.
 
@@ -381,7 +397,14 @@ def evaluate_checkpoint(
     shows. When anything was fitted or set and `save` is true, the checkpoint is updated with it and
     with this report's summary.
     """
-    ev = Evaluator(checkpoint, backbone=backbone, device=device, tta=tta)
+    ev = Evaluator(
+        checkpoint,
+        backbone=backbone,
+        device=device,
+        tta=tta,
+        precision=precision,
+        num_workers=num_workers,
+    )
     if calibrate:
         ev.calibrate(data_dir, "val")
     if target_sensitivity is not None or threshold is not None:

@@ -74,6 +74,7 @@ class EvalReport(BaseModel):
     threshold_source: str
     temperature: float
     tta: bool
+    precision: str = "fp32"  # what the model ran in: fp32, bf16 or fp16
     sensitivity: float | None = None
     specificity: float | None = None
     ppv: float | None = None
@@ -116,6 +117,7 @@ class EvalReport(BaseModel):
         out.append(
             f"Decision: {rule} ({self.threshold_source}); temperature {self.temperature:.3f}"
             + (", TTA (8 flips/turns)" if self.tta else "")
+            + ("" if self.precision == "fp32" else f"; model run in {self.precision}")
         )
         for key, label in _LINE_METRICS:
             value = getattr(self, key)

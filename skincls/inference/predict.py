@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from ..data.dataset import build_transform, load_image
 from ..data.ingest import IMAGE_SUFFIXES
 from ..errors import DataError
 from ..models.checkpoint import Checkpoint, load_checkpoint
-from ..runtime import resolve_device
+from ..runtime import plan_precision, resolve_device
 from .decision import positive_index, predict_labels, softmax
 from .tta import model_logits
 
@@ -80,10 +81,14 @@ class Predictor:
         backbone: nn.Module | None = None,
         tta: bool = False,
         batch_size: int = 16,
+        precision: str = "auto",
     ):
         self.checkpoint = checkpoint
         self.device = resolve_device(device)
-        self.model = checkpoint.build_model(backbone=backbone).to(self.device).eval()
+        plan = plan_precision(precision, self.device)
+        self.precision, self._dtype = plan.inference, plan.dtype("inference")
+        model = checkpoint.build_model(backbone=backbone).to(self.device).eval()
+        self.model = model.to(memory_format=torch.channels_last)
         self.transform = build_transform(checkpoint.preprocessing)
         self.classes = checkpoint.classes
         self.positive = positive_index(self.classes)
@@ -101,9 +106,10 @@ class Predictor:
         *,
         backbone: nn.Module | None = None,
         tta: bool = False,
+        precision: str = "auto",
     ) -> Predictor:
         """Load a checkpoint file (safely, `weights_only=True`) and wrap it."""
-        return cls(load_checkpoint(path), device, backbone=backbone, tta=tta)
+        return cls(load_checkpoint(path), device, backbone=backbone, tta=tta, precision=precision)
 
     def predict(
         self, images: Iterable[str | Path | Image.Image], *, cam_dir: str | Path | None = None
@@ -116,41 +122,63 @@ class Predictor:
         """
         items = _expand_items(images)
         preds: list[Prediction] = []
-        for chunk in _chunks(items, self.batch_size):
-            preds += self._predict_chunk(chunk)
+        # A thread decodes the next batch of files while the model runs on this one (PIL's decoders
+        # release the GIL); batches span files, so a folder runs at the model's batch throughput.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            chunks = _chunks(items, self.batch_size)
+            pending = pool.submit(self._decode, next(chunks, []))
+            while True:
+                rows, tensors = pending.result()
+                if not rows:
+                    break
+                pending = pool.submit(self._decode, next(chunks, []))
+                preds += self._predict_decoded(rows, tensors)
         if cam_dir is not None:
             self._write_cams(items, preds, Path(cam_dir))
         return preds
 
-    def _predict_chunk(self, chunk: list[tuple[str, Any]]) -> list[Prediction]:
-        rows: list[Prediction | None] = []
+    def _decode(
+        self, chunk: list[tuple[str, Any]]
+    ) -> tuple[list[Prediction | str], list[torch.Tensor]]:
+        """Load and transform a batch: per item its name (or an error row), and the good tensors."""
+        rows: list[Prediction | str] = []
         tensors = []
         for name, item in chunk:
             try:
                 image = item if isinstance(item, Image.Image) else load_image(item)
                 tensors.append(self.transform(image.convert("RGB")))
-                rows.append(None)
+                rows.append(name)
             except DataError as exc:
                 rows.append(Prediction(name, error=str(exc)))
-        if tensors:
-            x = torch.stack(tensors).to(self.device)
-            probs = softmax(
-                model_logits(self.model, x, self.tta).float().cpu().numpy(), self.temperature
+        return rows, tensors
+
+    def _predict_decoded(
+        self, rows: list[Prediction | str], tensors: list[torch.Tensor]
+    ) -> list[Prediction]:
+        if not tensors:
+            return rows  # type: ignore[return-value]  # every item failed to load
+        x = torch.stack(tensors).to(self.device)
+        logits = model_logits(self.model, x, self.tta, self._dtype)
+        probs = softmax(logits.cpu().numpy(), self.temperature)
+        labels = predict_labels(probs, self.threshold, self.positive)
+        it = iter(zip(probs, labels))
+        out = []
+        for row in rows:
+            if isinstance(row, Prediction):
+                out.append(row)
+                continue
+            p, k = next(it)
+            out.append(
+                Prediction(
+                    row,
+                    label=self.classes[k],
+                    probability=float(p[self.positive]),
+                    positive_class=self.classes[self.positive],
+                    threshold=self.threshold,
+                    probabilities={c: float(v) for c, v in zip(self.classes, p)},
+                )
             )
-            labels = predict_labels(probs, self.threshold, self.positive)
-            it = iter(zip(probs, labels))
-            for i, (name, _) in enumerate(chunk):
-                if rows[i] is None:
-                    p, k = next(it)
-                    rows[i] = Prediction(
-                        name,
-                        label=self.classes[k],
-                        probability=float(p[self.positive]),
-                        positive_class=self.classes[self.positive],
-                        threshold=self.threshold,
-                        probabilities={c: float(v) for c, v in zip(self.classes, p)},
-                    )
-        return rows  # type: ignore[return-value]
+        return out
 
     def _write_cams(self, items: list[tuple[str, Any]], preds: list[Prediction], cam_dir: Path):
         from .cam import GradCamExplainer

@@ -18,12 +18,18 @@ def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
 
 
 @torch.inference_mode()
-def model_logits(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """Logits (N, C), or with test-time augmentation (N, 8, C), one row per dihedral view.
+def model_logits(
+    model: nn.Module, x: torch.Tensor, tta: bool = False, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Float32 logits (N, C), or with test-time augmentation (N, 8, C), one row per dihedral view.
 
     Views are kept apart (not averaged here) so that a temperature can be applied per view before
-    the softmaxes are averaged (`decision.softmax` does the averaging).
+    the softmaxes are averaged (`decision.softmax` does the averaging). `dtype` is the autocast
+    precision (None: float32); images go in channels_last, the faster layout for convolutions.
     """
-    if not tta:
-        return model(x)
-    return torch.stack([model(v) for v in dihedral_views(x)], dim=1)
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        if not tta:
+            return model(x).float()
+        return torch.stack([model(v).float() for v in dihedral_views(x)], dim=1)

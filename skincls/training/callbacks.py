@@ -131,6 +131,7 @@ class ModelCheckpoint(Callback):
         extra = {
             "epoch": record.epoch,
             "phase": record.phase,
+            "precision": trainer.history.precision,  # what each phase ran in (PrecisionPlan)
             "metrics": {
                 "train": {"loss": record.train_loss, "accuracy": record.train_accuracy},
                 "val": {"loss": record.val_loss, "accuracy": record.val_accuracy},

@@ -28,6 +28,7 @@ __all__ = [
     "dataset_fingerprint",
     "extract_features",
     "load_or_extract",
+    "precision_name",
 ]
 
 _FORMAT = "skincls-features-v1"
@@ -41,6 +42,7 @@ class FeatureSet:
     targets: np.ndarray
     source: str  # "computed", "disk" (reused) or "computed+disk" (computed and stored)
     seconds: float = 0.0
+    precision: str = "fp32"  # what the backbone ran in: fp32, bf16 or fp16
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -137,6 +139,11 @@ def extract_features(
     return feats, targets
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """'fp32' for None (no autocast), else 'bf16' or 'fp16'."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
 def _cache_key(backbone_fp: str, data_fp: str, dtype: torch.dtype | None) -> str:
     blob = json.dumps(
         {"format": _FORMAT, "data": data_fp, "backbone": backbone_fp, "amp": str(dtype)}
@@ -171,13 +178,15 @@ def load_or_extract(
 ) -> FeatureSet:
     """Features of `dataset` under `mode` ('memory', 'disk' or 'auto'), reusing a disk entry if any.
 
-    Disk entries live in `cache_dir/<key>.npy` (+ `<key>.targets.npy`), keyed by the dataset's
-    fingerprint (records and transform), the backbone's architecture and weights, and the autocast
-    dtype; they are written atomically and memory-mapped when read. `auto` reuses an entry when one
+    Disk entries live in `cache_dir/<key>.npy` (+ `<key>.targets.npy` and `<key>.json`, which says
+    the precision that made them), keyed by the dataset's fingerprint (records and transform), the
+    backbone's architecture and weights, and the autocast dtype; they are written atomically and
+    memory-mapped when read. `auto` reuses an entry when one
     exists, else keeps features in memory when they fit comfortably, else writes them to disk.
     `backbone_fp` is `backbone_fingerprint(model)` when the caller has it already (computed if needed).
     """
     data_fp = dataset_fingerprint(dataset)
+    precision = precision_name(autocast_dtype)
     if isinstance(dataset, TensorDataset) or data_fp is None:
         if mode == "disk":
             log("feature cache: this dataset has no fingerprint, so it is cached in memory only")
@@ -193,8 +202,8 @@ def load_or_extract(
             feats = np.load(feat_path, mmap_mode="r")
             targets = np.load(targ_path)
             if len(feats) == len(dataset) == len(targets):
-                log(f"feature cache: reusing {feat_path}")
-                return FeatureSet(feats, targets, "disk")
+                log(f"feature cache: reusing {feat_path} ({precision})")
+                return FeatureSet(feats, targets, "disk", precision=precision)
     start = time.perf_counter()
     # The features file is written in place as a memory map and only renamed to its real name
     # (atomic_path) when the ExitStack closes, after its targets: a complete entry or none.
@@ -221,11 +230,16 @@ def load_or_extract(
         )
         seconds = time.perf_counter() - start
         if not on_disk:
-            return FeatureSet(feats, targets, "computed", seconds)
+            return FeatureSet(feats, targets, "computed", seconds, precision)
         feats.flush()
+        feats_shape = feats.shape
         del feats
         # Targets first: the features file appearing under its name marks a complete entry.
         with atomic_write(targ_path) as fh:
             np.save(fh, targets)
-    log(f"feature cache: wrote {feat_path}")
-    return FeatureSet(np.load(feat_path, mmap_mode="r"), targets, "computed+disk", seconds)
+        meta = {"format": _FORMAT, "precision": precision, "shape": list(feats_shape)}
+        with atomic_write(feat_path.with_suffix(".json"), "w") as fh:
+            json.dump(meta, fh)
+    log(f"feature cache: wrote {feat_path} ({precision})")
+    feats = np.load(feat_path, mmap_mode="r")
+    return FeatureSet(feats, targets, "computed+disk", seconds, precision)

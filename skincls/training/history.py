@@ -38,6 +38,9 @@ class History:
     stopped_early: list[str] = field(default_factory=list)  # phases ended by early stopping
     cache: dict[str, str] = field(default_factory=dict)  # split → how its features were obtained
     timings: dict[str, float] = field(default_factory=dict)  # e.g. features_train_seconds
+    precision: dict[str, str] = field(
+        default_factory=dict
+    )  # phase → fp32/bf16/fp16 (PrecisionPlan)
     notes: list[str] = field(default_factory=list)
 
     @property

@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from ..config import TrainConfig
 from ..errors import ConfigError
 from ..runtime import (
-    amp_dtype,
     get_rng_state,
+    plan_precision,
     resolve_device,
     seed_everything,
     seed_worker,
@@ -83,7 +83,8 @@ class Trainer:
         self.cache_dir = cache_dir
         self.num_workers = num_workers
         self.device = resolve_device(self.config.device)
-        self.amp_dtype = amp_dtype(self.device, self.config.amp)
+        self.precision = plan_precision(self.config.precision, self.device)
+        self.amp_dtype = self.precision.dtype("train")
         self.history = History(monitor=self.config.monitor)
         self.epoch = 0  # last completed epoch
         self.phase = ""
@@ -164,6 +165,10 @@ class Trainer:
             self._loader_rng.manual_seed(cfg.seed + 1)
         else:
             self._restore(self._resume)
+        self.history.precision = self.precision.to_dict()
+        self.log(
+            f"{self.device.type}, {torch.get_num_threads()} threads, {self.precision.describe()}"
+        )
         self._emit("on_fit_start")
         try:
             for phase in self._phases():
@@ -246,7 +251,7 @@ class Trainer:
                 batches = (train_fs.batch(b) for b in order.split(cfg.batch_size))
                 train_loss, train_acc = self._train_epoch(self.model.head, batches, when)
             else:
-                train_loss, train_acc = self._train_epoch(self.model, loader, when)
+                train_loss, train_acc = self._train_epoch(self._forward, loader, when)
             val_loss = val_acc = None
             if val is not None:
                 val_loss, val_acc = self._validate(val_fs, val_loader)
@@ -302,7 +307,7 @@ class Trainer:
             idx = torch.arange(len(features))
             batches = (features.batch(b) for b in idx.split(self.config.batch_size))
         else:
-            forward, batches = self.model, loader
+            forward, batches = self._forward, loader
         total, correct, seen = 0.0, 0, 0
         for x, y in batches:
             x, y = self._to_device(x), y.to(self.device, non_blocking=True)
@@ -346,7 +351,7 @@ class Trainer:
             device=self.device,
             batch_size=self.config.inference_batch_size,
             num_workers=self.num_workers,
-            autocast_dtype=self.amp_dtype,
+            autocast_dtype=self.precision.dtype("features"),
             on_progress=lambda done, total: self._emit("on_extract", split, done, total),
             log=self.log,
         )
@@ -354,7 +359,7 @@ class Trainer:
         key = f"features_{split}_seconds"
         self.history.timings[key] = self.history.timings.get(key, 0.0) + fs.seconds
         self.log(
-            f"feature cache: {split} features {tuple(fs.features.shape)} {fs.source}"
+            f"feature cache: {split} features {tuple(fs.features.shape)} {fs.source}, {fs.precision}"
             + (f" in {fs.seconds:.1f}s ({len(fs) / fs.seconds:.1f} images/s)" if fs.seconds else "")
         )
         return fs
@@ -375,9 +380,18 @@ class Trainer:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
-    def _autocast(self):
-        dtype = self.amp_dtype
+    def _autocast(self, dtype: torch.dtype | str | None = "train"):
+        if isinstance(dtype, str):
+            dtype = self.precision.dtype(dtype)
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model on images; a frozen backbone runs in the feature pass's precision, as cached."""
+        if can_cache(self.model) is not None:
+            return self.model(x)
+        with self._autocast("features"):
+            f = self.model.features(x)
+        return self.model.head(f.float())
 
     @property
     def _maximise(self) -> bool:

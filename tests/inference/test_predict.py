@@ -69,12 +69,12 @@ def test_predict_expands_globs_and_reports_missing(ckpt, images):
 
 def test_stored_threshold_and_temperature_are_used(ckpt, images):
     image = Image.open(images / "rgb.jpg")
-    base = Predictor.from_checkpoint(ckpt, device="cpu")
+    base = Predictor.from_checkpoint(ckpt, device="cpu", precision="fp32")
     x = base.transform(image).unsqueeze(0)
     with torch.no_grad():
         logits = base.model(x).numpy()
     update_checkpoint(ckpt, temperature=2.0, threshold=0.0)
-    pred = Predictor.from_checkpoint(ckpt, device="cpu").predict([image])[0]
+    pred = Predictor.from_checkpoint(ckpt, device="cpu", precision="fp32").predict([image])[0]
     assert pred.probability == pytest.approx(softmax(logits, 2.0)[0, 1], abs=1e-6)
     assert pred.label == "malignant" and pred.threshold == 0.0  # everything reaches threshold 0
     update_checkpoint(ckpt, threshold=1.0)

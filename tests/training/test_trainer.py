@@ -14,11 +14,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import skincls
-from skincls import RunConfig, TrainConfig, Trainer
+from skincls import RunConfig, TrainConfig, Trainer, runtime
 from skincls.data.dataset import ManifestDataset, build_transform
 from skincls.errors import ConfigError
 from skincls.models.checkpoint import load_checkpoint
-from skincls.runtime import amp_dtype, seed_everything
+from skincls.runtime import plan_precision, seed_everything
 from skincls.training.callbacks import Callback, ModelCheckpoint
 from skincls.training.optim import balanced_class_weights, build_optimizer
 
@@ -237,15 +237,33 @@ def test_class_weights_change_the_loss():
     assert not math.isclose(losses["none"], losses["balanced"], rel_tol=1e-3)
 
 
-def test_amp_choice(monkeypatch):
+def test_precision_plan(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert amp_dtype(cpu) is None and amp_dtype(cpu, False) is None
-    with pytest.raises(ConfigError, match="CUDA"):
-        amp_dtype(cpu, True)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    auto = plan_precision("auto", cpu)  # bf16 only where measured to help on CPU
+    assert (auto.features, auto.train, auto.inference) == ("bf16", "fp32", "bf16")
+    assert auto.dtype("features") is torch.bfloat16 and auto.dtype("train") is None
+    assert "features bf16, train fp32" in auto.describe()
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert plan_precision("auto", cpu).to_dict() == {
+        "requested": "auto", "features": "fp32", "train": "fp32", "inference": "fp32"
+    }  # fmt: skip
+    assert plan_precision("bf16", cpu).train == "bf16"  # asked for: every phase
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        plan_precision("fp16", cpu)
+    with pytest.raises(ConfigError, match="unknown precision"):
+        plan_precision("half", cpu)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert amp_dtype(cuda) is torch.bfloat16 and amp_dtype(cuda, False) is None
+    assert set(plan_precision("auto", cuda).to_dict().values()) == {"auto", "bf16"}
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert amp_dtype(cuda) is torch.float16
+    assert plan_precision("auto", cuda).train == "fp16"
+    with pytest.raises(ConfigError, match="no bf16"):
+        plan_precision("bf16", cuda)
+
+
+def test_legacy_amp_key_maps_to_precision():
+    assert TrainConfig.model_validate({"amp": False}).precision == "fp32"
+    assert TrainConfig.model_validate({"amp": None}).precision == "auto"
 
 
 def test_optimizer_prefers_fused_and_falls_back(monkeypatch):
