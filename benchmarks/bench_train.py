@@ -6,11 +6,13 @@ train/valid images: VGG16 with a frozen conv base, head 25088→4096→512→2, 
 initialised in both (ImageNet weights are not downloadable here); the compute is identical.
 
 The skincls side gets a manifest whose train/val splits are exactly the source folder's train/valid
-images (a symlink to the images, nothing copied). It also measures the machine's float32 matmul rate
-and the conv base's throughput, and writes a JSON report plus a Markdown table.
+images (a symlink to the images, nothing copied); it runs once per `--precisions` entry (default: the
+precision setting's default `auto`, and `fp32`). Each repetition runs every process once, in turn;
+the table gives medians over `--repeats`. It also measures the machine's float32 matmul rate and the
+conv base's throughput, and writes a JSON report plus a Markdown table.
 
     python benchmarks/make_subset.py --src DEV/train --dst sub300      # 240 train + 60 valid images
-    python benchmarks/bench_train.py --source sub300 --markdown docs/benchmarks-table.md
+    python benchmarks/bench_train.py --source sub300 --repeats 3 --markdown docs/benchmarks-table.md
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -74,6 +77,47 @@ def timed(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t
 
 
+def run_skincls(data_dir: Path, run: Path, epochs: int, precision: str, log: Path) -> dict:
+    """One `skincls train` process on the original recipe; its wall time and phase timings."""
+    cmd = [
+        str(Path(sys.executable).parent / "skincls"),
+        "train", "--data-dir", str(data_dir), "--out", str(run), "--overwrite", "--arch", "vgg16",
+        "--weights", "none", "--epochs", str(epochs), "--batch-size", "20", "--lr", "1e-3",
+        "--image-size", "224", "--device", "cpu", "--seed", "0", "--cache-features", "memory",
+        "--precision", precision, "--quiet",
+    ]  # fmt: skip
+    wall = timed(cmd, log)
+    hist = json.loads((run / "history.json").read_text())
+    for name in ("best.pt", "last.pt"):  # ~0.5 and ~1.4 GB each; the timing is what we keep
+        (run / name).unlink(missing_ok=True)
+    return {
+        "wall_s": wall,
+        "features_train_s": hist["timings"].get("features_train_seconds"),
+        "features_val_s": hist["timings"].get("features_val_seconds"),
+        "epochs_s": sum(e["seconds"] for e in hist["epochs"]),
+        "fit_s": hist["wall_seconds"],
+        "precision": hist.get("precision", {}),
+        "val_loss": [e["val_loss"] for e in hist["epochs"]],
+    }
+
+
+def run_original(source: Path, work: Path, epochs: int) -> dict:
+    """One process of the original research loop."""
+    orig_json = work / "original.json"
+    cmd = [
+        sys.executable, str(HERE / "original_loop.py"),
+        "--train-dir", str(source / "train"), "--valid-dir", str(source / "valid"),
+        "--epochs", str(epochs), "--json", str(orig_json), "--out", str(work / "original.pt"),
+    ]  # fmt: skip
+    wall = timed(cmd, work / "original.log")
+    (work / "original.pt").unlink(missing_ok=True)
+    return {"wall_s": wall, **json.loads(orig_json.read_text())}
+
+
+def median(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -81,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--workdir", type=Path, default=Path("runs/bench-train"))
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each process; medians reported")
+    ap.add_argument("--precisions", nargs="+", default=["auto", "fp32"])
     ap.add_argument("--skip-original", action="store_true", help="time skincls only")
     ap.add_argument("--markdown", type=Path, help="also write the table here")
     args = ap.parse_args(argv)
@@ -93,85 +139,81 @@ def main(argv: list[str] | None = None) -> None:
         "threads": torch.get_num_threads(),
         "cpu": _cpu_name(),
         "matmul_gflops": matmul_gflops(),
+        "repeats": args.repeats,
+        "skincls": {p: [] for p in args.precisions},
+        "original": [],
     }
     print(f"float32 matmul: {report['matmul_gflops']:.1f} GFLOP/s", flush=True)
     data_dir = work / "data"
     report["images"] = make_data_dir(args.source, data_dir)
-
-    run = work / "skincls-run"
-    cmd = [
-        str(Path(sys.executable).parent / "skincls"),
-        "train", "--data-dir", str(data_dir), "--out", str(run), "--arch", "vgg16",
-        "--weights", "none", "--epochs", str(args.epochs), "--batch-size", "20", "--lr", "1e-3",
-        "--image-size", "224", "--device", "cpu", "--seed", "0", "--cache-features", "memory",
-        "--quiet",
-    ]  # fmt: skip
-    report["skincls_wall_s"] = timed(cmd, work / "skincls.log")
-    hist = json.loads((run / "history.json").read_text())
-    report["skincls"] = {
-        "features_train_s": hist["timings"].get("features_train_seconds"),
-        "features_val_s": hist["timings"].get("features_val_seconds"),
-        "epoch_s": [e["seconds"] for e in hist["epochs"]],
-        "fit_s": hist["wall_seconds"],
-        "val_loss": [e["val_loss"] for e in hist["epochs"]],
-    }
-    n = report["images"]["train"] + report["images"]["val"]
-    feat_s = report["skincls"]["features_train_s"] + report["skincls"]["features_val_s"]
-    report["backbone_images_per_s"] = n / feat_s
-    print(json.dumps(report["skincls"], indent=1), flush=True)
-
-    if not args.skip_original:
-        orig_json = work / "original.json"
-        cmd = [
-            sys.executable, str(HERE / "original_loop.py"),
-            "--train-dir", str(args.source / "train"), "--valid-dir", str(args.source / "valid"),
-            "--epochs", str(args.epochs), "--json", str(orig_json), "--out", str(work / "original.pt"),
-        ]  # fmt: skip
-        report["original_wall_s"] = timed(cmd, work / "original.log")
-        report["original"] = json.loads(orig_json.read_text())
-        report["ratio"] = report["original_wall_s"] / report["skincls_wall_s"]
-        (work / "original.pt").unlink(missing_ok=True)
-    (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    for rep in range(args.repeats):
+        for precision in args.precisions:
+            run = work / f"skincls-{precision}"
+            r = run_skincls(
+                data_dir, run, args.epochs, precision, work / f"skincls-{precision}.log"
+            )
+            report["skincls"][precision].append(r)
+            print(
+                f"repeat {rep + 1}: skincls --precision {precision}: {r['wall_s']:.1f} s",
+                flush=True,
+            )
+        if not args.skip_original:
+            r = run_original(args.source, work, args.epochs)
+            report["original"].append(r)
+            print(f"repeat {rep + 1}: original loop: {r['wall_s']:.1f} s", flush=True)
+        (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)
     print(table)
     if args.markdown:
         args.markdown.write_text(table)
-    for name in ("best.pt", "last.pt"):  # ~0.5 and ~1.4 GB each; the timing is what we keep
-        (run / name).unlink(missing_ok=True)
 
 
 def markdown(r: dict) -> str:
-    s = r["skincls"]
+    n = r["images"]["train"] + r["images"]["val"]
     gemm = r["matmul_gflops"]
-    ips = r["backbone_images_per_s"]
+    reps = r["repeats"]
     lines = [
         f"Machine: {r['cpu']}, {r['threads']} torch threads, torch {r['torch']}; "
         f"float32 matmul {gemm:.0f} GFLOP/s. Images: {r['images']['train']} train + "
-        f"{r['images']['val']} val from `{r['source']}`.",
+        f"{r['images']['val']} val from `{r['source']}`. Medians of {reps} runs of each process.",
         "",
-        "| process | phase | seconds |",
+        "| process | phase | seconds (median) |",
         "|---|---|---:|",
-        f"| skincls train | feature pass, train split | {s['features_train_s']:.1f} |",
-        f"| skincls train | feature pass, val split | {s['features_val_s']:.1f} |",
-        f"| skincls train | head epochs (10, incl. best/last.pt writes) | {sum(s['epoch_s']):.1f} |",
-        f"| skincls train | **whole process** | **{r['skincls_wall_s']:.1f}** |",
     ]
-    if "original" in r:
-        o = r["original"]["epochs"]
+    orig = r["original"]
+    for precision, runs in r["skincls"].items():
+        plan = runs[0]["precision"]
+        name = f"skincls train `--precision {precision}`"
+        what = ", ".join(f"{k} {v}" for k, v in plan.items() if k != "requested") or precision
         lines += [
-            f"| original loop | epoch (mean of {len(o)}; train / valid) | "
-            f"{sum(e['wall_s'] for e in o) / len(o):.1f} "
-            f"({sum(e['train_s'] for e in o) / len(o):.1f} / {sum(e['valid_s'] for e in o) / len(o):.1f}) |",
-            f"| original loop | **whole process** | **{r['original_wall_s']:.1f}** |",
-            "",
-            f"**Wall-time ratio: {r['ratio']:.1f}×.**",
+            f"| {name} | feature pass, train split ({plan.get('features', '?')}) | "
+            f"{median(runs, 'features_train_s'):.1f} |",
+            f"| {name} | feature pass, val split | {median(runs, 'features_val_s'):.1f} |",
+            f"| {name} | head epochs ({plan.get('train', '?')}, incl. best/last.pt writes) | "
+            f"{median(runs, 'epochs_s'):.1f} |",
+            f"| {name} | **whole process** ({what}) | **{median(runs, 'wall_s'):.1f}** |",
         ]
-    lines += [
-        "",
-        f"Conv base throughput in the feature pass: {ips:.1f} images/s = "
-        f"{ips * VGG16_CONV_GMACS * 2:.0f} GFLOP/s ({VGG16_CONV_GMACS} G multiply-adds per image), "
-        f"{100 * ips * VGG16_CONV_GMACS * 2 / gemm:.0f}% of the matmul rate.",
-    ]
+    if orig:
+        epochs = [e for o in orig for e in o["epochs"]]
+        lines += [
+            f"| original loop | epoch (median; train / valid) | "
+            f"{statistics.median(e['wall_s'] for e in epochs):.1f} "
+            f"({statistics.median(e['train_s'] for e in epochs):.1f} / "
+            f"{statistics.median(e['valid_s'] for e in epochs):.1f}) |",
+            f"| original loop | **whole process** | **{median(orig, 'wall_s'):.1f}** |",
+            "",
+        ]
+        for precision, runs in r["skincls"].items():
+            ratio = median(orig, "wall_s") / median(runs, "wall_s")
+            lines.append(f"**Wall-time ratio, `--precision {precision}`: {ratio:.1f}×.**  ")
+    lines.append("")
+    for precision, runs in r["skincls"].items():
+        ips = n / (median(runs, "features_train_s") + median(runs, "features_val_s"))
+        lines.append(
+            f"Conv base in the feature pass, `--precision {precision}`: {ips:.1f} images/s = "
+            f"{ips * VGG16_CONV_GMACS * 2:.0f} GFLOP/s ({VGG16_CONV_GMACS} G multiply-adds per "
+            f"image; float32 matmul rate {gemm:.0f} GFLOP/s).  "
+        )
     return "\n".join(lines) + "\n"
 
 
