@@ -20,6 +20,7 @@ from skincls.errors import ConfigError
 from skincls.models.checkpoint import load_checkpoint
 from skincls.runtime import plan_precision, seed_everything
 from skincls.training.callbacks import Callback, ModelCheckpoint
+from skincls.training.history import History
 from skincls.training.optim import balanced_class_weights, build_optimizer
 
 
@@ -180,7 +181,7 @@ def test_interrupted_write_keeps_old_best(tiny_data, tmp_path, monkeypatch):
     )
     record = skincls.History.from_dict({"epochs": [_record(2)]}).epochs[0]
     with pytest.raises(OSError, match="disk full"):
-        writer.on_epoch_end(SimpleNamespace(model=model), record, improved=True)
+        writer.on_epoch_end(SimpleNamespace(model=model, history=History()), record, improved=True)
     assert (tmp_path / "best.pt").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     monkeypatch.undo()
@@ -326,7 +327,9 @@ def test_background_checkpoint_writes_the_epoch_end_snapshot(tmp_path):
     model.head(torch.randn(2, model.head[0].in_features)).sum().backward()
     opt.step()
     trainer = SimpleNamespace(
-        model=model, state_dict=lambda: {"epoch": 1, "optimizer": opt.state_dict()}
+        history=History(),
+        model=model,
+        state_dict=lambda: {"epoch": 1, "optimizer": opt.state_dict()},
     )
     writer = ModelCheckpoint(
         tmp_path,
