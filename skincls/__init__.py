@@ -16,16 +16,21 @@ from .data.fetch import fetch
 from .data.splits import Manifest, load_manifest
 from .errors import SkinclsError
 from .evaluation.evaluator import EvalReport, Evaluator, evaluate_checkpoint
+from .experiments.cv import CVResult, cross_validate
+from .experiments.ensemble import create_ensemble
 from .inference.predict import Prediction, Predictor
 from .models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .models.classifier import SkinClassifier, create_model, list_models, register_model, set_freeze
+from .models.ensemble import EnsembleClassifier
 from .preprocessing import Preprocessing
 from .training.run import train_from_config
 from .training.trainer import History, Trainer
 
 __all__ = [
+    "CVResult",
     "Checkpoint",
     "DataConfig",
+    "EnsembleClassifier",
     "EvalReport",
     "Evaluator",
     "History",
@@ -40,7 +45,9 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "__version__",
+    "create_ensemble",
     "create_model",
+    "cross_validate",
     "evaluate_checkpoint",
     "fetch",
     "list_models",

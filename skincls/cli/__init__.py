@@ -1,6 +1,6 @@
 """The `skincls` command line: each command parses options, makes one library call, renders the result.
 
-One module per stage (fetch, train, evaluate); nothing in the library imports this package.
+One module per stage (fetch, train, cv, evaluate); nothing in the library imports this package.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from .._version import __version__
+from .cv import cv
 from .evaluate import evaluate, export, predict
 from .fetch import fetch
 from .train import demo, models, train
@@ -24,7 +25,7 @@ def main() -> None:
     """
 
 
-for _command in (fetch, train, evaluate, predict, models, demo, export):
+for _command in (fetch, train, cv, evaluate, predict, models, demo, export):
     main.add_command(_command)
 
 

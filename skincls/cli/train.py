@@ -80,7 +80,8 @@ def _train_options(fn):
     """Add every `_TRAIN_OPTIONS` entry to `fn`; each defaults to None = "not given, keep the config's"."""
     for flag, key, settings in reversed(_TRAIN_OPTIONS):
         field = _config_field(key)
-        text = settings.pop("help", None) or (field.description or "").rstrip(".") + "."
+        # `get`, not `pop`: the table is shared by every command that takes the train options.
+        text = settings.get("help") or (field.description or "").rstrip(".") + "."
         default = field.default
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         settings = {**settings, "help": text if default is None else f"{text} [{shown}]"}

@@ -108,8 +108,13 @@ class Evaluator:
     def binary(self) -> bool:
         return len(self.classes) == 2
 
-    def outputs(self, data: str | Path | Dataset, split: str = "test") -> Outputs:
-        """Run the model once over a split (cached): a data dir plus split name, or a `Dataset`."""
+    def outputs(self, data: str | Path | Dataset | Outputs, split: str = "test") -> Outputs:
+        """Run the model once over a split (cached): a data dir plus split name, or a `Dataset`.
+
+        Given `Outputs` (logits computed elsewhere, e.g. out-of-fold ones), they are used as they are.
+        """
+        if isinstance(data, Outputs):
+            return data
         if isinstance(data, (str, Path)):
             key = (str(data), split, self.tta)
         else:  # the dataset itself (not its id, which a new object could reuse) keys the cache

@@ -166,10 +166,14 @@ def _details(ckpt: Checkpoint, cfg: Mapping[str, Any], run: Mapping[str, Any]) -
         else NOT_RECORDED
     )
     arch = cfg.get("arch", NOT_RECORDED)
-    if arch == "custom":
+    if cfg.get("backbone") or arch == "custom":
         arch_desc = f"bring-your-own backbone `{_fmt(cfg.get('backbone'))}` + MLP head"
     else:
-        arch_desc = f"`{arch}` backbone + MLP head"
+        arch_desc = f"`{cfg.get('member_arch') or arch}` backbone + MLP head"
+    if arch == "ensemble":
+        arch_desc = f"ensemble of {cfg.get('num_members')} models, each a {arch_desc}; " + (
+            "it outputs the mean of their calibrated probabilities"
+        )
     # A custom backbone brings its own weights (the model config says None); the run config names them.
     weights = cfg.get("weights") or planned.get("weights")
     recipe = [f"{k} {train[k]}" for k in ("epochs", "batch_size", "lr") if k in train]
@@ -186,6 +190,17 @@ def _details(ckpt: Checkpoint, cfg: Mapping[str, Any], run: Mapping[str, Any]) -
         )
     if "seed" in train:
         recipe.append(f"seed {train['seed']}")
+    cv = (ckpt.data.get("ensemble") or {}).get("cv") or {}
+    epoch = ckpt.data.get("epoch")
+    if epoch is None and cv.get("best_epochs"):
+        epoch = ", ".join(map(str, cv["best_epochs"])) + " (one per member)"
+    lines = []
+    if cv:
+        lines.append(
+            f"- **Cross-validation:** {cv.get('folds')} grouped, stratified folds over "
+            f"{_fmt(cv.get('n_images'))} non-test images; member k trained on every fold but k; "
+            "temperature and threshold chosen on the out-of-fold predictions, never on test"
+        )
     return [
         f"- **Architecture:** {arch_desc}",
         f"- **Initial weights:** {_fmt(weights)}",
@@ -197,10 +212,10 @@ def _details(ckpt: Checkpoint, cfg: Mapping[str, Any], run: Mapping[str, Any]) -
         f"centre crop {pre.crop_size} px, normalise with mean {_triple(pre.mean)} and std "
         f"{_triple(pre.std)}",
         f"- **Training recipe:** {', '.join(recipe) or NOT_RECORDED}; best epoch "
-        f"{_fmt(ckpt.data.get('epoch'))}"
-        + (f" ({ckpt.data['phase']} phase)" if ckpt.data.get("phase") else ""),
+        f"{_fmt(epoch)}" + (f" ({ckpt.data['phase']} phase)" if ckpt.data.get("phase") else ""),
         f"- **Versions:** trained with skincls {_fmt(ckpt.data.get('skincls_version'))}, torch "
         f"{_fmt(ckpt.data.get('torch_version'))}",
+        *lines,
     ]
 
 
@@ -335,6 +350,7 @@ def _calibration(ckpt: Checkpoint, rep: Mapping[str, Any]) -> list[str]:
     temperature = rep.get("temperature", ckpt.data.get("temperature"))
     fit = rep.get("calibration") or ckpt.data.get("calibration") or {}
     split = rep.get("split", NOT_RECORDED)
+    members = (ckpt.data.get("ensemble") or {}).get("members") or []
     if fit:
         how = (
             f"temperature scaling fitted on the {fit.get('split')} split "
@@ -348,6 +364,10 @@ def _calibration(ckpt: Checkpoint, rep: Mapping[str, Any]) -> list[str]:
     else:
         how = "not fitted (temperature 1.0 is the plain softmax)"
         on_fit = "- **ECE where the temperature was fitted:** not fitted"
+    if members and not rep.get("calibration"):
+        # An ensemble: its members' temperatures are inside the model; its output needs none.
+        temps = ", ".join(_fmt(m.get("temperature")) for m in members)
+        how = f"on the ensemble's output; its {len(members)} members' temperatures ({temps}): {how}"
     bins = rep.get("ece_bins")
     return [
         f"- **Temperature:** {_fmt(temperature)}: {how}",

@@ -21,6 +21,7 @@ from ..atomic import atomic_write
 from ..errors import CheckpointError, ModelError
 from ..preprocessing import Preprocessing
 from .classifier import SkinClassifier, create_model
+from .ensemble import EnsembleClassifier
 
 __all__ = [
     "FORMAT",
@@ -74,17 +75,23 @@ class Checkpoint:
     def metrics(self) -> dict[str, Any]:
         return dict(self.data.get("metrics") or {})
 
-    def build_model(self, backbone: nn.Module | None = None) -> SkinClassifier:
+    @property
+    def is_ensemble(self) -> bool:
+        return self.model_config.get("arch") == "ensemble"
+
+    def build_model(self, backbone: nn.Module | None = None) -> SkinClassifier | EnsembleClassifier:
         """Rebuild the network (no weight download) and load the stored weights; eval mode.
 
         Args:
             backbone: For checkpoints of a custom backbone (`arch == "custom"`): a fresh instance of
                 the same module, whose weights are then replaced by the stored ones. Registered
-                archs take none.
+                archs take none. For an ensemble of custom-backbone members, each gets a copy.
 
         Raises:
             CheckpointError: a custom backbone is missing or does not fit, or the weights don't fit.
         """
+        if self.is_ensemble:
+            return _build_ensemble(self, backbone)
         cfg = self.model_config
         custom = cfg.get("arch") == "custom"
         if custom and backbone is None:
@@ -123,6 +130,23 @@ class Checkpoint:
                 f"{self.path}: weights do not fit the stored architecture: {exc}"
             ) from exc
         return model.eval()
+
+
+def _build_ensemble(ckpt: Checkpoint, backbone: nn.Module | None) -> EnsembleClassifier:
+    """Each member rebuilt as a single checkpoint of its own (its config, its `members.i.` weights)."""
+    state = ckpt.data["state_dict"]
+    members = []
+    for i, cfg in enumerate(ckpt.model_config.get("members") or []):
+        prefix = f"members.{i}."
+        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        one = Checkpoint(ckpt.path, {**ckpt.data, "model": cfg, "state_dict": weights})
+        members.append(one.build_model(copy.deepcopy(backbone) if backbone is not None else None))
+    if "temperatures" not in state or len(members) != len(state["temperatures"]):
+        raise CheckpointError(f"{ckpt.path}: an ensemble checkpoint without its members' weights")
+    try:
+        return EnsembleClassifier(members, state["temperatures"]).eval()
+    except ModelError as exc:
+        raise CheckpointError(f"{ckpt.path}: cannot rebuild its ensemble: {exc}") from exc
 
 
 @dataclass(frozen=True)

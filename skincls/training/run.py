@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,13 +11,14 @@ from torch import nn
 
 from ..config import RunConfig, save_config
 from ..data.dataset import ManifestDataset, build_transform
-from ..data.splits import load_manifest
+from ..data.splits import Manifest, load_manifest
 from ..errors import CheckpointError, DataError
 from ..models.checkpoint import ModelSnapshot, load_checkpoint, save_checkpoint
 from ..models.classifier import create_model
 from ..preprocessing import Preprocessing
 from ..runtime import seed_everything
 from .callbacks import Callback, EarlyStopping, HistoryWriter, ModelCheckpoint, RichProgress
+from .features import FeatureSet
 from .history import History
 from .trainer import Trainer
 
@@ -44,6 +46,8 @@ def train_from_config(
     backbone: nn.Module | None = None,
     preprocessing: Preprocessing | None = None,
     callbacks: list[Callback] | None = None,
+    manifest: Manifest | None = None,
+    feature_pool: Callable[..., FeatureSet] | None = None,
 ) -> TrainResult:
     """Train the model that `config` describes on its data dir; write checkpoints, history and config.
 
@@ -54,12 +58,17 @@ def train_from_config(
         backbone: A custom backbone module (bring your own); `config.model.arch`/`weights` are then
             ignored. `preprocessing` says what its images need.
         callbacks: Extra trainer callbacks, called after the built-in ones.
+        manifest: Train on this manifest's train/val splits instead of the data dir's own (a
+            cross-validation fold: the same images, other splits).
+        feature_pool: Passed to the `Trainer` (a `FeaturePool` shares one feature extraction
+            between folds).
 
     Raises:
         DataError: no manifest or no training images.
         CheckpointError: `resume` without a resumable `last.pt`.
     """
-    manifest = load_manifest(config.data.data_dir)
+    if manifest is None:
+        manifest = load_manifest(config.data.data_dir)
     if not manifest.select("train"):
         raise DataError(f"{config.data.data_dir}: the manifest has no training images")
     m = config.model
@@ -117,6 +126,7 @@ def train_from_config(
         callbacks=cbs + list(callbacks or []),
         cache_dir=feature_cache_dir(config.data.data_dir),
         num_workers=config.data.num_workers,
+        feature_pool=feature_pool,
     )
     if resume:
         _resume(trainer, run_dir / "last.pt")

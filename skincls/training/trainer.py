@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +66,8 @@ class Trainer:
             best weights in memory (`BestWeights`).
         cache_dir: Where `cache_features="disk"` (or "auto" with large features) keeps features.
         num_workers: DataLoader worker processes (seeded from the run's seed).
+        feature_pool: Where cached features come from, called like `load_or_extract` (default);
+            a `FeaturePool` serves the folds of a cross-validation from one extraction.
     """
 
     def __init__(
@@ -76,12 +78,14 @@ class Trainer:
         callbacks: Sequence[Callback] | None = None,
         cache_dir: str | None = None,
         num_workers: int = 0,
+        feature_pool: Callable[..., FeatureSet] | None = None,
     ):
         self.model = model
         self.config = config or TrainConfig()
         self.callbacks = list(callbacks) if callbacks is not None else [BestWeights()]
         self.cache_dir = cache_dir
         self.num_workers = num_workers
+        self.feature_pool = feature_pool or load_or_extract
         self.device = resolve_device(self.config.device)
         self.precision = plan_precision(self.config.precision, self.device)
         self.amp_dtype = self.precision.dtype("train")
@@ -342,7 +346,7 @@ class Trainer:
             if self._backbone_fp is None:  # a disk cache key: hash the backbone once per phase
                 self._backbone_fp = backbone_fingerprint(self.model)
             backbone_fp = self._backbone_fp
-        fs = load_or_extract(
+        fs = self.feature_pool(
             self.model,
             dataset,
             mode=mode,

@@ -1,0 +1,1 @@
+"""Experiments: procedures built from training and evaluation (cross-validation, ensembles)."""
