@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.console import Console
 from rich.table import Table
 
 from ._common import console, friendly_errors
@@ -87,6 +88,8 @@ def cv(
     from ..config import RunConfig, load_config
     from ..experiments.cv import cross_validate
 
+    err = Console(stderr=True)  # progress lines: stdout stays the report (pure JSON with --json)
+
     if target_sensitivity is not None and threshold is not None:
         raise click.UsageError("give --target-sensitivity or --threshold, not both")
     out = options["out"]
@@ -107,10 +110,10 @@ def cv(
         tta=tta,
         n_bootstrap=bootstrap,
         progress=not quiet,
-        log=(lambda line: None) if quiet else (lambda line: console.print(f"[dim]{line}[/]")),
+        log=(lambda line: None) if quiet else (lambda line: err.print(f"[dim]{line}[/]")),
     )
     report = result.report
-    if as_json:
+    if as_json:  # stdout holds the JSON only; progress went to stderr
         click.echo(report.model_dump_json(indent=2))
         return
     _print_folds(report)

@@ -11,7 +11,7 @@ from skincls._version import __version__
 from skincls.cli import main
 from tests.conftest import TINY_TRAIN
 
-COMMANDS = ["fetch", "train", "evaluate", "predict", "demo"]
+COMMANDS = ["fetch", "train", "cv", "evaluate", "predict", "demo"]
 
 
 @pytest.fixture()
