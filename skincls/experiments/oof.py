@@ -52,5 +52,6 @@ def heldout_logits(
         device=train.device,
         batch_size=train.inference_batch_size,
         tta=tta,
+        precision=train.precision,
     )
     return ev.outputs(held_out).logits, "model on the images" + (" with TTA" if tta else "")

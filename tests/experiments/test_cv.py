@@ -55,7 +55,9 @@ def _config(data_dir, out) -> RunConfig:
         {
             "data": {"data_dir": data_dir},
             "model": {"head": [8], "dropout": 0.0, "freeze": "backbone"},
-            "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "device": "cpu", "seed": 2},
+            # fp32: exact comparisons below (auto may pick bf16 on a CPU).
+            "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "device": "cpu", "seed": 2}
+            | {"precision": "fp32"},
             "out": out,
         }
     )
@@ -148,7 +150,7 @@ def test_every_non_test_image_gets_one_oof_prediction_from_the_model_that_held_i
         picked = [replace(by_path[r["path"]], split="train") for r in mine]
         only = Manifest(manifest.root, manifest.classes, picked)
         held = ManifestDataset(only, "train", build_transform(PRE))
-        ev = Evaluator(ckpt, backbone=TinyBackbone(), device="cpu")
+        ev = Evaluator(ckpt, backbone=TinyBackbone(), device="cpu", precision="fp32")
         expected = ev.outputs(held).probs(t)[:, 1]
         got = np.array([float(r["p_malignant"]) for r in mine])
         np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -190,7 +192,7 @@ def test_ensemble_works_as_a_checkpoint_with_tta_predict_and_model_card(cv_run, 
     t = res.report.member_temperature
     manifest = load_manifest(cv_run.data)
     test_ds = ManifestDataset(manifest, "test", build_transform(PRE))
-    ev = Evaluator(res.ensemble, backbone=TinyBackbone(), device="cpu", tta=True)
+    ev = Evaluator(res.ensemble, backbone=TinyBackbone(), device="cpu", tta=True, precision="fp32")
     got = ev.outputs(test_ds).probs(ev.temperature)
     x = torch.stack([test_ds[i][0] for i in range(len(test_ds))])
     views = dihedral_views(x)
@@ -198,11 +200,20 @@ def test_ensemble_works_as_a_checkpoint_with_tta_predict_and_model_card(cv_run, 
     np.testing.assert_allclose(got, expected, atol=1e-5)  # TTA averages views of the ensemble
 
     report = evaluate_checkpoint(
-        res.ensemble, cv_run.data, "test", backbone=TinyBackbone(), save=False, n_bootstrap=0
+        res.ensemble,
+        cv_run.data,
+        "test",
+        backbone=TinyBackbone(),
+        save=False,
+        n_bootstrap=0,
+        precision="fp32",
     )
     assert report.n_images == len(test_ds) and report.threshold == pytest.approx(ev.threshold)
     image = manifest.root / manifest.select("test")[0].path
-    pred = Predictor.from_checkpoint(res.ensemble, "cpu", backbone=TinyBackbone()).predict([image])
+    predictor = Predictor.from_checkpoint(
+        res.ensemble, "cpu", backbone=TinyBackbone(), precision="fp32"
+    )
+    pred = predictor.predict([image])
     p1 = _member_mean(res.cv_dir, x[:1], t)[0, 1]
     assert pred[0].probability == pytest.approx(p1, abs=1e-5)
     card = render_model_card(load_checkpoint(res.ensemble), report)
