@@ -9,6 +9,7 @@ import click
 
 from .._version import __version__
 from .cv import cv
+from .datasets import datasets
 from .evaluate import evaluate, export, predict
 from .fetch import fetch
 from .train import demo, models, train
@@ -25,7 +26,7 @@ def main() -> None:
     """
 
 
-for _command in (fetch, train, cv, evaluate, predict, models, demo, export):
+for _command in (fetch, datasets, train, cv, evaluate, predict, models, demo, export):
     main.add_command(_command)
 
 

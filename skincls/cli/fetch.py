@@ -35,9 +35,10 @@ def _default_cache_dir_shown() -> str:
 )
 @click.option(
     "--dataset",
-    default=DEFAULT_DATASET,
-    show_default=True,
-    help="Kaggle dataset OWNER/NAME, downloaded when no other source is given.",
+    default=None,
+    help=f"Kaggle OWNER/NAME or a known name (`skincls datasets`), downloaded when no other source "
+    f"is given [default: {DEFAULT_DATASET}]. With --archive/--source-dir/--synthetic: read (or "
+    "generate) the source in that dataset's layout instead of detecting it.",
 )
 @click.option(
     "--archive",
@@ -88,6 +89,40 @@ def _default_cache_dir_shown() -> str:
     show_default=True,
     help="Max pHash Hamming distance (bits) for near duplicates; -1 turns them off.",
 )
+@click.option(
+    "--task",
+    type=click.Choice(["binary", "multiclass"]),
+    default=None,
+    help="For datasets with diagnoses: benign vs malignant by the documented map, or one class per "
+    "diagnosis [default: binary].",
+)
+@click.option(
+    "--malignant",
+    default=None,
+    metavar="CODES",
+    help="Binary task: the diagnosis codes counted as malignant, comma-separated "
+    "[default: mel,bcc,akiec,scc]; the other known codes count as benign.",
+)
+@click.option(
+    "--labels-csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Any dataset: a CSV naming each image (file name, stem or relative path) and its label, "
+    "with optional group columns.",
+)
+@click.option(
+    "--image-column", default="image", show_default=True, help="--labels-csv: the image column."
+)
+@click.option(
+    "--label-column", default="label", show_default=True, help="--labels-csv: the label column."
+)
+@click.option(
+    "--group-column",
+    "group_columns",
+    multiple=True,
+    help="--labels-csv: a column whose shared values keep images in one split (repeatable) "
+    "[default: lesion_id, patient_id and group, where present].",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly_errors
 def fetch(
@@ -102,6 +137,12 @@ def fetch(
     test_fraction,
     seed,
     near_dup_distance,
+    task,
+    malignant,
+    labels_csv,
+    image_column,
+    label_column,
+    group_columns,
     quiet,
 ):
     """Prepare a dataset: verified images, leak-free splits and the manifest every later step reads.
@@ -125,6 +166,12 @@ def fetch(
             seed=seed,
             near_dup_distance=near_dup_distance,
             on_progress=on_progress,
+            task=task,
+            malignant=malignant.split(",") if malignant is not None else None,
+            labels_csv=labels_csv,
+            image_column=image_column,
+            label_column=label_column,
+            group_columns=list(group_columns) or None,
         )
     _print_counts(report.manifest)
     _print_fetch_details(report)
@@ -204,6 +251,7 @@ def _print_fetch_details(report) -> None:
             )
         for c in d["label_conflicts"]:
             console.print(f"  [red]label conflict[/] cluster {c['id']}: {', '.join(c['paths'])}")
+    _print_metadata(info)
     moved = info.get("moved", [])
     if moved:
         console.print(f"moved {len(moved)} duplicates of held-out images out of train:")
@@ -211,6 +259,50 @@ def _print_fetch_details(report) -> None:
             console.print(f"  {m['path']}: {m['from']} → {m['to']} (cluster {m['cluster']})")
     console.print(f"manifest: {data_dir / MANIFEST_NAME}\ndetails:  {data_dir / DATASET_JSON}")
     console.print(f"images:   {data_dir / 'images'}")
+
+
+def _print_metadata(info: dict) -> None:
+    """Where classes came from (a metadata file and its map) and the groups kept within one split."""
+    meta, labels = info.get("metadata") or {}, info.get("labels") or {}
+    if meta:
+        console.print(
+            f"metadata: {', '.join(meta['metadata_files'])} ({info['dataset']['layout']} layout): "
+            f"{meta['rows']} rows, {meta['rows_used']} matched to an image with a class"
+        )
+        if meta.get("rows_without_image"):
+            console.print(
+                f"  [yellow]{meta['rows_without_image']} rows name an image that is not in the "
+                f"source[/] (e.g. {', '.join(meta['rows_without_image_examples'][:3])})"
+            )
+        if meta.get("rows_unreadable"):
+            console.print(f"  [yellow]{len(meta['rows_unreadable'])} rows unreadable[/]")
+        diagnoses = ", ".join(f"{k} {v}" for k, v in meta.get("diagnoses", {}).items())
+        console.print(f"  diagnoses: {diagnoses}")
+    if labels.get("task") == "binary":
+        mapping = labels.get("map", {})
+        side = {c: sorted(k for k, v in mapping.items() if v == c) for c in ("benign", "malignant")}
+        console.print(
+            f"task: binary; malignant = {', '.join(side['malignant'])}; benign = "
+            f"{', '.join(side['benign'])}"
+        )
+    elif labels.get("task") in ("multiclass", "as_given"):
+        console.print(f"task: {labels['task']}; {labels.get('rule')}")
+    g = info.get("groups") or {}
+    if g:
+        sizes = ", ".join(f"{k}: {v}" for k, v in g["images_per_group"].items())
+        kinds = ", ".join(f"{v} by {k}" for k, v in g["groups_by_kind"].items())
+        console.print(
+            f"groups kept within one split: {g['n_groups']} for {g['n_images']} images ({kinds}); "
+            f"images per group {sizes}; {g['groups_across_splits']} groups across splits"
+        )
+        if g.get("groups_with_several_images"):
+            top = "; ".join(f"{x['group']} ({x['images']})" for x in g["largest"][:5])
+            console.print(f"  largest: {top}")
+        if g.get("duplicates_joining_ids"):
+            console.print(
+                f"  {g['duplicates_joining_ids']} duplicate clusters join images filed under "
+                "different lesion/patient ids; their groups were joined"
+            )
 
 
 def _print_counts(manifest) -> None:

@@ -19,14 +19,16 @@ import numpy as np
 from ..errors import DataError
 from .dedup import DEFAULT_CONFIRM_DISTANCE, DEFAULT_NEAR_DUP_DISTANCE, find_duplicates
 from .download import DEFAULT_DATASET, DatasetClient, download_dataset
+from .grouping import build_grouping
 from .ingest import (
     IMAGE_SUFFIXES,
     MAX_ARCHIVE_BYTES,
     copy_source,
     extract_archive,
     inspect_image,
-    select_layout,
 )
+from .layouts import layout_skipped
+from .sources import plan_source, row_of
 from .splits import (
     DATASET_JSON,
     Manifest,
@@ -36,12 +38,11 @@ from .splits import (
     unify_groups,
     write_manifest,
 )
-from .synthetic import generate_synthetic
 
 __all__ = ["DEFAULT_DATASET", "IMAGE_SUFFIXES", "FetchReport", "ProgressCallback", "fetch"]
 
 # Bump when the preparation itself changes, so old data dirs are rebuilt rather than trusted.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 ProgressCallback = Callable[[str, int, "int | None"], None]
 """Called as `(stage, done, total)`; stages: download (bytes), extract, copy, verify (files)."""
 
@@ -74,7 +75,7 @@ def fetch(
     source_dir: str | Path | None = None,
     archive: str | Path | None = None,
     synthetic: int | None = None,
-    dataset: str = DEFAULT_DATASET,
+    dataset: str | None = None,
     cache_dir: str | Path | None = None,
     client: DatasetClient | None = None,
     force: bool = False,
@@ -85,16 +86,34 @@ def fetch(
     near_dup_confirm: int | None = DEFAULT_CONFIRM_DISTANCE,
     max_archive_bytes: int = MAX_ARCHIVE_BYTES,
     on_progress: ProgressCallback | None = None,
+    task: str | None = None,
+    malignant: list[str] | None = None,
+    labels_csv: str | Path | None = None,
+    image_column: str = "image",
+    label_column: str = "label",
+    group_columns: list[str] | None = None,
 ) -> FetchReport:
-    """Prepare `data_dir`: `images/`, `manifest.csv` (path, label, split, sha256, cluster), `dataset.json`.
+    """Prepare `data_dir`: `images/`, `manifest.csv` (path, label, split, sha256, cluster, group,
+    lesion_id, patient_id) and `dataset.json`.
 
     At most one source: `source_dir` (a folder), `archive` (a zip as Kaggle serves it) or `synthetic`
     (that many generated images); with none, `dataset` is downloaded from Kaggle into `cache_dir`
-    (reused later; `force` downloads again). Either source may be in `split/class/file` layout (its
-    test split is kept, val is carved from train) or `class/file` (train/val/test are carved).
-    Classes are the class folder names, sorted (benign=0, malignant=1).
+    (reused later; `force` downloads again). A source may be in `split/class/file` layout (its
+    test split is kept, val is carved from train), `class/file` (train/val/test are carved), or
+    described by a metadata CSV (HAM10000, ISIC 2019, ISIC 2020, or `labels_csv`): then classes come
+    from the diagnoses by `task`, and lesions and patients are kept within one split.
+    Classes are sorted (benign=0, malignant=1).
 
     Args:
+        dataset: A registered name (`skincls.data.registry`) or Kaggle OWNER/NAME; default: the
+            Kaggle dataset `DEFAULT_DATASET`. Given with an offline source, the source is read in
+            its layout; otherwise the layout is detected (a known metadata CSV, else class folders).
+        task: `binary` (diagnoses → benign/malignant by the documented map) or `multiclass` (one
+            class per diagnosis); for metadata datasets only. Default binary.
+        malignant: Diagnosis codes counted as malignant in the binary task (see
+            `skincls.data.metadata.binary_map`).
+        labels_csv: A CSV giving each image's label (`image_column`, `label_column`) and optional
+            `group_columns` (default `lesion_id`, `patient_id`, `group` where present).
         near_dup_distance: Largest pHash Hamming distance (bits, best of 8 orientations) at which two
             images count as the same lesion; -1 turns near-duplicate search off.
         near_dup_confirm: Largest dHash distance (bits, same orientation) confirming a pHash match;
@@ -112,7 +131,19 @@ def fetch(
     if len(given) > 1:
         raise DataError(f"give one source, not {' and '.join(given)}")
     downloaded = False
+    plan = plan_source(
+        dataset or DEFAULT_DATASET,
+        task=task,
+        malignant=malignant,
+        labels_csv=labels_csv,
+        image_column=image_column,
+        label_column=label_column,
+        group_columns=group_columns,
+        forced=dataset is not None or not given,
+    )
+    dataset = plan.spec.name
     if not given:
+        plan.check_downloadable()
         archive, downloaded = download_dataset(
             dataset,
             cache_dir,
@@ -141,6 +172,7 @@ def fetch(
         "seed": seed,
         "near_dup_distance": near_dup_distance,
         "near_dup_confirm": near_dup_confirm,
+        **plan.options(),
     }
     fingerprint = _fingerprint(source, archive, source_dir, options)
     manifest = None if force else _up_to_date(data_dir, fingerprint)
@@ -155,17 +187,23 @@ def fetch(
     try:
         if archive is not None:
             layout = extract_archive(
-                archive, staging, max_bytes=max_archive_bytes, progress=on_progress
+                archive,
+                staging,
+                max_bytes=max_archive_bytes,
+                progress=on_progress,
+                select=plan.selector(),
             )
         elif source_dir is not None:
-            layout = copy_source(source_dir, staging, progress=on_progress)
+            layout = copy_source(source_dir, staging, progress=on_progress, select=plan.selector())
         else:
-            generate_synthetic(staging, synthetic, seed=seed)
-            layout = select_layout(
-                PurePosixPath(p.relative_to(staging).as_posix())
-                for p in staging.rglob("*")
-                if p.is_file()
-            )
+            plan.generate_synthetic(staging, synthetic, seed)
+            made = {PurePosixPath(p.relative_to(staging).as_posix()): p for p in staging.rglob("*")}
+            files = [k for k, p in made.items() if p.is_file()]
+            layout = plan.selector()(files, None, lambda k: made[k].read_bytes())
+            for extra in set(files) - {
+                PurePosixPath(*layout.prefix, *f.parts) for f in layout.files
+            }:
+                made[extra].unlink()  # the CSV: images/ holds images only
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -177,7 +215,8 @@ def fetch(
 
     # Damaged archive members were never written out: they are skipped with the archive's reason.
     candidates = [c for c in layout.candidates() if c.rel not in layout.damaged]
-    skipped = [(p, "outside the split/class/file layout") for p in layout.outside]
+    skipped = layout_skipped(layout)
+    n_files = len(layout.files) + len(skipped)
     skipped += sorted(layout.damaged.items())
     kept, sha, hashes = [], [], []
     for n, c in enumerate(candidates, 1):
@@ -196,21 +235,35 @@ def fetch(
     dups = find_duplicates(sha, np.stack(hashes), near_dup_distance, near_dup_confirm)
     classes = sorted({c.label for c in kept})
     source_splits = [c.split for c in kept]
-    unified = unify_groups(source_splits, dups.cluster)
+    rows = [row_of(layout, c.rel) for c in kept]
+    # Lesion, patient and duplicate cluster, joined: one group never straddles two splits.
+    grouping = build_grouping([r.keys() if r else [] for r in rows], dups.cluster)
+    unified = unify_groups(source_splits, grouping.ids)
     splits = assign_splits(
         [c.label for c in kept],
         source_splits,
         val_fraction=val_fraction,
         test_fraction=test_fraction,
         seed=seed,
-        groups=dups.cluster,
+        groups=grouping.ids,
     )
     rel = [f"images/{c.rel}" for c in kept]
     records = [
-        Record(rel[i], c.label, splits[i], sha[i], dups.cluster[i]) for i, c in enumerate(kept)
+        Record(
+            rel[i],
+            c.label,
+            splits[i],
+            sha[i],
+            dups.cluster[i],
+            grouping.names[i],
+            rows[i].lesion_id if rows[i] else "",
+            rows[i].patient_id if rows[i] else "",
+        )
+        for i, c in enumerate(kept)
     ]
     moved = [
         {"path": rel[i], "from": s, "to": unified[i], "cluster": dups.cluster[i]}
+        | {"group": grouping.names[i]}
         for i, s in enumerate(source_splits)
         if s is not None and s != unified[i]
     ]
@@ -223,11 +276,15 @@ def fetch(
             "ignored_copies": layout.ignored_copies,
         },
         **options,
-        "class_order": "sorted class folder names; label id = position in classes",
-        "n_files": len(layout.files) + len(layout.outside),
+        "class_order": "sorted class names; label id = position in classes",
+        "dataset": plan.describe(layout),
+        "labels": plan.labels_info(layout),
+        "metadata": getattr(layout, "summary", None),
+        "n_files": n_files,
         "n_kept": len(kept),
         "skipped": [list(s) for s in skipped],
         "duplicates": _duplicate_summary(dups, kept, rel, splits),
+        "groups": grouping.summary(rel, [c.label for c in kept], splits),
         "moved": moved,
     }
     manifest = write_manifest(data_dir, records, classes, info)

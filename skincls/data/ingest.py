@@ -153,11 +153,14 @@ def extract_archive(
     *,
     max_bytes: int = MAX_ARCHIVE_BYTES,
     progress: Progress | None = None,
+    select: Callable[..., Layout] | None = None,
 ) -> Layout:
     """Unpack the dataset part of a zip into `dest` (`dest/split/class/file`), safely.
 
     Every entry is checked before anything is written: absolute paths, `..` components and symbolic
     links are refused, and so is an archive whose files would expand past `max_bytes`.
+    `select(paths, fingerprints, read)` picks the dataset's files (default: `select_layout`);
+    `read` gives a member's bytes, for a metadata file.
 
     Raises:
         DataError: the archive is unreadable or unsafe (naming the entry).
@@ -181,7 +184,11 @@ def extract_archive(
                     f"(at entry {info.filename!r}); raise the cap only for a trusted file"
                 )
             entries[path] = info
-        layout = select_layout(entries, {p: i.CRC for p, i in entries.items()})
+        fingerprints = {p: i.CRC for p, i in entries.items()}
+        if select is None:
+            layout = select_layout(entries, fingerprints)
+        else:
+            layout = select(list(entries), fingerprints, lambda p: _read_small(zf, entries[p]))
         dest.mkdir(parents=True, exist_ok=True)
         root = dest.resolve()
         for n, rel in enumerate(layout.files, 1):
@@ -203,8 +210,29 @@ def extract_archive(
     return layout
 
 
+def _read_small(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int = 256 * 2**20) -> bytes:
+    """A metadata member's bytes; a member declaring more than `limit` is no metadata file."""
+    if info.file_size > limit:
+        raise DataError(f"refusing archive entry {info.filename!r}: over {limit >> 20} MiB")
+    try:
+        return zf.read(info)
+    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise DataError(f"archive entry {info.filename!r} is damaged: {exc}") from None
+
+
+def _read_small_file(path: Path, limit: int = 256 * 2**20) -> bytes:
+    """A metadata file's bytes; a file of more than `limit` bytes is no metadata file."""
+    if path.stat().st_size > limit:
+        raise DataError(f"refusing {path}: over {limit >> 20} MiB, not a metadata file")
+    return path.read_bytes()
+
+
 def copy_source(
-    source: str | Path, dest: str | Path, *, progress: Progress | None = None
+    source: str | Path,
+    dest: str | Path,
+    *,
+    progress: Progress | None = None,
+    select: Callable[..., Layout] | None = None,
 ) -> Layout:
     """Copy the dataset part of a folder into `dest`, with the same layout rules as archives."""
     source, dest = Path(source), Path(dest)
@@ -216,7 +244,10 @@ def copy_source(
         if p.is_file() and not p.is_symlink():
             files[PurePosixPath(p.relative_to(source).as_posix())] = p
     sizes = {rel: p.stat().st_size for rel, p in files.items()}
-    layout = select_layout(files, sizes)
+    if select is None:
+        layout = select_layout(files, sizes)
+    else:
+        layout = select(list(files), sizes, lambda p: _read_small_file(files[p]))
     for n, rel in enumerate(layout.files, 1):
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..atomic import atomic_write
 from ..errors import DataError
+from .grouping import carve_groups
 
 __all__ = [
     "DATASET_JSON",
@@ -32,18 +33,26 @@ __all__ = [
 MANIFEST_NAME = "manifest.csv"
 DATASET_JSON = "dataset.json"
 SPLITS = ("train", "val", "test")
-_COLUMNS = ("path", "label", "split", "sha256", "cluster")
+_COLUMNS = ("path", "label", "split", "sha256", "cluster", "group", "lesion_id", "patient_id")
 
 
 @dataclass(frozen=True)
 class Record:
-    """One image: `path` is relative to the data dir; `cluster` groups duplicates of one another."""
+    """One image: `path` is relative to the data dir; `cluster` groups duplicates of one another.
+
+    `group` names what must stay in one split with it (its patient, lesion or duplicate cluster,
+    joined: `skincls.data.grouping`); `lesion_id` and `patient_id` are the dataset's own, "" when
+    not recorded.
+    """
 
     path: str
     label: str
     split: str
     sha256: str = ""
     cluster: int = -1
+    group: str = ""
+    lesion_id: str = ""
+    patient_id: str = ""
 
 
 @dataclass
@@ -100,8 +109,10 @@ def assign_splits(
 
     The source's own test (and val) items keep their split. When no item comes with a test split, a
     stratified `test_fraction` of groups is carved out first; when none comes with a val split,
-    `val_fraction` of the remaining training items per class become validation. With `groups`
-    (duplicate cluster ids), a group never straddles two splits (see `unify_groups`).
+    `val_fraction` of the remaining training items become validation, whole groups at a time and
+    stratified by label (`grouping.carve_groups`: scikit-learn's `StratifiedGroupKFold`). With
+    `groups` (lesion, patient and duplicate groups), a group never straddles two splits (see
+    `unify_groups`).
 
     Returns:
         A split name per item, in input order.
@@ -110,30 +121,15 @@ def assign_splits(
         raise DataError("val and test fractions must be in [0, 1)")
     n = len(labels)
     group_ids = list(groups) if groups is not None else list(range(n))
-    rng = np.random.default_rng(seed)
     out = unify_groups(source_splits, group_ids)
     has_test, has_val = "test" in out, "val" in out
-    members: dict[int, list[int]] = {}
-    for i in range(n):
-        members.setdefault(group_ids[i], []).append(i)
 
     def carve(target: str, fraction: float) -> None:
-        # Whole groups are drawn, per class of the group's first member, until the quota is met.
-        by_label: dict[str, list[int]] = {}
-        for g, idx in members.items():
-            if out[idx[0]] == "train":
-                by_label.setdefault(labels[idx[0]], []).append(g)
-        for label in sorted(by_label):
-            gs = by_label[label]
-            order = rng.permutation(len(gs))
-            quota = round(sum(len(members[g]) for g in gs) * fraction)
-            taken = 0
-            for j in order:
-                if taken >= quota:
-                    break
-                for i in members[gs[j]]:
-                    out[i] = target
-                taken += len(members[gs[j]])
+        # Whole groups, stratified by label, among the items still in train.
+        idx = [i for i in range(n) if out[i] == "train"]
+        held = carve_groups([labels[i] for i in idx], [group_ids[i] for i in idx], fraction, seed)
+        for i in np.asarray(idx, dtype=int)[held]:
+            out[i] = target
 
     if not has_test and test_fraction > 0:
         carve("test", test_fraction)
@@ -197,6 +193,9 @@ def load_manifest(data_dir: str | Path) -> Manifest:
                 split=row["split"],
                 sha256=row.get("sha256") or "",
                 cluster=int(row.get("cluster") or -1),
+                group=row.get("group") or "",
+                lesion_id=row.get("lesion_id") or "",
+                patient_id=row.get("patient_id") or "",
             )
             for row in reader
         ]

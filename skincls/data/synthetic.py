@@ -26,8 +26,14 @@ _MALIGNANT_COLOURS = np.array(
 )
 
 
-def make_lesion(malignant: bool, rng: np.random.Generator, size: int = 224) -> Image.Image:
-    """Draw one RGB lesion image of `size`×`size` pixels."""
+def make_lesion(
+    malignant: bool, rng: np.random.Generator, size: int = 224, colours: np.ndarray | None = None
+) -> Image.Image:
+    """Draw one RGB lesion image of `size`×`size` pixels.
+
+    `colours` (RGB rows) replaces the palette: the benign drawing takes one of them, the malignant
+    one several; None keeps the default browns (benign) and mixed colours (malignant).
+    """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
 
     skin = _SKIN[rng.integers(len(_SKIN))] + rng.normal(0, 8, 3)
@@ -65,14 +71,16 @@ def make_lesion(malignant: bool, rng: np.random.Generator, size: int = 224) -> I
     mask = np.clip((radius * r_theta - dist) / edge + 0.5, 0.0, 1.0)
 
     if malignant:
-        colours = _MALIGNANT_COLOURS[
-            rng.choice(len(_MALIGNANT_COLOURS), rng.integers(2, 5), replace=False)
+        palette = _MALIGNANT_COLOURS if colours is None else np.asarray(colours)
+        colours = palette[
+            rng.choice(len(palette), rng.integers(2, min(5, len(palette) + 1)), replace=False)
         ]
         field = _smooth_noise(rng, size, cells=rng.integers(3, 6))
         bins = np.quantile(field, np.linspace(0, 1, len(colours) + 1)[1:-1])
         lesion = colours[np.digitize(field, bins)].astype(np.float32)
     else:
-        base = _BROWN[rng.integers(len(_BROWN))] + rng.normal(0, 6, 3)
+        browns = _BROWN if colours is None else np.asarray(colours)
+        base = browns[rng.integers(len(browns))] + rng.normal(0, 6, 3)
         shade = 1.0 + 0.08 * (dist / max(radius, 1e-3))  # gently lighter towards the rim
         lesion = base[None, None, :] * np.clip(shade, 1.0, 1.1)[..., None]
     img = img * (1 - mask[..., None]) + lesion * mask[..., None]

@@ -1,0 +1,297 @@
+"""Layouts: find a dataset's metadata file in a source tree and match its rows to image files.
+
+Class-folder sources (`split/class/file`) are read by `ingest.select_layout`. Metadata sources name
+each image by id in a CSV (HAM10000, ISIC 2019, ISIC 2020, or any `--labels-csv`): here the CSV is
+found and parsed before anything is unpacked, each row is matched to one file, and only the files
+that get a class are taken. A file found twice (the HAM10000 archive holds a lower-case copy of
+both image folders) is taken once and the copy reported.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from ..errors import DataError
+from .ingest import IMAGE_SUFFIXES, Candidate, Layout, select_layout
+from .metadata import (
+    LabelPolicy,
+    MetaRow,
+    parse_ham10000,
+    parse_isic2019,
+    parse_isic2020,
+    parse_labels_csv,
+)
+
+__all__ = [
+    "LabelsCsv",
+    "MetadataLayout",
+    "Reader",
+    "Selector",
+    "detect_layout",
+    "layout_skipped",
+    "make_selector",
+]
+
+Reader = Callable[[PurePosixPath], bytes]
+"""Reads one file of the source tree (an archive member or a file under the source folder)."""
+Selector = Callable[[Iterable[PurePosixPath], "dict | None", "Reader | None"], Layout]
+"""`(paths, fingerprints, read) -> Layout`: picks the dataset's files from a source tree."""
+_SHOWN_MISSING = 20
+
+
+@dataclass
+class LabelsCsv:
+    """A `--labels-csv` file: its bytes, name and the columns to read."""
+
+    data: bytes
+    name: str
+    image_column: str = "image"
+    label_column: str = "label"
+    group_columns: tuple[str, ...] | None = None
+
+
+@dataclass
+class MetadataLayout(Layout):
+    """A layout whose classes come from a metadata file, not from folder names.
+
+    Attributes:
+        rows: The metadata row of each chosen file (keys: `files` entries as strings).
+        labels: The class of each chosen file.
+        skipped: `(source path, reason)` for image files left out (not listed, no class, ambiguous).
+        summary: What the metadata held and how it matched, for `dataset.json`.
+    """
+
+    rows: dict[str, MetaRow] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+    def candidates(self) -> list[Candidate]:
+        """The chosen files with the class their metadata gives (no source split)."""
+        return [Candidate(str(f), None, self.labels[str(f)]) for f in self.files]
+
+
+def layout_skipped(layout: Layout) -> list[tuple[str, str]]:
+    """Every file of the source tree the layout left out, with the reason."""
+    out = [(p, "outside the split/class/file layout") for p in layout.outside]
+    return out + list(getattr(layout, "skipped", []))
+
+
+def _named(paths: Sequence[PurePosixPath], name: str) -> list[PurePosixPath]:
+    """Files called `name` (any case), shallowest first."""
+    found = [p for p in paths if p.name.lower() == name.lower()]
+    return sorted(found, key=lambda p: (len(p.parts), str(p)))
+
+
+def _find_ham10000(paths, read):
+    for csv_path in _named(paths, "HAM10000_metadata.csv"):
+        return csv_path.parent, parse_ham10000(read(csv_path), str(csv_path)), [], [csv_path]
+    return None
+
+
+def _find_isic2019(paths, read):
+    for gt in _named(paths, "ISIC_2019_Training_GroundTruth.csv"):
+        meta = [
+            p for p in _named(paths, "ISIC_2019_Training_Metadata.csv") if p.parent == gt.parent
+        ]
+        rows, bad = parse_isic2019(
+            read(gt), read(meta[0]) if meta else None, (str(gt), str(meta[0]) if meta else "")
+        )
+        return gt.parent, rows, bad, [gt, *meta[:1]]
+    return None
+
+
+def _find_isic2020(paths, read):
+    for csv_path in _named(paths, "train.csv"):
+        data = read(csv_path)
+        head = data[:4096].decode("utf-8", "replace").splitlines()[:1]
+        if head and {"image_name", "patient_id", "diagnosis"} <= {
+            c.strip().lstrip("\ufeff") for c in head[0].split(",")
+        }:
+            return csv_path.parent, parse_isic2020(data, str(csv_path)), [], [csv_path]
+    return None
+
+
+# layout name → (finder, the file people should look for when it is missing)
+_FINDERS = {
+    "ham10000": (_find_ham10000, "HAM10000_metadata.csv"),
+    "isic2019": (_find_isic2019, "ISIC_2019_Training_GroundTruth.csv"),
+    "isic2020": (_find_isic2020, "train.csv with image_name, patient_id and diagnosis columns"),
+}
+
+
+def detect_layout(paths: Iterable[PurePosixPath], read: Reader) -> str:
+    """The layout a source tree is in: the first metadata layout whose file is there, else folders."""
+    paths = list(paths)
+    for name, (finder, _) in _FINDERS.items():
+        if finder(paths, read) is not None:
+            return name
+    return "folders"
+
+
+def make_selector(
+    layout: str,
+    policy: LabelPolicy | None = None,
+    labels_csv: LabelsCsv | None = None,
+    *,
+    task_given: bool = False,
+) -> Selector:
+    """A selector for `ingest`: picks the dataset's files and their classes from a source tree.
+
+    Args:
+        layout: `folders`, a metadata layout (`ham10000`, `isic2019`, `isic2020`) or `auto`
+            (a known metadata file if there is one, else class folders). With `labels_csv` the
+            layout is that file's.
+        policy: How diagnoses become classes (binary by default).
+        labels_csv: A `--labels-csv` file.
+        task_given: The user chose the task: a class-folder source then is an error, since its
+            classes are its folder names.
+    """
+    policy = policy or LabelPolicy()
+
+    def select(paths, fingerprints=None, read=None) -> Layout:
+        paths = [p for p in paths if not _hidden(p.parts)]
+        fp = fingerprints or {}
+        if labels_csv is not None:
+            rows = parse_labels_csv(
+                labels_csv.data,
+                labels_csv.name,
+                image_column=labels_csv.image_column,
+                label_column=labels_csv.label_column,
+                group_columns=labels_csv.group_columns,
+            )
+            found = _match(PurePosixPath(), rows, [], paths, fp, policy, [labels_csv.name], True)
+            found.summary["layout"] = "labels_csv"
+            return found
+        name = layout
+        if name == "auto":
+            name = detect_layout(paths, _need(read)) if read is not None else "folders"
+        if name == "folders":
+            if task_given:
+                raise DataError(
+                    "--task and --malignant apply to datasets with diagnoses (HAM10000, ISIC, "
+                    "--labels-csv); this source is in class-folder layout, whose classes are its "
+                    "folder names"
+                )
+            return select_layout(paths, fingerprints)
+        finder, wanted = _FINDERS[name]
+        found = finder(paths, _need(read))
+        if found is None:
+            raise DataError(f"no {wanted} in the source: is it the {name} dataset?")
+        root, rows, bad, meta_files = found
+        out = _match(root, rows, bad, paths, fp, policy, [str(p) for p in meta_files], False)
+        out.summary["layout"] = name
+        return out
+
+    return select
+
+
+def _need(read: Reader | None) -> Reader:
+    if read is None:
+        raise DataError("a metadata layout needs to read its CSV file")
+    return read
+
+
+def _hidden(parts: Sequence[str]) -> bool:
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
+
+
+def _match(
+    root: PurePosixPath,
+    rows: list[MetaRow],
+    bad_rows: list[tuple[str, str]],
+    paths: list[PurePosixPath],
+    fingerprints: dict,
+    policy: LabelPolicy,
+    meta_files: list[str],
+    by_path: bool,
+) -> MetadataLayout:
+    """Match metadata rows to the image files under `root`; classes by `policy`."""
+    images = [
+        p
+        for p in paths
+        if p.suffix.lower() in IMAGE_SUFFIXES and root in (p.parent, *p.parents) and p != root
+    ]
+    by_stem: dict[str, list[PurePosixPath]] = {}
+    by_name: dict[str, list[PurePosixPath]] = {}
+    for p in images:
+        by_stem.setdefault(p.stem, []).append(p)
+        by_name.setdefault(p.name, []).append(p)
+    chosen: dict[PurePosixPath, MetaRow] = {}
+    labels: dict[PurePosixPath, str] = {}
+    copies: Counter = Counter()
+    skipped: list[tuple[str, str]] = []
+    missing: list[str] = []
+    seen: dict[str, MetaRow] = {}
+    conflicts = []
+    for row in rows:
+        if row.image in seen:
+            if seen[row.image] != row:
+                conflicts.append(row.image)
+            continue
+        seen[row.image] = row
+        found = _lookup(row.image, by_stem, by_name, by_path)
+        if not found:
+            missing.append(row.image)
+            continue
+        found.sort(key=lambda p: (len(p.parts), str(p)))
+        first = found[0]
+        if len({fingerprints.get(p) for p in found}) > 1:
+            for p in found:
+                skipped.append((str(p), f"several different files are image {row.image!r}"))
+            continue
+        for p in found[1:]:  # byte-identical copies elsewhere in the tree
+            copies[str(p.parent)] += 1
+        label, why = policy.label(row)
+        if label is None:
+            skipped.append((str(first), why or "no class"))
+            continue
+        chosen[first] = row
+        labels[first] = label
+    listed = set(chosen) | {PurePosixPath(p) for p, _ in skipped}
+    copy_dirs = set(copies)
+    for p in images:
+        if p not in listed and str(p.parent) not in copy_dirs:
+            skipped.append((str(p), f"not listed in {meta_files[0]}"))
+    if conflicts:
+        raise DataError(
+            f"{meta_files[0]} describes image(s) {sorted(set(conflicts))[:5]} twice, differently; "
+            "fix the file"
+        )
+    n_root = len(root.parts)
+    rel = {p: PurePosixPath(*p.parts[n_root:]) for p in chosen}
+    files = sorted(rel.values())
+    summary = {
+        "metadata_files": meta_files,
+        "rows": len(rows) + len(bad_rows),
+        "rows_used": len(chosen),
+        "rows_without_image": len(missing),
+        "rows_without_image_examples": missing[:_SHOWN_MISSING],
+        "rows_unreadable": [list(b) for b in bad_rows],
+        "diagnoses": dict(sorted(Counter(r.diagnosis for r in chosen.values()).items())),
+        "classes": dict(sorted(Counter(labels.values()).items())),
+    }
+    return MetadataLayout(
+        root.parts,
+        files,
+        ignored_copies=dict(sorted(copies.items())),
+        rows={str(rel[p]): r for p, r in chosen.items()},
+        labels={str(rel[p]): labels[p] for p in chosen},
+        skipped=sorted(skipped),
+        summary=summary,
+    )
+
+
+def _lookup(image: str, by_stem, by_name, by_path: bool) -> list[PurePosixPath]:
+    """Files a row's image value names: a stem (`ISIC_0027419`), a file name or a relative path."""
+    value = PurePosixPath(image.replace("\\", "/").removeprefix("./"))
+    if by_path and value.suffix:
+        found = [
+            p for p in by_name.get(value.name, []) if p.parts[-len(value.parts) :] == value.parts
+        ]
+        if found:
+            return list(found)
+    return list(by_stem.get(image, by_stem.get(value.stem, []) if by_path else []))

@@ -1,0 +1,81 @@
+"""Grouping: lesion, patient and duplicate groups joined; grouped, stratified splits."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from skincls.data.grouping import build_grouping, carve_groups, groups_across_splits
+from skincls.data.splits import assign_splits
+
+
+def test_lesion_patient_and_duplicates_join_transitively():
+    keys = [
+        ["lesion:L1"],
+        ["lesion:L1", "patient:P"],
+        ["lesion:L2", "patient:P"],
+        [],  # a copy of image 2 with no metadata (duplicate cluster 2)
+        ["lesion:L3"],
+        [],
+    ]
+    clusters = [0, 1, 2, 2, 3, 4]
+    g = build_grouping(keys, clusters)
+    assert g.ids == [0, 0, 0, 0, 1, 2]
+    assert g.names[:4] == ["patient:P"] * 4  # a patient names the group before a lesion
+    assert g.names[4:] == ["lesion:L3", "cluster:4"]
+    summary = g.summary([f"i{k}" for k in range(6)], ["a"] * 6, ["train"] * 4 + ["test"] * 2)
+    assert summary["n_groups"] == 3 and summary["images_per_group"] == {"1": 2, "4": 1}
+    assert summary["groups_with_several_lesions"] == 1
+    assert summary["largest"][0] == {
+        "group": "patient:P",
+        "images": 4,
+        "labels": {"a": 4},
+        "example": "i0",
+        "split": "train",
+    }
+    assert summary["groups_across_splits"] == 0
+
+
+def _lesion_data(n_groups=900, seed=0):
+    """Imbalanced labels (a lesion has one diagnosis) in groups of 1-6 photos."""
+    rng = np.random.default_rng(seed)
+    labels, groups = [], []
+    for g in range(n_groups):
+        label = rng.choice(["nv", "mel", "bkl", "df"], p=[0.7, 0.15, 0.12, 0.03])
+        for _ in range(int(rng.integers(1, 7))):
+            labels.append(str(label))
+            groups.append(g)
+    return labels, groups
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.3, 0.1])
+def test_carve_groups_keeps_groups_whole_and_classes_balanced(fraction):
+    labels, groups = _lesion_data()
+    held = carve_groups(labels, groups, fraction, seed=3)
+    assert groups_across_splits(groups, np.where(held, "test", "train")) == 0
+    assert abs(held.mean() - fraction) < 0.02
+    total, taken = Counter(labels), Counter(np.asarray(labels)[held].tolist())
+    for label, n in total.items():
+        assert abs(taken[label] / n - fraction) < 0.05, (label, taken[label], n)
+    assert (held == carve_groups(labels, groups, fraction, seed=3)).all()
+    assert (held != carve_groups(labels, groups, fraction, seed=4)).any()
+
+
+def test_carve_groups_on_little_data_still_takes_each_class():
+    labels = ["a"] * 6 + ["b"] * 6
+    held = carve_groups(labels, list(range(12)), 0.1, seed=0)
+    assert Counter(np.asarray(labels)[held].tolist()) == {"a": 1, "b": 1}
+    assert not carve_groups(["a", "b"], [0, 0], 0.5, seed=0).any()  # one group: nothing to carve
+
+
+def test_grouped_split_shares_no_lesion_where_an_image_split_shares_many():
+    labels, groups = _lesion_data(300)
+    plain = assign_splits(labels, [None] * len(labels), seed=0)
+    grouped = assign_splits(labels, [None] * len(labels), seed=0, groups=groups)
+    assert groups_across_splits(groups, plain) > 50
+    assert groups_across_splits(groups, grouped) == 0
+    counts = Counter(grouped)
+    assert abs(counts["test"] / len(labels) - 0.2) < 0.02
+    assert abs(counts["val"] / (len(labels) - counts["test"]) - 0.1) < 0.02
