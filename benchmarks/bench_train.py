@@ -3,7 +3,8 @@
 Both run as whole processes (wall time from process start to exit), one after the other, on the same
 train/valid images: VGG16 with a frozen conv base, head 25088→4096→512→2, Adam 1e-3, batch 20,
 10 epochs, 224 px, cross-entropy, keep the lowest-validation-loss checkpoint. VGG16 is randomly
-initialised in both (ImageNet weights are not downloadable here); the compute is identical.
+initialised in both (ImageNet weights are not downloadable here; skincls gets the random weights as a
+state-dict file); the compute is identical.
 
 The skincls side gets a manifest whose train/val splits are exactly the source folder's train/valid
 images (a symlink to the images, nothing copied); it runs once per `--precisions` entry (default: the
@@ -77,12 +78,28 @@ def timed(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t
 
 
+def random_vgg16_weights(work: Path) -> Path:
+    """A randomly initialised VGG16 state-dict file (seeded).
+
+    `skincls train` refuses `--weights none` with a frozen backbone (the head would learn from
+    noise), so the random initialisation is given as a file: the compute is the same.
+    """
+    path = work / "vgg16-random.pth"
+    if not path.is_file():
+        from torchvision.models import vgg16
+
+        torch.manual_seed(0)
+        torch.save(vgg16(weights=None).state_dict(), path)
+    return path
+
+
 def run_skincls(data_dir: Path, run: Path, epochs: int, precision: str, log: Path) -> dict:
     """One `skincls train` process on the original recipe; its wall time and phase timings."""
+    weights = random_vgg16_weights(run.parent)
     cmd = [
         str(Path(sys.executable).parent / "skincls"),
         "train", "--data-dir", str(data_dir), "--out", str(run), "--overwrite", "--arch", "vgg16",
-        "--weights", "none", "--epochs", str(epochs), "--batch-size", "20", "--lr", "1e-3",
+        "--weights", str(weights), "--epochs", str(epochs), "--batch-size", "20", "--lr", "1e-3",
         "--image-size", "224", "--device", "cpu", "--seed", "0", "--cache-features", "memory",
         "--precision", precision, "--quiet",
     ]  # fmt: skip

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "ModelError", "SkinclsError"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "ModelError",
+    "SkinclsError",
+    "TrainingError",
+]
 
 
 class SkinclsError(Exception):
@@ -23,3 +30,7 @@ class ModelError(SkinclsError):
 
 class CheckpointError(SkinclsError):
     """A checkpoint cannot be read, or is not a skincls checkpoint."""
+
+
+class TrainingError(SkinclsError):
+    """Training cannot go on, e.g. the loss or the weights became NaN or infinite (diverged)."""

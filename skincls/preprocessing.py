@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing"]
 
@@ -10,6 +12,10 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing"]
 # (custom backbones). torchvision backbones take theirs from `Weights.transforms()`.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MIN_SIZE, MAX_CROP = 16, 2048  # pixels
+
+_Finite = Annotated[float, Field(allow_inf_nan=False)]
+_Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class Preprocessing(BaseModel):
@@ -17,15 +23,17 @@ class Preprocessing(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    resize_size: int = 256
-    crop_size: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bilinear"
+    # Bounds keep a damaged or hand-edited checkpoint from asking for absurd images (0 px, 10**6 px).
+    resize_size: int = Field(default=256, ge=MIN_SIZE, le=2 * MAX_CROP)
+    crop_size: int = Field(default=224, ge=MIN_SIZE, le=MAX_CROP)
+    mean: tuple[_Finite, _Finite, _Finite] = IMAGENET_MEAN
+    std: tuple[_Positive, _Positive, _Positive] = IMAGENET_STD
+    # What torchvision's Resize supports on tensors.
+    interpolation: Literal["nearest", "nearest-exact", "bilinear", "bicubic"] = "bilinear"
 
     def with_size(self, size: int | None) -> Preprocessing:
         """Same recipe at another crop size, keeping the resize/crop ratio."""
         if size is None or size == self.crop_size:
             return self
         resize = round(size * self.resize_size / self.crop_size)
-        return self.model_copy(update={"crop_size": size, "resize_size": resize})
+        return self.model_validate({**self.model_dump(), "crop_size": size, "resize_size": resize})

@@ -107,6 +107,8 @@ def evaluate(
     Threshold and temperature are fitted on the val split only (never on test), then the requested
     split is measured at them. Without --threshold/--target-sensitivity the checkpoint's stored
     threshold is used, or argmax when it has none.
+
+    CHECKPOINT is a checkpoint file or a run directory (its best.pt).
     """
     from ..evaluation.evaluator import evaluate_checkpoint
     from ..models.checkpoint import load_checkpoint
@@ -172,6 +174,13 @@ def _print_confusion(report) -> None:
     default=None,
     help="Write Grad-CAM overlays (PNG, the input's size) into this folder.",
 )
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Call an image malignant when P(malignant) >= this, instead of the checkpoint's stored "
+    "threshold (two-class checkpoints).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @precision_option
 @click.option("--json", "as_json", is_flag=True, help="Print predictions as JSON.")
@@ -183,15 +192,18 @@ def _print_confusion(report) -> None:
     help="Also write predictions to this CSV file.",
 )
 @friendly_errors
-def predict(checkpoint, paths, tta, cam_dir, device, precision, as_json, csv_file):
+def predict(checkpoint, paths, tta, cam_dir, threshold, device, precision, as_json, csv_file):
     """Predict label and (calibrated) malignant probability of images.
 
-    PATHS are image files, folders (searched recursively) or glob patterns such as 'lesions/*.jpg'.
-    Unreadable files get an error row; the exit code is 1 if any failed.
+    CHECKPOINT is a checkpoint file or a run directory (its best.pt). PATHS are image files, folders
+    (searched recursively) or glob patterns such as 'lesions/*.jpg'. Unreadable files get an error
+    row; the exit code is 1 if any failed.
     """
     from ..inference.predict import Predictor
 
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, tta=tta, precision=precision)
+    predictor = Predictor.from_checkpoint(
+        checkpoint, device=device, tta=tta, precision=precision, threshold=threshold
+    )
     preds = predictor.predict(paths, cam_dir=cam_dir)
     if csv_file is not None:
         _write_predictions_csv(preds, csv_file)
@@ -200,9 +212,8 @@ def predict(checkpoint, paths, tta, cam_dir, device, precision, as_json, csv_fil
     else:
         positive = predictor.classes[predictor.positive]
         threshold = "argmax" if predictor.threshold is None else f"{predictor.threshold:.4f}"
-        table = Table(
-            title=f"predictions ({checkpoint}; threshold {threshold}; {predictor.precision})"
-        )
+        source = predictor.checkpoint.path
+        table = Table(title=f"predictions ({source}; threshold {threshold}; {predictor.precision})")
         for col in ("image", "label", f"P({positive})", *(["Grad-CAM"] if cam_dir else [])):
             table.add_column(col, overflow="fold")
         for p in preds:
@@ -259,6 +270,8 @@ def export(checkpoint, fmt, out, tolerance):
 
     The exported model takes float32 RGB images, NCHW, values in [0, 1], at the checkpoint's crop size,
     and returns class probabilities.
+
+    CHECKPOINT is a checkpoint file or a run directory (its best.pt).
     """
     from ..inference.export import export_model
 

@@ -137,7 +137,12 @@ def export_model(
         else:
             _export_torchscript(wrapper, example, tmp, metadata)
         diff = _parity(wrapper, tmp, format, size, seed)
-        if not diff <= tolerance:  # also catches NaN
+        if diff != diff:  # NaN: the exported model gave NaN where PyTorch did not
+            raise ExportError(
+                f"parity check failed: the exported {format} model outputs NaN or inf where "
+                f"PyTorch does not; nothing was written to {out}"
+            )
+        if not diff <= tolerance:
             raise ExportError(
                 f"parity check failed: the exported {format} model differs from PyTorch by up to "
                 f"{diff:.3g} (tolerance {tolerance:g}); nothing was written to {out}. "
@@ -241,7 +246,11 @@ def _quiet_jit() -> Iterator[None]:
 
 
 def _parity(wrapper: nn.Module, path: Path, format: str, size: int, seed: int) -> float:
-    """Max abs difference between eager PyTorch and the exported file over the parity batches."""
+    """Max abs difference between eager PyTorch and the exported file over the parity batches.
+
+    NaN anywhere is never a pass: a model whose PyTorch output is not finite is refused, and a NaN
+    difference is returned at once (`max(0.0, nan)` is 0.0, i.e. "perfect parity").
+    """
     run = _load_runner(path, format)
     gen = torch.Generator().manual_seed(seed + 1)
     worst = 0.0
@@ -249,12 +258,20 @@ def _parity(wrapper: nn.Module, path: Path, format: str, size: int, seed: int) -
         images = torch.rand(n, 3, size, size, generator=gen)
         with torch.no_grad():
             expected = wrapper(images).numpy()
+        if not np.isfinite(expected).all():
+            raise ExportError(
+                "the model's own (PyTorch) probabilities are NaN or infinite, so there is nothing "
+                "to export; train again (with a lower --lr if training diverged)"
+            )
         got = np.asarray(run(images.numpy()))
         if got.shape != expected.shape:
             raise ExportError(
                 f"parity check failed: batch of {n} gave shape {got.shape}, expected {expected.shape}"
             )
-        worst = max(worst, float(np.abs(got - expected).max()))
+        diff = float(np.abs(got.astype(np.float64) - expected).max())  # NaN if any is NaN
+        if diff != diff:
+            return diff  # a later batch's max() would drop it
+        worst = max(worst, diff)
     return worst
 
 

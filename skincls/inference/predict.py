@@ -15,7 +15,7 @@ from torch import nn
 
 from ..data.dataset import build_transform, load_image
 from ..data.ingest import IMAGE_SUFFIXES
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..models.checkpoint import Checkpoint, load_checkpoint
 from ..runtime import plan_precision, resolve_device
 from .decision import positive_index, predict_labels, softmax
@@ -71,6 +71,11 @@ class Predictor:
         backbone: The backbone module, for checkpoints of a custom (bring-your-own) backbone.
         tta: Average softmax over the 8 flips and 90° turns.
         batch_size: Images per forward pass.
+        threshold: Decide `P(positive) >= threshold` at this threshold in [0, 1] instead of the
+            checkpoint's stored one (two-class checkpoints only).
+
+    Raises:
+        ConfigError: `threshold` outside [0, 1], or given for a checkpoint with more classes.
     """
 
     def __init__(
@@ -82,7 +87,10 @@ class Predictor:
         tta: bool = False,
         batch_size: int = 16,
         precision: str = "auto",
+        threshold: float | None = None,
     ):
+        if threshold is not None:
+            _check_threshold(threshold, checkpoint.classes)
         self.checkpoint = checkpoint
         self.device = resolve_device(device)
         plan = plan_precision(precision, self.device)
@@ -94,7 +102,9 @@ class Predictor:
         self.positive = positive_index(self.classes)
         self.temperature = checkpoint.temperature
         # A threshold is a binary operating point; with more classes the decision is argmax.
-        self.threshold = checkpoint.threshold if len(self.classes) == 2 else None
+        if threshold is None:
+            threshold = checkpoint.threshold if len(self.classes) == 2 else None
+        self.threshold = threshold
         self.tta = tta
         self.batch_size = batch_size
 
@@ -107,9 +117,17 @@ class Predictor:
         backbone: nn.Module | None = None,
         tta: bool = False,
         precision: str = "auto",
+        threshold: float | None = None,
     ) -> Predictor:
-        """Load a checkpoint file (safely, `weights_only=True`) and wrap it."""
-        return cls(load_checkpoint(path), device, backbone=backbone, tta=tta, precision=precision)
+        """Load a checkpoint file or run directory (safely, `weights_only=True`) and wrap it."""
+        return cls(
+            load_checkpoint(path),
+            device,
+            backbone=backbone,
+            tta=tta,
+            precision=precision,
+            threshold=threshold,
+        )
 
     def predict(
         self, images: Iterable[str | Path | Image.Image], *, cam_dir: str | Path | None = None
@@ -194,6 +212,16 @@ class Predictor:
             out = _unique(cam_dir, stem, used)
             explainer.overlay(image.convert("RGB"), self.positive).save(out)
             pred.cam = str(out)
+
+
+def _check_threshold(threshold: float, classes: list[str]) -> None:
+    if isinstance(threshold, bool) or not 0 <= threshold <= 1:  # also refuses NaN
+        raise ConfigError(f"threshold must be a probability in [0, 1], not {threshold}")
+    if len(classes) != 2:
+        raise ConfigError(
+            f"a threshold is a two-class operating point; this checkpoint has {len(classes)} "
+            "classes and decides by argmax: leave --threshold out"
+        )
 
 
 def _expand_items(images: Iterable[str | Path | Image.Image]) -> list[tuple[str, Any]]:

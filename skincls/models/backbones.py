@@ -263,9 +263,10 @@ def _download(arch: str, weights: Any) -> nn.Module:
                 "delete the file and retry, or pass a state-dict file with --weights FILE"
             ) from exc
         raise ModelError(
-            f"could not download the ImageNet weights for {arch} ({reason}). Download "
-            f"{weights.url} and put it at {dest} (then it works offline), or pass a state-dict "
-            "file with --weights FILE (weights=FILE in Python)"
+            f"could not download the ImageNet weights for {arch} ({reason}). Offline options: "
+            f"download {weights.url} elsewhere and put it at {dest} (the torch hub cache; set "
+            "TORCH_HOME to move it); or pass that or another state-dict file with --weights FILE "
+            "(weights=FILE in Python); or train from scratch with --weights none --freeze none"
         ) from exc
 
 
@@ -350,7 +351,10 @@ _register_torchvision()
 @register_model("smallcnn", description="small CNN trained from scratch (demo, tests)")
 def _smallcnn(weights: str) -> Body:
     if weights != "none":
-        raise ModelError("smallcnn has no pretrained weights; use --weights none")
+        raise ModelError(
+            "smallcnn has no pretrained weights; train it from scratch with --weights none "
+            "--freeze none"
+        )
     chans = (3, 16, 32, 64, 96)
     layers: list[nn.Module] = []
     for cin, cout in itertools.pairwise(chans):

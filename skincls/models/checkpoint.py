@@ -1,14 +1,14 @@
 """Checkpoints: self-describing files that hold everything needed to rebuild and use a model.
 
 A checkpoint is a dict of plain values and tensors, so it loads with `torch.load(weights_only=True)`;
-a file that needs arbitrary unpickling is refused rather than executed.
+a file that needs arbitrary unpickling is refused rather than executed, and so is one with a malformed
+field or non-finite weights (`checkpoint_checks`).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,12 @@ from .._version import __version__
 from ..atomic import atomic_write
 from ..errors import CheckpointError, ModelError
 from ..preprocessing import Preprocessing
+from .checkpoint_checks import (
+    check_metadata,
+    check_weights,
+    read_checkpoint_file,
+    resolve_checkpoint_path,
+)
 from .classifier import SkinClassifier, create_model
 from .ensemble import EnsembleClassifier
 
@@ -126,8 +132,10 @@ class Checkpoint:
         except ModelError as exc:
             raise CheckpointError(f"{self.path}: cannot rebuild its model: {exc}") from exc
         except RuntimeError as exc:
+            why = " ".join(str(exc).split())  # torch lists each mismatch on its own line
+            why = why if len(why) <= 300 else why[:297] + "..."
             raise CheckpointError(
-                f"{self.path}: weights do not fit the stored architecture: {exc}"
+                f"{self.path}: weights do not fit the stored architecture: {why}"
             ) from exc
         return model.eval()
 
@@ -232,6 +240,9 @@ def save_checkpoint(
         data["state_dict"] = model.weights
     else:
         data["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # What load_checkpoint would refuse is never written (e.g. a diverged model's NaN weights).
+    check_metadata(Path(path), data, writing=True)
+    check_weights(Path(path), data["state_dict"], data["classes"], writing=True)
     if training_state is not None:
         # The trainer's resume state (optimizer, scheduler, RNG...): tensors and plain values only.
         data["training_state"] = training_state
@@ -239,27 +250,22 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a skincls checkpoint safely (`weights_only=True`).
+    """Read a skincls checkpoint safely (`weights_only=True`) and check every field it holds.
+
+    Args:
+        path: A checkpoint file, or a run directory (its `best.pt` is read).
 
     Raises:
-        CheckpointError: missing file, not a checkpoint, or a file that would need arbitrary unpickling.
+        CheckpointError: missing, empty or damaged file, not a skincls checkpoint, a file that would
+            need arbitrary unpickling, a malformed field (missing key, wrong type, absurd preprocessing
+            size, threshold outside [0, 1], temperature <= 0), or weights that hold NaN or inf.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"refused to load {path}: it needs unpickling of arbitrary Python objects, which can run "
-            "code. skincls checkpoints never do; only load files from sources you trust."
-        ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated or corrupt?): {exc}"
-        ) from exc
+    path = resolve_checkpoint_path(path)
+    data = read_checkpoint_file(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a skincls checkpoint")
+    check_metadata(path, data)
+    check_weights(path, data["state_dict"], data["classes"])
     return Checkpoint(path, data)
 
 
@@ -279,6 +285,8 @@ def update_checkpoint(checkpoint: str | Path | Checkpoint, **fields: Any) -> Che
     if "state_dict" in fields or "format" in fields:
         raise ValueError("update_checkpoint changes metadata only, not state_dict or format")
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    ckpt.data.update(json.loads(json.dumps(fields)))
+    updated = {**ckpt.data, **json.loads(json.dumps(fields))}
+    check_metadata(ckpt.path, updated, writing=True)
+    ckpt.data.update(updated)
     atomic_save(ckpt.data, ckpt.path)
     return ckpt

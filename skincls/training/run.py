@@ -12,7 +12,7 @@ from torch import nn
 from ..config import RunConfig, save_config
 from ..data.dataset import ManifestDataset, build_transform
 from ..data.splits import Manifest, load_manifest
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..models.checkpoint import ModelSnapshot, load_checkpoint, save_checkpoint
 from ..models.classifier import create_model
 from ..preprocessing import Preprocessing
@@ -64,9 +64,12 @@ def train_from_config(
             between folds).
 
     Raises:
+        ConfigError: `weights="none"` with backbone layers that would stay frozen at random values.
         DataError: no manifest or no training images.
         CheckpointError: `resume` without a resumable `last.pt`.
     """
+    if backbone is None:
+        _check_weights_train(config)
     if manifest is None:
         manifest = load_manifest(config.data.data_dir)
     if not manifest.select("train"):
@@ -132,6 +135,26 @@ def train_from_config(
         _resume(trainer, run_dir / "last.pt")
     history = trainer.fit(train_ds, val_ds)
     return TrainResult(run_dir, history, run_dir / "best.pt", manifest.classes)
+
+
+def _check_weights_train(config: RunConfig) -> None:
+    """Refuse random backbone weights that never train: the head would learn from noise.
+
+    Such a run "succeeds" at the accuracy of always answering the majority class.
+    """
+    m, t = config.model, config.train
+    if m.weights != "none" or m.freeze == "none" or (t.finetune_epochs and t.unfreeze == "all"):
+        return
+    frozen = (
+        f"all but the last {m.freeze} backbone stages"
+        if isinstance(m.freeze, int) and m.freeze > 0
+        else "the whole backbone"
+    )
+    raise ConfigError(
+        f"--weights none with --freeze {m.freeze} keeps {frozen} frozen at random values, so the "
+        "head would learn from noise; train from scratch with --freeze none, or start from "
+        "pretrained weights (--weights imagenet, or --weights FILE)"
+    )
 
 
 def _resume(trainer: Trainer, last: Path) -> None:

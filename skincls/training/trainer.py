@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from ..config import TrainConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 from ..runtime import (
     get_rng_state,
     plan_precision,
@@ -27,6 +27,7 @@ from ..runtime import (
     set_rng_state,
 )
 from .callbacks import BestWeights, Callback
+from .divergence import diverged, first_nonfinite
 from .features import FeatureSet, backbone_fingerprint, can_cache, load_or_extract
 from .history import EpochRecord, History
 from .optim import balanced_class_weights, build_optimizer, build_scheduler, param_groups
@@ -253,12 +254,14 @@ class Trainer:
             self.model.train()
             if train_fs is not None:
                 batches = (train_fs.batch(b) for b in order.split(cfg.batch_size))
-                train_loss, train_acc = self._train_epoch(self.model.head, batches, when)
+                train_loss, train_acc = self._train_epoch(self.model.head, batches, when, epoch)
             else:
-                train_loss, train_acc = self._train_epoch(self._forward, loader, when)
+                train_loss, train_acc = self._train_epoch(self._forward, loader, when, epoch)
             val_loss = val_acc = None
             if val is not None:
                 val_loss, val_acc = self._validate(val_fs, val_loader)
+            # Before any callback sees the epoch: a diverged model must never become best.pt/last.pt.
+            self._check_finite(epoch, val_loss)
             record = EpochRecord(
                 epoch, phase.name, train_loss, train_acc, val_loss, val_acc, lr,
                 time.perf_counter() - start,
@@ -275,9 +278,11 @@ class Trainer:
                 break
         self._resume = None
 
-    def _train_epoch(self, forward: nn.Module, batches, when: str) -> tuple[float, float]:
+    def _train_epoch(
+        self, forward: nn.Module, batches, when: str, epoch: int
+    ) -> tuple[float, float]:
         total, correct, seen = 0.0, 0, 0
-        for x, y in batches:
+        for step, (x, y) in enumerate(batches, 1):
             x, y = self._to_device(x), y.to(self.device, non_blocking=True)
             with self._autocast():
                 logits = forward(x)
@@ -296,6 +301,8 @@ class Trainer:
             # One device-to-host transfer per step for both numbers (counts < 2**24 are exact).
             hits = (logits.argmax(1) == y).sum().float()
             batch_loss, batch_correct = torch.stack([loss.detach().float(), hits]).tolist()
+            if not math.isfinite(batch_loss):
+                raise self._diverged(epoch, f"the training loss is {batch_loss} at step {step}")
             batch_correct = int(batch_correct)
             total, correct, seen = total + batch_loss * n, correct + batch_correct, seen + n
             self._emit("on_batch_end", batch_loss, batch_correct / n)
@@ -321,6 +328,17 @@ class Trainer:
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
         return total / seen, correct / seen
+
+    def _check_finite(self, epoch: int, val_loss: float | None) -> None:
+        if val_loss is not None and not math.isfinite(val_loss):
+            raise self._diverged(epoch, f"the validation loss is {val_loss}")
+        bad = first_nonfinite(self.model)
+        if bad is not None:
+            raise self._diverged(epoch, f"the weights hold NaN or inf ({bad})")
+
+    def _diverged(self, epoch: int, what: str) -> TrainingError:
+        fp16 = self.amp_dtype == torch.float16
+        return diverged(epoch, self.phase, what, lr=self.config.lr, fp16=fp16)
 
     # -- helpers --------------------------------------------------------------------------------
     def _features(self, dataset: Dataset | None, split: str) -> FeatureSet | None:

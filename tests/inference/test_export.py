@@ -200,3 +200,35 @@ def test_custom_backbone_exports_from_python_and_cli_says_what_is_missing(tmp_pa
 
     r = CliRunner().invoke(main, ["export", str(path), "--out", str(tmp_path / "x.onnx")])
     assert r.exit_code != 0 and "custom backbone" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_nan_from_the_exported_model_fails_parity(checkpoint, tmp_path, monkeypatch, fmt):
+    real = export_mod._load_runner
+
+    def nan_in_one_batch(path, f):
+        run = real(path, f)
+        return lambda x: run(x) * (np.nan if len(x) == 2 else 1.0)  # batch of 1 is still right
+
+    monkeypatch.setattr(export_mod, "_load_runner", nan_in_one_batch)
+    out = tmp_path / "model.bin"
+    with pytest.raises(ExportError, match="outputs NaN or inf where PyTorch does not"):
+        export_model(checkpoint, out, format=fmt)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nan_model_is_never_exported(checkpoint, tmp_path):
+    from skincls.models.checkpoint import Checkpoint
+
+    data = load_checkpoint(checkpoint).data
+    data["state_dict"] = {k: v.clone() for k, v in data["state_dict"].items()}
+    data["state_dict"]["head.0.weight"].fill_(float("nan"))
+    torch.save(data, tmp_path / "nan.pt")
+
+    # A loaded Checkpoint object skips the file checks: the parity check itself must refuse.
+    with pytest.raises(ExportError, match="NaN or infinite"):
+        export_model(Checkpoint(tmp_path / "nan.pt", data), tmp_path / "a.pt", format="torchscript")
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "nan.pt"), "--out", str(tmp_path / "b")])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
+    assert "NaN or inf" in r.output and "lower --lr" in " ".join(r.output.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.pt"]

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from skincls.cli import main
-from skincls.errors import CheckpointError
+from skincls.errors import CheckpointError, ConfigError
 from skincls.inference.decision import softmax
 from skincls.inference.predict import Predictor
 from skincls.inference.tta import dihedral_views
@@ -156,3 +156,31 @@ def test_backbone_module_is_passed_to_the_checkpoint(ckpt, monkeypatch):
     Predictor.from_checkpoint(ckpt, device="cpu", backbone=module)
     Evaluator(ckpt, device="cpu", backbone=module)
     assert seen == [module, module]
+
+
+def test_threshold_option_overrides_the_stored_one(ckpt, images):
+    update_checkpoint(ckpt, threshold=1.0)  # stored: (almost) everything benign
+    args = ["predict", str(ckpt), str(images / "rgb.jpg"), str(images / "gray.png"), "--json"]
+    r = CliRunner().invoke(main, [*args, "--threshold", "0"])
+    assert r.exit_code == 0, r.output
+    preds = json.loads(r.output)
+    assert [p["label"] for p in preds] == ["malignant", "malignant"]
+    assert all(p["threshold"] == 0.0 for p in preds)
+    r = CliRunner().invoke(main, [*args[:-1], "--threshold", "0.5"])
+    assert r.exit_code == 0 and "threshold 0.5000" in r.output
+
+    r = CliRunner().invoke(main, [*args, "--threshold", "1.5"])
+    assert r.exit_code == 2 and "--threshold" in r.output
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        Predictor.from_checkpoint(ckpt, device="cpu", threshold=float("nan"))
+
+
+def test_threshold_option_is_refused_for_more_than_two_classes(tmp_path, images):
+    from skincls.models.checkpoint import save_checkpoint
+    from skincls.models.classifier import create_model
+
+    model = create_model("smallcnn", num_classes=3, weights="none", head=(8,), freeze="none")
+    path = tmp_path / "three.pt"
+    save_checkpoint(path, model, classes=["a", "b", "c"])
+    r = CliRunner().invoke(main, ["predict", str(path), str(images), "--threshold", "0.3"])
+    assert r.exit_code == 1 and "two-class" in r.output and "Traceback" not in r.output

@@ -249,6 +249,7 @@ def test_imagenet_download_failure_is_one_clear_cli_error(monkeypatch, tiny_data
     assert result.output.startswith("Error: could not download the ImageNet weights for resnet18")
     flat = " ".join(result.output.split())
     assert str(expected) in flat and "--weights FILE" in flat and "no route to host" in flat
+    assert "--weights none --freeze none" in flat and "TORCH_HOME" in flat  # offline options
 
     # Once the file is in the hub cache, "imagenet" works offline.
     net, path = _saved_net(tmp_path, "resnet18")

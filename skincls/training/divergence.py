@@ -1,0 +1,40 @@
+"""Divergence guard: a loss or weights that leave the finite numbers stop training with one line.
+
+A diverged run (too high a learning rate, fp16 overflow) otherwise trains on NaN, and its NaN model
+becomes `best.pt` (NaN compares as neither better nor worse, so the first epoch "improves").
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import TrainingError
+
+__all__ = ["diverged", "first_nonfinite"]
+
+
+def first_nonfinite(model: nn.Module) -> str | None:
+    """The name of the first trainable parameter or floating buffer holding NaN or inf, or None.
+
+    Frozen parameters are skipped: they do not change during training.
+    """
+    named = [
+        *((n, p) for n, p in model.named_parameters() if p.requires_grad),
+        *((n, b) for n, b in model.named_buffers() if b.is_floating_point()),
+    ]
+    if not named:
+        return None
+    # One host sync for all tensors; names are looked up only when something is wrong.
+    if bool(torch.stack([torch.isfinite(t.detach()).all() for _, t in named]).all()):
+        return None
+    return next(n for n, t in named if not bool(torch.isfinite(t.detach()).all()))
+
+
+def diverged(epoch: int, phase: str, what: str, *, lr: float, fp16: bool) -> TrainingError:
+    """The one-line error for a run whose loss or weights became NaN or infinite."""
+    amp = ", or --precision fp32" if fp16 else ""
+    return TrainingError(
+        f"training diverged in epoch {epoch} ({phase} phase): {what}; nothing of this epoch was "
+        f"saved. Train again with a lower --lr (this run: {lr:g}){amp}"
+    )
