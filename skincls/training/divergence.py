@@ -6,29 +6,25 @@ becomes `best.pt` (NaN compares as neither better nor worse, so the first epoch 
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..errors import TrainingError
+from ..models.checkpoint_checks import first_nonfinite
 
-__all__ = ["diverged", "first_nonfinite"]
+__all__ = ["diverged", "nonfinite_weight"]
 
 
-def first_nonfinite(model: nn.Module) -> str | None:
+def nonfinite_weight(model: nn.Module) -> str | None:
     """The name of the first trainable parameter or floating buffer holding NaN or inf, or None.
 
     Frozen parameters are skipped: they do not change during training.
     """
-    named = [
-        *((n, p) for n, p in model.named_parameters() if p.requires_grad),
-        *((n, b) for n, b in model.named_buffers() if b.is_floating_point()),
-    ]
-    if not named:
-        return None
-    # One host sync for all tensors; names are looked up only when something is wrong.
-    if bool(torch.stack([torch.isfinite(t.detach()).all() for _, t in named]).all()):
-        return None
-    return next(n for n, t in named if not bool(torch.isfinite(t.detach()).all()))
+    return first_nonfinite(
+        [
+            *((n, p) for n, p in model.named_parameters() if p.requires_grad),
+            *model.named_buffers(),
+        ]
+    )
 
 
 def diverged(epoch: int, phase: str, what: str, *, lr: float, fp16: bool) -> TrainingError:

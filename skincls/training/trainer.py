@@ -27,7 +27,7 @@ from ..runtime import (
     set_rng_state,
 )
 from .callbacks import BestWeights, Callback
-from .divergence import diverged, first_nonfinite
+from .divergence import diverged, nonfinite_weight
 from .features import FeatureSet, backbone_fingerprint, can_cache, load_or_extract
 from .history import EpochRecord, History
 from .optim import balanced_class_weights, build_optimizer, build_scheduler, param_groups
@@ -332,7 +332,7 @@ class Trainer:
     def _check_finite(self, epoch: int, val_loss: float | None) -> None:
         if val_loss is not None and not math.isfinite(val_loss):
             raise self._diverged(epoch, f"the validation loss is {val_loss}")
-        bad = first_nonfinite(self.model)
+        bad = nonfinite_weight(self.model)
         if bad is not None:
             raise self._diverged(epoch, f"the weights hold NaN or inf ({bad})")
 
