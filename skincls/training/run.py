@@ -138,22 +138,18 @@ def train_from_config(
 
 
 def _check_weights_train(config: RunConfig) -> None:
-    """Refuse random backbone weights that never train: the head would learn from noise.
+    """Refuse a random backbone that never trains: the head would learn from noise.
 
-    Such a run "succeeds" at the accuracy of always answering the majority class.
+    Such a run "succeeds" at the accuracy of always answering the majority class. Training some
+    stages (`--freeze N`, or a fine-tuning phase) is allowed: they learn on top of the random ones.
     """
-    m, t = config.model, config.train
-    if m.weights != "none" or m.freeze == "none" or (t.finetune_epochs and t.unfreeze == "all"):
+    m = config.model
+    if m.weights != "none" or m.freeze not in ("backbone", 0) or config.train.finetune_epochs:
         return
-    frozen = (
-        f"all but the last {m.freeze} backbone stages"
-        if isinstance(m.freeze, int) and m.freeze > 0
-        else "the whole backbone"
-    )
     raise ConfigError(
-        f"--weights none with --freeze {m.freeze} keeps {frozen} frozen at random values, so the "
-        "head would learn from noise; train from scratch with --freeze none, or start from "
-        "pretrained weights (--weights imagenet, or --weights FILE)"
+        f"--weights none with --freeze {m.freeze} keeps the whole backbone frozen at random "
+        "values, so the head would learn from noise; train from scratch with --freeze none, or "
+        "start from pretrained weights (--weights imagenet, or --weights FILE)"
     )
 
 
