@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.dataset import ManifestDataset, build_transform
 from ..data.splits import load_manifest
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, ModelError
 from ..inference.decision import positive_index, predict_labels, softmax
 from ..inference.tta import model_logits
 from ..models.checkpoint import Checkpoint, load_checkpoint, update_checkpoint
@@ -136,9 +136,14 @@ class Evaluator:
                 labels.append(torch.as_tensor(y))
             if not labels:
                 raise DataError(f"the {split} split has no images")
-            self._cache[key] = Outputs(
-                split, torch.cat(logits).numpy(), torch.cat(labels).numpy().astype(int)
-            )
+            out = Outputs(split, torch.cat(logits).numpy(), torch.cat(labels).numpy().astype(int))
+            bad = int((~np.isfinite(out.logits)).reshape(len(out.labels), -1).any(1).sum())
+            if bad:  # metrics on NaN would be a traceback or, worse, a number
+                raise ModelError(
+                    f"the model's outputs are NaN or infinite on {bad} of {len(out.labels)} "
+                    f"{split} images, so nothing was measured (an overflow: try --precision fp32)"
+                )
+            self._cache[key] = out
         return self._cache[key]
 
     def _dataset(self, data: str | Path | Dataset, split: str) -> Dataset:

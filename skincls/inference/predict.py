@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -186,6 +187,9 @@ class Predictor:
                 out.append(row)
                 continue
             p, k = next(it)
+            if not np.isfinite(p).all():  # never a plausible label from NaN (argmax says class 0)
+                out.append(Prediction(row, error=NONFINITE_OUTPUT))
+                continue
             out.append(
                 Prediction(
                     row,
@@ -212,6 +216,11 @@ class Predictor:
             out = _unique(cam_dir, stem, used)
             explainer.overlay(image.convert("RGB"), self.positive).save(out)
             pred.cam = str(out)
+
+
+NONFINITE_OUTPUT = (
+    "the model's output is NaN or infinite for this image (an overflow: try --precision fp32)"
+)
 
 
 def _check_threshold(threshold: float, classes: list[str]) -> None:

@@ -257,3 +257,20 @@ def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
         assert path and (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
     finally:
         matplotlib.use(before)
+
+
+def test_nan_outputs_are_refused_not_measured(ckpt, tiny_data, monkeypatch):
+    import skincls.evaluation.evaluator as ev
+
+    real = ev.model_logits
+
+    def overflowing(model, x, *args):
+        out = real(model, x, *args).clone()
+        out[0] = float("nan")  # e.g. fp16 overflow on one image of each batch
+        return out
+
+    monkeypatch.setattr(ev, "model_logits", overflowing)
+    args = ["evaluate", str(ckpt), "--data-dir", str(tiny_data), "--bootstrap", "0", "--no-save"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert len(r.output.strip().splitlines()) == 1 and "NaN or infinite on" in r.output

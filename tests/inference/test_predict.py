@@ -184,3 +184,22 @@ def test_threshold_option_is_refused_for_more_than_two_classes(tmp_path, images)
     save_checkpoint(path, model, classes=["a", "b", "c"])
     r = CliRunner().invoke(main, ["predict", str(path), str(images), "--threshold", "0.3"])
     assert r.exit_code == 1 and "two-class" in r.output and "Traceback" not in r.output
+
+
+def test_nan_output_is_an_error_row_not_benign(ckpt, images, monkeypatch):
+    import skincls.inference.predict as pr
+
+    real = pr.model_logits
+
+    def overflowing(model, x, *args):
+        out = real(model, x, *args).clone()
+        out[0] = float("nan")  # the first image of the batch overflowed
+        return out
+
+    monkeypatch.setattr(pr, "model_logits", overflowing)
+    args = ["predict", str(ckpt), str(images / "rgb.jpg"), str(images / "gray.png"), "--json"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1
+    first, second = json.loads(r.output)
+    assert first["label"] is None and "NaN or infinite" in first["error"]
+    assert second["error"] is None and second["label"] in ("benign", "malignant")
