@@ -14,10 +14,19 @@ import re
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainValidator,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 
 from ..errors import CheckpointError
 from ..preprocessing import Preprocessing
@@ -128,13 +137,32 @@ class _ModelFields(BaseModel):
     num_classes: int | None = Field(default=None, ge=2)
 
 
+class _EnsembleFields(BaseModel):
+    """An ensemble's recipe: one single-model recipe per member."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    arch: Literal["ensemble"]
+    members: list[_ModelFields] = Field(min_length=1)
+    num_classes: int | None = Field(default=None, ge=2)
+
+
+def _kind(value: Any) -> str:
+    arch = value.get("arch") if isinstance(value, Mapping) else getattr(value, "arch", None)
+    return "ensemble-model" if arch == "ensemble" else "single-model"  # tags: not field names
+
+
 class _Metadata(BaseModel):
     """Every checkpoint field that is read later, with its type and range."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 
     classes: list[str]
-    model: _ModelFields
+    model: Annotated[
+        Annotated[_ModelFields, Tag("single-model")]
+        | Annotated[_EnsembleFields, Tag("ensemble-model")],
+        Discriminator(_kind),
+    ]
     preprocessing: Preprocessing  # its own (lax) validation: JSON lists become tuples
     threshold: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
     temperature: float | None = Field(default=None, gt=0, allow_inf_nan=False)

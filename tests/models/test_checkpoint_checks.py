@@ -163,3 +163,20 @@ def test_non_finite_weights_and_bad_metadata_are_never_written(tmp_path):
     with pytest.raises(CheckpointError, match="threshold"):
         update_checkpoint(path, threshold=2.0)
     assert path.read_bytes() == before and load_checkpoint(path).temperature == 1.0
+
+
+def test_ensemble_members_are_checked_too(tmp_path):
+    from skincls.models.ensemble import EnsembleClassifier
+
+    torch.manual_seed(0)
+    members = [
+        create_model("smallcnn", weights="none", head=h, freeze="none") for h in ((8,), (4, 4))
+    ]
+    path = tmp_path / "ens.pt"
+    save_checkpoint(path, EnsembleClassifier(members, [1.0, 2.0]), classes=["benign", "malignant"])
+    assert load_checkpoint(path).is_ensemble  # members with different heads: no shared "head"
+    data = torch.load(path, weights_only=True)
+    data["model"]["members"][1]["dropout"] = 2.0
+    torch.save(data, path)
+    with pytest.raises(CheckpointError, match=r"model\.members\.1\.dropout"):
+        load_checkpoint(path)
