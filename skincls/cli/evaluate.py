@@ -183,6 +183,13 @@ def _print_confusion(report) -> None:
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @precision_option
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=0),
+    default=None,
+    help="List the K most probable classes per image [default: 3 with more than two classes, "
+    "0 with two].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print predictions as JSON.")
 @click.option(
     "--csv",
@@ -192,8 +199,11 @@ def _print_confusion(report) -> None:
     help="Also write predictions to this CSV file.",
 )
 @friendly_errors
-def predict(checkpoint, paths, tta, cam_dir, threshold, device, precision, as_json, csv_file):
-    """Predict label and (calibrated) malignant probability of images.
+def predict(
+    checkpoint, paths, tta, cam_dir, threshold, device, precision, top_k, as_json, csv_file
+):
+    """Predict label and (calibrated) probability of images: P(malignant) for a benign/malignant
+    model, P(label) and the top-k classes for one with more classes.
 
     CHECKPOINT is a checkpoint file or a run directory (its best.pt). PATHS are image files, folders
     (searched recursively) or glob patterns such as 'lesions/*.jpg'. Unreadable files get an error
@@ -202,7 +212,12 @@ def predict(checkpoint, paths, tta, cam_dir, threshold, device, precision, as_js
     from ..inference.predict import Predictor
 
     predictor = Predictor.from_checkpoint(
-        checkpoint, device=device, tta=tta, precision=precision, threshold=threshold
+        checkpoint,
+        device=device,
+        tta=tta,
+        precision=precision,
+        threshold=threshold,
+        top_k=top_k,
     )
     preds = predictor.predict(paths, cam_dir=cam_dir)
     if csv_file is not None:
@@ -210,18 +225,24 @@ def predict(checkpoint, paths, tta, cam_dir, threshold, device, precision, as_js
     if as_json:
         click.echo(json.dumps([p.to_dict() for p in preds], indent=2))
     else:
-        positive = predictor.classes[predictor.positive]
+        binary = len(predictor.classes) == 2
+        shown = f"P({predictor.classes[predictor.positive]})" if binary else "P(label)"
         threshold = "argmax" if predictor.threshold is None else f"{predictor.threshold:.4f}"
         source = predictor.checkpoint.path
         table = Table(title=f"predictions ({source}; threshold {threshold}; {predictor.precision})")
-        for col in ("image", "label", f"P({positive})", *(["Grad-CAM"] if cam_dir else [])):
+        top = [f"top {predictor.top_k}"] if predictor.top_k else []
+        for col in ("image", "label", shown, *top, *(["Grad-CAM"] if cam_dir else [])):
             table.add_column(col, overflow="fold")
         for p in preds:
             if p.error:
                 table.add_row(p.path, "[red]error[/]", p.error)
             else:
                 table.add_row(
-                    p.path, p.label, f"{p.probability:.3f}", *([p.cam] if cam_dir else [])
+                    p.path,
+                    p.label,
+                    f"{p.probability:.3f}",
+                    *([_top(p.top)] if top else []),
+                    *([p.cam] if cam_dir else []),
                 )
         console.print(table)
     if csv_file is not None and not as_json:
@@ -230,15 +251,22 @@ def predict(checkpoint, paths, tta, cam_dir, threshold, device, precision, as_js
         sys.exit(1)
 
 
+def _top(top) -> str:
+    return ", ".join(f"{c} {v:.3f}" for c, v in top or [])
+
+
 def _write_predictions_csv(preds, path: Path) -> None:
     import csv
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    cols = ["path", "label", "probability", "positive_class", "threshold", "cam", "error"]
+    cols = ["path", "label", "probability", "positive_class", "threshold", "top", "cam", "error"]
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(p.to_dict() for p in preds)
+        for p in preds:
+            row = p.to_dict()
+            row["top"] = "; ".join(f"{c}:{v:.6f}" for c, v in p.top or [])
+            writer.writerow(row)
 
 
 @click.command()

@@ -274,7 +274,12 @@ class Evaluator:
             "loss": nll(out.logits, y),
             "accuracy": float((pred == y).mean()),
             "per_class": [
-                ClassResult(name=c, correct=int(cm[k, k]), total=int(cm[k].sum()))
+                ClassResult(
+                    name=c,
+                    correct=int(cm[k, k]),
+                    total=int(cm[k].sum()),
+                    predicted=int(cm[:, k].sum()),
+                )
                 for k, c in enumerate(self.classes)
             ],
             "confusion_matrix": cm.tolist(),
@@ -304,8 +309,11 @@ class Evaluator:
             report.update(
                 balanced_accuracy=multi["balanced_accuracy"],
                 roc_auc=multi["roc_auc"],
+                roc_auc_classes=multi["roc_auc_classes"],
                 brier=multi["brier"],
             )
+            for row, auc in zip(report["per_class"], multi["class_roc_auc"]):
+                row.roc_auc = auc if np.isfinite(auc) else None
         result = EvalReport.model_validate(_nan_to_none(report))
         if plots_dir is not None:
             result.plots = self._plots(out, result, Path(plots_dir))

@@ -68,21 +68,35 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float | None = None)
 
 
 def multiclass_metrics(y: np.ndarray, probs: np.ndarray) -> dict:
-    """Accuracy, balanced accuracy, confusion matrix and macro one-vs-rest ROC-AUC for C > 2 classes."""
+    """Accuracy, balanced accuracy, confusion matrix, per-class recall, precision and one-vs-rest
+    ROC-AUC, and their macro average, for C > 2 classes (argmax decisions).
+
+    A class's one-vs-rest AUC is undefined (NaN) when the split holds none of its images; the macro
+    ROC-AUC then averages the classes that are present, and `roc_auc_classes` says how many.
+    With every class present it equals scikit-learn's `roc_auc_score(multi_class="ovr")`.
+    """
     y = np.asarray(y).astype(int)
     probs = np.asarray(probs, dtype=np.float64)
     c = probs.shape[1]
     pred = probs.argmax(axis=1)
     cm = confusion_matrix(y, pred, labels=list(range(c)))
-    recalls = [_safe_div(cm[k, k], cm[k].sum()) for k in range(c) if cm[k].sum()]
-    present = len(np.unique(y)) == c
+    recall = [_safe_div(cm[k, k], cm[k].sum()) for k in range(c)]
+    precision = [_safe_div(cm[k, k], cm[:, k].sum()) for k in range(c)]
+    auc = [
+        float(roc_auc_score(y == k, probs[:, k])) if 0 < (y == k).sum() < len(y) else float("nan")
+        for k in range(c)
+    ]
+    present = [a for a in auc if np.isfinite(a)]
+    recalls = [r for r in recall if np.isfinite(r)]
     return {
         "accuracy": _safe_div(int(np.trace(cm)), len(y)),
         "confusion_matrix": cm.tolist(),
         "balanced_accuracy": float(np.mean(recalls)) if recalls else float("nan"),
-        "roc_auc": float(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
-        if present
-        else float("nan"),
+        "recall": recall,
+        "precision": precision,
+        "class_roc_auc": auc,
+        "roc_auc": float(np.mean(present)) if present else float("nan"),
+        "roc_auc_classes": len(present),
         # Multi-class Brier score (sum over classes, mean over images), by hand: scikit-learn only
         # accepts 2-D probabilities from 1.7 on.
         "brier": float(np.mean(np.sum((probs - np.eye(c)[y]) ** 2, axis=1))),

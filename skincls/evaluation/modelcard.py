@@ -17,10 +17,18 @@ from typing import Any
 from .._version import __version__
 from ..inference.decision import positive_index
 from ..models.checkpoint import Checkpoint, load_checkpoint
+from .modelcard_data import (
+    NOT_RECORDED,
+    class_lines,
+    data_lines,
+    labels_line,
+    limitation_lines,
+    task_of,
+)
+from .modelcard_data import fmt as _fmt
 
 __all__ = ["NOT_RECORDED", "SECTIONS", "render_model_card", "write_model_card"]
 
-NOT_RECORDED = "not recorded"
 SECTIONS = (
     "Model details",
     "Intended use",
@@ -32,10 +40,6 @@ SECTIONS = (
     "Ethical considerations",
 )
 
-_SPLIT_METHOD = (
-    "the source's own test split kept; a stratified, seeded validation split carved from train; "
-    "duplicate clusters kept within one split (skincls fetch)"
-)
 # (label, report key, is a proportion shown in %); CIs are looked up under the same key.
 _METRICS = (
     ("Accuracy", "accuracy", True),
@@ -50,6 +54,7 @@ _METRICS = (
     ("Expected calibration error (calibrated)", "ece", False),
     ("Loss (cross-entropy)", "loss", False),
 )
+_BINARY_ONLY = ("sensitivity", "specificity", "ppv", "npv", "pr_auc")
 # Training options named in the recipe when set (None, "none" and 0 are left out).
 _RECIPE_EXTRAS = ("optimizer", "weight_decay", "schedule", "label_smoothing", "class_weights")
 
@@ -92,8 +97,14 @@ def render_model_card(
     cfg = ckpt.model_config
     run = data.get("train_config") or {}
     arch = cfg.get("arch", NOT_RECORDED)
-    positive = ckpt.classes[positive_index(ckpt.classes)]
+    multiclass = task_of(data.get("labels"), ckpt.classes) == "multiclass"
+    positive = None if multiclass else ckpt.classes[positive_index(ckpt.classes)]
     split, n = rep.get("split", NOT_RECORDED), rep.get("n_images", NOT_RECORDED)
+    what = (
+        f"classification of dermoscopic skin-lesion images into {len(ckpt.classes)} diagnoses"
+        if multiclass
+        else "benign-vs-malignant classification of dermoscopic skin-lesion images"
+    )
     out: list[str] = [
         f"# Model card: skincls `{arch}` classifier ({', '.join(ckpt.classes)})",
         "",
@@ -105,9 +116,8 @@ def render_model_card(
     out += _section(
         "Intended use",
         [
-            "- **Intended:** research and teaching on benign-vs-malignant classification of "
-            "dermoscopic skin-lesion images: comparing backbones and training recipes, studying "
-            "dataset leakage, calibration and thresholds.",
+            f"- **Intended:** research and teaching on {what}: comparing backbones and training "
+            "recipes, studying dataset leakage, calibration and thresholds.",
             "- **Users:** machine-learning researchers and students who can read the metrics below.",
             "- **Out of scope:** diagnosis, triage or screening of real patients; any clinical "
             "decision; use without a clinician; clinical (non-dermoscopic) or smartphone photos; "
@@ -115,26 +125,11 @@ def render_model_card(
             f"classes it was trained on ({', '.join(ckpt.classes)}).",
         ],
     )
-    out += _section("Data", _data(dataset, rep))
-    out += _section("Metrics", _metrics(rep, split, n, positive))
+    out += _section("Data", data_lines(dataset))
+    out += _section("Metrics", _metrics(rep, split, n, positive) + class_lines(rep, multiclass))
     out += _section("Decision threshold", _threshold(ckpt, rep, positive))
     out += _section("Calibration", _calibration(ckpt, rep))
-    out += _section(
-        "Limitations",
-        [
-            f"- Measured on {n} images of one split ({split}) of one dataset; confidence intervals "
-            "are wide at this size and say nothing about other clinics, cameras or populations.",
-            "- Benign images come mostly from one source (HAM10000), so the model can learn "
-            "acquisition cues (borders, rulers, vignetting, colour balance) that go with the label "
-            "instead of lesion features.",
-            "- Two classes only: every malignant lesion type is pooled into one class, and any image "
-            "is forced into one of the two, even one that shows no lesion.",
-            "- PPV and NPV depend on prevalence: the test split's class mix is not that of any "
-            "clinic, so recompute them for the population of interest.",
-            "- Calibration was fitted on the validation split of the same dataset and need not "
-            "transfer to new data.",
-        ],
-    )
+    out += _section("Limitations", limitation_lines(rep, dataset, multiclass))
     out += _section(
         "Ethical considerations",
         [
@@ -207,7 +202,12 @@ def _details(ckpt: Checkpoint, cfg: Mapping[str, Any], run: Mapping[str, Any]) -
         f"- **Head:** {head_desc} (dropout {_fmt(cfg.get('dropout'))})",
         f"- **Trainable (as saved):** {_trainable(cfg.get('freeze'))}",
         f"- **Classes (index order):** {', '.join(f'{i}={c}' for i, c in enumerate(ckpt.classes))}"
-        f"; positive class: {ckpt.classes[positive_index(ckpt.classes)]}",
+        + (
+            f"; positive class: {ckpt.classes[positive_index(ckpt.classes)]}"
+            if task_of(ckpt.data.get("labels"), ckpt.classes) == "binary"
+            else ""
+        ),
+        labels_line(ckpt.data.get("labels")),
         f"- **Preprocessing:** resize shorter side to {pre.resize_size} px ({pre.interpolation}), "
         f"centre crop {pre.crop_size} px, normalise with mean {_triple(pre.mean)} and std "
         f"{_triple(pre.std)}",
@@ -230,46 +230,7 @@ def _trainable(freeze: Any) -> str:
     return NOT_RECORDED
 
 
-def _data(dataset: Mapping[str, Any] | None, rep: Mapping[str, Any]) -> list[str]:
-    ds = dict(dataset or {})
-    lines = [f"- **Source:** {_fmt(_source(ds))}"]
-    per = "; ".join(
-        f"{split}: " + ", ".join(f"{c} {k}" for c, k in row.items())
-        for split, row in (ds.get("counts") or {}).items()
-    )
-    lines.append(f"- **Images per split and class:** {per or NOT_RECORDED}")
-    dup = ds.get("duplicates") if isinstance(ds.get("duplicates"), Mapping) else {}
-    lines += [
-        f"- **Split method:** {_SPLIT_METHOD}; validation "
-        f"fraction {_fmt(ds.get('val_fraction'))}, seed {_fmt(ds.get('seed'))}",
-        f"- **Images:** {_fmt(ds.get('n_files'))} files found, {_fmt(ds.get('n_kept'))} kept, "
-        f"{_count(ds.get('skipped'))} skipped as unreadable",
-        f"- **Duplicates:** {_count(dup.get('exact_images'))} images in exact-duplicate groups, "
-        f"{_count(dup.get('near_pairs'))} near-duplicate pairs (pHash distance <= "
-        f"{_fmt(ds.get('near_dup_distance'))} bits at the closest of 8 orientations, confirmed by a "
-        f"dHash within {_fmt(ds.get('near_dup_confirm'))} bits), {_count(dup.get('clusters'))} "
-        f"clusters in all; {_count(ds.get('moved'))} images moved so that no cluster straddles "
-        "two splits; "
-        f"{_count(dup.get('label_conflicts'))} clusters with conflicting labels",
-        "",
-        "Known biases of the Kaggle dataset `fanconic/skin-cancer-malignant-vs-benign` (ISIC "
-        "archive images):",
-        "",
-        "- Most benign images come from one source, HAM10000, so acquisition differences "
-        "(camera, lighting, framing) can correlate with the label.",
-        "- Several images can show the same lesion (different dates, zoom or rotation): a model "
-        "can memorise lesions, and a split that separates copies overstates accuracy.",
-        "- The dataset contains exact and near-duplicate images, some across its own train and "
-        "test folders, and the Kaggle archive holds every image twice. skincls groups exact "
-        "(content hash) and near duplicates (perceptual hash) into clusters and keeps each "
-        "cluster in one split.",
-        "- No patient metadata (age, sex, body site, skin type) ships with the images, so "
-        "subgroup performance cannot be measured.",
-    ]
-    return lines
-
-
-def _metrics(rep: Mapping[str, Any], split: Any, n: Any, positive: str) -> list[str]:
+def _metrics(rep: Mapping[str, Any], split: Any, n: Any, positive: str | None) -> list[str]:
     ci = _cis(rep)
     level = f"{100 * float(rep.get('ci_level') or 0.95):.0f}%"
     resamples = rep.get("bootstrap_resamples")
@@ -280,13 +241,18 @@ def _metrics(rep: Mapping[str, Any], split: Any, n: Any, positive: str) -> list[
     )
     tta = " With test-time augmentation (flips and 90° turns)." if rep.get("tta") else ""
     lines = [
-        f"Measured on the **{split}** split, **{n}** images; positive class: {positive}; at the "
-        f"decision threshold and temperature below.{tta} {level} confidence intervals: {how}.",
+        f"Measured on the **{split}** split, **{n}** images; "
+        + (f"positive class: {positive}; " if positive else "ROC-AUC is the macro one-vs-rest; ")
+        + f"at the decision rule and temperature below.{tta} {level} confidence intervals: {how}.",
         "",
         f"| metric | value | {level} CI |",
         "| --- | --- | --- |",
     ]
     for label, key, pct in _METRICS:
+        if positive is None and key in _BINARY_ONLY:
+            continue
+        if positive is None and key == "roc_auc":
+            label = "ROC-AUC (macro one-vs-rest)"
         # The report holds None for a metric undefined on this split (e.g. NPV with no negative
         # prediction); a key it lacks altogether was not recorded.
         value = _metric(rep, key, pct)
@@ -296,22 +262,20 @@ def _metrics(rep: Mapping[str, Any], split: Any, n: Any, positive: str) -> list[
         else:
             interval = "not computed" if key in rep else NOT_RECORDED
         lines.append(f"| {label} | {value} | {interval} |")
-    per_class = rep.get("per_class") or []
-    if per_class:
-        lines += ["", "Per-class accuracy:", ""]
-        for c in per_class:
-            total = c.get("total") or 0
-            acc = c["correct"] / total if total else None
-            lines.append(f"- {c.get('name')}: {_num(acc, True)} ({c.get('correct')}/{total})")
     cm = rep.get("confusion_matrix")
     if cm:
         lines += ["", f"Confusion matrix (rows = truth, columns = prediction): `{cm}`"]
     return lines
 
 
-def _threshold(ckpt: Checkpoint, rep: Mapping[str, Any], positive: str) -> list[str]:
+def _threshold(ckpt: Checkpoint, rep: Mapping[str, Any], positive: str | None) -> list[str]:
     threshold = rep.get("threshold", ckpt.threshold)
     choice = rep.get("threshold_choice") or ckpt.data.get("threshold_info") or {}
+    if positive is None:
+        return [
+            "- **Threshold:** none; with more than two classes the predicted class is the most "
+            "probable one (argmax of the calibrated probabilities)."
+        ]
     if threshold is None:
         return [
             "- **Threshold:** none; the predicted class is the most probable one "
@@ -395,26 +359,6 @@ def _cis(rep: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
         for key, pair in (rep.get("ci") or {}).items()
         if pair is not None and None not in pair
     }
-
-
-def _source(ds: Mapping[str, Any]) -> Any:
-    src = ds.get("source")
-    if isinstance(src, Mapping):  # scalar fields only: kind, dataset, archive, n...
-        plain = {k: v for k, v in src.items() if isinstance(v, (str, int, float)) and v != ""}
-        return ", ".join(f"{k} {v}" for k, v in plain.items()) or None
-    return src
-
-
-def _count(value: Any) -> str:
-    if value is None:
-        return NOT_RECORDED
-    return str(len(value)) if isinstance(value, (list, tuple, dict)) else str(value)
-
-
-def _fmt(value: Any) -> str:
-    if value is None or value == "":
-        return NOT_RECORDED
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _metric(values: Mapping[str, Any], key: str, pct: bool = False) -> str:

@@ -55,14 +55,19 @@ def plot_confusion(cm, classes, path, tag: str):
     import numpy as np
 
     cm = np.asarray(cm)
-    fig, ax = new_figure(figsize=(3.6, 3.3))
+    side = max(3.6, 0.55 * len(classes) + 1.8)
+    fig, ax = new_figure(figsize=(side, side * 0.92))
     ax.imshow(cm, cmap="Blues")
     for (i, j), v in np.ndenumerate(cm):
         ax.text(j, i, str(v), ha="center", va="center", c="white" if v > cm.max() / 2 else "black")
     ax.set(
         xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true"
     )
-    ax.set_xticklabels(classes)
+    ax.set_xticklabels(
+        classes,
+        rotation=45 if len(classes) > 2 else 0,
+        ha="right" if len(classes) > 2 else "center",
+    )
     ax.set_yticklabels(classes)
     ax.set_title(f"Confusion matrix ({tag})", fontsize=9)
     return _saved(fig, path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
 __all__ = ["ECE_BINS", "CalibrationResult", "ClassResult", "EvalReport", "ThresholdChoice"]
 
@@ -10,13 +10,29 @@ ECE_BINS = 15
 
 
 class ClassResult(BaseModel):
+    """One class: its images (`total`), those predicted as it (`predicted`), the right ones."""
+
     name: str
     correct: int
     total: int
+    predicted: int | None = None
+    roc_auc: float | None = None  # one-vs-rest (more than two classes)
 
     @property
     def accuracy(self) -> float:
         return self.correct / self.total if self.total else float("nan")
+
+    @computed_field
+    @property
+    def recall(self) -> float | None:
+        """Share of this class's images predicted as it (None without images)."""
+        return self.correct / self.total if self.total else None
+
+    @computed_field
+    @property
+    def precision(self) -> float | None:
+        """Share of the images predicted as this class that are it (None: never predicted)."""
+        return self.correct / self.predicted if self.predicted else None
 
 
 class ThresholdChoice(BaseModel):
@@ -81,6 +97,7 @@ class EvalReport(BaseModel):
     npv: float | None = None
     balanced_accuracy: float | None = None
     roc_auc: float | None = None  # binary; macro one-vs-rest with more classes
+    roc_auc_classes: int | None = None  # more classes: how many the macro ROC-AUC averages
     pr_auc: float | None = None  # average precision of the positive class
     brier: float | None = None  # at `temperature`
     nll: float | None = None  # at `temperature`
@@ -126,6 +143,8 @@ class EvalReport(BaseModel):
             ci = self.ci.get(key)
             band = f"  [{100 * self.ci_level:.0f}% CI {ci[0]:.3f}-{ci[1]:.3f}]" if ci else ""
             out.append(f"{name} {label}: {value:.3f}{band}")
+        if len(self.classes) > 2:
+            out += self._class_lines()
         if self.ece is not None:
             before = (
                 f" (uncalibrated {self.ece_uncalibrated:.3f})" if self.temperature != 1.0 else ""
@@ -138,6 +157,28 @@ class EvalReport(BaseModel):
             )
         return out
 
+    def _class_lines(self) -> list[str]:
+        """More than two classes: what the macro ROC-AUC averages, and each class's numbers."""
+        name, k = self.split.capitalize(), len(self.classes)
+        out = []
+        if self.roc_auc_classes is not None and self.roc_auc_classes < k:
+            out.append(
+                f"  (macro one-vs-rest ROC-AUC over the {self.roc_auc_classes} of {k} classes "
+                f"present in {self.split}; the others have no image there)"
+            )
+        for c in self.per_class:
+            recall = "n/a" if c.recall is None else f"{c.recall:.3f}"
+            precision = (
+                "n/a (never predicted)"
+                if c.precision is None
+                else f"{c.precision:.3f} ({c.correct}/{c.predicted})"
+            )
+            auc = "" if c.roc_auc is None else f", ROC-AUC {c.roc_auc:.3f}"
+            out.append(
+                f"{name} {c.name}: recall {recall} ({c.correct}/{c.total}), precision {precision}{auc}"
+            )
+        return out
+
 
 _LINE_METRICS = [
     ("sensitivity", "Sensitivity"),
@@ -145,7 +186,7 @@ _LINE_METRICS = [
     ("ppv", "PPV"),
     ("npv", "NPV"),
     ("balanced_accuracy", "Balanced accuracy"),
-    ("roc_auc", "ROC-AUC"),
+    ("roc_auc", "ROC-AUC"),  # macro one-vs-rest with more than two classes
     ("pr_auc", "PR-AUC (average precision)"),
     ("brier", "Brier score"),
     ("accuracy", "Accuracy"),

@@ -169,6 +169,8 @@ def _metadata(ckpt: Checkpoint) -> dict[str, Any]:
         "torch_version": str(torch.__version__),
         "arch": ckpt.model_config.get("arch"),
         "classes": ckpt.classes,
+        # How the classes were made: task and diagnosis map (None for checkpoints without it).
+        "labels": ckpt.data.get("labels"),
         "input": f"float32 RGB NCHW in [0, 1], {pre.crop_size}x{pre.crop_size}",
         "output": "class probabilities softmax(logits / temperature), columns in `classes` order",
         "resize_size": pre.resize_size,

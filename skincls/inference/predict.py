@@ -52,12 +52,14 @@ class Prediction:
 
     path: str
     label: str | None = None
-    probability: float | None = None  # calibrated P(positive class), e.g. P(malignant)
-    positive_class: str | None = None
+    # Two classes: calibrated P(positive class), e.g. P(malignant); more: P(label).
+    probability: float | None = None
+    positive_class: str | None = None  # None with more than two classes
     threshold: float | None = None  # None: argmax decision
     probabilities: dict[str, float] | None = None
     cam: str | None = None  # Grad-CAM overlay file, when asked for
     error: str | None = None
+    top: list[tuple[str, float]] | None = None  # the `top_k` most probable classes, best first
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,6 +76,8 @@ class Predictor:
         batch_size: Images per forward pass.
         threshold: Decide `P(positive) >= threshold` at this threshold in [0, 1] instead of the
             checkpoint's stored one (two-class checkpoints only).
+        top_k: How many of the most probable classes each prediction lists (`Prediction.top`);
+            default 3 with more than two classes, none with two.
 
     Raises:
         ConfigError: `threshold` outside [0, 1], or given for a checkpoint with more classes.
@@ -89,6 +93,7 @@ class Predictor:
         batch_size: int = 16,
         precision: str = "auto",
         threshold: float | None = None,
+        top_k: int | None = None,
     ):
         if threshold is not None:
             _check_threshold(threshold, checkpoint.classes)
@@ -108,6 +113,9 @@ class Predictor:
         self.threshold = threshold
         self.tta = tta
         self.batch_size = batch_size
+        if top_k is None:
+            top_k = min(3, len(self.classes)) if len(self.classes) > 2 else 0
+        self.top_k = max(0, min(int(top_k), len(self.classes)))
 
     @classmethod
     def from_checkpoint(
@@ -119,6 +127,7 @@ class Predictor:
         tta: bool = False,
         precision: str = "auto",
         threshold: float | None = None,
+        top_k: int | None = None,
     ) -> Predictor:
         """Load a checkpoint file or run directory (safely, `weights_only=True`) and wrap it."""
         return cls(
@@ -128,6 +137,7 @@ class Predictor:
             tta=tta,
             precision=precision,
             threshold=threshold,
+            top_k=top_k,
         )
 
     def predict(
@@ -190,14 +200,17 @@ class Predictor:
             if not np.isfinite(p).all():  # never a plausible label from NaN (argmax says class 0)
                 out.append(Prediction(row, error=NONFINITE_OUTPUT))
                 continue
+            binary = len(self.classes) == 2
+            best = sorted(range(len(p)), key=lambda j: -p[j])[: self.top_k]
             out.append(
                 Prediction(
                     row,
                     label=self.classes[k],
-                    probability=float(p[self.positive]),
-                    positive_class=self.classes[self.positive],
+                    probability=float(p[self.positive] if binary else p[k]),
+                    positive_class=self.classes[self.positive] if binary else None,
                     threshold=self.threshold,
                     probabilities={c: float(v) for c, v in zip(self.classes, p)},
+                    top=[(self.classes[j], float(p[j])) for j in best] if best else None,
                 )
             )
         return out

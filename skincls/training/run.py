@@ -112,6 +112,8 @@ def train_from_config(
             path,
             snapshot,
             classes=manifest.classes,
+            # How the classes were made (task, diagnosis map): read by the model card and export.
+            labels=manifest.info.get("labels"),
             train_config=train_config,
             training_state=training_state,
             **extra,
