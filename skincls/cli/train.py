@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -108,8 +111,16 @@ def _param_name(flag: str) -> str:
     is_flag=True,
     help="Continue the run in --out from its last.pt (its config.json is the base config).",
 )
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes on this machine (one per GPU): starts torchrun. --batch-size stays the "
+    "global batch. For several machines run `torchrun ... -m skincls train` yourself.",
+)
 @friendly_errors
-def train(config_file, quiet, resume, **options):
+def train(config_file, quiet, resume, nproc, **options):
     """Train a classifier; writes RUNDIR/best.pt, last.pt, history.json/csv, config.json and a plot.
 
     With a frozen backbone and no augmentation, the backbone runs once per image (feature cache) and
@@ -118,18 +129,47 @@ def train(config_file, quiet, resume, **options):
     from ..config import load_config
     from ..training.run import train_from_config
 
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _launch_torchrun(nproc)
+        return
+
     out = options["out"]
     if resume and config_file is None and out is not None and (out / "config.json").is_file():
         config_file = out / "config.json"
     overrides = {key: options[_param_name(flag)] for flag, key, _ in _TRAIN_OPTIONS}
     config = load_config(config_file, overrides)
     result = train_from_config(config, progress=not quiet, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun: rank 0 reports
     if result.history.cache:
         cache = ", ".join(f"{k} {v}" for k, v in result.history.cache.items())
         console.print(f"feature cache (last phase): {cache}; notes in history.json")
     _print_history(result.history)
     console.print(f"best checkpoint: {result.best_checkpoint} (epoch {result.history.best_epoch})")
     console.print(f"run directory:   {result.run_dir}")
+
+
+def _launch_torchrun(nproc: int) -> None:
+    """Re-run this command as `torchrun --standalone --nproc-per-node N -m skincls train ...`."""
+    args = sys.argv[1:]
+    if "train" not in args:
+        raise click.UsageError("--nproc works from the command line: skincls train --nproc N ...")
+    args = args[args.index("train") + 1 :]
+    for i, arg in enumerate(args):  # drop --nproc N / --nproc=N
+        if arg == "--nproc":
+            args = args[:i] + args[i + 2 :]
+            break
+        if arg.startswith("--nproc="):
+            args = args[:i] + args[i + 1 :]
+            break
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += ["--nproc-per-node", str(nproc), "-m", "skincls", "train", *args]
+    code = subprocess.call(cmd)
+    if code != 0:
+        raise click.ClickException(
+            f"training failed in one of its {nproc} processes (torchrun exit code {code}); "
+            "the failing rank's error is above"
+        )
 
 
 def _parse_head(value: str | None) -> list[int] | None:

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ..atomic import atomic_path, atomic_write
+from .distributed import Dist, shard_bounds
 
 __all__ = [
     "FeatureSet",
@@ -175,6 +176,7 @@ def load_or_extract(
     on_progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] = lambda _: None,
     backbone_fp: str | None = None,
+    dist: Dist | None = None,
 ) -> FeatureSet:
     """Features of `dataset` under `mode` ('memory', 'disk' or 'auto'), reusing a disk entry if any.
 
@@ -184,6 +186,8 @@ def load_or_extract(
     memory-mapped when read. `auto` reuses an entry when one
     exists, else keeps features in memory when they fit comfortably, else writes them to disk.
     `backbone_fp` is `backbone_fingerprint(model)` when the caller has it already (computed if needed).
+    With `dist` (a distributed run) each rank extracts its share of the images, the shares are
+    gathered into one array on every rank, and rank 0 writes the disk entry that later runs reuse.
     """
     data_fp = dataset_fingerprint(dataset)
     precision = precision_name(autocast_dtype)
@@ -204,6 +208,11 @@ def load_or_extract(
             if len(feats) == len(dataset) == len(targets):
                 log(f"feature cache: reusing {feat_path} ({precision})")
                 return FeatureSet(feats, targets, "disk", precision=precision)
+    if dist is not None and dist.enabled and len(dataset) >= dist.world_size:
+        return _extract_sharded(
+            model, dataset, dist, mode, feat_path, device=device, batch_size=batch_size,
+            num_workers=num_workers, autocast_dtype=autocast_dtype, log=log,
+        )  # fmt: skip
     start = time.perf_counter()
     # The features file is written in place as a memory map and only renamed to its real name
     # (atomic_path) when the ExitStack closes, after its targets: a complete entry or none.
@@ -243,3 +252,39 @@ def load_or_extract(
     log(f"feature cache: wrote {feat_path} ({precision})")
     feats = np.load(feat_path, mmap_mode="r")
     return FeatureSet(feats, targets, "computed+disk", seconds, precision)
+
+
+def _extract_sharded(
+    model: nn.Module,
+    dataset: Dataset,
+    dist: Dist,
+    mode: str,
+    feat_path: Path | None,
+    *,
+    device: torch.device,
+    log: Callable[[str], None],
+    **options,
+) -> FeatureSet:
+    """Each rank's share of `dataset` through the backbone, gathered in order on every rank."""
+    start = time.perf_counter()
+    share = Subset(dataset, range(*shard_bounds(len(dataset), dist.rank, dist.world_size)))
+    local, local_targets = extract_features(model, share, device=device, **options)
+    feats = dist.gather_rows(local, len(dataset), device)
+    targets = dist.gather_rows(local_targets, len(dataset), device)
+    seconds = time.perf_counter() - start
+    precision = precision_name(options.get("autocast_dtype"))
+    to_disk = feat_path is not None and (mode == "disk" or not _fits_in_memory(feats.nbytes))
+    if to_disk and dist.is_main:
+        targ_path = feat_path.with_suffix(".targets.npy")
+        with atomic_write(targ_path) as fh:
+            np.save(fh, targets)
+        meta = {"format": _FORMAT, "precision": precision, "shape": list(feats.shape)}
+        with atomic_write(feat_path.with_suffix(".json"), "w") as fh:
+            json.dump(meta, fh)
+        with atomic_write(feat_path) as fh:  # last: its name marks a complete entry
+            np.save(fh, feats)
+        log(f"feature cache: wrote {feat_path} ({precision})")
+    dist.barrier()  # the entry exists for every rank (and later runs) before anyone goes on
+    return FeatureSet(
+        feats, targets, "computed+disk" if to_disk else "computed", seconds, precision
+    )

@@ -18,6 +18,7 @@ from ..models.classifier import create_model
 from ..preprocessing import Preprocessing
 from ..runtime import seed_everything
 from .callbacks import Callback, EarlyStopping, HistoryWriter, ModelCheckpoint, RichProgress
+from .distributed import close_distributed, distributed_ready, init_distributed
 from .features import FeatureSet
 from .history import History
 from .trainer import Trainer
@@ -70,6 +71,10 @@ def train_from_config(
     """
     if backbone is None:
         _check_weights_train(config)
+    # Under torchrun: join the process group; each rank gets its own device (GPU LOCAL_RANK).
+    owned = not distributed_ready()
+    dist, device = init_distributed(config.train.device)
+    train_config_run = config.train.model_copy(update={"device": device})
     if manifest is None:
         manifest = load_manifest(config.data.data_dir)
     if not manifest.select("train"):
@@ -98,8 +103,9 @@ def train_from_config(
     )
 
     run_dir = Path(config.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.json")
+    if dist.is_main:  # one set of files per run, whatever the number of processes
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.json")
     train_config = config.model_dump(mode="json")
 
     def save(
@@ -122,20 +128,33 @@ def train_from_config(
     cbs: list[Callback] = []
     if config.train.patience:
         cbs.append(EarlyStopping(config.train.patience))
-    cbs += [ModelCheckpoint(run_dir, save, background=True), HistoryWriter(run_dir)]
-    if progress:
-        cbs.append(RichProgress())
+    if dist.is_main:  # early stopping decides on every rank (same metrics); only rank 0 writes
+        cbs += [ModelCheckpoint(run_dir, save, background=True), HistoryWriter(run_dir)]
+        if progress:
+            cbs.append(RichProgress())
     trainer = Trainer(
         model,
-        config.train,
+        train_config_run,
         callbacks=cbs + list(callbacks or []),
         cache_dir=feature_cache_dir(config.data.data_dir),
         num_workers=config.data.num_workers,
         feature_pool=feature_pool,
+        dist=dist,
     )
-    if resume:
-        _resume(trainer, run_dir / "last.pt")
-    history = trainer.fit(train_ds, val_ds)
+    if dist.enabled:
+        bs, n = config.train.batch_size, dist.world_size
+        trainer.log(
+            f"distributed: {n} processes, global batch {bs} ({bs // n}–{-(-bs // n)} per process)"
+        )
+    try:
+        dist.barrier()  # the run dir exists before any rank reads or writes in it
+        if resume:
+            _resume(trainer, run_dir / "last.pt")
+        history = trainer.fit(train_ds, val_ds)
+        dist.barrier()  # rank 0's checkpoints are complete before any rank returns
+    finally:
+        if owned:
+            close_distributed()
     return TrainResult(run_dir, history, run_dir / "best.pt", manifest.classes)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 
 from ..config import TrainConfig
 from ..errors import ConfigError, TrainingError
@@ -27,6 +27,7 @@ from ..runtime import (
     set_rng_state,
 )
 from .callbacks import BestWeights, Callback
+from .distributed import Dist, shard_bounds
 from .divergence import diverged, nonfinite_weight
 from .features import FeatureSet, backbone_fingerprint, can_cache, load_or_extract
 from .history import EpochRecord, History
@@ -69,6 +70,9 @@ class Trainer:
         num_workers: DataLoader worker processes (seeded from the run's seed).
         feature_pool: Where cached features come from, called like `load_or_extract` (default);
             a `FeaturePool` serves the folds of a cross-validation from one extraction.
+        dist: This process's place in a `torchrun` job (see `distributed`); default one process.
+            Each rank trains on its share of every global batch through DistributedDataParallel;
+            metrics are summed over ranks, so every rank sees the same numbers and decisions.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class Trainer:
         cache_dir: str | None = None,
         num_workers: int = 0,
         feature_pool: Callable[..., FeatureSet] | None = None,
+        dist: Dist | None = None,
     ):
         self.model = model
         self.config = config or TrainConfig()
@@ -87,6 +92,7 @@ class Trainer:
         self.cache_dir = cache_dir
         self.num_workers = num_workers
         self.feature_pool = feature_pool or load_or_extract
+        self.dist = dist or Dist()
         self.device = resolve_device(self.config.device)
         self.precision = plan_precision(self.config.precision, self.device)
         self.amp_dtype = self.precision.dtype("train")
@@ -163,6 +169,12 @@ class Trainer:
         self._val_criterion = nn.CrossEntropyLoss(
             reduction="sum"
         )  # plain CE: comparable across runs
+        # Distributed: each rank sums its share's losses and divides by the whole global batch's
+        # denominator (its size, or its summed class weights), so DDP's average is the 1-process loss.
+        self._sum_criterion = nn.CrossEntropyLoss(
+            weight=self.criterion.weight, label_smoothing=cfg.label_smoothing, reduction="sum"
+        )
+        self._targets = torch.as_tensor(targets)
         sample_weights = balanced[torch.as_tensor(targets)] if cfg.sampler == "balanced" else None
         if self._resume is None:
             seed_everything(cfg.seed)
@@ -234,13 +246,22 @@ class Trainer:
                 self.scheduler.load_state_dict(self._resume["scheduler"])
             if self.scaler is not None and self._resume["scaler"] is not None:
                 self.scaler.load_state_dict(self._resume["scaler"])
+        # What trains: the head alone (cached features, or a frozen backbone in the loop) or the whole
+        # model; in DistributedDataParallel when distributed (rebuilt per phase: freezing changes).
+        self._head = self.model.head if hasattr(self.model, "head") else None
+        self._whole = self.model
+        if train_fs is not None or can_cache(self.model) is None:
+            self._head = self.dist.wrap(self.model.head, self.device)
+        else:
+            self._whole = self.dist.wrap(self.model, self.device)
         sampler = _Batches()
         loader = None
         if train_fs is None:
+            self._check_shards(len(train))
             loader = self._loader(train, batch_sampler=sampler, generator=self._loader_rng)
         val_loader = None
         if val is not None and val_fs is None:
-            val_loader = self._loader(val, batch_size=cfg.batch_size)
+            val_loader = self._loader(self._my_share(val), batch_size=cfg.batch_size)
         self._emit("on_phase_start", phase.name, phase.first, phase.last)
         for epoch in range(max(phase.first, self.epoch + 1), phase.last + 1):
             start = time.perf_counter()
@@ -248,15 +269,23 @@ class Trainer:
                 order = torch.randperm(len(train), generator=self._shuffle)
             else:
                 order = torch.multinomial(sample_weights, len(train), True, generator=self._shuffle)
-            sampler.batches = [b.tolist() for b in order.split(cfg.batch_size)]
+            global_batches = order.split(cfg.batch_size)
+            sampler.batches = [self.dist.shard(b.tolist()) for b in global_batches]
             lr = self.optimizer.param_groups[0]["lr"]
             self._emit("on_epoch_start", epoch, len(sampler))
             self.model.train()
+            denominators = [self._denominator(b) for b in global_batches]
             if train_fs is not None:
-                batches = (train_fs.batch(b) for b in order.split(cfg.batch_size))
-                train_loss, train_acc = self._train_epoch(self.model.head, batches, when, epoch)
+                batches = (
+                    train_fs.batch(torch.tensor(b, dtype=torch.long)) for b in sampler.batches
+                )
+                train_loss, train_acc = self._train_epoch(
+                    self._head, batches, when, denominators, epoch
+                )
             else:
-                train_loss, train_acc = self._train_epoch(self._forward, loader, when, epoch)
+                train_loss, train_acc = self._train_epoch(
+                    self._forward, loader, when, denominators, epoch
+                )
             val_loss = val_acc = None
             if val is not None:
                 val_loss, val_acc = self._validate(val_fs, val_loader)
@@ -272,6 +301,7 @@ class Trainer:
             self.epoch = epoch
             self.history.epochs.append(record)
             self._emit("on_epoch_end", record, improved)
+            self.stop = bool(self.dist.broadcast(self.stop))  # rank 0's decision, on every rank
             if self.stop:
                 self.history.stopped_early.append(phase.name)
                 self.log(f"early stop: {phase.name} phase ended after epoch {epoch}")
@@ -279,14 +309,25 @@ class Trainer:
         self._resume = None
 
     def _train_epoch(
-        self, forward: nn.Module, batches, when: str, epoch: int
+        self,
+        forward: nn.Module,
+        batches,
+        when: str,
+        denominators: list[tuple[float, int]],
+        epoch: int,
     ) -> tuple[float, float]:
         total, correct, seen = 0.0, 0, 0
-        for step, (x, y) in enumerate(batches, 1):
+        world = self.dist.world_size
+        for step, ((x, y), (denominator, n_global)) in enumerate(
+            zip(batches, denominators, strict=True), 1
+        ):
             x, y = self._to_device(x), y.to(self.device, non_blocking=True)
             with self._autocast():
                 logits = forward(x)
-                loss = self.criterion(logits.float(), y)
+                if world == 1:
+                    loss = self.criterion(logits.float(), y)
+                else:  # DDP averages the ranks' gradients: scale the share's sum to the batch mean
+                    loss = self._sum_criterion(logits.float(), y) * (world / denominator)
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -304,8 +345,11 @@ class Trainer:
             if not math.isfinite(batch_loss):
                 raise self._diverged(epoch, f"the training loss is {batch_loss} at step {step}")
             batch_correct = int(batch_correct)
-            total, correct, seen = total + batch_loss * n, correct + batch_correct, seen + n
-            self._emit("on_batch_end", batch_loss, batch_correct / n)
+            # This share's part of (global batch loss × global batch size); summed over ranks below.
+            weight = n if world == 1 else n_global / world
+            total, correct, seen = total + batch_loss * weight, correct + batch_correct, seen + n
+            self._emit("on_batch_end", batch_loss, batch_correct / max(n, 1))
+        total, correct, seen = self.dist.sum([total, correct, seen], self.device)
         return total / seen, correct / seen
 
     @torch.inference_mode()
@@ -315,7 +359,7 @@ class Trainer:
         self.model.eval()
         if features is not None:
             forward = self.model.head
-            idx = torch.arange(len(features))
+            idx = torch.arange(*shard_bounds(len(features), self.dist.rank, self.dist.world_size))
             batches = (features.batch(b) for b in idx.split(self.config.batch_size))
         else:
             forward, batches = self._forward, loader
@@ -327,6 +371,7 @@ class Trainer:
             total += self._val_criterion(logits, y).item()
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
+        total, correct, seen = self.dist.sum([total, correct, seen], self.device)
         return total / seen, correct / seen
 
     def _check_finite(self, epoch: int, val_loss: float | None) -> None:
@@ -376,6 +421,7 @@ class Trainer:
             autocast_dtype=self.precision.dtype("features"),
             on_progress=lambda done, total: self._emit("on_extract", split, done, total),
             log=self.log,
+            **({"dist": self.dist} if self.dist.enabled else {}),
         )
         self.history.cache[split] = fs.source
         key = f"features_{split}_seconds"
@@ -410,10 +456,35 @@ class Trainer:
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """The model on images; a frozen backbone runs in the feature pass's precision, as cached."""
         if can_cache(self.model) is not None:
-            return self.model(x)
+            return self._whole(x)
         with self._autocast("features"):
             f = self.model.features(x)
-        return self.model.head(f.float())
+        return self._head(f.float())
+
+    def _denominator(self, batch: torch.Tensor) -> tuple[float, int]:
+        """What the mean training loss of a global batch divides by, and the batch's size."""
+        weight = self.criterion.weight
+        if weight is None:
+            return float(len(batch)), len(batch)
+        return float(weight.cpu()[self._targets[batch]].sum()), len(batch)
+
+    def _my_share(self, dataset: Dataset) -> Dataset:
+        """This rank's contiguous share of `dataset` (the whole of it in one process)."""
+        if not self.dist.enabled:
+            return dataset
+        return Subset(
+            dataset, range(*shard_bounds(len(dataset), self.dist.rank, self.dist.world_size))
+        )
+
+    def _check_shards(self, n: int) -> None:
+        """Images through the DataLoader: every rank needs at least one image of every batch."""
+        last = n % self.config.batch_size
+        if self.dist.enabled and 0 < last < self.dist.world_size:
+            raise ConfigError(
+                f"the last batch of {n} training images has {last} image(s) for "
+                f"{self.dist.world_size} processes; choose a --batch-size that leaves at least one "
+                "per process, or use fewer processes"
+            )
 
     @property
     def _maximise(self) -> bool:
