@@ -49,6 +49,7 @@ def matmul_gflops(n: int = 4096, reps: int = 5) -> float:
 def make_data_dir(source: Path, data_dir: Path) -> dict[str, int]:
     """A skincls data dir whose train/val are exactly `source/train` and `source/valid`."""
     sys.path.insert(0, str(HERE.parent))
+    from skincls.data.info import DatasetInfo, DatasetSource
     from skincls.data.splits import Record, write_manifest
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -63,9 +64,8 @@ def make_data_dir(source: Path, data_dir: Path) -> dict[str, int]:
                 Record(f"images/{folder}/{f.parent.name}/{f.name}", f.parent.name, split, digest)
             )
     classes = sorted({r.label for r in records})
-    write_manifest(
-        data_dir, records, classes, {"source": {"kind": "benchmark", "path": str(source)}}
-    )
+    source_info = DatasetSource(kind="benchmark", path=str(source))
+    write_manifest(data_dir, records, DatasetInfo(classes=classes, source=source_info))
     return {s: sum(r.split == s for r in records) for s in ("train", "val")}
 
 

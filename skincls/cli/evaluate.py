@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ..data.splits import DATASET_JSON
 from ..inference.export import FORMATS
 from ._common import console, friendly_errors, precision_option
 
@@ -135,7 +134,7 @@ def evaluate(
     if model_card is not None:
         from ..evaluation.modelcard import write_model_card
 
-        write_model_card(ckpt, report, model_card, dataset=data_dir / DATASET_JSON)
+        write_model_card(ckpt, report, model_card, dataset=data_dir)
         click.echo(f"model card: {model_card}", err=True)  # stderr: keeps --json output pure
     if as_json:
         click.echo(report.model_dump_json(indent=2))

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from ..data.dedup import DEFAULT_NEAR_DUP_DISTANCE
 from ..data.download import DEFAULT_DATASET, default_cache_dir
-from ..data.splits import DATASET_JSON, MANIFEST_NAME
+from ..data.info import DATASET_JSON, DatasetInfo
+from ..data.splits import MANIFEST_NAME
 from ._common import console, friendly_errors
 
 
@@ -224,83 +225,84 @@ def _print_fetch_details(report) -> None:
             "options; nothing was rewritten"
         )
     skipped = report.skipped
+    kept = len(report.manifest.records) if info.n_kept is None else info.n_kept
     console.print(
-        f"{info.get('n_kept', len(report.manifest.records))} images kept, {len(skipped)} skipped"
-        f" ({info.get('n_files', '?')} files in the source's dataset tree)"
+        f"{kept} images kept, {len(skipped)} skipped"
+        f" ({'?' if info.n_files is None else info.n_files} files in the source's dataset tree)"
     )
     for path, reason in skipped[:20]:
         console.print(f"  [yellow]skipped[/] {path}: {reason}")
     if len(skipped) > 20:
         console.print(f"  … and {len(skipped) - 20} more (see {DATASET_JSON})")
-    copies = info.get("source", {}).get("ignored_copies") or {}
+    copies = info.source.ignored_copies if info.source else {}
     for root, n in copies.items():
         console.print(f"ignored a second copy of the dataset under {root}/ ({n} files)")
-    d = info.get("duplicates", {})
-    if d:
+    d = info.duplicates
+    if d is not None:
         console.print(
-            f"duplicates: {len(d['exact_groups'])} exact-copy groups ({d['exact_images']} images); "
-            f"{d['near_pairs']} pairs within {info.get('near_dup_distance')} bits "
-            f"({d['near_pairs_exact']} at distance 0, {d['near_pairs_across_source_splits']} across source "
-            f"splits) → {len(d['clusters'])} clusters of {d['images_in_clusters']} images, "
+            f"duplicates: {len(d.exact_groups)} exact-copy groups ({d.exact_images} images); "
+            f"{d.near_pairs} pairs within {info.near_dup_distance} bits "
+            f"({d.near_pairs_exact} at distance 0, {d.near_pairs_across_source_splits} across source "
+            f"splits) → {len(d.clusters)} clusters of {d.images_in_clusters} images, "
             "each kept in one split"
         )
-        if d.get("rejected_pairs"):
+        if d.rejected_pairs:
             console.print(
-                f"  {len(d['rejected_pairs'])} pHash look-alike pairs not confirmed by dHash "
+                f"  {len(d.rejected_pairs)} pHash look-alike pairs not confirmed by dHash "
                 "(different lesions) were left apart"
             )
-        for c in d["label_conflicts"]:
-            console.print(f"  [red]label conflict[/] cluster {c['id']}: {', '.join(c['paths'])}")
+        for c in d.label_conflicts:
+            console.print(f"  [red]label conflict[/] cluster {c.id}: {', '.join(c.paths)}")
     _print_metadata(info)
-    moved = info.get("moved", [])
-    if moved:
-        console.print(f"moved {len(moved)} duplicates of held-out images out of train:")
-        for m in moved:
-            console.print(f"  {m['path']}: {m['from']} → {m['to']} (cluster {m['cluster']})")
+    if info.moved:
+        console.print(f"moved {len(info.moved)} duplicates of held-out images out of train:")
+        for m in info.moved:
+            console.print(f"  {m.path}: {m.from_split} → {m.to} (cluster {m.cluster})")
     console.print(f"manifest: {data_dir / MANIFEST_NAME}\ndetails:  {data_dir / DATASET_JSON}")
     console.print(f"images:   {data_dir / 'images'}")
 
 
-def _print_metadata(info: dict) -> None:
+def _print_metadata(info: DatasetInfo) -> None:
     """Where classes came from (a metadata file and its map) and the groups kept within one split."""
-    meta, labels = info.get("metadata") or {}, info.get("labels") or {}
-    if meta:
+    meta, labels = info.metadata, info.labels
+    if meta is not None:
+        layout = info.dataset.layout if info.dataset else meta.layout
         console.print(
-            f"metadata: {', '.join(meta['metadata_files'])} ({info['dataset']['layout']} layout): "
-            f"{meta['rows']} rows, {meta['rows_used']} matched to an image with a class"
+            f"metadata: {', '.join(meta.metadata_files)} ({layout} layout): "
+            f"{meta.rows} rows, {meta.rows_used} matched to an image with a class"
         )
-        if meta.get("rows_without_image"):
+        if meta.rows_without_image:
             console.print(
-                f"  [yellow]{meta['rows_without_image']} rows name an image that is not in the "
-                f"source[/] (e.g. {', '.join(meta['rows_without_image_examples'][:3])})"
+                f"  [yellow]{meta.rows_without_image} rows name an image that is not in the "
+                f"source[/] (e.g. {', '.join(meta.rows_without_image_examples[:3])})"
             )
-        if meta.get("rows_unreadable"):
-            console.print(f"  [yellow]{len(meta['rows_unreadable'])} rows unreadable[/]")
-        diagnoses = ", ".join(f"{k} {v}" for k, v in meta.get("diagnoses", {}).items())
+        if meta.rows_unreadable:
+            console.print(f"  [yellow]{len(meta.rows_unreadable)} rows unreadable[/]")
+        diagnoses = ", ".join(f"{k} {v}" for k, v in meta.diagnoses.items())
         console.print(f"  diagnoses: {diagnoses}")
-    if labels.get("task") == "binary":
-        mapping = labels.get("map", {})
+    if labels is not None and labels.task == "binary":
+        mapping = labels.map or {}
         side = {c: sorted(k for k, v in mapping.items() if v == c) for c in ("benign", "malignant")}
         console.print(
             f"task: binary; malignant = {', '.join(side['malignant'])}; benign = "
             f"{', '.join(side['benign'])}"
         )
-    elif labels.get("task") in ("multiclass", "as_given"):
-        console.print(f"task: {labels['task']}; {labels.get('rule')}")
-    g = info.get("groups") or {}
-    if g:
-        sizes = ", ".join(f"{k}: {v}" for k, v in g["images_per_group"].items())
-        kinds = ", ".join(f"{v} by {k}" for k, v in g["groups_by_kind"].items())
+    elif labels is not None and labels.task in ("multiclass", "as_given"):
+        console.print(f"task: {labels.task}; {labels.rule}")
+    g = info.groups
+    if g is not None:
+        sizes = ", ".join(f"{k}: {v}" for k, v in g.images_per_group.items())
+        kinds = ", ".join(f"{v} by {k}" for k, v in g.groups_by_kind.items())
         console.print(
-            f"groups kept within one split: {g['n_groups']} for {g['n_images']} images ({kinds}); "
-            f"images per group {sizes}; {g['groups_across_splits']} groups across splits"
+            f"groups kept within one split: {g.n_groups} for {g.n_images} images ({kinds}); "
+            f"images per group {sizes}; {g.groups_across_splits} groups across splits"
         )
-        if g.get("groups_with_several_images"):
-            top = "; ".join(f"{x['group']} ({x['images']})" for x in g["largest"][:5])
+        if g.groups_with_several_images:
+            top = "; ".join(f"{x.group} ({x.images})" for x in g.largest[:5])
             console.print(f"  largest: {top}")
-        if g.get("duplicates_joining_ids"):
+        if g.duplicates_joining_ids:
             console.print(
-                f"  {g['duplicates_joining_ids']} duplicate clusters join images filed under "
+                f"  {g.duplicates_joining_ids} duplicate clusters join images filed under "
                 "different lesion/patient ids; their groups were joined"
             )
 

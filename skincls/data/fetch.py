@@ -20,6 +20,14 @@ from ..errors import DataError
 from .dedup import DEFAULT_CONFIRM_DISTANCE, DEFAULT_NEAR_DUP_DISTANCE, find_duplicates
 from .download import DEFAULT_DATASET, DatasetClient, download_dataset
 from .grouping import build_grouping
+from .info import (
+    DATASET_JSON,
+    DatasetInfo,
+    DatasetSource,
+    DuplicateCluster,
+    DuplicateSummary,
+    MovedImage,
+)
 from .ingest import (
     IMAGE_SUFFIXES,
     MAX_ARCHIVE_BYTES,
@@ -30,7 +38,6 @@ from .ingest import (
 from .layouts import layout_skipped
 from .sources import plan_source, row_of
 from .splits import (
-    DATASET_JSON,
     Manifest,
     Record,
     assign_splits,
@@ -64,7 +71,7 @@ class FetchReport:
     downloaded: bool = False
 
     @property
-    def info(self) -> dict:
+    def info(self) -> DatasetInfo:
         """The dataset.json content: source, duplicates, moved images, label conflicts."""
         return self.manifest.info
 
@@ -177,7 +184,7 @@ def fetch(
     fingerprint = _fingerprint(source, archive, source_dir, options)
     manifest = None if force else _up_to_date(data_dir, fingerprint)
     if manifest is not None:
-        skipped = [tuple(s) for s in manifest.info.get("skipped", [])]
+        skipped = list(manifest.info.skipped)
         return FetchReport(manifest, skipped, changed=False, downloaded=downloaded)
 
     images = data_dir / "images"
@@ -262,64 +269,68 @@ def fetch(
         for i, c in enumerate(kept)
     ]
     moved = [
-        {"path": rel[i], "from": s, "to": unified[i], "cluster": dups.cluster[i]}
-        | {"group": grouping.names[i]}
+        MovedImage(
+            path=rel[i],
+            from_split=s,
+            to=unified[i],
+            cluster=dups.cluster[i],
+            group=grouping.names[i],
+        )
         for i, s in enumerate(source_splits)
         if s is not None and s != unified[i]
     ]
-    info = {
-        "format": FORMAT_VERSION,
-        "fingerprint": fingerprint,
-        "source": {
+    info = DatasetInfo(
+        classes=classes,
+        format=FORMAT_VERSION,
+        fingerprint=fingerprint,
+        source=DatasetSource(
             **source,
-            "layout_root": "/".join(layout.prefix) or ".",
-            "ignored_copies": layout.ignored_copies,
-        },
-        **options,
-        "class_order": "sorted class names; label id = position in classes",
-        "dataset": plan.describe(layout),
-        "labels": plan.labels_info(layout),
-        "metadata": getattr(layout, "summary", None),
-        "n_files": n_files,
-        "n_kept": len(kept),
-        "skipped": [list(s) for s in skipped],
-        "duplicates": _duplicate_summary(dups, kept, rel, splits),
-        "groups": grouping.summary(rel, [c.label for c in kept], splits),
-        "moved": moved,
-    }
-    manifest = write_manifest(data_dir, records, classes, info)
+            layout_root="/".join(layout.prefix) or ".",
+            ignored_copies=layout.ignored_copies,
+        ),
+        **{k: v for k, v in options.items() if k != "labels"},
+        class_order="sorted class names; label id = position in classes",
+        dataset=plan.describe(layout),
+        labels=plan.labels_info(layout),  # what the classes are (options hold the policy asked for)
+        metadata=getattr(layout, "summary", None),
+        n_files=n_files,
+        n_kept=len(kept),
+        skipped=skipped,
+        duplicates=_duplicate_summary(dups, kept, rel, splits),
+        groups=grouping.summary(rel, [c.label for c in kept], splits),
+        moved=moved,
+    )
+    manifest = write_manifest(data_dir, records, info)
     return FetchReport(manifest, skipped, changed=True, downloaded=downloaded)
 
 
-def _duplicate_summary(dups, kept, rel, splits) -> dict:
-    clusters = []
-    for members in dups.groups():
-        labels = sorted({kept[i].label for i in members})
-        clusters.append(
-            {
-                "id": dups.cluster[members[0]],
-                "paths": [rel[i] for i in members],
-                "labels": labels,
-                "source_splits": sorted({kept[i].split or "-" for i in members}),
-                "split": splits[members[0]],
-            }
+def _duplicate_summary(dups, kept, rel, splits) -> DuplicateSummary:
+    clusters = [
+        DuplicateCluster(
+            id=dups.cluster[members[0]],
+            paths=[rel[i] for i in members],
+            labels=sorted({kept[i].label for i in members}),
+            source_splits=sorted({kept[i].split or "-" for i in members}),
+            split=splits[members[0]],
         )
+        for members in dups.groups()
+    ]
 
     def across(pairs) -> int:
         return sum(1 for i, j, _ in pairs if (kept[i].split or "-") != (kept[j].split or "-"))
 
-    return {
-        "exact_groups": [[rel[i] for i in g] for g in dups.exact_groups],
-        "exact_images": sum(len(g) for g in dups.exact_groups),
-        "near_pairs": len(dups.near_pairs),
-        "near_pairs_exact": sum(1 for *_, d in dups.near_pairs if d == 0),
-        "near_pairs_across_source_splits": across(dups.near_pairs),
-        "rejected_pairs": [[rel[i], rel[j], d] for i, j, d in dups.rejected_pairs],
-        "rejected_pairs_across_source_splits": across(dups.rejected_pairs),
-        "clusters": clusters,
-        "images_in_clusters": sum(len(c["paths"]) for c in clusters),
-        "label_conflicts": [c for c in clusters if len(c["labels"]) > 1],
-    }
+    return DuplicateSummary(
+        exact_groups=[[rel[i] for i in g] for g in dups.exact_groups],
+        exact_images=sum(len(g) for g in dups.exact_groups),
+        near_pairs=len(dups.near_pairs),
+        near_pairs_exact=sum(1 for *_, d in dups.near_pairs if d == 0),
+        near_pairs_across_source_splits=across(dups.near_pairs),
+        rejected_pairs=[(rel[i], rel[j], d) for i, j, d in dups.rejected_pairs],
+        rejected_pairs_across_source_splits=across(dups.rejected_pairs),
+        clusters=clusters,
+        images_in_clusters=sum(len(c.paths) for c in clusters),
+        label_conflicts=[c for c in clusters if len(c.labels) > 1],
+    )
 
 
 def _fingerprint(source: dict, archive, source_dir, options: dict) -> str:
@@ -348,7 +359,7 @@ def _up_to_date(data_dir: Path, fingerprint: str) -> Manifest | None:
         manifest = load_manifest(data_dir)
     except (OSError, ValueError, DataError):
         return None
-    if manifest.info.get("fingerprint") != fingerprint:
+    if manifest.info.fingerprint != fingerprint:
         return None
     # Someone may have deleted images by hand; then the data dir is rebuilt, not trusted.
     if not all((data_dir / r.path).is_file() for r in manifest.records):

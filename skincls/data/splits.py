@@ -6,10 +6,9 @@ Every later step reads `manifest.csv` and never reshuffles (prepare once, train 
 from __future__ import annotations
 
 import csv
-import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import numpy as np
 from ..atomic import atomic_write
 from ..errors import DataError
 from .grouping import carve_groups
+from .info import DATASET_JSON, DatasetInfo
 
 __all__ = [
     "DATASET_JSON",
@@ -31,7 +31,6 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "manifest.csv"
-DATASET_JSON = "dataset.json"
 SPLITS = ("train", "val", "test")
 _COLUMNS = ("path", "label", "split", "sha256", "cluster", "group", "lesion_id", "patient_id")
 
@@ -57,12 +56,20 @@ class Record:
 
 @dataclass
 class Manifest:
-    """The prepared dataset: its root folder, class names (index = label id) and records."""
+    """The prepared dataset: its root folder, class names (index = label id), records and record.
+
+    `info` is the data dir's `dataset.json` (provenance, duplicates, options); a manifest made in
+    memory without one gets a minimal record of its classes and counts.
+    """
 
     root: Path
     classes: list[str]
     records: list[Record]
-    info: dict = field(default_factory=dict)
+    info: DatasetInfo | None = None
+
+    def __post_init__(self) -> None:
+        if self.info is None:
+            self.info = DatasetInfo(classes=list(self.classes), counts=self.counts())
 
     def select(self, split: str) -> list[Record]:
         """Records of one split, in manifest order."""
@@ -138,10 +145,10 @@ def assign_splits(
     return out
 
 
-def write_manifest(
-    data_dir: str | Path, records: Iterable[Record], classes: Sequence[str], info: dict
-) -> Manifest:
-    """Write `manifest.csv` and `dataset.json` (class order, counts, provenance) atomically.
+def write_manifest(data_dir: str | Path, records: Iterable[Record], info: DatasetInfo) -> Manifest:
+    """Write `manifest.csv` and `dataset.json` (`info`, its counts filled in) atomically.
+
+    `info.classes` is the class order (label id = position).
 
     Returns:
         The manifest as written; its `info` is the `dataset.json` content.
@@ -154,10 +161,9 @@ def write_manifest(
         writer.writeheader()
         for r in records:
             writer.writerow(asdict(r))
-    manifest = Manifest(data_dir, list(classes), records)
-    manifest.info = {"classes": list(classes), "counts": manifest.counts(), **info}
-    with atomic_write(data_dir / DATASET_JSON, "w") as fh:
-        fh.write(json.dumps(manifest.info, indent=2, sort_keys=False) + "\n")
+    manifest = Manifest(data_dir, list(info.classes), records)
+    manifest.info = info.model_copy(update={"counts": manifest.counts()})
+    manifest.info.save(data_dir)
     return manifest
 
 
@@ -174,13 +180,8 @@ def load_manifest(data_dir: str | Path) -> Manifest:
             f"no {MANIFEST_NAME} in {data_dir}: prepare the data first, e.g. "
             f"`skincls fetch --data-dir {data_dir}` (or `--synthetic 500` for offline data)"
         )
-    try:
-        meta = json.loads((data_dir / DATASET_JSON).read_text())
-        classes = list(meta["classes"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(
-            f"{data_dir / DATASET_JSON} is missing or unreadable; run fetch again"
-        ) from exc
+    info = DatasetInfo.load(data_dir)
+    classes = list(info.classes)
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
         missing = set(_COLUMNS[:3]) - set(reader.fieldnames or ())
@@ -202,4 +203,4 @@ def load_manifest(data_dir: str | Path) -> Manifest:
     unknown = {r.label for r in records} - set(classes)
     if unknown:
         raise DataError(f"{path} has labels {sorted(unknown)} not in {DATASET_JSON}'s classes")
-    return Manifest(data_dir, classes, records, meta)
+    return Manifest(data_dir, classes, records, info)

@@ -7,7 +7,6 @@ skin-lesion classifier needs. Every value comes from the checkpoint, the report 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ..data.info import DATASET_JSON, DatasetInfo
 from ..inference.decision import positive_index
 from ..models.checkpoint import Checkpoint, load_checkpoint
 from .modelcard_data import (
@@ -55,6 +55,11 @@ _METRICS = (
     ("Loss (cross-entropy)", "loss", False),
 )
 _BINARY_ONLY = ("sensitivity", "specificity", "ppv", "npv", "pr_auc")
+# Said of data whose biases skincls does not know (a named dataset's caveats say more).
+_UNKNOWN_POPULATION = (
+    "- Performance per skin tone, age, sex or body site is not measured here: skincls records no "
+    "such metadata. Check whom the training images show before any use.",
+)
 # Training options named in the recipe when set (None, "none" and 0 are left out).
 _RECIPE_EXTRAS = ("optimizer", "weight_decay", "schedule", "label_smoothing", "class_weights")
 
@@ -64,7 +69,7 @@ def write_model_card(
     report: Any,
     path: str | Path,
     *,
-    dataset: str | Path | Mapping[str, Any] | None = None,
+    dataset: str | Path | DatasetInfo | None = None,
 ) -> Path:
     """Render a model card for `checkpoint` evaluated as `report` and write it to `path`.
 
@@ -73,26 +78,31 @@ def write_model_card(
             from it).
         report: The `EvalReport` from `Evaluator.evaluate` (or its `model_dump()` dict).
         path: The Markdown file to write; parent folders are created.
-        dataset: The data dir's `dataset.json` (path or loaded dict) for counts, duplicates and
-            source; optional.
+        dataset: The data's own record, for counts, duplicates, groups, source and the source's
+            known biases: a `DatasetInfo`, a data dir or its `dataset.json`; optional (a path that
+            does not exist counts as no record).
 
     Returns:
         The path written.
     """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     if isinstance(dataset, (str, Path)):
-        dataset = json.loads(Path(dataset).read_text()) if Path(dataset).is_file() else None
+        file = Path(dataset) / DATASET_JSON if Path(dataset).is_dir() else Path(dataset)
+        dataset = DatasetInfo.read(file) if file.is_file() else None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_model_card(ckpt, report, dataset=dataset))
     return path
 
 
-def render_model_card(
-    ckpt: Checkpoint, report: Any, *, dataset: Mapping[str, Any] | None = None
-) -> str:
-    """The model card as a Markdown string; see `write_model_card`."""
+def render_model_card(ckpt: Checkpoint, report: Any, *, dataset: DatasetInfo | None = None) -> str:
+    """The model card as a Markdown string; see `write_model_card`.
+
+    Known biases of the data (Data, Limitations and Ethical considerations) come from the data's
+    own record: only a source that `dataset.json` names and skincls knows gets them.
+    """
     rep = _as_dict(report)
+    caveats = dataset.caveats if dataset is not None else None
     data = dict(ckpt.data)
     cfg = ckpt.model_config
     run = data.get("train_config") or {}
@@ -133,13 +143,11 @@ def render_model_card(
     out += _section(
         "Ethical considerations",
         [
-            "- Skin tone is not recorded in this dataset and dermoscopic archives are dominated by "
-            "light skin: performance on darker skin is unknown and likely worse.",
+            *(caveats.ethics if caveats else _UNKNOWN_POPULATION),
             "- A false negative (missed malignancy) can delay treatment; a false positive causes "
             "anxiety and unnecessary excisions. The threshold trades one against the other and "
             "must be chosen with clinicians for any real use, which this model is not cleared for.",
-            "- The images are public research data (ISIC archive); no patient identifiers are used "
-            "or stored by skincls.",
+            "- No patient identifiers are used or stored by skincls.",
         ],
     )
     return "\n".join(out).rstrip() + "\n"

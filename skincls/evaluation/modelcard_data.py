@@ -1,9 +1,10 @@
 """Model card, data side: where the images and classes came from, groups, per-class numbers, limits.
 
-What these sections say depends on the dataset (`dataset.json`) and the task recorded in the
-checkpoint (`labels`): a benign-vs-malignant model of the default Kaggle dataset and a seven-class
-HAM10000 model get different data, per-class and limitation lines. Values none of the inputs hold
-are written as "not recorded", never guessed.
+What these sections say depends on the data's own record (`dataset.json`, read as `DatasetInfo`) and
+the task recorded in the checkpoint (`labels`): a benign-vs-malignant model of the default Kaggle
+dataset and a seven-class HAM10000 model get different data, per-class and limitation lines; known
+biases come only with a named dataset skincls knows (`skincls.data.caveats`). Values none of the
+inputs hold are written as "not recorded", never guessed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from typing import Any
+
+from ..data.caveats import CAVEATS
+from ..data.info import DATASET_JSON, DatasetInfo
 
 __all__ = [
     "NOT_RECORDED",
@@ -23,7 +27,6 @@ __all__ = [
 ]
 
 NOT_RECORDED = "not recorded"
-DEFAULT_KAGGLE = "fanconic/skin-cancer-malignant-vs-benign"
 _SPLIT_METHOD = (
     "the source's own test split kept; stratified, seeded held-out splits carved whole groups at "
     "a time (scikit-learn StratifiedGroupKFold), a group being a lesion, a patient and their "
@@ -78,63 +81,59 @@ def labels_line(labels: Mapping[str, Any] | None) -> str:
     return f"- **Labels:** {labels.get('rule') or 'the class folder names'}"
 
 
-def data_lines(ds: Mapping[str, Any] | None) -> list[str]:
+def data_lines(ds: DatasetInfo | None) -> list[str]:
     """The Data section: source, counts, split method, images, duplicates, groups, known biases."""
-    ds = dict(ds or {})
+    if ds is None:
+        return [
+            f"- **Source:** {NOT_RECORDED} (no `{DATASET_JSON}` was given)",
+            f"- **Known biases:** {NOT_RECORDED}",
+        ]
     lines = [f"- **Source:** {fmt(_source(ds))}"]
-    dataset = ds.get("dataset") if isinstance(ds.get("dataset"), Mapping) else {}
-    if dataset.get("layout") not in (None, "folders"):
-        meta = ds.get("metadata") or {}
+    if ds.dataset is not None and ds.dataset.layout not in (None, "folders"):
+        meta = ds.metadata
+        files = ", ".join(meta.metadata_files) if meta else ""
         lines.append(
-            f"- **Read as:** {dataset.get('title') or dataset.get('layout')} "
-            f"({', '.join(meta.get('metadata_files') or []) or 'metadata'}: "
-            f"{fmt(meta.get('rows'))} rows, {fmt(meta.get('rows_used'))} used, "
-            f"{fmt(meta.get('rows_without_image'))} without an image)"
+            f"- **Read as:** {ds.dataset.title or ds.dataset.layout} "
+            f"({files or 'metadata'}: {fmt(meta and meta.rows)} rows, "
+            f"{fmt(meta and meta.rows_used)} used, {fmt(meta and meta.rows_without_image)} "
+            "without an image)"
         )
     per = "; ".join(
         f"{split}: " + ", ".join(f"{c} {k}" for c, k in row.items())
-        for split, row in (ds.get("counts") or {}).items()
+        for split, row in ds.counts.items()
     )
     lines.append(f"- **Images per split and class:** {per or NOT_RECORDED}")
-    dup = ds.get("duplicates") if isinstance(ds.get("duplicates"), Mapping) else {}
+    dup = ds.duplicates
     lines += [
-        f"- **Split method:** {_SPLIT_METHOD}; validation fraction {fmt(ds.get('val_fraction'))}, "
-        f"seed {fmt(ds.get('seed'))}",
-        f"- **Images:** {fmt(ds.get('n_files'))} files found, {fmt(ds.get('n_kept'))} kept, "
-        f"{count(ds.get('skipped'))} skipped (unreadable, or no class)",
-        f"- **Duplicates:** {count(dup.get('exact_images'))} images in exact-duplicate groups, "
-        f"{count(dup.get('near_pairs'))} near-duplicate pairs (pHash distance <= "
-        f"{fmt(ds.get('near_dup_distance'))} bits at the closest of 8 orientations, confirmed by a "
-        f"dHash within {fmt(ds.get('near_dup_confirm'))} bits), {count(dup.get('clusters'))} "
-        f"clusters in all; {count(ds.get('moved'))} images moved so that no group straddles "
-        f"two splits; {count(dup.get('label_conflicts'))} clusters with conflicting labels",
+        f"- **Split method:** {_SPLIT_METHOD}; validation fraction {fmt(ds.val_fraction)}, "
+        f"seed {fmt(ds.seed)}",
+        f"- **Images:** {fmt(ds.n_files)} files found, {fmt(ds.n_kept)} kept, "
+        f"{count(ds.skipped)} skipped (unreadable, or no class)",
+        f"- **Duplicates:** {count(dup and dup.exact_images)} images in exact-duplicate groups, "
+        f"{count(dup and dup.near_pairs)} near-duplicate pairs (pHash distance <= "
+        f"{fmt(ds.near_dup_distance)} bits at the closest of 8 orientations, confirmed by a "
+        f"dHash within {fmt(ds.near_dup_confirm)} bits), {count(dup and dup.clusters)} "
+        f"clusters in all; {count(ds.moved)} images moved so that no group straddles "
+        f"two splits; {count(dup and dup.label_conflicts)} clusters with conflicting labels",
     ]
-    groups = ds.get("groups") if isinstance(ds.get("groups"), Mapping) else {}
-    if groups:
-        kinds = ", ".join(f"{v} by {k}" for k, v in (groups.get("groups_by_kind") or {}).items())
+    groups = ds.groups
+    if groups is not None:
+        kinds = ", ".join(f"{v} by {k}" for k, v in groups.groups_by_kind.items())
         lines.append(
-            f"- **Groups kept within one split:** {fmt(groups.get('n_groups'))} for "
-            f"{fmt(groups.get('n_images'))} images ({kinds}); "
-            f"{fmt(groups.get('groups_with_several_images'))} with several images; groups across "
-            f"splits: {fmt(groups.get('groups_across_splits'))}"
+            f"- **Groups kept within one split:** {fmt(groups.n_groups)} for "
+            f"{fmt(groups.n_images)} images ({kinds}); "
+            f"{fmt(groups.groups_with_several_images)} with several images; groups across "
+            f"splits: {fmt(groups.groups_across_splits)}"
         )
-    if _is_default_kaggle(ds):
-        lines += [
-            "",
-            f"Known biases of the Kaggle dataset `{DEFAULT_KAGGLE}` (ISIC archive images):",
-            "",
-            "- Most benign images come from one source, HAM10000, so acquisition differences "
-            "(camera, lighting, framing) can correlate with the label.",
-            "- Several images can show the same lesion (different dates, zoom or rotation): a "
-            "model can memorise lesions, and a split that separates copies overstates accuracy.",
-            "- The dataset contains exact and near-duplicate images, some across its own train and "
-            "test folders, and the Kaggle archive holds every image twice. skincls groups exact "
-            "(content hash) and near duplicates (perceptual hash) into clusters and keeps each "
-            "cluster in one split; other photos of one lesion it cannot see, since the dataset "
-            "dropped the lesion ids.",
-            "- No patient metadata (age, sex, body site, skin type) ships with the images, so "
-            "subgroup performance cannot be measured.",
-        ]
+    caveats = ds.caveats
+    if caveats is None:
+        known = ", ".join(f"`{name}`" for name in CAVEATS)
+        lines.append(
+            "- **Known biases:** none on record for this source; skincls lists the known biases "
+            f"of named public datasets only ({known}). Look for your data's own."
+        )
+    else:
+        lines += ["", f"Known biases of {caveats.title}:", "", *caveats.data]
     return lines
 
 
@@ -172,21 +171,15 @@ def class_lines(rep: Mapping[str, Any], multiclass: bool) -> list[str]:
     return lines
 
 
-def limitation_lines(
-    rep: Mapping[str, Any], ds: Mapping[str, Any] | None, multiclass: bool
-) -> list[str]:
+def limitation_lines(rep: Mapping[str, Any], ds: DatasetInfo | None, multiclass: bool) -> list[str]:
     """The Limitations section for this task and dataset."""
     n, split = rep.get("n_images", NOT_RECORDED), rep.get("split", NOT_RECORDED)
     lines = [
         f"- Measured on {n} images of one split ({split}) of one dataset; confidence intervals "
         "are wide at this size and say nothing about other clinics, cameras or populations."
     ]
-    if _is_default_kaggle(dict(ds or {})):
-        lines.append(
-            "- Benign images come mostly from one source (HAM10000), so the model can learn "
-            "acquisition cues (borders, rulers, vignetting, colour balance) that go with the label "
-            "instead of lesion features."
-        )
+    caveats = ds.caveats if ds is not None else None
+    lines += caveats.limitations if caveats else ()
     if multiclass:
         lines.append(
             "- Rare diagnoses have few images: their per-class recall, precision and ROC-AUC rest "
@@ -207,23 +200,9 @@ def limitation_lines(
     return lines
 
 
-def _is_default_kaggle(ds: Mapping[str, Any]) -> bool:
-    """Whether the data is the default Kaggle dataset, or class folders that are likely a copy of it
-    (an archive or folder not named otherwise; data dirs from before datasets were recorded)."""
-    dataset = ds.get("dataset")
-    kind = (ds.get("source") or {}).get("kind") if isinstance(ds.get("source"), Mapping) else None
-    if kind == "synthetic":
-        return False
-    if isinstance(dataset, Mapping):
-        return dataset.get("name") == DEFAULT_KAGGLE or (
-            dataset.get("layout") == "folders" and dataset.get("name") is None
-        )
-    return True
-
-
-def _source(ds: Mapping[str, Any]) -> Any:
-    src = ds.get("source")
-    if isinstance(src, Mapping):  # scalar fields only: kind, dataset, archive, n...
-        plain = {k: v for k, v in src.items() if isinstance(v, (str, int, float)) and v != ""}
-        return ", ".join(f"{k} {v}" for k, v in plain.items()) or None
-    return src
+def _source(ds: DatasetInfo) -> str | None:
+    if ds.source is None:
+        return None
+    # Scalar fields only: kind, dataset, archive, path, n, layout root.
+    plain = ds.source.model_dump(exclude_none=True, exclude={"ignored_copies"})
+    return ", ".join(f"{k} {v}" for k, v in plain.items() if v != "") or None

@@ -109,6 +109,6 @@ def test_distinct_synthetic_lesions_are_not_flagged_as_near_duplicates(tmp_path)
     from skincls.data.fetch import fetch
 
     report = fetch(tmp_path / "data", synthetic=300, seed=1)
-    dup = report.manifest.info["duplicates"]
-    assert dup["images_in_clusters"] <= 6  # at most 2%
-    assert len(report.manifest.info["moved"]) <= 3
+    dup = report.manifest.info.duplicates
+    assert dup.images_in_clusters <= 6  # at most 2%
+    assert len(report.manifest.info.moved) <= 3

@@ -104,7 +104,7 @@ def test_double_copy_archive_ingests_one_copy(tmp_path, tree):
     report = fetch(tmp_path / "d", archive=zpath, near_dup_distance=-1)
     n = sum(1 for p in tree.rglob("*.jpg"))
     assert len(report.manifest.records) == n == 24
-    assert report.info["source"]["ignored_copies"] == {"data": n}
+    assert report.info.source.ignored_copies == {"data": n}
     assert not any("data/" in r.path for r in report.manifest.records)
     # A second root that is not a copy is an error, not a silent choice.
     other = _zip_tree(_tree(tmp_path / "other", 2), tmp_path / "two.zip", prefixes=("x/",))
@@ -140,7 +140,7 @@ def test_broken_files_are_skipped_with_reasons(tmp_path, monkeypatch):
     assert "decompression bomb" in reasons["train/benign/big.png"]
     assert "outside" in reasons["README.md"]
     assert len(report.manifest.records) == 12
-    assert report.info["n_kept"] + len(report.skipped) == 12 + 7 == report.info["n_files"]
+    assert report.info.n_kept + len(report.skipped) == 12 + 7 == report.info.n_files
     meta = json.loads((tmp_path / "d" / "dataset.json").read_text())
     assert {tuple(s) for s in meta["skipped"]} == set(report.skipped)
 
@@ -161,8 +161,8 @@ def test_damaged_archive_member_is_skipped_and_counted(tmp_path):
     reasons = dict(report.skipped)
     assert list(reasons) == ["train/malignant/2.jpg"]
     assert reasons["train/malignant/2.jpg"].startswith("damaged in the archive")
-    assert report.info["n_kept"] == len(report.manifest.records) == 7
-    assert report.info["n_files"] == report.info["n_kept"] + len(report.skipped) == 8
+    assert report.info.n_kept == len(report.manifest.records) == 7
+    assert report.info.n_files == report.info.n_kept + len(report.skipped) == 8
 
 
 # --- duplicates and splits -------------------------------------------------------------------
@@ -186,20 +186,20 @@ def test_duplicates_across_train_and_test_end_up_in_one_split(tmp_path):
     for r in report.manifest.records:
         splits_of.setdefault(r.cluster, set()).add(r.split)
     assert all(len(s) == 1 for s in splits_of.values())
-    moved = {m["path"]: m for m in report.info["moved"]}
+    moved = {m.path: m for m in report.info.moved}
     assert set(moved) == {"images/train/benign/0.jpg", "images/train/malignant/8.jpg"}
-    assert moved["images/train/benign/0.jpg"]["to"] == "test"
-    dup = report.info["duplicates"]
-    assert len(dup["exact_groups"]) == 1 and len(dup["clusters"]) == 2
-    assert dup["label_conflicts"] == []
+    assert moved["images/train/benign/0.jpg"].to == "test"
+    dup = report.info.duplicates
+    assert len(dup.exact_groups) == 1 and len(dup.clusters) == 2
+    assert dup.label_conflicts == []
 
 
 def test_label_conflicts_are_reported(tmp_path):
     src = _tree(tmp_path / "src", per_folder=4)
     shutil.copy(src / "train/benign/0.jpg", src / "train/malignant/same-as-0.jpg")
     report = fetch(tmp_path / "d", source_dir=src)
-    (conflict,) = report.info["duplicates"]["label_conflicts"]
-    assert conflict["labels"] == ["benign", "malignant"]
+    (conflict,) = report.info.duplicates.label_conflicts
+    assert conflict.labels == ["benign", "malignant"]
 
 
 def test_same_seed_same_manifest_and_flat_layout_gets_three_splits(tmp_path):
@@ -239,7 +239,7 @@ def test_cli_fetch_from_archive_prints_table_and_paths(tmp_path, archive):
     assert r.exit_code == 0, r.output
     for needle in ("split", "benign", "malignant", "24 images kept", "manifest.csv", "duplicates"):
         assert needle in r.output
-    assert load_manifest(data).info["seed"] == 3
+    assert load_manifest(data).info.seed == 3
 
 
 # --- Kaggle ----------------------------------------------------------------------------------
@@ -278,7 +278,7 @@ def test_fake_kaggle_download_cache_and_force(tmp_path, archive):
         / "skin-cancer-malignant-vs-benign.zip"
     )
     assert cached.is_file() and client.calls == 1 and report.downloaded
-    assert len(report.manifest.records) == 24 and report.info["source"]["kind"] == "kaggle"
+    assert len(report.manifest.records) == 24 and report.info.source.kind == "kaggle"
     assert {"download", "extract", "verify"} <= set(seen)
     again = fetch(tmp_path / "d", client=client, cache_dir=cache)
     assert client.calls == 1 and not again.downloaded and not again.changed

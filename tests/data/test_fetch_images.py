@@ -80,8 +80,8 @@ def test_16bit_images_are_hashed_as_the_model_sees_them(tmp_path):
     _to_16bit(original).save(src / "benign" / "copy16.png")
     assert Image.open(src / "benign" / "copy16.png").mode == "I;16"
     report = fetch(tmp_path / "d", source_dir=src)
-    assert report.info["n_kept"] == 8
-    clusters = report.info["duplicates"]["clusters"]
-    assert [sorted(c["paths"]) for c in clusters] == [
+    assert report.info.n_kept == 8
+    clusters = report.info.duplicates.clusters
+    assert [sorted(c.paths) for c in clusters] == [
         ["images/benign/copy16.png", "images/benign/original.png"]
     ]

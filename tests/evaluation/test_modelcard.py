@@ -8,6 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from skincls.cli import main
+from skincls.data.caveats import CAVEATS
+from skincls.data.info import DatasetInfo, DatasetSource
 from skincls.evaluation.modelcard import NOT_RECORDED, SECTIONS, write_model_card
 from skincls.models.checkpoint import load_checkpoint
 from tests.conftest import TINY_TRAIN
@@ -95,3 +97,36 @@ def test_card_names_the_positive_class_like_the_evaluator(ckpt, tmp_path):
     text = write_model_card(ckpt, {"split": "test", "n_images": 0}, tmp_path / "c.md").read_text()
     assert "positive class: malignant" in text
     assert "positive class: nevus" not in text
+
+
+KAGGLE = "fanconic/skin-cancer-malignant-vs-benign"
+
+
+def test_provenance_caveats_come_from_the_datas_own_record(ckpt, tiny_data, tmp_path):
+    """Known biases of the Kaggle dataset belong to it: synthetic or custom data gets none."""
+    report = {"split": "test", "n_images": 0}
+    known = CAVEATS[KAGGLE]
+    caveat_lines = [*known.data, *known.limitations, *known.ethics]
+    synthetic = DatasetInfo.load(tiny_data)
+    assert synthetic.source.kind == "synthetic" and synthetic.caveats is None
+    custom = synthetic.model_copy(update={"source": DatasetSource(kind="source_dir", path="x")})
+    kaggle = synthetic.model_copy(update={"source": DatasetSource(kind="kaggle", dataset=KAGGLE)})
+    for name, dataset in [("synthetic", tiny_data), ("custom", custom), ("none", None)]:
+        text = write_model_card(ckpt, report, tmp_path / f"{name}.md", dataset=dataset).read_text()
+        for word in ("HAM10000", "ISIC", KAGGLE.split("/")[1] + "` (", "Known biases of"):
+            assert word not in text, (name, word)
+        assert not any(line in text for line in caveat_lines), name
+        assert "Known biases:**" in _section(text, "Data"), name
+    assert "kind synthetic" in _section(
+        write_model_card(ckpt, report, tmp_path / "s.md", dataset=tiny_data).read_text(), "Data"
+    )
+
+    text = write_model_card(ckpt, report, tmp_path / "kaggle.md", dataset=kaggle).read_text()
+    assert f"Known biases of {known.title}:" in _section(text, "Data")
+    for title, lines in [
+        ("Data", known.data),
+        ("Limitations", known.limitations),
+        ("Ethical considerations", known.ethics),
+    ]:
+        for line in lines:
+            assert line in _section(text, title), (title, line)
