@@ -20,13 +20,25 @@ class NetworkBlocked(RuntimeError):
 
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch):
-    """Any attempt to open a network connection fails the test."""
+    """Any attempt to open a network connection fails the test.
+
+    Unix-domain sockets stay open: they are local IPC (DataLoader workers pass tensors through
+    them), not network.
+    """
 
     def guard(*args, **kwargs):
         raise NetworkBlocked(f"test tried to reach the network: {args!r}")
 
-    monkeypatch.setattr(socket.socket, "connect", guard)
-    monkeypatch.setattr(socket.socket, "connect_ex", guard)
+    def local_only(real):
+        def connect(sock, *args, **kwargs):
+            if sock.family == socket.AF_UNIX:
+                return real(sock, *args, **kwargs)
+            return guard(sock, *args, **kwargs)
+
+        return connect
+
+    monkeypatch.setattr(socket.socket, "connect", local_only(socket.socket.connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", local_only(socket.socket.connect_ex))
     monkeypatch.setattr(socket, "create_connection", guard)
     monkeypatch.setattr(socket, "getaddrinfo", guard)
 

@@ -27,6 +27,8 @@ __all__ = [
     "HistoryWriter",
     "ModelCheckpoint",
     "RichProgress",
+    "callback_states",
+    "load_callback_states",
 ]
 
 
@@ -55,6 +57,23 @@ class Callback:
     def on_fit_end(self, trainer: Trainer, history: History) -> None: ...
     def on_fit_error(self, trainer: Trainer, error: BaseException) -> None: ...
     def on_message(self, trainer: Trainer, message: str) -> None: ...
+
+
+def callback_states(callbacks: list[Any]) -> dict[str, Any]:
+    """The resumable callbacks' states, keyed by position and class (a changed list won't match)."""
+    return {
+        f"{i}:{type(cb).__name__}": cb.state_dict()
+        for i, cb in enumerate(callbacks)
+        if hasattr(cb, "state_dict")
+    }
+
+
+def load_callback_states(callbacks: list[Any], saved: dict[str, Any]) -> None:
+    """Give each callback its state from `callback_states` output, where the key still matches."""
+    for i, cb in enumerate(callbacks):
+        key = f"{i}:{type(cb).__name__}"
+        if key in saved and hasattr(cb, "load_state_dict"):
+            cb.load_state_dict(saved[key])
 
 
 class BestWeights(Callback):

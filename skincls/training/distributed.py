@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import Dataset, Subset
 
 from ..errors import ConfigError
 
@@ -67,6 +68,22 @@ class Dist:
         """This rank's contiguous share of a global batch (or of a dataset's indices)."""
         start, stop = shard_bounds(len(items), self.rank, self.world_size)
         return list(items[start:stop])
+
+    def share(self, dataset: Dataset) -> Dataset:
+        """This rank's contiguous share of `dataset` (the whole of it in one process)."""
+        if not self.enabled:
+            return dataset
+        return Subset(dataset, range(*shard_bounds(len(dataset), self.rank, self.world_size)))
+
+    def check_last_batch(self, n: int, batch_size: int) -> None:
+        """Images through a DataLoader: every rank needs at least one image of every batch."""
+        last = n % batch_size
+        if self.enabled and 0 < last < self.world_size:
+            raise ConfigError(
+                f"the last batch of {n} training images has {last} image(s) for "
+                f"{self.world_size} processes; choose a --batch-size that leaves at least one "
+                "per process, or use fewer processes"
+            )
 
     def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
         """`module` in DistributedDataParallel when distributed (it must have trainable parameters)."""

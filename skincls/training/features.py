@@ -25,6 +25,7 @@ from .distributed import Dist, shard_bounds
 __all__ = [
     "FeatureSet",
     "backbone_fingerprint",
+    "cache_refusal",
     "can_cache",
     "dataset_fingerprint",
     "extract_features",
@@ -61,6 +62,22 @@ def can_cache(model: nn.Module) -> str | None:
         return "the model has no backbone/features/head split"
     if any(p.requires_grad for p in model.backbone.parameters()):
         return "the backbone has trainable parameters"
+    return None
+
+
+def cache_refusal(model: nn.Module, dataset: Dataset, mode: str) -> str | None:
+    """Why `dataset`'s features can't be cached for `model` under `mode` ("auto", "memory", "disk",
+    "off"), or None when they can."""
+    if mode == "off":
+        return "--cache-features off"
+    why = can_cache(model)
+    if why is not None:
+        return why
+    det = getattr(dataset, "deterministic", True if isinstance(dataset, TensorDataset) else None)
+    if det is False:
+        return "augmentation needs the backbone in the loop"
+    if det is None and mode == "auto":
+        return "the dataset does not say its transform is deterministic"
     return None
 
 

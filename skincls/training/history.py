@@ -11,7 +11,7 @@ from typing import Any
 
 from ..atomic import atomic_write
 
-__all__ = ["EpochRecord", "History"]
+__all__ = ["BestTracker", "EpochRecord", "History"]
 
 
 @dataclass
@@ -26,6 +26,29 @@ class EpochRecord:
     val_accuracy: float | None
     lr: float
     seconds: float
+
+
+@dataclass
+class BestTracker:
+    """The best value so far of `monitor` (an `EpochRecord` field): accuracy up, a loss down."""
+
+    monitor: str = "val_loss"
+    value: float | None = None
+
+    @property
+    def maximise(self) -> bool:
+        return self.monitor == "val_accuracy"
+
+    def of(self, record: EpochRecord) -> float:
+        return getattr(record, self.monitor)
+
+    def update(self, record: EpochRecord) -> bool:
+        """Whether `record` improves on the best so far (then it becomes the best)."""
+        value = self.of(record)
+        better = self.value is None or (value > self.value if self.maximise else value < self.value)
+        if better:
+            self.value = value
+        return better
 
 
 @dataclass

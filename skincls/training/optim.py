@@ -4,13 +4,58 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..config import TrainConfig
 
-__all__ = ["balanced_class_weights", "build_optimizer", "build_scheduler", "param_groups"]
+__all__ = [
+    "Losses",
+    "PhaseOptimization",
+    "balanced_class_weights",
+    "build_losses",
+    "build_optimizer",
+    "build_phase_optimization",
+    "build_scheduler",
+    "param_groups",
+]
+
+
+@dataclass(frozen=True)
+class Losses:
+    """The training loss (mean), its summed twin for distributed shares, the plain validation loss
+    (summed, no weights or smoothing: comparable across runs), and per-sample draw weights for a
+    balanced sampler (None: shuffle)."""
+
+    train: nn.CrossEntropyLoss
+    summed: nn.CrossEntropyLoss
+    val: nn.CrossEntropyLoss
+    sample_weights: torch.Tensor | None
+
+
+def build_losses(
+    config: TrainConfig, targets: Sequence[int], num_classes: int, device: torch.device
+) -> Losses:
+    """The losses and sampler weights `config` asks for (class weights, label smoothing, sampler)."""
+    balanced = (
+        balanced_class_weights(targets, num_classes)
+        if "balanced" in (config.class_weights, config.sampler)
+        else None
+    )
+    weight = balanced.to(device) if config.class_weights == "balanced" else None
+    smoothing = config.label_smoothing
+    return Losses(
+        train=nn.CrossEntropyLoss(weight=weight, label_smoothing=smoothing),
+        # Distributed: each rank sums its share's losses and divides by the whole global batch's
+        # denominator (its size, or its summed class weights), so DDP's average is the 1-process loss.
+        summed=nn.CrossEntropyLoss(weight=weight, label_smoothing=smoothing, reduction="sum"),
+        val=nn.CrossEntropyLoss(reduction="sum"),
+        sample_weights=balanced[torch.as_tensor(list(targets))]
+        if config.sampler == "balanced"
+        else None,
+    )
 
 
 def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float) -> list[dict]:
@@ -99,3 +144,43 @@ def balanced_class_weights(targets: Sequence[int], num_classes: int) -> torch.Te
     counts = torch.bincount(torch.as_tensor(list(targets), dtype=torch.long), minlength=num_classes)
     weights = len(targets) / (num_classes * counts.clamp(min=1).double())
     return torch.where(counts > 0, weights, torch.zeros_like(weights)).float()
+
+
+@dataclass
+class PhaseOptimization:
+    """One phase's optimizer, LR schedule (stepped at `when`: "step", "epoch" or "none") and fp16
+    gradient scaler (None unless fp16)."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: (
+        torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None
+    )
+    when: str
+    scaler: torch.amp.GradScaler | None
+
+
+def build_phase_optimization(
+    model: nn.Module,
+    config: TrainConfig,
+    *,
+    backbone_lr_mult: float,
+    epochs: int,
+    steps_per_epoch: int,
+    maximise: bool,
+    fp16_on: torch.device | None = None,
+    resume: dict | None = None,
+) -> PhaseOptimization:
+    """Optimizer, schedule and scaler for a phase of `epochs` epochs; `resume` (a trainer's saved
+    state in this phase) restores their state. `fp16_on` is the device of fp16 training, if any."""
+    optimizer = build_optimizer(param_groups(model, config.lr, backbone_lr_mult), config)
+    scheduler, when = build_scheduler(
+        optimizer, config, epochs=epochs, steps_per_epoch=steps_per_epoch, maximise=maximise
+    )
+    scaler = torch.amp.GradScaler(fp16_on.type) if fp16_on is not None else None
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        if scheduler is not None and resume["scheduler"] is not None:
+            scheduler.load_state_dict(resume["scheduler"])
+        if scaler is not None and resume["scaler"] is not None:
+            scaler.load_state_dict(resume["scaler"])
+    return PhaseOptimization(optimizer, scheduler, when, scaler)

@@ -1,20 +1,21 @@
 """Trainer: fits a model on a training set, validating each epoch. It knows nothing about skin.
 
-The loop optimises and measures; checkpoints, early stopping, progress and history files are callbacks
-(`skincls.callbacks`). A frozen backbone's features are computed once (`skincls.features`) when the
-training images are not augmented, and an optional second phase fine-tunes the unfrozen backbone.
+The loop optimises and measures (its inner loops are in `steps`); checkpoints, early stopping,
+progress and history files are callbacks (`callbacks`). A frozen backbone's features are computed once
+(`features`) when the training images are not augmented, and an optional second phase fine-tunes the
+unfrozen backbone.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from ..config import TrainConfig
 from ..errors import ConfigError, TrainingError
@@ -23,38 +24,32 @@ from ..runtime import (
     plan_precision,
     resolve_device,
     seed_everything,
-    seed_worker,
     set_rng_state,
 )
-from .callbacks import BestWeights, Callback
+from .callbacks import BestWeights, Callback, callback_states, load_callback_states
 from .distributed import Dist, shard_bounds
 from .divergence import diverged, nonfinite_weight
-from .features import FeatureSet, backbone_fingerprint, can_cache, load_or_extract
-from .history import EpochRecord, History
-from .optim import balanced_class_weights, build_optimizer, build_scheduler, param_groups
+from .features import (
+    FeatureSet,
+    backbone_fingerprint,
+    cache_refusal,
+    can_cache,
+    load_or_extract,
+)
+from .history import BestTracker, EpochRecord, History
+from .optim import build_losses, build_phase_optimization
+from .steps import (
+    Phase,
+    Placement,
+    ReplayBatches,
+    batch_denominator,
+    class_targets,
+    plan_phases,
+    train_epoch,
+    validate,
+)
 
 __all__ = ["Callback", "EpochRecord", "History", "Trainer"]
-
-
-@dataclass(frozen=True)
-class _Phase:
-    name: str
-    first: int  # first epoch number (1-based, counted across phases)
-    last: int
-    freeze: str | int | None  # freeze policy applied at the phase's start; None = leave the model's
-
-
-class _Batches(Sampler):
-    """A batch sampler replayed from index lists the trainer draws itself (same order cached or not)."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[int]] = []
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
 
 
 class Trainer:
@@ -96,11 +91,11 @@ class Trainer:
         self.device = resolve_device(self.config.device)
         self.precision = plan_precision(self.config.precision, self.device)
         self.amp_dtype = self.precision.dtype("train")
+        self._place = Placement(self.device, self.amp_dtype)
         self.history = History(monitor=self.config.monitor)
         self.epoch = 0  # last completed epoch
         self.phase = ""
         self.stop = False  # set by a callback (early stopping) to end the current phase
-        self.best_value: float | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.scaler = None
@@ -108,7 +103,7 @@ class Trainer:
         self._loader_rng = torch.Generator()
         self._resume: dict | None = None
         # The EpochRecord field that decides `improved` and steps a plateau schedule (set by `fit`).
-        self._monitor = self.config.monitor
+        self._best = BestTracker(self.config.monitor)
         self._backbone_fp: str | None = None  # the current phase's, computed when first needed
 
     # -- state ----------------------------------------------------------------------------------
@@ -118,17 +113,13 @@ class Trainer:
             "epoch": self.epoch,
             "phase": self.phase,
             "stop": self.stop,
-            "best_value": self.best_value,
+            "best_value": self._best.value,
             "history": self.history.to_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "rng": get_rng_state(shuffle=self._shuffle, loader=self._loader_rng),
-            "callbacks": {
-                f"{i}:{type(cb).__name__}": cb.state_dict()
-                for i, cb in enumerate(self.callbacks)
-                if hasattr(cb, "state_dict")
-            },
+            "callbacks": callback_states(self.callbacks),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -150,45 +141,29 @@ class Trainer:
         cfg = self.config
         if len(train) == 0:
             raise ConfigError("the training set is empty")
-        model = self.model.to(self.device)
-        model.to(
-            memory_format=torch.channels_last
-        )  # conv weights only; faster convs on CPU and GPU
-        self._monitor = cfg.monitor if val is not None else "train_loss"
-        targets = _targets(train)
+        # Conv weights in channels_last: faster convolutions on CPU and GPU.
+        self.model.to(self.device).to(memory_format=torch.channels_last)
+        self._best.monitor = cfg.monitor if val is not None else "train_loss"
+        targets = class_targets(train)
         num_classes = len(getattr(train, "classes", [])) or int(max(targets)) + 1
-        balanced = (
-            balanced_class_weights(targets, num_classes)
-            if "balanced" in (cfg.class_weights, cfg.sampler)
-            else None
-        )
-        self.criterion = nn.CrossEntropyLoss(
-            weight=balanced.to(self.device) if cfg.class_weights == "balanced" else None,
-            label_smoothing=cfg.label_smoothing,
-        )
-        self._val_criterion = nn.CrossEntropyLoss(
-            reduction="sum"
-        )  # plain CE: comparable across runs
-        # Distributed: each rank sums its share's losses and divides by the whole global batch's
-        # denominator (its size, or its summed class weights), so DDP's average is the 1-process loss.
-        self._sum_criterion = nn.CrossEntropyLoss(
-            weight=self.criterion.weight, label_smoothing=cfg.label_smoothing, reduction="sum"
-        )
+        losses = build_losses(cfg, targets, num_classes, self.device)
+        self.criterion, self._sum_criterion = losses.train, losses.summed
+        self._val_criterion, sample_weights = losses.val, losses.sample_weights
         self._targets = torch.as_tensor(targets)
-        sample_weights = balanced[torch.as_tensor(targets)] if cfg.sampler == "balanced" else None
         if self._resume is None:
             seed_everything(cfg.seed)
             self._shuffle.manual_seed(cfg.seed)
             self._loader_rng.manual_seed(cfg.seed + 1)
         else:
             self._restore(self._resume)
+        self.history.monitor = self._best.monitor  # what picks the best epoch, as monitored
         self.history.precision = self.precision.to_dict()
         self.log(
             f"{self.device.type}, {torch.get_num_threads()} threads, {self.precision.describe()}"
         )
         self._emit("on_fit_start")
         try:
-            for phase in self._phases():
+            for phase in plan_phases(cfg, self.model):
                 if phase.last <= self.epoch or (phase.name == self.phase and self.stop):
                     continue
                 self._run_phase(phase, train, val, sample_weights)
@@ -199,24 +174,7 @@ class Trainer:
         self._emit("on_fit_end", self.history)
         return self.history
 
-    def _phases(self) -> list[_Phase]:
-        cfg = self.config
-        if not cfg.finetune_epochs:
-            return [_Phase("train", 1, cfg.epochs, None)]
-        if not hasattr(self.model, "backbone"):
-            raise ConfigError(
-                "fine-tuning needs a model with a `backbone` (e.g. from create_model)"
-            )
-        unfreeze = "none" if cfg.unfreeze == "all" else cfg.unfreeze
-        last = cfg.epochs + cfg.finetune_epochs
-        return [
-            _Phase("head", 1, cfg.epochs, None),
-            _Phase("finetune", cfg.epochs + 1, last, unfreeze),
-        ]
-
-    def _run_phase(
-        self, phase: _Phase, train: Dataset, val: Dataset | None, sample_weights
-    ) -> None:
+    def _run_phase(self, phase: Phase, train: Dataset, val: Dataset | None, sample_weights) -> None:
         cfg = self.config
         if phase.freeze is not None:
             from ..models.classifier import set_freeze
@@ -227,25 +185,18 @@ class Trainer:
         self._backbone_fp = None  # the backbone may have changed (fine-tuned, unfrozen)
         train_fs = self._features(train, "train")
         val_fs = self._features(val, "val") if val is not None else None
-        steps = math.ceil(len(train) / cfg.batch_size)
-        mult = cfg.backbone_lr_mult if phase.freeze is not None else 1.0
-        self.optimizer = build_optimizer(param_groups(self.model, cfg.lr, mult), cfg)
-        epochs = phase.last - phase.first + 1
-        self.scheduler, when = build_scheduler(
-            self.optimizer,
+        opt = build_phase_optimization(
+            self.model,
             cfg,
-            epochs=epochs,
-            steps_per_epoch=steps,
-            maximise=self._maximise,
+            backbone_lr_mult=cfg.backbone_lr_mult if phase.freeze is not None else 1.0,
+            epochs=phase.last - phase.first + 1,
+            steps_per_epoch=math.ceil(len(train) / cfg.batch_size),
+            maximise=self._best.maximise,
+            fp16_on=self.device if self.amp_dtype == torch.float16 else None,
+            resume=self._resume if resuming else None,
         )
-        if self.amp_dtype == torch.float16:
-            self.scaler = torch.amp.GradScaler(self.device.type)
-        if resuming:
-            self.optimizer.load_state_dict(self._resume["optimizer"])
-            if self.scheduler is not None and self._resume["scheduler"] is not None:
-                self.scheduler.load_state_dict(self._resume["scheduler"])
-            if self.scaler is not None and self._resume["scaler"] is not None:
-                self.scaler.load_state_dict(self._resume["scaler"])
+        self.optimizer, self.scheduler, when = opt.optimizer, opt.scheduler, opt.when
+        self.scaler = opt.scaler
         # What trains: the head alone (cached features, or a frozen backbone in the loop) or the whole
         # model; in DistributedDataParallel when distributed (rebuilt per phase: freezing changes).
         self._head = self.model.head if hasattr(self.model, "head") else None
@@ -254,14 +205,18 @@ class Trainer:
             self._head = self.dist.wrap(self.model.head, self.device)
         else:
             self._whole = self.dist.wrap(self.model, self.device)
-        sampler = _Batches()
+        sampler = ReplayBatches()
         loader = None
         if train_fs is None:
-            self._check_shards(len(train))
-            loader = self._loader(train, batch_sampler=sampler, generator=self._loader_rng)
+            self.dist.check_last_batch(len(train), cfg.batch_size)
+            loader = self._place.loader(
+                train, self.num_workers, batch_sampler=sampler, generator=self._loader_rng
+            )
         val_loader = None
         if val is not None and val_fs is None:
-            val_loader = self._loader(self._my_share(val), batch_size=cfg.batch_size)
+            val_loader = self._place.loader(
+                self.dist.share(val), self.num_workers, batch_size=cfg.batch_size
+            )
         self._emit("on_phase_start", phase.name, phase.first, phase.last)
         for epoch in range(max(phase.first, self.epoch + 1), phase.last + 1):
             start = time.perf_counter()
@@ -274,7 +229,9 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             self._emit("on_epoch_start", epoch, len(sampler))
             self.model.train()
-            denominators = [self._denominator(b) for b in global_batches]
+            denominators = [
+                batch_denominator(self.criterion.weight, self._targets, b) for b in global_batches
+            ]
             if train_fs is not None:
                 batches = (
                     train_fs.batch(torch.tensor(b, dtype=torch.long)) for b in sampler.batches
@@ -295,9 +252,11 @@ class Trainer:
                 epoch, phase.name, train_loss, train_acc, val_loss, val_acc, lr,
                 time.perf_counter() - start,
             )  # fmt: skip
-            improved = self._update_best(record)
+            improved = self._best.update(record)
+            if improved:
+                self.history.best_epoch = epoch
             if when == "epoch":
-                self.scheduler.step(self._monitored(record))
+                self.scheduler.step(self._best.of(record))
             self.epoch = epoch
             self.history.epochs.append(record)
             self._emit("on_epoch_end", record, improved)
@@ -316,43 +275,34 @@ class Trainer:
         denominators: list[tuple[float, int]],
         epoch: int,
     ) -> tuple[float, float]:
-        total, correct, seen = 0.0, 0, 0
         world = self.dist.world_size
-        for step, ((x, y), (denominator, n_global)) in enumerate(
-            zip(batches, denominators, strict=True), 1
-        ):
-            x, y = self._to_device(x), y.to(self.device, non_blocking=True)
-            with self._autocast():
-                logits = forward(x)
-                if world == 1:
-                    loss = self.criterion(logits.float(), y)
-                else:  # DDP averages the ranks' gradients: scale the share's sum to the batch mean
-                    loss = self._sum_criterion(logits.float(), y) * (world / denominator)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                self.optimizer.step()
-            if when == "step":
-                self.scheduler.step()
-            n = len(y)
-            # One device-to-host transfer per step for both numbers (counts < 2**24 are exact).
-            hits = (logits.argmax(1) == y).sum().float()
-            batch_loss, batch_correct = torch.stack([loss.detach().float(), hits]).tolist()
-            if not math.isfinite(batch_loss):
-                raise self._diverged(epoch, f"the training loss is {batch_loss} at step {step}")
-            batch_correct = int(batch_correct)
-            # This share's part of (global batch loss × global batch size); summed over ranks below.
-            weight = n if world == 1 else n_global / world
-            total, correct, seen = total + batch_loss * weight, correct + batch_correct, seen + n
-            self._emit("on_batch_end", batch_loss, batch_correct / max(n, 1))
+
+        def loss(i: int, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            if world == 1:
+                return self.criterion(logits, y)
+            # DDP averages the ranks' gradients: scale the share's sum to the global batch's mean.
+            return self._sum_criterion(logits, y) * (world / denominators[i][0])
+
+        def weight(
+            i: int, n: int
+        ) -> float:  # this share's part of (batch loss × global batch size)
+            return n if world == 1 else denominators[i][1] / world
+
+        total, correct, seen = train_epoch(
+            forward,
+            (b for b, _ in zip(batches, denominators, strict=True)),
+            loss=loss,
+            weight=weight,
+            optimizer=self.optimizer,
+            place=self._place,
+            scaler=self.scaler,
+            after_step=self.scheduler.step if when == "step" else None,
+            on_batch_end=lambda loss, acc: self._emit("on_batch_end", loss, acc),
+            diverged=partial(self._diverged, epoch),
+        )
         total, correct, seen = self.dist.sum([total, correct, seen], self.device)
         return total / seen, correct / seen
 
-    @torch.inference_mode()
     def _validate(
         self, features: FeatureSet | None, loader: DataLoader | None
     ) -> tuple[float, float]:
@@ -363,14 +313,9 @@ class Trainer:
             batches = (features.batch(b) for b in idx.split(self.config.batch_size))
         else:
             forward, batches = self._forward, loader
-        total, correct, seen = 0.0, 0, 0
-        for x, y in batches:
-            x, y = self._to_device(x), y.to(self.device, non_blocking=True)
-            with self._autocast():
-                logits = forward(x).float()
-            total += self._val_criterion(logits, y).item()
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
+        total, correct, seen = validate(
+            forward, batches, criterion=self._val_criterion, place=self._place
+        )
         total, correct, seen = self.dist.sum([total, correct, seen], self.device)
         return total / seen, correct / seen
 
@@ -390,15 +335,7 @@ class Trainer:
         mode = self.config.cache_features
         if dataset is None:
             return None
-        why = "--cache-features off" if mode == "off" else can_cache(self.model)
-        if why is None:
-            det = getattr(
-                dataset, "deterministic", True if isinstance(dataset, TensorDataset) else None
-            )
-            if det is False:
-                why = "augmentation needs the backbone in the loop"
-            elif det is None and mode == "auto":
-                why = "the dataset does not say its transform is deterministic"
+        why = cache_refusal(self.model, dataset, mode)
         if why is not None:
             self.history.cache[split] = "off"
             if mode != "off" or split == "train":
@@ -432,22 +369,6 @@ class Trainer:
         )
         return fs
 
-    def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:
-        kwargs.setdefault(
-            "generator", torch.Generator().manual_seed(0)
-        )  # keep the global RNG untouched
-        return DataLoader(
-            dataset,
-            num_workers=self.num_workers,
-            worker_init_fn=seed_worker,
-            pin_memory=self.device.type == "cuda",
-            **kwargs,
-        )
-
-    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-
     def _autocast(self, dtype: torch.dtype | str | None = "train"):
         if isinstance(dtype, str):
             dtype = self.precision.dtype(dtype)
@@ -461,70 +382,15 @@ class Trainer:
             f = self.model.features(x)
         return self._head(f.float())
 
-    def _denominator(self, batch: torch.Tensor) -> tuple[float, int]:
-        """What the mean training loss of a global batch divides by, and the batch's size."""
-        weight = self.criterion.weight
-        if weight is None:
-            return float(len(batch)), len(batch)
-        return float(weight.cpu()[self._targets[batch]].sum()), len(batch)
-
-    def _my_share(self, dataset: Dataset) -> Dataset:
-        """This rank's contiguous share of `dataset` (the whole of it in one process)."""
-        if not self.dist.enabled:
-            return dataset
-        return Subset(
-            dataset, range(*shard_bounds(len(dataset), self.dist.rank, self.dist.world_size))
-        )
-
-    def _check_shards(self, n: int) -> None:
-        """Images through the DataLoader: every rank needs at least one image of every batch."""
-        last = n % self.config.batch_size
-        if self.dist.enabled and 0 < last < self.dist.world_size:
-            raise ConfigError(
-                f"the last batch of {n} training images has {last} image(s) for "
-                f"{self.dist.world_size} processes; choose a --batch-size that leaves at least one "
-                "per process, or use fewer processes"
-            )
-
-    @property
-    def _maximise(self) -> bool:
-        """Whether the monitored metric improves upwards (accuracy) rather than down (a loss)."""
-        return self._monitor == "val_accuracy"
-
-    def _monitored(self, record: EpochRecord) -> float:
-        return getattr(record, self._monitor)
-
-    def _update_best(self, record: EpochRecord) -> bool:
-        value = self._monitored(record)
-        better = self.best_value is None or (
-            value > self.best_value if self._maximise else value < self.best_value
-        )
-        if better:
-            self.best_value, self.history.best_epoch = value, record.epoch
-        return better
-
     def _restore(self, state: dict) -> None:
         self.epoch, self.phase, self.stop = state["epoch"], state["phase"], state["stop"]
-        self.best_value = state["best_value"]
+        self._best.value = state["best_value"]
         self.history = History.from_dict(state["history"])
         set_rng_state(state["rng"], shuffle=self._shuffle, loader=self._loader_rng)
-        saved = state.get("callbacks", {})
-        for i, cb in enumerate(self.callbacks):
-            key = f"{i}:{type(cb).__name__}"
-            if key in saved and hasattr(cb, "load_state_dict"):
-                cb.load_state_dict(saved[key])
+        load_callback_states(self.callbacks, state.get("callbacks", {}))
 
     def _emit(self, hook: str, *args) -> None:
         for cb in self.callbacks:
             fn = getattr(cb, hook, None)
             if fn is not None:
                 fn(self, *args)
-
-
-def _targets(dataset: Dataset) -> list[int]:
-    """Class index per item, without loading images when the dataset lists them."""
-    if hasattr(dataset, "targets"):
-        return [int(t) for t in dataset.targets]
-    if isinstance(dataset, TensorDataset):
-        return dataset.tensors[1].tolist()
-    return [int(dataset[i][1]) for i in range(len(dataset))]

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from skincls._version import __version__
 from skincls.cli import main
+from skincls.data.dataset import build_transform, load_image
+from skincls.models.checkpoint import load_checkpoint
 from tests.conftest import TINY_TRAIN
 
 COMMANDS = ["fetch", "train", "cv", "evaluate", "predict", "demo"]
@@ -66,7 +69,12 @@ def test_fetch_train_evaluate_predict(runner, tmp_path):
     r = runner.invoke(main, ["predict", str(run / "best.pt"), str(image), "--json"])
     assert r.exit_code == 0, r.output
     [pred] = json.loads(r.output)
-    assert pred["label"] in ("benign", "malignant") and 0 <= pred["probability"] <= 1
+    ckpt = load_checkpoint(run / "best.pt")
+    with torch.no_grad():
+        x = build_transform(ckpt.preprocessing)(load_image(image)).unsqueeze(0)
+        p = torch.softmax(ckpt.build_model().eval()(x), 1)[0]
+    assert pred["probability"] == pytest.approx(float(p[1]), abs=1e-6)
+    assert pred["label"] == ckpt.classes[int(p.argmax())]
 
 
 def _assert_one_line_error(result, *needles):
@@ -130,3 +138,31 @@ def test_demo_runs_end_to_end(runner, tmp_path):
     assert r.exit_code == 0, r.output
     assert "Test Accuracy (Overall)" in r.output
     assert (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_train_resume_continues_a_killed_run(runner, tiny_data, tmp_path, monkeypatch):
+    """`skincls train --resume` reads the run's config.json and runs only the epochs a killed run
+    lacked (that the result equals an uninterrupted run's is tested in tests/training)."""
+    from skincls.training.callbacks import HistoryWriter
+
+    real, ran = HistoryWriter.on_epoch_end, []
+
+    def logged(self, trainer, record, improved):
+        real(self, trainer, record, improved)
+        ran.append(record.epoch)
+        if record.epoch == 1 and ran == [1]:
+            raise KeyboardInterrupt("simulated kill after epoch 1")
+
+    monkeypatch.setattr(HistoryWriter, "on_epoch_end", logged)
+    run = tmp_path / "run"
+    r = runner.invoke(main, ["train", "--data-dir", str(tiny_data), "--out", str(run), *TINY_TRAIN])
+    assert r.exit_code != 0 and load_checkpoint(run / "last.pt").data["epoch"] == 1
+    killed = json.loads((run / "history.json").read_text())["epochs"]
+
+    r = runner.invoke(main, ["train", "--out", str(run), "--resume", "--quiet"])  # nothing else
+    assert r.exit_code == 0, r.output
+    assert ran == [1, 2]  # the resumed run trained epoch 2 only
+    history = json.loads((run / "history.json").read_text())["epochs"]
+    assert [e["epoch"] for e in history] == [1, 2] and history[0] == killed[0]
+    assert load_checkpoint(run / "last.pt").data["epoch"] == 2
+    assert json.loads((run / "config.json").read_text())["model"]["arch"] == "smallcnn"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from sklearn.metrics import brier_score_loss
+from sklearn.metrics import brier_score_loss, confusion_matrix, roc_auc_score
 from torchmetrics.functional import classification as tmf
 
 from skincls.cli import main
@@ -178,19 +178,37 @@ def test_evaluate_stores_threshold_and_temperature(ckpt, tiny_data):
 
 
 def test_evaluate_cli_json_and_plots(ckpt, tiny_data, tmp_path):
+    # The model's 8-view logits on val, its temperature fitted there, and a threshold that calls the
+    # top three of P(malignant) positive: an asymmetric confusion matrix (PPV != NPV, FP != FN).
+    out = Evaluator(ckpt, device="cpu", tta=True).outputs(tiny_data, "val")
+    t = fit_temperature(out.logits, out.labels)
+    z = torch.tensor(out.logits, dtype=torch.float64) / t
+    p = torch.softmax(z, -1).mean(1)[:, 1].numpy()  # mean over the views of P(malignant)
+    threshold = float(np.sort(p)[-4:-2].mean())
     plots = tmp_path / "plots"
     r = CliRunner().invoke(
         main,
         ["evaluate", str(ckpt), "--data-dir", str(tiny_data), "--split", "val", "--json",
-         "--tta", "--calibrate", "--threshold", "0.5", "--plots", str(plots), "--bootstrap", "50",
-         "--device", "cpu"],
+         "--tta", "--calibrate", "--threshold", repr(threshold), "--plots", str(plots),
+         "--bootstrap", "50", "--device", "cpu"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     report = json.loads(r.output)
-    assert report["split"] == "val" and report["n_images"] > 0 and report["tta"] is True
-    assert report["threshold"] == 0.5 and report["threshold_choice"]["method"] == "fixed"
-    for key in ("sensitivity", "specificity", "ppv", "npv", "brier", "ece", "confusion_matrix"):
-        assert key in report
+    assert report["split"] == "val" and report["n_images"] == len(p) and report["tta"] is True
+    assert report["threshold"] == threshold and report["threshold_choice"]["method"] == "fixed"
+    assert report["temperature"] == pytest.approx(t) and t != 1.0
+    # Every number again by hand.
+    y, pred = out.labels, (p >= threshold).astype(int)
+    tp, fn = int(((pred == 1) & (y == 1)).sum()), int(((pred == 0) & (y == 1)).sum())
+    tn, fp = int(((pred == 0) & (y == 0)).sum()), int(((pred == 1) & (y == 0)).sum())
+    assert report["confusion_matrix"] == [[tn, fp], [fn, tp]] and tp + fp == 3 and fp != fn
+    assert report["sensitivity"] == pytest.approx(tp / (tp + fn))
+    assert report["specificity"] == pytest.approx(tn / (tn + fp))
+    assert report["ppv"] == pytest.approx(tp / (tp + fp))
+    assert report["npv"] == pytest.approx(tn / (tn + fn))
+    assert report["brier"] == pytest.approx(np.mean((p - y) ** 2))
+    ece = tmf.binary_calibration_error(torch.tensor(p), torch.tensor(y), n_bins=15, norm="l1")
+    assert report["ece"] == pytest.approx(float(ece), abs=1e-6)
     assert set(report["ci"]) == {"accuracy", "roc_auc", "sensitivity", "specificity"}
     names = sorted(p.name for p in plots.glob("*.png"))
     assert names == ["val_confusion.png", "val_pr.png", "val_reliability.png", "val_roc.png"]
@@ -211,13 +229,23 @@ def test_datasets_and_more_than_two_classes():
     torch.manual_seed(0)
     model = create_model("smallcnn", weights="none", head=(8,), num_classes=3, freeze="none")
     pre = model.preprocessing
-    x, y = torch.randn(30, 3, 32, 32), torch.arange(30) % 3
+    x, y = torch.randn(30, 3, 32, 32), torch.tensor([0] * 15 + [1] * 10 + [2] * 5)
     ev = Evaluator(model, classes=["a", "b", "c"], preprocessing=pre.with_size(32), device="cpu")
     report = ev.evaluate(TensorDataset(x, y), split="holdout")
     assert report.split == "holdout" and report.n_images == 30
-    assert len(report.per_class) == 3 and np.array(report.confusion_matrix).sum() == 30
+    with torch.no_grad():
+        probs = torch.softmax(model.eval()(x), 1).numpy()
+    pred = probs.argmax(1)
+    assert report.confusion_matrix == confusion_matrix(y, pred, labels=[0, 1, 2]).tolist()
+    assert [(c.name, c.correct, c.total) for c in report.per_class] == [
+        (name, int(((pred == k) & (y.numpy() == k)).sum()), total)
+        for k, (name, total) in enumerate(zip("abc", (15, 10, 5)))
+    ]
     assert report.sensitivity is None and report.threshold is None and report.ci == {}
-    assert report.roc_auc is not None and 0 <= report.roc_auc <= 1  # macro one-vs-rest
+    # Macro (not prevalence-weighted) one-vs-rest, as scikit-learn computes it.
+    macro = roc_auc_score(y, probs, multi_class="ovr")
+    assert macro != pytest.approx(roc_auc_score(y, probs, multi_class="ovr", average="weighted"))
+    assert report.roc_auc == pytest.approx(macro, abs=1e-6)
     with pytest.raises(ConfigError, match="two classes"):
         ev.choose_threshold(TensorDataset(x, y), target_sensitivity=0.9)
 

@@ -46,11 +46,22 @@ def test_predict_folder_with_odd_and_broken_files(ckpt, images, tmp_path):
     preds = {pathlib.Path(p["path"]).name: p for p in json.loads(r.output)}
     assert set(preds) == {"rgb.jpg", "gray.png", "alpha.png", "broken.jpg"}
     assert "cannot read image" in preds["broken.jpg"]["error"]
-    for name in ("rgb.jpg", "gray.png", "alpha.png"):
+    # The model's own softmax on each image as PIL reads it; the transparent one is plain white.
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    seen = {
+        "rgb.jpg": Image.open(images / "rgb.jpg").convert("RGB"),
+        "gray.png": Image.open(images / "gray.png").convert("RGB"),
+        "alpha.png": Image.new("RGB", (33, 45), "white"),
+    }
+    for name, image in seen.items():
+        with torch.no_grad():
+            logits = predictor.model(predictor.transform(image).unsqueeze(0))
+        expected = torch.softmax(logits, 1)[0].tolist()
         p = preds[name]
-        assert p["error"] is None and p["label"] in ("benign", "malignant")
-        assert 0 <= p["probability"] <= 1 and p["positive_class"] == "malignant"
-        assert sum(p["probabilities"].values()) == pytest.approx(1)
+        assert p["error"] is None and p["positive_class"] == "malignant"
+        assert p["probabilities"] == pytest.approx(dict(zip(["benign", "malignant"], expected)))
+        assert p["probability"] == pytest.approx(expected[1], abs=1e-6)
+        assert p["label"] == ("malignant" if expected[1] > expected[0] else "benign")  # argmax
     rows = list(csv.DictReader(out_csv.open()))
     assert len(rows) == 4 and {"path", "label", "probability", "threshold", "error"} <= set(rows[0])
 
@@ -81,15 +92,33 @@ def test_stored_threshold_and_temperature_are_used(ckpt, images):
     assert Predictor.from_checkpoint(ckpt, device="cpu").predict([image])[0].label == "benign"
 
 
-def test_tta_views_and_invariance(ckpt):
+def _dihedral_by_hand(x: np.ndarray) -> list[np.ndarray]:
+    """The 8 flips and quarter turns of a (C, H, W) array, written with numpy, not skincls."""
+    out = []
+    for a in (x, x[:, :, ::-1]):
+        out += [np.rot90(a, k, axes=(1, 2)).copy() for k in range(4)]
+    return out
+
+
+def test_tta_averages_the_eight_dihedral_views(ckpt):
     x = torch.randn(2, 3, 8, 8)
     views = dihedral_views(x)
-    assert len(views) == 8 and torch.equal(views[0], x)
-    assert len({v.numpy().tobytes() for v in views}) == 8  # all distinct for a random image
-    flat = Image.new("RGB", (32, 32), (180, 120, 90))  # looks the same in every orientation
-    plain = Predictor.from_checkpoint(ckpt, device="cpu").predict([flat])[0]
-    tta = Predictor.from_checkpoint(ckpt, device="cpu", tta=True).predict([flat])[0]
-    assert tta.probability == pytest.approx(plain.probability, abs=1e-5)
+    assert torch.equal(views[0], x)
+    expected = {v.tobytes() for v in _dihedral_by_hand(x[0].numpy())}
+    assert len(expected) == 8 and {v[0].numpy().tobytes() for v in views} == expected
+
+    # An image that looks different in every orientation: TTA is the mean of the 8 views' softmax.
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    plain = Predictor.from_checkpoint(ckpt, device="cpu").predict([image])[0]
+    tta_predictor = Predictor.from_checkpoint(ckpt, device="cpu", tta=True)
+    tta = tta_predictor.predict([image])[0]
+    x = tta_predictor.transform(image).numpy()
+    with torch.no_grad():
+        logits = tta_predictor.model(torch.from_numpy(np.stack(_dihedral_by_hand(x))))
+    p = torch.softmax(logits, 1)[:, 1].numpy()
+    assert plain.probability == pytest.approx(p[0], abs=1e-6)
+    assert tta.probability == pytest.approx(p.mean(), abs=1e-6)
+    assert abs(tta.probability - plain.probability) > 1e-4  # the views really differ
 
 
 def test_gradcam_overlays_have_the_image_size(ckpt, images, tmp_path):
@@ -105,17 +134,43 @@ def test_gradcam_overlays_have_the_image_size(ckpt, images, tmp_path):
     assert not (cams / "broken_cam.png").exists()
 
 
-def test_gradcam_works_with_a_frozen_backbone(ckpt, tmp_path):
+def _gradcam_by_hand(model, layer, x, target):
+    """Grad-CAM at the layer's resolution (Selvaraju et al.), min-max scaled to [0, 1]."""
+    seen = {}
+
+    def hook(module, inputs, output):
+        seen["a"] = output
+        output.register_hook(lambda g: seen.__setitem__("g", g))
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        model(x.requires_grad_(True))[0, target].backward()
+    finally:
+        handle.remove()
+    a, g = seen["a"][0].detach(), seen["g"][0]
+    cam = torch.relu((g.mean((1, 2))[:, None, None] * a).sum(0)).numpy()
+    return (cam - cam.min()) / (cam.max() - cam.min())
+
+
+def test_gradcam_works_with_a_frozen_backbone_and_matches_a_hand_computation(ckpt):
     from skincls.inference.cam import GradCamExplainer
 
     predictor = Predictor.from_checkpoint(ckpt, device="cpu")
     for p in predictor.model.backbone.parameters():
         p.requires_grad_(False)
-    explainer = GradCamExplainer(predictor.model, predictor.checkpoint.preprocessing)
-    assert isinstance(explainer.layer, torch.nn.Module)
+    pre = predictor.checkpoint.preprocessing.with_size(64)  # a 4 x 4 feature map
+    explainer = GradCamExplainer(predictor.model, pre)
     image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (50, 70, 3), dtype=np.uint8))
-    heat = explainer.heatmap(image, 1)
-    assert heat.shape == (32, 32) and np.isfinite(heat).all()
+    x = explainer.transform(image).unsqueeze(0)
+    hand = [_gradcam_by_hand(predictor.model, explainer.layer, x.clone(), k) for k in (0, 1)]
+    assert hand[0].shape == (4, 4)
+    for k in (0, 1):
+        heat = explainer.heatmap(image, k)
+        assert heat.shape == (64, 64) and heat.min() == pytest.approx(0, abs=1e-6)
+        assert heat.max() == pytest.approx(1, abs=1e-6)
+        coarse = heat.reshape(4, 16, 4, 16).mean(axis=(1, 3))  # back to the layer's resolution
+        assert np.corrcoef(coarse.ravel(), hand[k].ravel())[0, 1] > 0.95, k
+        assert np.corrcoef(coarse.ravel(), hand[1 - k].ravel())[0, 1] < 0.5, k  # class matters
 
 
 class _Payload:

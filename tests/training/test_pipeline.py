@@ -9,6 +9,7 @@ import torch
 
 import skincls
 from skincls import RunConfig, load_config
+from skincls.data.dataset import build_transform, load_image
 from skincls.data.synthetic import generate_synthetic
 from skincls.errors import CheckpointError, ConfigError
 from skincls.models.checkpoint import load_checkpoint
@@ -94,17 +95,29 @@ def test_evaluator_and_predictor(tiny_data, tmp_path):
     result = skincls.train_from_config(_config(tiny_data, tmp_path / "r"), progress=False)
     report = skincls.Evaluator(result.best_checkpoint, device="cpu").evaluate(tiny_data, "test")
     manifest = skincls.load_manifest(tiny_data)
-    assert report.split == "test" and report.n_images == len(manifest.select("test"))
-    assert sum(c.total for c in report.per_class) == report.n_images
+    records = manifest.select("test")
+    assert report.split == "test" and report.n_images == len(records)
+    # The saved model, run by hand over the test images, gives the same per-class counts.
+    ckpt = load_checkpoint(result.best_checkpoint)
+    model, transform = ckpt.build_model().eval(), build_transform(ckpt.preprocessing)
+    x = torch.stack([transform(load_image(tiny_data / r.path)) for r in records])
+    with torch.no_grad():
+        probs = torch.softmax(model(x), 1)
+    pred, y = probs.argmax(1), torch.tensor([manifest.label_index(r.label) for r in records])
+    assert [(c.name, c.correct, c.total) for c in report.per_class] == [
+        (name, int(((pred == k) & (y == k)).sum()), int((y == k).sum()))
+        for k, name in enumerate(manifest.classes)
+    ]
     assert report.lines()[-1].startswith("Test Accuracy (Overall)")
 
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 nope")
-    good = tiny_data / manifest.select("test")[0].path
+    good = tiny_data / records[0].path
     preds = skincls.Predictor.from_checkpoint(result.best_checkpoint, device="cpu").predict(
         [good, broken]
     )
-    assert preds[0].error is None and abs(sum(preds[0].probabilities.values()) - 1) < 1e-5
+    assert preds[0].error is None
+    assert list(preds[0].probabilities.values()) == pytest.approx(probs[0].tolist(), abs=1e-6)
     assert preds[1].error and preds[1].label is None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 from types import SimpleNamespace
 
@@ -19,7 +20,7 @@ from skincls.data.dataset import ManifestDataset, build_transform
 from skincls.errors import ConfigError
 from skincls.models.checkpoint import load_checkpoint
 from skincls.runtime import plan_precision, seed_everything
-from skincls.training.callbacks import Callback, ModelCheckpoint
+from skincls.training.callbacks import Callback, HistoryWriter, ModelCheckpoint
 from skincls.training.history import History
 from skincls.training.optim import balanced_class_weights, build_optimizer
 
@@ -85,14 +86,24 @@ def test_cache_switches_off_with_augmentation(tiny_data):
     assert any("augmentation" in n and "train" in n for n in history.notes)
 
 
-def test_cache_switches_off_while_fine_tuning(tiny_data):
+def _stage_params(model) -> list[set[str]]:
+    names = {id(p): n for n, p in model.backbone.named_parameters()}
+    return [{names[id(p)] for m in stage for p in m.parameters()} for stage in model.stages]
+
+
+def test_cache_switches_off_while_fine_tuning_and_only_the_last_stage_trains(tiny_data):
     model, pre = _frozen_model()
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     train, val = _datasets(tiny_data, pre)
     history = Trainer(model, _cfg(epochs=1, finetune_epochs=1, unfreeze=1)).fit(train, val)
     assert [e.phase for e in history.epochs] == ["head", "finetune"]
     assert any("finetune phase" in n and "trainable" in n for n in history.notes)
-    trainable = {n.split(".")[1] for n, p in model.backbone.named_parameters() if p.requires_grad}
-    assert trainable  # the last stage was unfrozen for the second phase
+    *frozen, last = _stage_params(model)
+    trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trainable == last and len(frozen) > 1  # unfreeze=1: the last stage, nothing else
+    after = model.backbone.state_dict()
+    assert all(torch.equal(before[n], after[n]) for stage in frozen for n in stage)
+    assert any(not torch.equal(before[n], after[n]) for n in last)  # fine-tuned
 
 
 def test_disk_cache_is_reused(tiny_data, tmp_path):
@@ -382,3 +393,109 @@ def test_backbone_hashed_once_per_phase_and_cache_files_use_umask(tiny_data, tmp
     assert len(calls) == 1  # train and val share the phase's fingerprint
     files = list(tmp_path.glob("*.npy"))
     assert len(files) == 4 and all(f.stat().st_mode & 0o777 == 0o644 for f in files)
+
+
+def test_history_names_the_metric_actually_monitored(tmp_path):
+    """Without a validation set the trainer monitors train loss: history.json must say so."""
+    data = _tensor_data()
+    for val, expected in ((None, "train_loss"), (data, "val_accuracy")):
+        cfg = TrainConfig(epochs=1, batch_size=16, monitor="val_accuracy", device="cpu")
+        trainer = Trainer(nn.Linear(8, 2), cfg, callbacks=[HistoryWriter(tmp_path, plot=False)])
+        assert trainer.fit(data, val).monitor == expected
+        assert json.loads((tmp_path / "history.json").read_text())["monitor"] == expected
+
+
+class _Recording(TensorDataset):
+    """Remembers the label of every item the loader fetches (main process only)."""
+
+    def __init__(self, *tensors):
+        super().__init__(*tensors)
+        self.drawn: list[int] = []
+
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        self.drawn.append(int(y))
+        return x, y
+
+
+def test_balanced_sampler_draws_classes_equally_often():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(100, 8, generator=g), torch.tensor([1] * 10 + [0] * 90)
+    drawn = {}
+    for sampler in ("shuffle", "balanced"):
+        data = _Recording(x, y)
+        cfg = TrainConfig(epochs=10, batch_size=25, sampler=sampler, device="cpu", seed=1)
+        Trainer(nn.Linear(8, 2), cfg).fit(data)
+        assert len(data.drawn) == 10 * 100  # an epoch is still one pass's worth of draws
+        drawn[sampler] = sum(data.drawn) / len(data.drawn)
+    assert drawn["shuffle"] == 0.1  # every image once per epoch: the data's own 10%
+    assert 0.45 <= drawn["balanced"] <= 0.55  # ~ 500 ± 16 of 1000 draws
+
+
+def test_label_smoothing_loss_matches_a_hand_computation():
+    data = _tensor_data()
+    eps = 0.2
+    losses = {}
+    for smoothing in (0.0, eps):
+        torch.manual_seed(0)
+        cfg = TrainConfig(epochs=1, batch_size=16, label_smoothing=smoothing, device="cpu")
+        losses[smoothing] = Trainer(nn.Linear(8, 2), cfg).fit(data).epochs[0].train_loss
+    torch.manual_seed(0)
+    logp = torch.log_softmax(nn.Linear(8, 2)(data.tensors[0]), 1).detach()
+    nll = -logp.gather(1, data.tensors[1][:, None]).squeeze(1)
+    # Smoothed target: 1 - eps on the true class plus eps spread evenly over both classes.
+    expected = ((1 - eps) * nll + eps * -logp.mean(1)).mean().item()
+    assert losses[eps] == pytest.approx(expected, rel=1e-5)
+    assert losses[0.0] == pytest.approx(nll.mean().item(), rel=1e-5)
+
+
+class _Groups(Callback):
+    """Records each phase's optimizer groups as (name, lr, parameter names)."""
+
+    def __init__(self):
+        self.phases = {}
+
+    def on_phase_start(self, trainer, phase, first, last):
+        names = {id(p): n for n, p in trainer.model.named_parameters()}
+        self.phases[phase] = [
+            (g["name"], g["lr"], {names[id(p)] for p in g["params"]})
+            for g in trainer.optimizer.param_groups
+        ]
+
+
+def test_backbone_lr_multiplier_sets_the_parameter_groups(tiny_data):
+    model, pre = _frozen_model()
+    train, _ = _datasets(tiny_data, pre)
+    seen = _Groups()
+    cfg = _cfg(epochs=1, finetune_epochs=1, unfreeze=2, lr=1e-3, backbone_lr_mult=0.25)
+    Trainer(model, cfg, callbacks=[seen]).fit(train)
+    head = {n for n, _ in model.named_parameters() if n.startswith("head.")}
+    last_two = {f"backbone.{n}" for stage in _stage_params(model)[-2:] for n in stage}
+    assert seen.phases["head"] == [("head", 1e-3, head)]  # backbone frozen: no group for it
+    assert seen.phases["finetune"] == [("head", 1e-3, head), ("backbone", 2.5e-4, last_two)]
+
+
+def _in_a_worker(dataset):
+    """The dataset, refusing to load items in the main process: only DataLoader workers may."""
+
+    class InWorker(type(dataset)):
+        def __getitem__(self, i):
+            assert torch.utils.data.get_worker_info() is not None, "loaded in the main process"
+            return super().__getitem__(i)
+
+    twin = copy.copy(dataset)
+    twin.__class__ = InWorker
+    return twin
+
+
+def test_worker_processes_give_the_same_result(tiny_data):
+    model, pre = _frozen_model()
+    twin = copy.deepcopy(model)
+    train, val = _datasets(tiny_data, pre)
+    cfg = _cfg(epochs=2, cache_features="off")
+    alone = Trainer(model, cfg).fit(train, val)
+    workers = Trainer(twin, cfg, num_workers=2).fit(_in_a_worker(train), _in_a_worker(val))
+    for a, b in zip(_metrics(alone), _metrics(workers), strict=True):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-7)
+    for (name, p), q in zip(model.head.state_dict().items(), twin.head.state_dict().values()):
+        assert torch.equal(p, q), name

@@ -1,0 +1,181 @@
+"""The trainer's inner loops: one epoch of optimisation steps and one validation pass, with what they
+share (device placement and mixed precision, the replayed batch order, the phases of a run)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+
+from ..config import TrainConfig
+from ..errors import ConfigError
+from ..runtime import seed_worker
+
+__all__ = [
+    "Phase",
+    "Placement",
+    "ReplayBatches",
+    "batch_denominator",
+    "class_targets",
+    "plan_phases",
+    "train_epoch",
+    "validate",
+]
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of epochs with one freeze policy: "train", or "head" then "finetune"."""
+
+    name: str
+    first: int  # first epoch number (1-based, counted across phases)
+    last: int
+    freeze: str | int | None  # freeze policy applied at the phase's start; None = leave the model's
+
+
+def plan_phases(config: TrainConfig, model: nn.Module) -> list[Phase]:
+    """One training phase, or with `finetune_epochs` a head phase then a fine-tuning phase."""
+    if not config.finetune_epochs:
+        return [Phase("train", 1, config.epochs, None)]
+    if not hasattr(model, "backbone"):
+        raise ConfigError("fine-tuning needs a model with a `backbone` (e.g. from create_model)")
+    unfreeze = "none" if config.unfreeze == "all" else config.unfreeze
+    last = config.epochs + config.finetune_epochs
+    return [
+        Phase("head", 1, config.epochs, None),
+        Phase("finetune", config.epochs + 1, last, unfreeze),
+    ]
+
+
+class ReplayBatches(Sampler):
+    """A batch sampler replayed from index lists the trainer draws itself (same order cached or not)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where batches go and in which precision the forward pass runs (`amp_dtype` None: float32)."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+    def autocast(self):
+        dtype = self.amp_dtype
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def loader(self, dataset: Dataset, num_workers: int = 0, **kwargs) -> DataLoader:
+        """A DataLoader feeding this device: seeded workers, pinned memory for CUDA."""
+        kwargs.setdefault("generator", torch.Generator().manual_seed(0))  # global RNG untouched
+        return DataLoader(
+            dataset,
+            num_workers=num_workers,
+            worker_init_fn=seed_worker,
+            pin_memory=self.device.type == "cuda",
+            **kwargs,
+        )
+
+
+def train_epoch(
+    forward: nn.Module,
+    batches: Batches,
+    *,
+    loss: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
+    weight: Callable[[int, int], float],
+    optimizer: torch.optim.Optimizer,
+    place: Placement,
+    scaler: torch.amp.GradScaler | None = None,
+    after_step: Callable[[], None] | None = None,
+    on_batch_end: Callable[[float, float], None] | None = None,
+    diverged: Callable[[str], Exception] = FloatingPointError,
+) -> tuple[float, int, int]:
+    """One pass of optimisation steps over `batches`.
+
+    `loss(i, logits, y)` is the loss of batch i to step on; `weight(i, n)` what that batch's loss
+    counts for in the epoch's total (its size n in one process). `after_step` runs after every
+    optimizer step (a per-step LR schedule); `on_batch_end` gets the batch's loss and accuracy. A
+    non-finite loss raises `diverged(what happened)`.
+
+    Returns:
+        (sum of loss × weight, correct predictions, images seen), for the caller to reduce (over
+        processes) and divide.
+    """
+    total, correct, seen = 0.0, 0, 0
+    for i, (x, y) in enumerate(batches):
+        x, y = place.to_device(x), y.to(place.device, non_blocking=True)
+        with place.autocast():
+            logits = forward(x)
+            batch = loss(i, logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(batch).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            batch.backward()
+            optimizer.step()
+        if after_step is not None:
+            after_step()
+        n = len(y)
+        # One device-to-host transfer per step for both numbers (counts < 2**24 are exact).
+        hits = (logits.argmax(1) == y).sum().float()
+        batch_loss, batch_correct = torch.stack([batch.detach().float(), hits]).tolist()
+        if not math.isfinite(batch_loss):
+            raise diverged(f"the training loss is {batch_loss} at step {i + 1}")
+        batch_correct = int(batch_correct)
+        total, correct, seen = total + batch_loss * weight(i, n), correct + batch_correct, seen + n
+        if on_batch_end is not None:
+            on_batch_end(batch_loss, batch_correct / max(n, 1))
+    return total, correct, seen
+
+
+@torch.inference_mode()
+def validate(
+    forward: nn.Module, batches: Batches, *, criterion: nn.Module, place: Placement
+) -> tuple[float, int, int]:
+    """Summed loss (`criterion` must sum over the batch), correct predictions and images seen."""
+    total, correct, seen = 0.0, 0, 0
+    for x, y in batches:
+        x, y = place.to_device(x), y.to(place.device, non_blocking=True)
+        with place.autocast():
+            logits = forward(x).float()
+        total += criterion(logits, y).item()
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+    return total, correct, seen
+
+
+def class_targets(dataset: Dataset) -> list[int]:
+    """Class index per item, without loading images when the dataset lists them."""
+    if hasattr(dataset, "targets"):
+        return [int(t) for t in dataset.targets]
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].tolist()
+    return [int(dataset[i][1]) for i in range(len(dataset))]
+
+
+def batch_denominator(
+    class_weight: torch.Tensor | None, targets: torch.Tensor, batch: torch.Tensor
+) -> tuple[float, int]:
+    """What a global batch's mean training loss divides by (its size, or its summed class
+    weights), and its size."""
+    if class_weight is None:
+        return float(len(batch)), len(batch)
+    return float(class_weight.cpu()[targets[batch]].sum()), len(batch)
