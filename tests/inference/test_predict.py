@@ -62,8 +62,13 @@ def test_predict_folder_with_odd_and_broken_files(ckpt, images, tmp_path):
         assert p["probabilities"] == pytest.approx(dict(zip(["benign", "malignant"], expected)))
         assert p["probability"] == pytest.approx(expected[1], abs=1e-6)
         assert p["label"] == ("malignant" if expected[1] > expected[0] else "benign")  # argmax
-    rows = list(csv.DictReader(out_csv.open()))
-    assert len(rows) == 4 and {"path", "label", "probability", "threshold", "error"} <= set(rows[0])
+    rows = {pathlib.Path(r["path"]).name: r for r in csv.DictReader(out_csv.open())}
+    assert set(rows) == set(preds)  # the CSV holds the same rows as the JSON
+    for name, p in preds.items():
+        row = rows[name]
+        assert (row["label"] or None, row["error"] or None) == (p["label"], p["error"])
+        if p["probability"] is not None:
+            assert float(row["probability"]) == pytest.approx(p["probability"], abs=1e-6)
 
 
 def test_predict_expands_globs_and_reports_missing(ckpt, images):
