@@ -66,7 +66,8 @@ def test_fetch_train_evaluate_predict(runner, tmp_path):
     assert report["split"] == "val" and report["n_images"] > 0
 
     image = next((data / "images" / "test" / "malignant").glob("*.jpg"))
-    r = runner.invoke(main, ["predict", str(run / "best.pt"), str(image), "--json"])
+    args = ["predict", str(run / "best.pt"), str(image), "--json", "--precision", "fp32"]
+    r = runner.invoke(main, args)
     assert r.exit_code == 0, r.output
     [pred] = json.loads(r.output)
     ckpt = load_checkpoint(run / "best.pt")

@@ -180,7 +180,7 @@ def test_evaluate_stores_threshold_and_temperature(ckpt, tiny_data):
 def test_evaluate_cli_json_and_plots(ckpt, tiny_data, tmp_path):
     # The model's 8-view logits on val, its temperature fitted there, and a threshold that calls the
     # top three of P(malignant) positive: an asymmetric confusion matrix (PPV != NPV, FP != FN).
-    out = Evaluator(ckpt, device="cpu", tta=True).outputs(tiny_data, "val")
+    out = Evaluator(ckpt, device="cpu", tta=True, precision="fp32").outputs(tiny_data, "val")
     t = fit_temperature(out.logits, out.labels)
     z = torch.tensor(out.logits, dtype=torch.float64) / t
     p = torch.softmax(z, -1).mean(1)[:, 1].numpy()  # mean over the views of P(malignant)
@@ -190,7 +190,7 @@ def test_evaluate_cli_json_and_plots(ckpt, tiny_data, tmp_path):
         main,
         ["evaluate", str(ckpt), "--data-dir", str(tiny_data), "--split", "val", "--json",
          "--tta", "--calibrate", "--threshold", repr(threshold), "--plots", str(plots),
-         "--bootstrap", "50", "--device", "cpu"],
+         "--bootstrap", "50", "--device", "cpu", "--precision", "fp32"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     report = json.loads(r.output)
@@ -230,7 +230,13 @@ def test_datasets_and_more_than_two_classes():
     model = create_model("smallcnn", weights="none", head=(8,), num_classes=3, freeze="none")
     pre = model.preprocessing
     x, y = torch.randn(30, 3, 32, 32), torch.tensor([0] * 15 + [1] * 10 + [2] * 5)
-    ev = Evaluator(model, classes=["a", "b", "c"], preprocessing=pre.with_size(32), device="cpu")
+    ev = Evaluator(
+        model,
+        classes=["a", "b", "c"],
+        preprocessing=pre.with_size(32),
+        device="cpu",
+        precision="fp32",
+    )
     report = ev.evaluate(TensorDataset(x, y), split="holdout")
     assert report.split == "holdout" and report.n_images == 30
     with torch.no_grad():

@@ -40,14 +40,15 @@ def test_predict_folder_with_odd_and_broken_files(ckpt, images, tmp_path):
     out_csv = tmp_path / "out" / "preds.csv"
     r = CliRunner().invoke(
         main,
-        ["predict", str(ckpt), str(images), "--json", "--csv", str(out_csv), "--device", "cpu"],
-    )
+        ["predict", str(ckpt), str(images), "--json", "--csv", str(out_csv), "--device", "cpu",
+         "--precision", "fp32"],  # compared with float32 by hand below
+    )  # fmt: skip
     assert r.exit_code == 1  # one file failed
     preds = {pathlib.Path(p["path"]).name: p for p in json.loads(r.output)}
     assert set(preds) == {"rgb.jpg", "gray.png", "alpha.png", "broken.jpg"}
     assert "cannot read image" in preds["broken.jpg"]["error"]
     # The model's own softmax on each image as PIL reads it; the transparent one is plain white.
-    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu", precision="fp32")
     seen = {
         "rgb.jpg": Image.open(images / "rgb.jpg").convert("RGB"),
         "gray.png": Image.open(images / "gray.png").convert("RGB"),
@@ -114,8 +115,8 @@ def test_tta_averages_the_eight_dihedral_views(ckpt):
 
     # An image that looks different in every orientation: TTA is the mean of the 8 views' softmax.
     image = Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 40, 3), dtype=np.uint8))
-    plain = Predictor.from_checkpoint(ckpt, device="cpu").predict([image])[0]
-    tta_predictor = Predictor.from_checkpoint(ckpt, device="cpu", tta=True)
+    plain = Predictor.from_checkpoint(ckpt, device="cpu", precision="fp32").predict([image])[0]
+    tta_predictor = Predictor.from_checkpoint(ckpt, device="cpu", tta=True, precision="fp32")
     tta = tta_predictor.predict([image])[0]
     x = tta_predictor.transform(image).numpy()
     with torch.no_grad():

@@ -93,7 +93,8 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
 
 def test_evaluator_and_predictor(tiny_data, tmp_path):
     result = skincls.train_from_config(_config(tiny_data, tmp_path / "r"), progress=False)
-    report = skincls.Evaluator(result.best_checkpoint, device="cpu").evaluate(tiny_data, "test")
+    best = result.best_checkpoint
+    report = skincls.Evaluator(best, device="cpu", precision="fp32").evaluate(tiny_data, "test")
     manifest = skincls.load_manifest(tiny_data)
     records = manifest.select("test")
     assert report.split == "test" and report.n_images == len(records)
@@ -113,9 +114,8 @@ def test_evaluator_and_predictor(tiny_data, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 nope")
     good = tiny_data / records[0].path
-    preds = skincls.Predictor.from_checkpoint(result.best_checkpoint, device="cpu").predict(
-        [good, broken]
-    )
+    predictor = skincls.Predictor.from_checkpoint(best, device="cpu", precision="fp32")
+    preds = predictor.predict([good, broken])
     assert preds[0].error is None
     assert list(preds[0].probabilities.values()) == pytest.approx(probs[0].tolist(), abs=1e-6)
     assert preds[1].error and preds[1].label is None
