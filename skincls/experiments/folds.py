@@ -87,4 +87,6 @@ def fold_manifest(
         replace(r, split="val" if k is not None and f == k else "train")
         for r, f in zip(records, fold)
     ]
-    return Manifest(manifest.root, list(manifest.classes), out, dict(manifest.info))
+    folded = Manifest(manifest.root, list(manifest.classes), out)
+    folded.info = manifest.info.model_copy(update={"counts": folded.counts()})  # same record, new counts
+    return folded

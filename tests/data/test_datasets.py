@@ -55,9 +55,9 @@ def test_ham10000_archive_reads_metadata_not_folders(tmp_path, ham, ham_zip):
     # Not the two "classes" HAM10000_images_part_1 and _part_2 that the folder layout would see.
     assert m.classes == ["benign", "malignant"]
     assert len(m.records) == len(rows) == 60
-    assert info["dataset"]["layout"] == "ham10000"
+    assert info.dataset.layout == "ham10000"
     # The lower-case copy of both image folders is taken once and reported.
-    assert info["source"]["ignored_copies"] == {
+    assert info.source.ignored_copies == {
         "ham10000_images_part_1": 30,
         "ham10000_images_part_2": 30,
     }
@@ -67,12 +67,12 @@ def test_ham10000_archive_reads_metadata_not_folders(tmp_path, ham, ham_zip):
         assert label == DEFAULT_BINARY_MAP[dx]
     lesion = {r["image_id"]: r["lesion_id"] for r in rows}
     assert all(r.lesion_id == lesion[Path(r.path).stem] for r in m.records)
-    assert info["labels"]["task"] == "binary" and info["labels"]["map"] == DEFAULT_BINARY_MAP
+    assert info.labels.task == "binary" and info.labels.map == DEFAULT_BINARY_MAP
     # Every lesion and patient sits in one split, and the report says so.
     assert across(m.records, lambda r: r.lesion_id) == 0
     assert across(m.records, lambda r: r.patient_id) == 0
-    assert info["groups"]["groups_across_splits"] == 0
-    assert info["groups"]["n_groups"] == len({r.patient_id for r in m.records})
+    assert info.groups.groups_across_splits == 0
+    assert info.groups.n_groups == len({r.patient_id for r in m.records})
     assert all(set(s.values()) != {0} for s in m.counts().values())  # both classes everywhere
     # The manifest keeps the group column for every later step.
     with (tmp_path / "d" / "manifest.csv").open() as fh:
@@ -92,9 +92,9 @@ def test_binary_map_change_changes_exactly_the_mapped_diagnoses(tmp_path, ham, h
     changed = {dx[p] for p in before if before[p] != after[p]}
     assert changed == {"bcc", "akiec"}  # malignant by default, benign when only mel is
     assert all(after[p] == ("malignant" if dx[p] == "mel" else "benign") for p in after)
-    recorded = mel_only.info["labels"]["map"]
+    recorded = mel_only.info.labels.map
     assert recorded == binary_map(["mel"]) and recorded["bcc"] == "benign"
-    assert recorded != default.info["labels"]["map"]
+    assert recorded != default.info.labels.map
     assert normalise_diagnosis("AK") == "akiec" and normalise_diagnosis(" Nevus ") == "nv"
     with pytest.raises(DataError, match="unknown diagnosis codes"):
         fetch(tmp_path / "c", archive=ham_zip, malignant=["melanomma"])
@@ -107,7 +107,7 @@ def test_multiclass_task_has_one_class_per_diagnosis(tmp_path, ham, ham_zip):
     dx = _dx_by_path(report.manifest.records, ham_rows(ham))
     assert report.manifest.classes == sorted(set(dx.values()))
     assert all(r.label == dx[r.path] for r in report.manifest.records)
-    assert report.info["labels"]["task"] == "multiclass"
+    assert report.info.labels.task == "multiclass"
 
 
 # --- ISIC 2019 and 2020 ----------------------------------------------------------------------
@@ -117,17 +117,15 @@ def test_isic2019_archive_one_hot_and_lesion_ids(tmp_path, ham):
     tree = isic2019_tree(ham, tmp_path / "isic2019")
     zpath = zip_tree(tree, tmp_path / "isic-2019.zip")
     report = fetch(tmp_path / "d", archive=zpath, task="multiclass", near_dup_distance=-1)
-    m, meta = report.manifest, report.info["metadata"]
+    m, meta = report.manifest, report.info.metadata
     rows = ham_rows(ham)
-    assert report.info["dataset"]["layout"] == "isic2019"
+    assert report.info.dataset.layout == "isic2019"
     assert len(m.records) == len(rows)
     # AK is HAM10000's akiec; every other column maps to its code.
     dx = _dx_by_path(m.records, rows)
     assert all(r.label == dx[r.path] for r in m.records)
-    assert meta["rows_without_image"] == 1 and meta["rows_without_image_examples"] == [
-        "ISIC_9999999"
-    ]
-    assert [b[0] for b in meta["rows_unreadable"]] == ["ISIC_9999998"]
+    assert meta.rows_without_image == 1 and meta.rows_without_image_examples == ["ISIC_9999999"]
+    assert [b[0] for b in meta.rows_unreadable] == ["ISIC_9999998"]
     first = next(r for r in m.records if Path(r.path).stem == rows[0]["image_id"])
     assert first.lesion_id == ""  # no lesion id recorded: its own group (or its duplicates')
     assert sum(1 for r in m.records if r.lesion_id) == len(rows) - 1
@@ -223,8 +221,8 @@ def test_kaggle_download_of_ham10000_uses_its_parser(tmp_path, ham_zip):
     client = _FakeKaggle(ham_zip)
     report = fetch(tmp_path / "d", dataset="ham10000", client=client, cache_dir=tmp_path / "c")
     assert client.asked == ["kmader/skin-cancer-mnist-ham10000"]
-    assert report.info["source"]["dataset"] == "kmader/skin-cancer-mnist-ham10000"
-    assert report.info["dataset"]["name"] == "kmader/skin-cancer-mnist-ham10000"
+    assert report.info.source.dataset == "kmader/skin-cancer-mnist-ham10000"
+    assert report.info.dataset.name == "kmader/skin-cancer-mnist-ham10000"
     assert report.manifest.classes == ["benign", "malignant"]
 
 
@@ -267,7 +265,7 @@ def test_layout_given_but_not_found_and_task_on_class_folders(tmp_path):
 
 def test_synthetic_ham10000_like_fetch_and_fingerprint(tmp_path):
     a = fetch(tmp_path / "d", synthetic=40, dataset="ham10000", seed=2)
-    assert a.info["dataset"]["layout"] == "ham10000" and a.info["metadata"]["rows"] == 40
+    assert a.info.dataset.layout == "ham10000" and a.info.metadata.rows == 40
     assert not list((tmp_path / "d" / "images").glob("*.csv"))  # images only
     assert across(a.manifest.records, lambda r: r.lesion_id) == 0
     assert not fetch(tmp_path / "d", synthetic=40, dataset="ham10000", seed=2).changed

@@ -92,7 +92,7 @@ def test_moved_images_keep_their_json_key(tmp_path):
     )
     info = DatasetInfo(classes=["a"], moved=[moved])
     assert json.loads(info.to_json())["moved"] == [
-        {"path": "a.jpg", "from": "train", "to": "test", "cluster": 3}
+        {"path": "a.jpg", "from": "train", "to": "test", "cluster": 3, "group": ""}
     ]
     info.save(tmp_path)
     assert DatasetInfo.load(tmp_path).moved[0].from_split == "train"

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from skincls.cli import main
 from skincls.data.caveats import CAVEATS
-from skincls.data.info import DatasetInfo, DatasetSource
+from skincls.data.info import DatasetIdentity, DatasetInfo, DatasetSource
 from skincls.evaluation.modelcard import NOT_RECORDED, SECTIONS, write_model_card
 from skincls.models.checkpoint import load_checkpoint
 from tests.conftest import TINY_TRAIN
@@ -130,3 +130,21 @@ def test_provenance_caveats_come_from_the_datas_own_record(ckpt, tiny_data, tmp_
     ]:
         for line in lines:
             assert line in _section(text, title), (title, line)
+
+
+def test_only_data_read_as_a_named_dataset_is_that_dataset(tiny_data):
+    """A folder of class folders matches the Kaggle dataset's layout, but only a download by name
+    or `--dataset NAME` makes it that dataset (and brings its known biases)."""
+    synthetic = DatasetInfo.load(tiny_data)  # layout detected as the default dataset's
+    assert synthetic.dataset.name == KAGGLE and synthetic.dataset_name is None
+    folders = DatasetIdentity(name=KAGGLE, layout="folders")
+    archive = DatasetSource(kind="archive", path="skin.zip")
+    detected = synthetic.model_copy(update={"source": archive, "layout": "auto"})
+    named = synthetic.model_copy(
+        update={"source": archive, "layout": "folders", "dataset": folders}
+    )
+    downloaded = synthetic.model_copy(
+        update={"source": DatasetSource(kind="kaggle", dataset=KAGGLE), "layout": "auto"}
+    )
+    assert [i.dataset_name for i in (detected, named, downloaded)] == [None, KAGGLE, KAGGLE]
+    assert detected.caveats is None and named.caveats == downloaded.caveats == CAVEATS[KAGGLE]
