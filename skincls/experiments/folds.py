@@ -88,5 +88,6 @@ def fold_manifest(
         for r, f in zip(records, fold)
     ]
     folded = Manifest(manifest.root, list(manifest.classes), out)
-    folded.info = manifest.info.model_copy(update={"counts": folded.counts()})  # same record, new counts
+    # The same record, with the fold's own counts.
+    folded.info = manifest.info.model_copy(update={"counts": folded.counts()})
     return folded
