@@ -96,7 +96,7 @@ class LabelsInfo(_Record):
     """Where the classes come from: the task and, for diagnoses, the map to classes."""
 
     task: str  # folders, binary, multiclass or as_given
-    rule: str
+    rule: str | None = None
     map: dict[str, str] | None = None  # binary task: diagnosis code → class
     codes: dict[str, str] | None = None  # diagnosis code → what it means
     source: list[str] | None = None  # the metadata file(s) the labels were read from

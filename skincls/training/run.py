@@ -108,6 +108,9 @@ def train_from_config(
         save_config(config, run_dir / "config.json")
     train_config = config.model_dump(mode="json")
 
+    # How the classes were made (task, diagnosis map), as dataset.json records it.
+    labels = manifest.info.labels.model_dump() if manifest.info.labels else None
+
     def save(
         path: Path,
         snapshot: ModelSnapshot,
@@ -119,7 +122,7 @@ def train_from_config(
             snapshot,
             classes=manifest.classes,
             # How the classes were made (task, diagnosis map): read by the model card and export.
-            labels=manifest.info.get("labels"),
+            labels=labels,
             train_config=train_config,
             training_state=training_state,
             **extra,

@@ -14,6 +14,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from skincls.cli import main
 from skincls.data.fetch import fetch
+from skincls.data.info import DatasetInfo, LabelsInfo
 from skincls.evaluation import metrics as M
 from skincls.evaluation.evaluator import Evaluator
 from skincls.evaluation.modelcard import render_model_card
@@ -158,6 +159,7 @@ def test_binary_card_names_the_diagnosis_map(ckpt, tiny_data):
     }
     update_checkpoint(ckpt, labels=labels)
     report = Evaluator(ckpt, device="cpu").evaluate(tiny_data, "test", n_bootstrap=0)
-    text = render_model_card(load_checkpoint(ckpt), report, dataset={"labels": labels})
+    dataset = DatasetInfo(classes=["benign", "malignant"], labels=LabelsInfo(**labels))
+    text = render_model_card(load_checkpoint(ckpt), report, dataset=dataset)
     assert "binary task from the diagnoses in HAM10000_metadata.csv: malignant = bcc, mel; " in text
     assert "benign = bkl, nv" in text and "positive class: malignant" in text
