@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_write", "pid_alive", "remove_stale_temps"]
+__all__ = ["atomic_path", "atomic_write", "is_temp_name", "pid_alive", "remove_stale_temps"]
 
 # `.<target name>.<writer pid>.<mkstemp's 8 characters>.tmp`; before the pid was added: no pid.
 _TEMP = re.compile(r"^\.(?P<name>.+?)(?:\.(?P<pid>\d+))?\.(?P<rand>[a-z0-9_]{8})\.tmp$")
@@ -56,6 +56,11 @@ def atomic_write(path: str | Path, mode: str = "wb", **open_kwargs: Any) -> Iter
     """`open(path, mode)` that only replaces `path` once the `with` block finishes without error."""
     with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as fh:
         yield fh
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a file name is one `atomic_path` gives its temporary files."""
+    return _TEMP.match(name) is not None
 
 
 def pid_alive(pid: int) -> bool:

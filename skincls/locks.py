@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
 
@@ -57,12 +58,21 @@ class DirLock:
             no empty folder behind).
         command: What holds it, for the message a second writer gets (e.g. "skincls train").
         new: The folder must not exist yet (`FileExistsError` if it does): a fresh run dir name.
+        advice: What the refusal tells a second writer to do.
     """
 
-    def __init__(self, folder: str | Path, command: str, *, new: bool = False):
+    def __init__(
+        self,
+        folder: str | Path,
+        command: str,
+        *,
+        new: bool = False,
+        advice: str = "wait for it to finish, or use another folder",
+    ):
         self.folder = Path(folder)
         self.command = command
         self.new = new
+        self.advice = advice
         self.record = self.folder / LOCK_NAME
         self._flock = FileLock(str(self.folder / _FLOCK_NAME), timeout=0, thread_local=False)
         self._key = ""
@@ -153,10 +163,7 @@ class DirLock:
             who = f"pid {pid} on {host} ({owner.get('command', '?')}, since {owner.get('since', '?')})"
             if host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
                 who += " [exited; another process is taking the lock over]"
-        return (
-            f"{self.folder} is in use by {who}; lock file {self.record}. Wait for it to finish, "
-            "or use another folder"
-        )
+        return f"{self.folder} is in use by {who}; lock file {self.record}; {self.advice}"
 
     def __enter__(self) -> DirLock:
         return self.acquire()
@@ -165,9 +172,9 @@ class DirLock:
         self.release()
 
 
-def lock_dir(folder: str | Path, command: str) -> DirLock:
+def lock_dir(folder: str | Path, command: str, **options: Any) -> DirLock:
     """`with lock_dir(run_dir, "skincls train"):` — see `DirLock`."""
-    return DirLock(folder, command)
+    return DirLock(folder, command, **options)
 
 
 def clean_stale_temps(folder: str | Path, *, locked: bool = False) -> list[tuple[Path, int]]:

@@ -23,17 +23,18 @@ precision_option = click.option(
 
 
 class _EchoHandler(logging.Handler):
-    """Library warnings (a stale lock taken over, stale temp files removed...) as one stderr line."""
+    """Library messages (a stale lock taken over, a checkpoint updated...) as one stderr line."""
 
     def emit(self, record: logging.LogRecord) -> None:
         click.echo(self.format(record), err=True)  # sys.stderr looked up now: CliRunner sees it
 
 
 def show_library_messages() -> None:
-    """Print the `skincls` loggers' warnings on stderr, once per process."""
+    """Print the `skincls` loggers' messages (info and up) on stderr, once per process."""
     logger = logging.getLogger("skincls")
+    logger.setLevel(logging.INFO)
     if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
-        logger.addHandler(_EchoHandler(logging.WARNING))
+        logger.addHandler(_EchoHandler(logging.INFO))
 
 
 def friendly_errors(fn):

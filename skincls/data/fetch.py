@@ -71,6 +71,9 @@ class FetchReport:
         return self.manifest.info
 
 
+_BUSY_ADVICE = "wait for it to finish, or give another --data-dir"
+
+
 def _one_writer(fn):
     """Hold the data dir's lock through `fetch`: two fetches into one data dir would mix datasets.
 
@@ -79,7 +82,7 @@ def _one_writer(fn):
 
     @functools.wraps(fn)
     def locked(data_dir, *args, **kwargs):
-        with lock_dir(data_dir, "skincls fetch") as lock:
+        with lock_dir(data_dir, "skincls fetch", advice=_BUSY_ADVICE) as lock:
             lock.clean_stale_temps()
             return fn(data_dir, *args, **kwargs)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from ..atomic import is_temp_name
 from ..config import RunConfig, save_config
 from ..data.dataset import ManifestDataset, build_transform
 from ..data.provenance import training_record
@@ -35,8 +36,8 @@ from .trainer import Trainer
 __all__ = ["RUN_FILES", "TrainResult", "default_run_dir", "feature_cache_dir", "train_from_config"]
 
 RUN_FILES = (
+    "last.pt",  # first: a half-removed run must never look resumable
     "best.pt",
-    "last.pt",
     "config.json",
     "history.json",
     "history.csv",
@@ -272,9 +273,13 @@ def _prepare_run_dir(
 
 
 def _run_entries(run_dir: Path) -> list[str]:
-    """What the folder holds besides lock files (empty when it does not exist)."""
+    """What the folder holds besides lock files and temp files (empty when it does not exist)."""
     try:
-        return sorted(p.name for p in run_dir.iterdir() if p.name not in LOCK_FILES)
+        return sorted(
+            p.name
+            for p in run_dir.iterdir()
+            if p.name not in LOCK_FILES and not is_temp_name(p.name)
+        )
     except (FileNotFoundError, NotADirectoryError):
         return []
 
@@ -293,7 +298,12 @@ def _lock_run_dir(run_dir: Path, auto_arch: str | None) -> DirLock:
     """Lock `run_dir`; an automatic name (`auto_arch` given) that got taken moves on to the next."""
     while True:
         try:
-            return DirLock(run_dir, "skincls train", new=auto_arch is not None).acquire()
+            return DirLock(
+                run_dir,
+                "skincls train",
+                new=auto_arch is not None,
+                advice="wait for it to finish, or give another --out",
+            ).acquire()
         except FileExistsError:
             run_dir = default_run_dir(auto_arch, run_dir.parent)
 
@@ -341,7 +351,19 @@ def _check_resume(trainer: Trainer, run_dir: Path):
         trainer.model.load_state_dict(ckpt.data["state_dict"])
     except RuntimeError as exc:
         raise CheckpointError(
-            f"cannot resume from {last}: its weights don't fit this model (changed options?): {exc}"
+            f"cannot resume from {last}: its weights don't fit this model ({_first_mismatch(exc)}); "
+            "resume with the run's own options (its config.json), or train into another --out"
         ) from exc
     trainer.load_state_dict(state)
     return stamp
+
+
+def _first_mismatch(exc: RuntimeError) -> str:
+    """The first line of a `load_state_dict` error that names a tensor (its message is many lines)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    named = [
+        ln for ln in lines if ln.startswith(("size mismatch", "Missing key", "Unexpected key"))
+    ]
+    first = (named or lines or ["unknown difference"])[0].rstrip(".")
+    more = len(named) - 1
+    return first + (f"; {more} more" if more > 0 else "")

@@ -164,6 +164,7 @@ def test_evaluate_stores_threshold_and_temperature(ckpt, tiny_data):
         target_sensitivity=0.9,
         device="cpu",
         n_bootstrap=100,
+        save=True,
     )
     stored = load_checkpoint(ckpt)
     assert stored.threshold == pytest.approx(report.threshold)
@@ -186,7 +187,7 @@ def test_evaluate_cli_json_and_plots(ckpt, tiny_data, tmp_path):
          "--device", "cpu"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
-    report = json.loads(r.output)
+    report = json.loads(r.stdout)  # notices go to stderr
     assert report["split"] == "val" and report["n_images"] > 0 and report["tta"] is True
     assert report["threshold"] == 0.5 and report["threshold_choice"]["method"] == "fixed"
     for key in ("sensitivity", "specificity", "ppv", "npv", "brier", "ece", "confusion_matrix"):
