@@ -76,11 +76,12 @@ class DirLock:
         self.record = self.folder / LOCK_NAME
         self._flock = FileLock(str(self.folder / _FLOCK_NAME), timeout=0, thread_local=False)
         self._key = ""
-        self._created = False
+        self._created: list[Path] = []
 
     def acquire(self) -> DirLock:
         """Take the lock or raise `LockError` naming the holder's pid and the lock file."""
-        existed = self.folder.is_dir()
+        # The folders this call creates (the folder and missing parents), removed again if unused.
+        missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
         try:
             self.folder.mkdir(parents=True, exist_ok=not self.new)
         except FileExistsError:
@@ -91,7 +92,7 @@ class DirLock:
             raise SkinclsError(
                 f"cannot create {self.folder}: {exc.strerror or exc}; choose another folder"
             ) from exc
-        self._created = not existed
+        self._created = missing
         key = str(self.folder.resolve())
         with _held_guard:
             if key in _held:
@@ -146,14 +147,15 @@ class DirLock:
         return clean_stale_temps(self.folder, locked=True)
 
     def _remove_if_created(self) -> None:
-        # Only a folder this lock created and that holds nothing else: never a user's folder.
+        # Only folders this lock created and that hold nothing else: never a user's folder.
         if not self._created:
             return
         with contextlib.suppress(OSError):
             if {p.name for p in self.folder.iterdir()} <= LOCK_FILES:
                 for name in LOCK_FILES:
                     (self.folder / name).unlink(missing_ok=True)
-                self.folder.rmdir()
+                for folder in self._created:  # innermost first; a non-empty one stops it
+                    folder.rmdir()
 
     def _busy_message(self, owner: dict | None) -> str:
         if owner is None:
