@@ -29,8 +29,17 @@ def _no_network(monkeypatch):
     def guard(*args, **kwargs):
         raise NetworkBlocked(f"test tried to reach the network: {args!r}")
 
-    monkeypatch.setattr(socket.socket, "connect", guard)
-    monkeypatch.setattr(socket.socket, "connect_ex", guard)
+    def local_only(real):
+        # Unix-domain sockets stay on this machine (multiprocessing's forkserver uses one).
+        def connect(sock, *args, **kwargs):
+            if getattr(socket, "AF_UNIX", None) is not None and sock.family == socket.AF_UNIX:
+                return real(sock, *args, **kwargs)
+            return guard(sock, *args, **kwargs)
+
+        return connect
+
+    monkeypatch.setattr(socket.socket, "connect", local_only(socket.socket.connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", local_only(socket.socket.connect_ex))
     monkeypatch.setattr(socket, "create_connection", guard)
     monkeypatch.setattr(socket, "getaddrinfo", guard)
 
