@@ -131,13 +131,3 @@ def test_demo_runs_end_to_end(runner, tmp_path):
     assert "Test Accuracy (Overall)" in r.output
     assert (tmp_path / "run" / "best.pt").is_file()
 
-
-def test_python_dash_m_runs_the_cli():
-    import subprocess
-    import sys
-
-    r = subprocess.run(
-        [sys.executable, "-m", "skincls", "--version"], capture_output=True, text=True, timeout=300
-    )
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == f"skincls, version {__version__}"
