@@ -133,9 +133,10 @@ class RunConfig(_Config):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
-    out: Path = Field(
-        default=Path("runs/latest"),
-        description="Run directory for checkpoints, history and config.",
+    out: Path | None = Field(
+        default=None,
+        description="Run directory for checkpoints, history and config; default: a new "
+        "runs/ARCH-YYYYMMDD-HHMMSS.",
     )
 
 

@@ -6,6 +6,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "LockError",
     "ModelError",
     "SkinclsError",
     "TrainingError",
@@ -34,3 +35,7 @@ class CheckpointError(SkinclsError):
 
 class TrainingError(SkinclsError):
     """Training cannot go on, e.g. the loss or the weights became NaN or infinite (diverged)."""
+
+
+class LockError(SkinclsError):
+    """A data dir or run dir is in use by another skincls process."""

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
 import shutil
+import signal
 import socket
 from pathlib import Path
 
@@ -30,8 +34,9 @@ def _no_network(monkeypatch):
         raise NetworkBlocked(f"test tried to reach the network: {args!r}")
 
     def local_only(real):
+        # Unix-domain sockets stay on this machine (multiprocessing's forkserver uses one).
         def connect(sock, *args, **kwargs):
-            if sock.family == socket.AF_UNIX:
+            if getattr(socket, "AF_UNIX", None) is not None and sock.family == socket.AF_UNIX:
                 return real(sock, *args, **kwargs)
             return guard(sock, *args, **kwargs)
 
@@ -104,3 +109,43 @@ def untrained_ckpt_file(tmp_path_factory) -> Path:
 def ckpt(untrained_ckpt_file, tmp_path) -> Path:
     """A private copy of `untrained_ckpt_file`: evaluate and predict tests may write into it."""
     return Path(shutil.copy(untrained_ckpt_file, tmp_path / "model.pt"))
+
+
+def _hold_lock(folder: str, command: str, ready, release, die: bool) -> None:
+    from skincls.locks import DirLock
+
+    lock = DirLock(folder, command).acquire()  # kept referenced: a collected lock is released
+    if die:  # killed while holding it: the lock record stays behind, the OS lock goes
+        os.kill(os.getpid(), signal.SIGKILL)
+    ready.set()
+    release.wait(120)
+    lock.release()
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(folder: Path, command: str = "skincls train"):
+    """Another process holds `folder`'s skincls lock while the block runs; yields that pid.
+
+    Forked, so it starts in milliseconds; the child only takes the lock and waits.
+    """
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_hold_lock, args=(str(folder), command, ready, release, False))
+    proc.start()
+    try:
+        assert ready.wait(60), "the lock holder did not start"
+        yield proc.pid
+    finally:
+        release.set()
+        proc.join(60)
+
+
+def lock_left_by_killed_process(folder: Path, command: str = "skincls train") -> int:
+    """A process takes `folder`'s lock and is SIGKILLed holding it; returns its (now dead) pid."""
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_hold_lock, args=(str(folder), command, ready, release, True))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == -signal.SIGKILL
+    return proc.pid

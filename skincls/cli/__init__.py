@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from .._version import __version__
+from ._common import show_library_messages
 from .cv import cv
 from .datasets import datasets
 from .evaluate import evaluate, export, predict
@@ -24,6 +25,7 @@ def main() -> None:
 
     Research software, not a medical device. Typical flow: fetch → train → evaluate → predict.
     """
+    show_library_messages()
 
 
 for _command in (fetch, datasets, train, cv, evaluate, predict, models, demo, export):

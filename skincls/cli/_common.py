@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 
 import click
 from rich.console import Console
@@ -19,6 +20,21 @@ precision_option = click.option(
     help="Model precision. auto: bf16 on CUDA where supported and on CPUs with native bf16 "
     "(AVX-512 BF16/AMX), else fp32.",
 )
+
+
+class _EchoHandler(logging.Handler):
+    """Library messages (a stale lock taken over, a checkpoint updated...) as one stderr line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)  # sys.stderr looked up now: CliRunner sees it
+
+
+def show_library_messages() -> None:
+    """Print the `skincls` loggers' messages (info and up) on stderr, once per process."""
+    logger = logging.getLogger("skincls")
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler(logging.INFO))
 
 
 def friendly_errors(fn):

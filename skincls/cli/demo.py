@@ -42,7 +42,8 @@ def run_demo(
     counts = report.manifest.counts()
     console.print({s: sum(v.values()) for s, v in counts.items()}, f"→ {config.data.data_dir}")
     console.rule("2/4 train: smallcnn")
-    result = train_from_config(config, progress=progress)
+    # The demo's workdir is its own: a second demo replaces the first one's run (and says so).
+    result = train_from_config(config, progress=progress, overwrite=True)
     best = result.history.best
     console.print(
         f"best epoch {best.epoch}: val loss {best.val_loss:.4f}, val accuracy {best.val_accuracy:.3f}"

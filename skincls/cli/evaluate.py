@@ -62,9 +62,15 @@ from ._common import console, friendly_errors, precision_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
 @click.option(
     "--save/--no-save",
-    default=True,
+    default=False,
     show_default=True,
-    help="Store a fitted threshold/temperature and this report's metrics in the checkpoint.",
+    help="Write the fitted threshold/temperature and this report's metrics into CHECKPOINT "
+    "(announced; refused if the file changed since it was read).",
+)
+@click.option(
+    "--keep-worse-calibration",
+    is_flag=True,
+    help="Keep a --calibrate temperature even when it makes val NLL or ECE worse.",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @precision_option
@@ -95,6 +101,7 @@ def evaluate(
     bootstrap,
     seed,
     save,
+    keep_worse_calibration,
     device,
     precision,
     num_workers,
@@ -103,9 +110,11 @@ def evaluate(
 ):
     """Measure CHECKPOINT on one split: accuracy, sensitivity, specificity, AUC, calibration, CIs.
 
-    Threshold and temperature are fitted on the val split only (never on test), then the requested
-    split is measured at them. Without --threshold/--target-sensitivity the checkpoint's stored
-    threshold is used, or argmax when it has none.
+    Threshold and temperature are fitted on the val split only (never on test, never on images
+    the model was trained on), then the requested split is measured at them. Without
+    --threshold/--target-sensitivity the checkpoint's stored threshold is used, or argmax when it
+    has none. CHECKPOINT is only changed with --save. A split with images the model saw in
+    training is measured, with a warning.
 
     CHECKPOINT is a checkpoint file or a run directory (its best.pt).
     """
@@ -114,7 +123,9 @@ def evaluate(
 
     if target_sensitivity is not None and threshold is not None:
         raise click.UsageError("give --target-sensitivity or --threshold, not both")
-    ckpt = load_checkpoint(checkpoint)  # read once: evaluate, store and the model card share it
+    # Read once: evaluate, store and the model card share it (hashed when it may be written back).
+    ckpt = load_checkpoint(checkpoint, for_update=save)
+    fitted = calibrate or target_sensitivity is not None or threshold is not None
     report = evaluate_checkpoint(
         ckpt,
         data_dir,
@@ -126,11 +137,13 @@ def evaluate(
         plots_dir=plots_dir,
         device=device,
         save=save,
+        keep_worse_calibration=keep_worse_calibration,
         n_bootstrap=bootstrap,
         seed=seed,
         precision=precision,
         num_workers=num_workers,
     )
+    _notices(report, ckpt.path, save=save, fitted=fitted, as_json=as_json)
     if model_card is not None:
         from ..evaluation.modelcard import write_model_card
 
@@ -150,6 +163,28 @@ def evaluate(
     _print_confusion(report)
     for path in report.plots:
         console.print(f"plot: {path}")
+
+
+def _notices(report, path: Path, *, save: bool, fitted: bool, as_json: bool) -> None:
+    """One stderr line each: a worse calibration, a split seen in training, nothing stored."""
+    c = report.calibration
+    if c is not None and c.worse:
+        if c.kept:
+            what = "kept as asked (--keep-worse-calibration)"
+        else:
+            what = (
+                f"temperature {c.temperature:.3f} discarded, keeping {report.temperature:.3f} "
+                "(give --keep-worse-calibration to use it)"
+            )
+        click.echo(f"calibration made {c.split} {c.describe_worse()} (worse): {what}", err=True)
+    overlap = report.training_overlap
+    if as_json and overlap is not None and overlap.message:  # text output has it in the report
+        click.echo(f"WARNING: {overlap.message}", err=True)
+    if fitted and not save:
+        click.echo(
+            f"not stored: {path} is unchanged; give --save to store this threshold/temperature",
+            err=True,
+        )
 
 
 def _print_confusion(report) -> None:

@@ -112,6 +112,11 @@ def _param_name(flag: str) -> str:
     help="Continue the run in --out from its last.pt (its config.json is the base config).",
 )
 @click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Train into a non-empty --out, deleting the previous run's checkpoints, history and config.",
+)
+@click.option(
     "--nproc",
     type=click.IntRange(min=1),
     default=1,
@@ -120,9 +125,11 @@ def _param_name(flag: str) -> str:
     "global batch. For several machines run `torchrun ... -m skincls train` yourself.",
 )
 @friendly_errors
-def train(config_file, quiet, resume, nproc, **options):
+def train(config_file, quiet, resume, overwrite, nproc, **options):
     """Train a classifier; writes RUNDIR/best.pt, last.pt, history.json/csv, config.json and a plot.
 
+    RUNDIR is --out, or a new runs/ARCH-YYYYMMDD-HHMMSS. A non-empty --out is refused unless
+    --resume or --overwrite is given, and one run dir takes one training at a time (locked).
     With a frozen backbone and no augmentation, the backbone runs once per image (feature cache) and
     only the head trains. --finetune-epochs adds a phase with the backbone unfrozen.
     """
@@ -138,7 +145,7 @@ def train(config_file, quiet, resume, nproc, **options):
         config_file = out / "config.json"
     overrides = {key: options[_param_name(flag)] for flag, key, _ in _TRAIN_OPTIONS}
     config = load_config(config_file, overrides)
-    result = train_from_config(config, progress=not quiet, resume=resume)
+    result = train_from_config(config, progress=not quiet, resume=resume, overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun: rank 0 reports
     if result.history.cache:

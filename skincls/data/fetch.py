@@ -7,6 +7,7 @@ options changes nothing: a fingerprint of both is kept in `dataset.json`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ..errors import DataError
+from ..locks import lock_dir
 from .dedup import DEFAULT_CONFIRM_DISTANCE, DEFAULT_NEAR_DUP_DISTANCE, find_duplicates
 from .download import DEFAULT_DATASET, DatasetClient, download_dataset
 from .grouping import build_grouping
@@ -76,6 +78,25 @@ class FetchReport:
         return self.manifest.info
 
 
+_BUSY_ADVICE = "wait for it to finish, or give another --data-dir"
+
+
+def _one_writer(fn):
+    """Hold the data dir's lock through `fetch`: two fetches into one data dir would mix datasets.
+
+    Under the lock, temp files of a killed earlier fetch are removed first.
+    """
+
+    @functools.wraps(fn)
+    def locked(data_dir, *args, **kwargs):
+        with lock_dir(data_dir, "skincls fetch", advice=_BUSY_ADVICE) as lock:
+            lock.clean_stale_temps()
+            return fn(data_dir, *args, **kwargs)
+
+    return locked
+
+
+@_one_writer
 def fetch(
     data_dir: str | Path,
     *,
@@ -131,6 +152,7 @@ def fetch(
     Raises:
         DataError: conflicting sources, unreadable or unsafe inputs, no usable image, or a failed
             download (with how to fix it).
+        LockError: another process is writing into `data_dir` (its pid is named).
     """
     data_dir = Path(data_dir)
     given = [name for name, v in (("--source-dir", source_dir), ("--archive", archive),

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.dataset import ManifestDataset, build_transform
+from ..data.provenance import Overlap, find_overlap
 from ..data.splits import load_manifest
 from ..errors import ConfigError, DataError, ModelError
 from ..inference.decision import positive_index, predict_labels, softmax
@@ -25,7 +26,14 @@ from ..preprocessing import Preprocessing
 from ..runtime import plan_precision, resolve_device
 from . import metrics as M
 from .calibration import fit_temperature, nll
-from .report import ECE_BINS, CalibrationResult, ClassResult, EvalReport, ThresholdChoice
+from .report import (
+    ECE_BINS,
+    CalibrationResult,
+    ClassResult,
+    EvalReport,
+    ThresholdChoice,
+    TrainingOverlap,
+)
 
 __all__ = [
     "CalibrationResult",
@@ -34,6 +42,7 @@ __all__ = [
     "Evaluator",
     "Outputs",
     "ThresholdChoice",
+    "TrainingOverlap",
     "evaluate_checkpoint",
 ]
 
@@ -79,6 +88,7 @@ class Evaluator:
         self.threshold_choice: ThresholdChoice | None = None
         self.temperature = 1.0
         self.calibration: CalibrationResult | None = None
+        self.training_data: dict[str, Any] | None = None  # what the checkpoint was trained on
         if isinstance(model, (str, Path)):
             model = load_checkpoint(model)
         if isinstance(model, Checkpoint):
@@ -89,6 +99,7 @@ class Evaluator:
             self.threshold = model.threshold
             info = model.data.get("threshold_info")
             self.threshold_choice = ThresholdChoice.model_validate(info) if info else None
+            self.training_data = model.data.get("training_data")
             model = model.build_model(backbone=backbone)
         if classes is None or preprocessing is None:
             raise ValueError("a bare module needs classes= and preprocessing=")
@@ -156,15 +167,23 @@ class Evaluator:
             )
         return ManifestDataset(manifest, split, build_transform(self.preprocessing))
 
-    def calibrate(self, data: str | Path | Dataset, split: str = "val") -> CalibrationResult:
+    def calibrate(
+        self, data: str | Path | Dataset, split: str = "val", *, keep_worse: bool = False
+    ) -> CalibrationResult:
         """Fit the temperature on `split` (validation) and use it from now on.
 
         A threshold chosen for a target sensitivity is chosen again on its split at the new
         temperature (its stored sensitivity and specificity stay true, with TTA too); a fixed one is
         moved so that its decisions on single-view probabilities stay the same.
+
+        A temperature that makes `split`'s NLL or ECE worse is discarded (the result says so:
+        `kept=False`, `worse`) unless `keep_worse`. Images the model was trained on are refused.
         """
-        out = self.outputs(data, _not_test(data, split, "calibrate"))
+        split = _not_test(data, split, "calibrate")
+        self._refuse_training_images(data, split, "calibrate")
+        out = self.outputs(data, split)
         t = fit_temperature(out.logits, out.labels)
+        before = (self.temperature, self.threshold, self.threshold_choice)
         old_t, self.temperature = self.temperature, t
         choice = self.threshold_choice
         if self.threshold is not None and self.binary:
@@ -178,19 +197,27 @@ class Evaluator:
                     self.threshold_choice = choice.model_copy(
                         update={"threshold": self.threshold, "temperature": t}
                     )
+        nll_before, nll_after = nll(out.logits, out.labels), nll(out.logits, out.labels, t)
+        ece_before = M.expected_calibration_error(out.labels, out.probs(), ECE_BINS, self.positive)
+        ece_after = M.expected_calibration_error(out.labels, out.probs(t), ECE_BINS, self.positive)
+        worse = [
+            name
+            for name, b, a in (("NLL", nll_before, nll_after), ("ECE", ece_before, ece_after))
+            if a > b + 1e-9
+        ]
+        if worse and not keep_worse:  # leave the model as it was
+            self.temperature, self.threshold, self.threshold_choice = before
         self.calibration = CalibrationResult(
             temperature=t,
             split=out.split,
             n_images=len(out.labels),
             tta=self.tta,
-            nll_before=nll(out.logits, out.labels),
-            nll_after=nll(out.logits, out.labels, t),
-            ece_before=M.expected_calibration_error(
-                out.labels, out.probs(), ECE_BINS, self.positive
-            ),
-            ece_after=M.expected_calibration_error(
-                out.labels, out.probs(t), ECE_BINS, self.positive
-            ),
+            nll_before=nll_before,
+            nll_after=nll_after,
+            ece_before=ece_before,
+            ece_after=ece_after,
+            worse=worse,
+            kept=keep_worse or not worse,
         )
         return self.calibration
 
@@ -220,7 +247,9 @@ class Evaluator:
         else:
             if data is None:
                 raise ConfigError("a target sensitivity needs data to choose the threshold on")
-            out = self.outputs(data, _not_test(data, split, "choose a threshold"))
+            split = _not_test(data, split, "choose a threshold")
+            self._refuse_training_images(data, split, "choose a threshold")
+            out = self.outputs(data, split)
             y_val = (out.labels == self.positive).astype(int)
             p_val = out.probs(self.temperature)[:, self.positive]
             try:
@@ -293,6 +322,7 @@ class Evaluator:
             "ece_uncalibrated": M.expected_calibration_error(y, probs_raw, ECE_BINS, self.positive),
             "calibration": self.calibration,
             "threshold_choice": self.threshold_choice,
+            "training_overlap": self._overlap_report(data, out.split),
         }
         if self.binary:
             yb, pb = (y == self.positive).astype(int), probs[:, self.positive]
@@ -318,6 +348,42 @@ class Evaluator:
         if plots_dir is not None:
             result.plots = self._plots(out, result, Path(plots_dir))
         return result
+
+    def training_overlap(self, data: str | Path | Dataset, split: str) -> Overlap | None:
+        """Images of `split` the model saw in training, by content hash (None: nothing to compare).
+
+        Needs a checkpoint with a `training_data` record and a data dir (or a `ManifestDataset`).
+        """
+        if not self.training_data:
+            return None
+        if isinstance(data, (str, Path)):
+            return find_overlap(self.training_data, load_manifest(data), split)
+        manifest = getattr(data, "manifest", None)
+        if manifest is None:
+            return None
+        return find_overlap(self.training_data, manifest, getattr(data, "split", split))
+
+    def _overlap_report(self, data: str | Path | Dataset, split: str) -> TrainingOverlap | None:
+        ov = self.training_overlap(data, split)
+        if ov is None:
+            return None
+        return TrainingOverlap(
+            split=ov.split,
+            n_images=ov.n_images,
+            in_train=ov.in_train,
+            in_val=ov.in_val,
+            same_data_dir=ov.same_data_dir,
+            message=ov.describe() if ov.any else None,
+        )
+
+    def _refuse_training_images(self, data: str | Path | Dataset, split: str, what: str) -> None:
+        ov = self.training_overlap(data, split)
+        if ov is not None and ov.in_train:
+            raise DataError(
+                f"refusing to {what} on the {ov.split} split: {ov.in_train} of its {ov.n_images} "
+                "images are this model's training images (matched by content hash); use images it "
+                "was not trained on, such as the val split of its own data dir"
+            )
 
     def _threshold_source(self) -> str:
         if not self.binary or self.threshold is None:
@@ -359,15 +425,20 @@ class Evaluator:
         return [str(p) for p in written]
 
     def save_to_checkpoint(self, report: EvalReport | None = None) -> Path:
-        """Store threshold, temperature, their provenance and `report`'s summary in the checkpoint."""
+        """Store threshold, temperature, their provenance and `report`'s summary in the checkpoint.
+
+        Refused (`CheckpointError`) when the file is no longer the version this evaluator read,
+        and (`LockError`) while a training run holds its folder; see `update_checkpoint`.
+        """
         if self.checkpoint is None:
             raise ConfigError("this Evaluator was built from a module, not a checkpoint file")
         fields: dict[str, Any] = {
             "threshold": self.threshold,
             "threshold_info": self.threshold_choice.model_dump() if self.threshold_choice else None,
             "temperature": self.temperature,
-            "calibration": self.calibration.model_dump() if self.calibration else None,
         }
+        if self.calibration is not None and self.calibration.kept:
+            fields["calibration"] = self.calibration.model_dump()
         if report is not None:
             summary = report.model_dump(
                 exclude={"per_class", "plots", "calibration", "threshold_choice"}
@@ -403,7 +474,8 @@ def evaluate_checkpoint(
     plots_dir: str | Path | None = None,
     device: str = "auto",
     backbone: nn.Module | None = None,
-    save: bool = True,
+    save: bool = False,
+    keep_worse_calibration: bool = False,
     n_bootstrap: int = 1000,
     seed: int = 0,
     precision: str = "auto",
@@ -412,9 +484,12 @@ def evaluate_checkpoint(
     """What `skincls evaluate` does: optionally calibrate and choose a threshold on val, then measure.
 
     Calibration comes first, so a threshold is chosen on the calibrated probabilities that predict
-    shows. When anything was fitted or set and `save` is true, the checkpoint is updated with it and
-    with this report's summary.
+    shows; a temperature that makes val NLL or ECE worse is discarded unless
+    `keep_worse_calibration`. Only with `save` is the checkpoint file changed: what was fitted or
+    set and this report's summary are stored (refused if the file changed since it was read).
     """
+    if save and isinstance(checkpoint, (str, Path)):
+        checkpoint = load_checkpoint(checkpoint, for_update=True)
     ev = Evaluator(
         checkpoint,
         backbone=backbone,
@@ -424,12 +499,12 @@ def evaluate_checkpoint(
         num_workers=num_workers,
     )
     if calibrate:
-        ev.calibrate(data_dir, "val")
+        ev.calibrate(data_dir, "val", keep_worse=keep_worse_calibration)
     if target_sensitivity is not None or threshold is not None:
         ev.choose_threshold(
             data_dir, "val", target_sensitivity=target_sensitivity, threshold=threshold
         )
     report = ev.evaluate(data_dir, split, n_bootstrap=n_bootstrap, seed=seed, plots_dir=plots_dir)
-    if save and (calibrate or target_sensitivity is not None or threshold is not None):
+    if save:
         ev.save_to_checkpoint(report)
     return report

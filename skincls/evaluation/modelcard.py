@@ -253,6 +253,8 @@ def _metrics(rep: Mapping[str, Any], split: Any, n: Any, positive: str | None) -
         + (f"positive class: {positive}; " if positive else "ROC-AUC is the macro one-vs-rest; ")
         + f"at the decision rule and temperature below.{tta} {level} confidence intervals: {how}.",
         "",
+        _overlap(rep.get("training_overlap")),
+        "",
         f"| metric | value | {level} CI |",
         "| --- | --- | --- |",
     ]
@@ -274,6 +276,21 @@ def _metrics(rep: Mapping[str, Any], split: Any, n: Any, positive: str | None) -
     if cm:
         lines += ["", f"Confusion matrix (rows = truth, columns = prediction): `{cm}`"]
     return lines
+
+
+def _overlap(overlap: Mapping[str, Any] | None) -> str:
+    """Whether the measured images were seen in training (compared by content hash)."""
+    if not overlap:
+        return (
+            "**Overlap with the training data:** not recorded (the checkpoint holds no record "
+            "of its training images)."
+        )
+    if overlap.get("message"):
+        return f"**Warning: not a held-out estimate.** {overlap['message']}."
+    return (
+        f"**Overlap with the training data:** none of these {overlap.get('n_images')} images was "
+        "a training or validation image of this model (compared by content hash)."
+    )
 
 
 def _threshold(ckpt: Checkpoint, rep: Mapping[str, Any], positive: str | None) -> list[str]:
@@ -321,6 +338,9 @@ def _how_chosen(choice: Mapping[str, Any], rep: Mapping[str, Any]) -> str:
 def _calibration(ckpt: Checkpoint, rep: Mapping[str, Any]) -> list[str]:
     temperature = rep.get("temperature", ckpt.data.get("temperature"))
     fit = rep.get("calibration") or ckpt.data.get("calibration") or {}
+    discarded = fit if fit.get("kept") is False else None
+    if discarded:  # this evaluation's fit was not used: describe the one in force, if any
+        fit = ckpt.data.get("calibration") or {}
     split = rep.get("split", NOT_RECORDED)
     members = (ckpt.data.get("ensemble") or {}).get("members") or []
     if fit:
@@ -341,9 +361,17 @@ def _calibration(ckpt: Checkpoint, rep: Mapping[str, Any]) -> list[str]:
         temps = ", ".join(_fmt(m.get("temperature")) for m in members)
         how = f"on the ensemble's output; its {len(members)} members' temperatures ({temps}): {how}"
     bins = rep.get("ece_bins")
+    lines = [f"- **Temperature:** {_fmt(temperature)}: {how}", on_fit]
+    if fit.get("worse"):
+        lines.append(f"- Kept on request although it made {' and '.join(fit['worse'])} worse there")
+    if discarded:
+        lines.append(
+            f"- A new fit on the {discarded.get('split')} split (temperature "
+            f"{_fmt(discarded.get('temperature'))}) made its "
+            f"{' and '.join(discarded.get('worse') or [])} worse and was discarded"
+        )
     return [
-        f"- **Temperature:** {_fmt(temperature)}: {how}",
-        on_fit,
+        *lines,
         f"- **ECE on the {split} split** ({_fmt(bins)} equal-width bins): "
         f"{_metric(rep, 'ece_uncalibrated')} at temperature 1, "
         f"{_metric(rep, 'ece')} at temperature {_fmt(temperature)}",

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, computed_field
 
-__all__ = ["ECE_BINS", "CalibrationResult", "ClassResult", "EvalReport", "ThresholdChoice"]
+__all__ = [
+    "ECE_BINS",
+    "CalibrationResult",
+    "ClassResult",
+    "EvalReport",
+    "ThresholdChoice",
+    "TrainingOverlap",
+]
 
 ECE_BINS = 15
 
@@ -70,6 +77,28 @@ class CalibrationResult(BaseModel):
     ece_before: float
     ece_after: float
     ece_bins: int = ECE_BINS
+    worse: list[str] = []  # "NLL", "ECE": what the fitted temperature made worse on `split`
+    kept: bool = True  # False: it made calibration worse and was discarded (temperature unchanged)
+
+    def describe_worse(self) -> str:
+        """One line on what got worse, e.g. "ECE 0.0412 → 0.0588" (empty when nothing did)."""
+        parts = []
+        if "NLL" in self.worse:
+            parts.append(f"NLL {self.nll_before:.4f} → {self.nll_after:.4f}")
+        if "ECE" in self.worse:
+            parts.append(f"ECE {self.ece_before:.4f} → {self.ece_after:.4f}")
+        return ", ".join(parts)
+
+
+class TrainingOverlap(BaseModel):
+    """How many images of the measured split the model saw in training (by content hash)."""
+
+    split: str
+    n_images: int
+    in_train: int  # used as training images
+    in_val: int  # used as validation images (model selection, early stopping)
+    same_data_dir: bool  # the data dir has the fingerprint of the one it was trained on
+    message: str | None = None  # set when any image overlaps
 
 
 class EvalReport(BaseModel):
@@ -110,12 +139,16 @@ class EvalReport(BaseModel):
     bootstrap_seed: int = 0
     calibration: CalibrationResult | None = None
     threshold_choice: ThresholdChoice | None = None
+    training_overlap: TrainingOverlap | None = None  # None: the checkpoint has no training record
     plots: list[str] = []
 
     def lines(self) -> list[str]:
         """Loss and accuracy lines in the original script's format ("Test Accuracy of Benign: ...")."""
         name = self.split.capitalize()
-        out = [f"{name} split: {self.n_images} images", f"{name} Loss: {self.loss:.6f}"]
+        out = [f"{name} split: {self.n_images} images"]
+        if self.training_overlap is not None and self.training_overlap.message:
+            out.append(f"WARNING: {self.training_overlap.message}")
+        out.append(f"{name} Loss: {self.loss:.6f}")
         for c in self.per_class:
             pct = f"{100 * c.accuracy:.0f}%" if c.total else "n/a"
             out.append(f"{name} Accuracy of {c.name.capitalize()}: {pct} ({c.correct}/{c.total})")

@@ -106,7 +106,7 @@ def cross_validate(
     manifest = load_manifest(config.data.data_dir)
     records = pool_records(manifest)
     fold = assign_folds(records, manifest.classes, folds, seed=config.train.seed)
-    cv_dir = Path(config.out)
+    cv_dir = Path(config.out or "runs/cv")
     signature = {
         "format": _FORMAT,
         "folds": folds,
@@ -141,6 +141,7 @@ def cross_validate(
             run,
             progress=progress,
             resume=again,
+            overwrite=not again,  # a fold without last.pt starts over (its CV is resumed or new)
             backbone=copy.deepcopy(backbone) if backbone is not None else None,
             preprocessing=preprocessing,
             callbacks=callbacks,
@@ -373,6 +374,7 @@ def _refit(
         run,
         progress=progress,
         resume=bool(again),
+        overwrite=not again,
         backbone=copy.deepcopy(backbone) if backbone is not None else None,
         preprocessing=preprocessing,
         callbacks=callbacks,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch import nn
 from .._version import __version__
 from ..atomic import atomic_write
 from ..errors import CheckpointError, ModelError
+from ..locks import FileStamp, file_stamp, lock_dir
 from ..preprocessing import Preprocessing
 from .checkpoint_checks import (
     check_metadata,
@@ -43,6 +45,8 @@ __all__ = [
 
 FORMAT = "skincls-checkpoint-v1"
 
+log = logging.getLogger(__name__)
+
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """`torch.save` to a temp file in the same folder, then rename: a crash never leaves half a file."""
@@ -52,10 +56,15 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: metadata plus the model's state dict."""
+    """A loaded checkpoint: metadata plus the model's state dict.
+
+    `stamp` identifies the file version it was read from (`update_checkpoint` refuses to write over
+    another version).
+    """
 
     path: Path
     data: dict[str, Any]
+    stamp: FileStamp | None = field(default=None, compare=False, repr=False)
 
     @property
     def classes(self) -> list[str]:
@@ -249,11 +258,13 @@ def save_checkpoint(
     atomic_save(data, path)
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_checkpoint(path: str | Path, *, for_update: bool = False) -> Checkpoint:
     """Read a skincls checkpoint safely (`weights_only=True`) and check every field it holds.
 
     Args:
         path: A checkpoint file, or a run directory (its `best.pt` is read).
+        for_update: Also hash the file's bytes, so that `update_checkpoint` can tell a file that
+            changed since (in place, same size and time) from this version. Costs one extra read.
 
     Raises:
         CheckpointError: missing, empty or damaged file, not a skincls checkpoint, a file that would
@@ -261,12 +272,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             size, threshold outside [0, 1], temperature <= 0), or weights that hold NaN or inf.
     """
     path = resolve_checkpoint_path(path)
+    try:  # before reading: a change after this moment shows in `update_checkpoint`
+        stamp = file_stamp(path, content=for_update)
+    except OSError:
+        stamp = None  # unreadable: read_checkpoint_file says why
     data = read_checkpoint_file(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a skincls checkpoint")
     check_metadata(path, data)
     check_weights(path, data["state_dict"], data["classes"])
-    return Checkpoint(path, data)
+    return Checkpoint(path, data, stamp)
 
 
 def update_checkpoint(checkpoint: str | Path | Checkpoint, **fields: Any) -> Checkpoint:
@@ -274,19 +289,84 @@ def update_checkpoint(checkpoint: str | Path | Checkpoint, **fields: Any) -> Che
 
     Values go through the same JSON round trip as in `save_checkpoint`, so the file still loads with
     `weights_only=True`; the weights are kept as they are. `state_dict` cannot be replaced here.
+    The write holds the folder's lock (`skincls.locks`) and is refused when the file is no longer
+    the version that was read (size, mtime, inode, and the content hash when it was loaded with
+    `for_update=True`): a training run may have replaced it, and writing would lose that. What
+    changed is logged in one line.
 
     Args:
-        checkpoint: A path, or an already loaded `Checkpoint` (updated in place, not read again).
+        checkpoint: A path (read under the lock), or an already loaded `Checkpoint` (updated in
+            place, not read again).
         **fields: Metadata to set.
 
     Returns:
         The updated checkpoint.
+
+    Raises:
+        CheckpointError: the file changed since it was read; nothing was written.
+        LockError: another process (e.g. a training run) holds the checkpoint's folder.
     """
     if "state_dict" in fields or "format" in fields:
         raise ValueError("update_checkpoint changes metadata only, not state_dict or format")
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    updated = {**ckpt.data, **json.loads(json.dumps(fields))}
-    check_metadata(ckpt.path, updated, writing=True)
-    ckpt.data.update(updated)
-    atomic_save(ckpt.data, ckpt.path)
+    path = (
+        checkpoint.path
+        if isinstance(checkpoint, Checkpoint)
+        else resolve_checkpoint_path(checkpoint)
+    )
+    with lock_dir(path.parent, f"updating {path.name}", advice="wait for it to finish"):
+        if isinstance(checkpoint, Checkpoint):
+            ckpt = checkpoint
+            _refuse_if_changed(ckpt)
+        else:
+            ckpt = load_checkpoint(path)  # read under the lock: nothing changes it meanwhile
+        new = json.loads(json.dumps(fields))
+        updated = {**ckpt.data, **new}
+        check_metadata(ckpt.path, updated, writing=True)
+        changes = _describe_changes(ckpt.data, new)
+        ckpt.data.update(updated)
+        atomic_save(ckpt.data, ckpt.path)
+        hashed = ckpt.stamp is not None and ckpt.stamp.sha256 is not None
+        ckpt.stamp = file_stamp(ckpt.path, content=hashed)
+    log.info("updated %s: %s", ckpt.path, changes or "nothing changed")
     return ckpt
+
+
+def _refuse_if_changed(ckpt: Checkpoint) -> None:
+    if ckpt.stamp is None:  # built by hand, not read from the file: nothing to compare
+        return
+    try:
+        now = file_stamp(ckpt.path, content=ckpt.stamp.sha256 is not None)
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"not written: {ckpt.path} was removed since it was read; nothing was changed"
+        ) from None
+    differ = ckpt.stamp.differs(now)
+    if differ:
+        raise CheckpointError(
+            f"not written: {ckpt.path} changed since it was read ({', '.join(differ)} differ; "
+            "did a training run replace it?); evaluate it again to store results that match it"
+        )
+
+
+def _describe_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """E.g. "threshold None → 0.4123, temperature 1 → 1.234, metrics (test)"."""
+    parts = []
+    for key, value in new.items():
+        before = old.get(key)
+        if before == value:
+            continue
+        if isinstance(value, (dict, list)) or isinstance(before, (dict, list)):
+            if key == "metrics" and isinstance(value, dict):
+                added = [k for k in value if (before or {}).get(k) != value[k]]
+                parts.append(f"metrics ({', '.join(added)})")
+            else:
+                parts.append(key)
+        else:
+            parts.append(f"{key} {_short(before)} → {_short(value)}")
+    return ", ".join(parts)
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return "none"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

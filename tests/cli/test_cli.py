@@ -62,7 +62,7 @@ def test_fetch_train_evaluate_predict(runner, tmp_path):
         main,
         ["evaluate", str(run / "best.pt"), "--data-dir", str(data), "--json", "--split", "val"],
     )
-    report = json.loads(r.output)
+    report = json.loads(r.stdout)  # the overlap warning goes to stderr
     assert report["split"] == "val" and report["n_images"] > 0
 
     image = next((data / "images" / "test" / "malignant").glob("*.jpg"))

@@ -164,6 +164,7 @@ def test_evaluate_stores_threshold_and_temperature(ckpt, tiny_data):
         target_sensitivity=0.9,
         device="cpu",
         n_bootstrap=100,
+        save=True,
     )
     stored = load_checkpoint(ckpt)
     assert stored.threshold == pytest.approx(report.threshold)
@@ -193,7 +194,7 @@ def test_evaluate_cli_json_and_plots(ckpt, tiny_data, tmp_path):
          "--bootstrap", "50", "--device", "cpu", "--precision", "fp32"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
-    report = json.loads(r.output)
+    report = json.loads(r.stdout)  # notices go to stderr
     assert report["split"] == "val" and report["n_images"] == len(p) and report["tta"] is True
     assert report["threshold"] == threshold and report["threshold_choice"]["method"] == "fixed"
     assert report["temperature"] == pytest.approx(t) and t != 1.0

@@ -26,7 +26,7 @@ def evaluated(tiny_data, tmp_path_factory):
     ckpt = out / "run" / "best.pt"
     card = out / "card.md"
     args = ["evaluate", str(ckpt), "--data-dir", str(tiny_data), "--calibrate"]
-    args += ["--target-sensitivity", "0.9", "--bootstrap", "50", "--device", "cpu"]
+    args += ["--target-sensitivity", "0.9", "--bootstrap", "50", "--device", "cpu", "--save"]
     r = CliRunner().invoke(main, [*args, "--model-card", str(card)])
     assert r.exit_code == 0, r.output
     return ckpt, card

@@ -1,0 +1,159 @@
+"""Evaluate and the checkpoint file: written only when asked, announced, never over a newer version;
+a worse calibration is not kept; images the model was trained on are refused or flagged."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from skincls.cli import main
+from skincls.data.provenance import training_record
+from skincls.data.splits import load_manifest
+from skincls.errors import CheckpointError, DataError
+from skincls.evaluation.evaluator import Evaluator, evaluate_checkpoint
+from skincls.models.checkpoint import load_checkpoint, save_checkpoint, update_checkpoint
+from skincls.models.classifier import create_model
+from tests.conftest import lock_held_elsewhere
+
+FAST = ["--bootstrap", "0", "--device", "cpu"]
+
+
+def _evaluate(ckpt, data, *args):
+    return CliRunner().invoke(main, ["evaluate", str(ckpt), "--data-dir", str(data), *FAST, *args])
+
+
+@pytest.fixture()
+def recorded(ckpt, tiny_data):
+    """The test checkpoint, recorded as trained on `tiny_data`'s train and val images."""
+    update_checkpoint(ckpt, training_data=training_record(load_manifest(tiny_data)))
+    return ckpt
+
+
+def _retrained(path):
+    """What a training run does to best.pt meanwhile: replace it (atomically) with new weights."""
+    torch.manual_seed(1)
+    model = create_model("smallcnn", weights="none", head=(16,), dropout=0.0, freeze="none")
+    save_checkpoint(path, model, classes=["benign", "malignant"], epoch=9)
+    return path.read_bytes()
+
+
+def test_evaluate_leaves_the_checkpoint_alone_without_save(ckpt, tiny_data):
+    before, mtime = ckpt.read_bytes(), ckpt.stat().st_mtime_ns
+    r = _evaluate(ckpt, tiny_data, "--calibrate", "--threshold", "0.3")
+    assert r.exit_code == 0, r.output
+    assert ckpt.read_bytes() == before and ckpt.stat().st_mtime_ns == mtime
+    assert f"not stored: {ckpt} is unchanged; give --save to store" in r.output
+
+
+def test_save_writes_and_says_what_changed(ckpt, tiny_data):
+    r = _evaluate(ckpt, tiny_data, "--threshold", "0.3", "--save")
+    assert r.exit_code == 0, r.output
+    [line] = [ln for ln in r.output.splitlines() if ln.startswith("updated ")]
+    assert line.startswith(f"updated {ckpt}: threshold none → 0.3") and "metrics (test)" in line
+    stored = load_checkpoint(ckpt)
+    assert stored.threshold == 0.3 and stored.metrics["test"]["threshold"] == 0.3
+
+
+def test_a_checkpoint_replaced_meanwhile_is_not_written_over(ckpt, tiny_data):
+    ev = Evaluator(ckpt, device="cpu")  # reads best.pt ...
+    ev.choose_threshold(threshold=0.3)
+    report = ev.evaluate(tiny_data, "test", n_bootstrap=0)
+    newer = _retrained(ckpt)  # ... training writes a new best.pt ...
+    with pytest.raises(CheckpointError, match="changed since it was read"):
+        ev.save_to_checkpoint(report)  # ... and the stale copy must not come back
+    assert ckpt.read_bytes() == newer
+
+
+def test_an_in_place_change_is_caught_by_the_content_hash(ckpt, tiny_data):
+    loaded = load_checkpoint(ckpt, for_update=True)
+    st = ckpt.stat()
+    with ckpt.open("r+b") as fh:  # same size, same inode; the old mtime is put back
+        fh.seek(st.st_size - 1)
+        last = fh.read(1)
+        fh.seek(st.st_size - 1)
+        fh.write(bytes([last[0] ^ 1]))
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
+    changed = ckpt.read_bytes()
+    with pytest.raises(CheckpointError, match=r"\(sha256 differ"):
+        update_checkpoint(loaded, threshold=0.2)
+    assert ckpt.read_bytes() == changed
+
+
+def test_save_is_refused_while_a_training_run_holds_the_folder(ckpt, tiny_data):
+    before = ckpt.read_bytes()
+    with lock_held_elsewhere(ckpt.parent, "skincls train") as pid:
+        r = _evaluate(ckpt, tiny_data, "--threshold", "0.3", "--save")
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    [line] = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+    assert f"pid {pid}" in line and "skincls train" in line and "wait for it to finish" in line
+    assert ckpt.read_bytes() == before
+
+
+def test_a_calibration_that_makes_val_worse_is_discarded_unless_asked(ckpt, tiny_data, monkeypatch):
+    # Temperature 0.01 makes an untrained model certain of every answer: far worse NLL and ECE.
+    monkeypatch.setattr("skincls.evaluation.evaluator.fit_temperature", lambda *a: 0.01)
+    r = _evaluate(ckpt, tiny_data, "--calibrate", "--save")
+    assert r.exit_code == 0, r.output
+    [line] = [ln for ln in r.output.splitlines() if ln.startswith("calibration made val")]
+    assert "NLL" in line and "ECE" in line and "(worse)" in line
+    assert "temperature 0.010 discarded, keeping 1.000 (give --keep-worse-calibration" in line
+    stored = load_checkpoint(ckpt)
+    assert stored.temperature == 1.0 and "calibration" not in stored.data
+
+    report = evaluate_checkpoint(
+        ckpt, tiny_data, calibrate=True, save=True, keep_worse_calibration=True, n_bootstrap=0
+    )
+    assert report.calibration.kept and report.calibration.worse == ["NLL", "ECE"]
+    assert load_checkpoint(ckpt).temperature == 0.01
+
+
+def test_splits_seen_in_training_are_flagged_in_output_report_and_card(
+    recorded, tiny_data, tmp_path
+):
+    n_train = len(load_manifest(tiny_data).select("train"))
+    card = tmp_path / "card.md"
+    r = _evaluate(recorded, tiny_data, "--split", "train", "--model-card", str(card))
+    assert r.exit_code == 0, r.output
+    warning = (
+        f"WARNING: {n_train} of the {n_train} train images were seen in training ({n_train} as "
+        "training images, matched by content hash): these numbers are not a held-out estimate"
+    )
+    assert warning in r.output.replace("\n", " ")
+    assert "**Warning: not a held-out estimate.**" in card.read_text()
+
+    r = _evaluate(recorded, tiny_data, "--split", "val", "--json")
+    report = json.loads(r.stdout)["training_overlap"]
+    assert report["in_val"] == report["n_images"] > 0 and report["in_train"] == 0
+    assert report["same_data_dir"] is True and "WARNING" in r.stderr
+
+    r = _evaluate(recorded, tiny_data, "--json", "--model-card", str(card))  # test: held out
+    report = json.loads(r.stdout)["training_overlap"]
+    assert report["in_train"] == report["in_val"] == 0 and report["message"] is None
+    assert "none of these" in card.read_text() and "WARNING" not in r.output
+
+
+def test_fitting_on_training_images_is_refused(recorded, tiny_data, tmp_path):
+    # Another data dir of the same images where the model's training images form the val split.
+    swapped = tmp_path / "swapped"
+    shutil.copytree(tiny_data, swapped)
+    rows = list(csv.DictReader((swapped / "manifest.csv").open()))
+    swap = {"train": "val", "val": "train", "test": "test"}
+    for row in rows:
+        row["split"] = swap[row["split"]]
+    with (swapped / "manifest.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    n = sum(row["split"] == "val" for row in rows)
+    ev = Evaluator(recorded, device="cpu")
+    with pytest.raises(DataError, match=f"{n} of its {n} images are this model's training images"):
+        ev.calibrate(swapped, "val")
+    with pytest.raises(DataError, match="refusing to choose a threshold"):
+        ev.choose_threshold(swapped, "val", target_sensitivity=0.9)
+    ev.calibrate(tiny_data, "val")  # its own val split is what calibration is for
