@@ -76,11 +76,24 @@ class GradCamExplainer:
         with torch.enable_grad(), GradCAM(model=self.model, target_layers=[self.layer]) as cam:
             return cam(input_tensor=x, targets=[ClassifierOutputTarget(target_class)])[0]
 
+    def heatmap_on_image(
+        self, image: Image.Image, target_class: int, size: tuple[int, int] | None = None
+    ) -> np.ndarray:
+        """Grad-CAM of `target_class` in the frame of the whole image: (h, w) floats in [0, 1].
+
+        Args:
+            image: The input, as the model reads it.
+            target_class: Class index whose evidence is mapped.
+            size: (width, height) of the map, e.g. a thumbnail's (default: the image's own size);
+                the map is computed from `image` either way, so it matches the prediction.
+        """
+        return self._to_image_frame(self.heatmap(image, target_class), size or image.size)
+
     def overlay(self, image: Image.Image, target_class: int) -> Image.Image:
         """The image with its Grad-CAM heat map blended in, at the image's own size."""
         from pytorch_grad_cam.utils.image import show_cam_on_image
 
-        full = self._to_image_frame(self.heatmap(image, target_class), image.size)
+        full = self.heatmap_on_image(image, target_class)
         rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
         return Image.fromarray(show_cam_on_image(rgb, full, use_rgb=True, image_weight=0.55))
 
