@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import mimetypes
 import socket
 import statistics
@@ -23,6 +24,7 @@ from pathlib import Path
 import httpx
 import torch
 import uvicorn
+from PIL import Image
 
 from skincls.serve.app import create_app
 from skincls.serve.service import ModelService
@@ -87,9 +89,13 @@ def _screenshot(url: str, images: list[Path], out: Path, chromium: str, width: i
         )
         page.dispatch_event("#drop", "drop", {"dataTransfer": dt})
         expect(page.locator(".card.done")).to_have_count(len(images), timeout=120_000)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(out), full_page=True)
+        png = page.screenshot(full_page=True)
         browser.close()
+    # 256 colours, dithered (the heat maps' gradients would band otherwise): a docs-sized file.
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    palette = image.quantize(256, method=Image.Quantize.MEDIANCUT)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).save(out, optimize=True)
 
 
 def main() -> None:

@@ -160,7 +160,7 @@ class ModelService:
         run = data.get("train_config") or {}
         info_t = data.get("threshold_info") or {}
         if p.threshold is None:
-            source = "no threshold stored in the checkpoint"
+            source = "none stored in the checkpoint"
         elif info_t.get("method") == "target_sensitivity":
             source = (
                 f"largest with sensitivity >= {info_t.get('target_sensitivity')} on the "

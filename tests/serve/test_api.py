@@ -85,7 +85,7 @@ def test_model_endpoint_describes_the_checkpoint(client, untrained_ckpt_file):
     assert info.positive_class == "malignant"
     assert info.arch == "smallcnn"
     assert info.checkpoint == untrained_ckpt_file.name  # the name only, not the server's path
-    assert info.threshold is None and "no threshold" in info.threshold_source
+    assert info.threshold is None and "none stored" in info.threshold_source
     assert info.preprocessing["crop_size"] == 32
     assert "not a medical device" in info.notice
     assert info.limits == Limits()

@@ -76,7 +76,7 @@ function renderModel(m) {
   const add = (term, value) => dl.append(el("dt", {}, term), el("dd", {}, value));
   add("checkpoint", m.checkpoint);
   add("classes", m.classes.join(", "));
-  add("decision", `${rule(m)} (${m.threshold_source})`);
+  add("decision", `${rule(m)}; threshold: ${m.threshold_source}`);
   add("uncertain", band(m, m.threshold));
   add("calibration", m.temperature === 1 ? "none (temperature 1)"
     : `temperature ${num(m.temperature)}${m.calibration ? ` fitted on ${m.calibration.split}` : ""}`);
@@ -123,6 +123,7 @@ function showResult(card, r) {
   $(".photo", card).src = r.image;
   const heat = $(".heat", card);
   if (r.heatmap) {
+    $(".opacity .what", card).textContent = `(${r.cam_class})`;
     heat.src = r.heatmap;
     heat.style.opacity = $("input[type=range]", card).value / 100;
   } else {
