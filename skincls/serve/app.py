@@ -110,7 +110,9 @@ class _InMemoryParser(MultiPartParser):
 
     def __init__(self, *args, spool_bytes: int, **kwargs):
         super().__init__(*args, **kwargs)
-        self.spool_max_size = spool_bytes
+        # How much of each file part stays in memory: `spool_max_size` in current Starlette,
+        # `max_file_size` in older releases (0.40); setting both covers every supported version.
+        self.spool_max_size = self.max_file_size = spool_bytes
 
 
 async def _read_uploads(request: Request, service: ModelService) -> list[Upload]:
