@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import SkinclsError
-from ._common import console, friendly_errors
+from ._common import console, friendly_errors, precision_option
 
 _EXTRA = "pip install 'skincls[serve]'"
 
@@ -22,6 +22,7 @@ _EXTRA = "pip install 'skincls[serve]'"
 )
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@precision_option
 @click.option("--tta", is_flag=True, help="Average over the 8 flips and 90° turns of each image.")
 @click.option(
     "--uncertain-band",
@@ -60,6 +61,7 @@ def serve(
     host,
     port,
     device,
+    precision,
     tta,
     uncertain_band,
     grad_cam,
@@ -67,8 +69,8 @@ def serve(
     max_files,
     max_megapixels,
 ):
-    """Serve CHECKPOINT as a web page (drop images, see probabilities, decision and Grad-CAM)
-    and a JSON API (POST /api/predict, GET /api/model, GET /openapi.json).
+    """Serve CHECKPOINT (a model or an ensemble) as a web page — drop images, see probabilities,
+    decision and Grad-CAM — and a JSON API (POST /api/predict, GET /api/model, GET /openapi.json).
 
     Images are processed in memory and never stored. Research software, not a medical device.
     """
@@ -93,6 +95,7 @@ def serve(
         checkpoint,
         device=device,
         tta=tta,
+        precision=precision,
         uncertain_band=uncertain_band,
         limits=limits,
         grad_cam=grad_cam,

@@ -44,7 +44,8 @@ class ModelInfo(BaseModel):
 
     name: str = Field(description="A readable name: architecture and classes.")
     checkpoint: str = Field(description="The checkpoint's file name.")
-    arch: str | None
+    arch: str | None = Field(description="The architecture; 'ensemble' for an ensemble checkpoint.")
+    members: int | None = Field(description="Number of member models of an ensemble; else None.")
     backbone: str | None = Field(description="The backbone's name, for a custom backbone.")
     classes: list[str]
     positive_class: str = Field(description="The class whose probability is thresholded.")
@@ -57,6 +58,7 @@ class ModelInfo(BaseModel):
     temperature: float = Field(description="Calibration temperature applied to the logits.")
     calibration: dict[str, Any] | None = Field(description="How the temperature was fitted.")
     tta: bool = Field(description="Whether predictions average the 8 flips and 90° turns.")
+    precision: str = Field(description="The precision the model runs at (fp32, bf16, fp16).")
     preprocessing: dict[str, Any]
     data: dict[str, Any] = Field(description="Training data as recorded (data dir, image size...).")
     training: dict[str, Any] = Field(description="Training recipe as recorded (epochs, lr...).")

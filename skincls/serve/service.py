@@ -51,8 +51,8 @@ class ModelService:
     """Predictions with decisions and Grad-CAM heat maps, for one model, safe to call from threads.
 
     Args:
-        predictor: Any `Predictor` (a single checkpoint; an ensemble's predictor slots in the same
-            way, with Grad-CAM where its model offers a spatial feature map).
+        predictor: Any `Predictor`: of a single checkpoint or of an ensemble checkpoint (Grad-CAM
+            then averages the members' maps), with Grad-CAM where the model has a spatial map.
         uncertain_band: See `decide`.
         limits: What one request may hold (reported by `info`).
         grad_cam: Compute Grad-CAM heat maps (off: probabilities only).
@@ -79,10 +79,16 @@ class ModelService:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, *, device: str = "auto", tta: bool = False, **kwargs: Any
+        cls,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        tta: bool = False,
+        precision: str = "auto",
+        **kwargs: Any,
     ) -> ModelService:
-        """Load a checkpoint (safely) into a `Predictor` and serve it."""
-        return cls(Predictor.from_checkpoint(path, device, tta=tta), **kwargs)
+        """Load a checkpoint or ensemble checkpoint (safely) into a `Predictor` and serve it."""
+        return cls(Predictor.from_checkpoint(path, device, tta=tta, precision=precision), **kwargs)
 
     @property
     def positive_class(self) -> str:
@@ -173,10 +179,18 @@ class ModelService:
         train = dict(run.get("train") or {})
         if data.get("epoch") is not None:
             train["best_epoch"] = data.get("epoch")
+        members = None
+        if cfg.get("arch") == "ensemble":
+            members = cfg.get("num_members") or len(cfg.get("members") or [])
+            name = f"ensemble of {members} {cfg.get('member_arch') or 'mixed'} models"
+        else:
+            name = f"{cfg.get('arch', 'model')} classifier"
         return ModelInfo(
-            name=f"{cfg.get('arch', 'model')} classifier ({', '.join(p.classes)})",
+            name=f"{name} ({', '.join(p.classes)})",
             checkpoint=ckpt.path.name,
             arch=cfg.get("arch"),
+            members=members,
+            precision=p.precision,
             backbone=cfg.get("backbone"),
             classes=p.classes,
             positive_class=self.positive_class,

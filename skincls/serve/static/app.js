@@ -82,7 +82,8 @@ function renderModel(m) {
     : `temperature ${num(m.temperature)}${m.calibration ? ` fitted on ${m.calibration.split}` : ""}`);
   add("data", dataLine(m.data));
   add("training", trainingLine(m.training));
-  add("input", `${m.preprocessing.crop_size}×${m.preprocessing.crop_size} px${m.tta ? ", TTA" : ""}`);
+  add("input", `${m.preprocessing.crop_size}×${m.preprocessing.crop_size} px, ${m.precision}` +
+    (m.tta ? ", TTA (8 flips and turns)" : ""));
   panel.append(el("h2", {}, m.name), dl, metricsTable(m.metrics));
   $("#limits").textContent = `Up to ${m.limits.max_files} images and ${mib(m.limits.max_upload_bytes)} ` +
     "per upload. Images are processed in memory and never stored.";
