@@ -40,7 +40,9 @@ CHROMIUM_ARGS = [
 
 
 def _serve(service: ModelService) -> tuple[str, uvicorn.Server, threading.Thread]:
-    sock = socket.socket()
+    # proto=IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted connections (with proto 0 it does
+    # not, and Nagle + delayed ACKs add ~40 ms to every response).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
