@@ -25,6 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import SkinclsError
 from .images import Upload, UploadError, decode_images
 from .schemas import ErrorResponse, PredictResponse, openapi_spec
 from .service import ModelService
@@ -100,6 +101,7 @@ def create_app(service: ModelService, *, allowed_hosts: list[str] | None = None)
         exception_handlers={
             UploadError: _upload_error,
             HTTPException: _http_error,
+            SkinclsError: _model_error,
             Exception: _internal_error,
         },
     )
@@ -194,6 +196,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
     return _error(exc.status_code, codes.get(exc.status_code, "bad_request"), str(exc.detail))
+
+
+async def _model_error(request: Request, exc: Exception) -> Response:
+    # Uploads were fine (they are UploadErrors otherwise): the model could not answer.
+    _log.error("model error while serving %s: %s", request.url.path, exc)
+    return _error(500, "model_error", str(exc))
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

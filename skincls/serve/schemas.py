@@ -48,7 +48,12 @@ class ModelInfo(BaseModel):
     members: int | None = Field(description="Number of member models of an ensemble; else None.")
     backbone: str | None = Field(description="The backbone's name, for a custom backbone.")
     classes: list[str]
-    positive_class: str = Field(description="The class whose probability is thresholded.")
+    positive_class: str | None = Field(
+        description="The class whose probability is thresholded (two classes); None with more."
+    )
+    labels: dict[str, Any] | None = Field(
+        None, description="How the classes were made (task, diagnosis map), as recorded."
+    )
     threshold: float | None = Field(description="Operating threshold on P(positive); None: argmax.")
     threshold_source: str = Field(description="How the threshold was chosen.")
     uncertain_band: float = Field(
@@ -80,8 +85,10 @@ class ImageResult(BaseModel):
     label: str = Field(description="The class decided at the threshold (argmax without one).")
     decision: str = Field(description="`label`, or 'uncertain' inside the uncertain band.")
     uncertain: bool
-    probability: float = Field(description="Calibrated probability of the positive class.")
-    positive_class: str
+    probability: float = Field(
+        description="Calibrated probability of the positive class (two classes), else of `label`."
+    )
+    positive_class: str | None
     threshold: float | None
     probabilities: dict[str, float] = Field(description="Calibrated probability of every class.")
     width: int = Field(description="The image's width in pixels, as uploaded.")
@@ -91,7 +98,8 @@ class ImageResult(BaseModel):
     )
     heatmap: str | None = Field(
         None,
-        description="Grad-CAM of the positive class over the whole image, the size of `image`, "
+        description="Grad-CAM of `cam_class` (the positive class; with more than two classes, "
+        "the label) over the whole image, the size of `image`, "
         "coloured (jet): a data: URL (PNG) to lay over `image` at any opacity.",
     )
     cam_class: str | None = Field(None, description="The class the heat map shows evidence for.")
@@ -111,7 +119,8 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="What went wrong and what to do, in one line.")
     code: str = Field(
         description="Stable short name: too_large, too_many_files, too_many_pixels, not_an_image, "
-        "corrupt_image, empty_file, no_images, bad_request, not_found, method_not_allowed, internal."
+        "corrupt_image, empty_file, no_images, bad_request, not_found, method_not_allowed, "
+        "model_error, internal."
     )
     file: str | None = Field(None, description="The offending file, when one is to blame.")
 

@@ -29,7 +29,7 @@ _DATASET_JSON = "dataset.json"  # written by `skincls fetch` into the data dir
 
 def decide(
     probabilities: dict[str, float],
-    positive_class: str,
+    positive_class: str | None,
     threshold: float | None,
     band: float,
 ) -> bool:
@@ -40,7 +40,7 @@ def decide(
     """
     if band <= 0:
         return False
-    if len(probabilities) == 2:
+    if len(probabilities) == 2 and positive_class is not None:
         t = 0.5 if threshold is None else threshold
         return abs(probabilities[positive_class] - t) < band
     top = sorted(probabilities.values(), reverse=True)
@@ -91,8 +91,16 @@ class ModelService:
         return cls(Predictor.from_checkpoint(path, device, tta=tta, precision=precision), **kwargs)
 
     @property
-    def positive_class(self) -> str:
-        return self.predictor.classes[self.predictor.positive]
+    def positive_class(self) -> str | None:
+        """The thresholded class of a two-class model (e.g. malignant); None with more classes."""
+        classes = self.predictor.classes
+        return classes[self.predictor.positive] if len(classes) == 2 else None
+
+    def _cam_target(self, pred: Prediction) -> int:
+        """Two classes: the positive class (evidence for it, whatever the decision); more: the label."""
+        if self.positive_class is not None or pred.label is None:
+            return self.predictor.positive
+        return self.predictor.classes.index(pred.label)
 
     def predict(
         self, names: list[str], images: list[Image.Image], *, cam: bool = True
@@ -101,8 +109,10 @@ class ModelService:
         with self._lock:
             preds = self.predictor.predict(images)
             maps = [
-                self._heatmap(im, _display_size(im.size)) if cam and self.grad_cam else None
-                for im in images
+                self._heatmap(im, self._cam_target(pred), _display_size(im.size))
+                if cam and self.grad_cam and not pred.error
+                else None
+                for im, pred in zip(images, preds)
             ]
         # Encoding needs no model: outside the lock, so the next request can start.
         return [
@@ -118,7 +128,7 @@ class ModelService:
         heatmap: np.ndarray | None,
         cam: bool,
     ) -> ImageResult:
-        if pred.error:  # images arrive decoded, so this would be a bug, not a bad upload
+        if pred.error:  # images arrive decoded: the model failed (e.g. a non-finite output)
             raise SkinclsError(f"{name}: {pred.error}")
         assert pred.label is not None and pred.probabilities is not None
         uncertain = decide(pred.probabilities, self.positive_class, pred.threshold, self.band)
@@ -138,13 +148,13 @@ class ModelService:
             result.image = to_data_url(image.resize(_display_size(image.size), Image.BILINEAR))
             if heatmap is not None:
                 result.heatmap = to_data_url(_colourise(heatmap), "PNG")
-                result.cam_class = self.positive_class
+                result.cam_class = self.predictor.classes[self._cam_target(pred)]
             else:
                 result.cam_error = self._cam_error or "Grad-CAM is off (--no-grad-cam)"
         return result
 
-    def _heatmap(self, image: Image.Image, size: tuple[int, int]) -> np.ndarray | None:
-        """Grad-CAM of the positive class at `size`, or None (the reason in `_cam_error`)."""
+    def _heatmap(self, image: Image.Image, target: int, size: tuple[int, int]) -> np.ndarray | None:
+        """Grad-CAM of class `target` at `size`, or None (the reason in `_cam_error`)."""
         if self._explainer is None and self._cam_error is None:
             from ..inference.cam import GradCamExplainer
 
@@ -156,7 +166,7 @@ class ModelService:
                 self._cam_error = f"no Grad-CAM for this model: {exc}"
         if self._explainer is None:
             return None
-        return self._explainer.heatmap_on_image(image, self.predictor.positive, size)
+        return self._explainer.heatmap_on_image(image, target, size)
 
     def _model_info(self) -> ModelInfo:
         p = self.predictor
@@ -204,6 +214,7 @@ class ModelService:
             data=_data_info(run.get("data") or {}),
             training=train,
             metrics={k: v for k, v in ckpt.metrics.items() if isinstance(v, dict)},
+            labels=data.get("labels"),
             skincls_version=data.get("skincls_version"),
             grad_cam=self.grad_cam,
             limits=self.limits,

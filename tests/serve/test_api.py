@@ -395,3 +395,40 @@ def test_concurrent_requests_each_get_their_own_result(client):
             assert result["width"] == expected[name]["width"]
             assert result["probabilities"] == expected[name]["probabilities"]
             assert result["heatmap"] == expected[name]["heatmap"]
+
+
+# ---- more than two classes, and a model that fails -------------------------------------------
+
+
+def test_three_classes_decide_by_argmax_and_map_the_label(three_class_ckpt):
+    service = ModelService.from_checkpoint(three_class_ckpt, device="cpu", uncertain_band=0.2)
+    with TestClient(create_app(service)) as c:
+        info = ModelInfo.model_validate(c.get("/api/model").json())
+        r = c.post("/api/predict", files=_files(*((f"{i}.png", image_bytes(i)) for i in range(4))))
+    assert info.positive_class is None and info.threshold is None
+    assert info.labels == {"task": "multiclass"}
+    results = PredictResponse.model_validate(r.json()).results
+    for x in results:
+        probs = x.probabilities
+        assert list(probs) == ["bcc", "mel", "nv"]
+        assert x.label == max(probs, key=probs.get)
+        assert x.probability == pytest.approx(probs[x.label])
+        assert x.positive_class is None
+        top, second = sorted(probs.values(), reverse=True)[:2]
+        assert x.uncertain == (top - second < 0.2)
+        assert x.cam_class == x.label and x.heatmap is not None
+
+
+def test_a_model_that_fails_is_a_json_error_not_a_crash(untrained_ckpt_file, monkeypatch):
+    from skincls.inference.predict import Prediction
+
+    service = ModelService.from_checkpoint(untrained_ckpt_file, device="cpu")
+    monkeypatch.setattr(
+        service.predictor,
+        "predict",
+        lambda images: [Prediction("x", error="the model returned a non-finite output")],
+    )
+    with TestClient(create_app(service)) as c:
+        r = c.post("/api/predict", files=_files(("a.png", image_bytes(1))))
+    err = _error(r, 500, "model_error")
+    assert "a.png" in err.error and "non-finite" in err.error

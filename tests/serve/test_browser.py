@@ -7,6 +7,7 @@ which `.ci/run` installs). Without it or the playwright package the test skips h
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import socket
@@ -49,8 +50,8 @@ def chromium_path() -> str:
     return found
 
 
-@pytest.fixture(scope="module")
-def live_server(service):
+@contextlib.contextmanager
+def _serving(service):
     """uvicorn serving `service` on 127.0.0.1, on a free port bound before the server starts."""
     # IPPROTO_TCP: asyncio sets TCP_NODELAY on connections of a TCP socket only (else +40 ms each).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -65,14 +66,23 @@ def live_server(service):
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
 
 
-@pytest.fixture()
-def page(chromium_path, live_server):
+@pytest.fixture(scope="module")
+def live_server(service):
+    with _serving(service) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _browsing(chromium_path: str, url: str):
+    """A headless Chromium page at `url`; JavaScript errors on it fail the test."""
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=chromium_path, headless=True, args=CHROMIUM_ARGS
@@ -82,11 +92,17 @@ def page(chromium_path, live_server):
             page = context.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(live_server)
+            page.goto(url)
             yield page
             assert not errors, f"JavaScript errors on the page: {errors}"
         finally:
             browser.close()
+
+
+@pytest.fixture()
+def page(chromium_path, live_server):
+    with _browsing(chromium_path, live_server) as page:
+        yield page
 
 
 def _drop(page, files: list[tuple[str, str, bytes]]) -> None:
@@ -157,3 +173,21 @@ def test_file_picker_and_a_refused_file(page, tmp_path):
     expect(failed).to_have_count(1)
     expect(failed.locator(".file")).to_have_text("notes.txt")
     expect(failed).to_contain_text("not an image skincls reads")
+
+
+def test_three_class_model_shows_every_class_and_the_label(chromium_path, three_class_ckpt):
+    from skincls.serve.service import ModelService
+
+    service = ModelService.from_checkpoint(three_class_ckpt, device="cpu")
+    with _serving(service) as url, _browsing(chromium_path, url) as page:
+        expect = sync_api.expect
+        expect(page.locator("#model")).to_contain_text("bcc, mel, nv")
+        _drop(page, [("lesion.png", "image/png", image_bytes(31, (64, 48)))])
+        card = page.locator(".card.done")
+        expect(card).to_have_count(1, timeout=60_000)
+        expect(card.locator(".prob")).to_have_count(3)
+        expect(card.locator(".prob.top")).to_have_count(1)  # the label's bar, highlighted
+        label = card.locator(".prob.top .cls").inner_text()
+        assert card.locator(".badge").inner_text() in (label, "uncertain")
+        expect(card.locator(".opacity")).to_contain_text(f"({label})")
+        expect(card.locator(".rule")).to_contain_text("most probable class")

@@ -119,7 +119,8 @@ function showResult(card, r) {
   card.dataset.decision = r.decision;
   const badge = $(".badge", card);
   badge.textContent = r.decision;
-  badge.className = "badge " + (r.uncertain ? "uncertain" : r.label === r.positive_class ? "positive" : "negative");
+  const tone = r.positive_class === null ? "neutral" : r.label === r.positive_class ? "positive" : "negative";
+  badge.className = "badge " + (r.uncertain ? "uncertain" : tone);
   $(".status", card).remove();
   $(".photo", card).src = r.image;
   const heat = $(".heat", card);
@@ -148,11 +149,12 @@ function showResult(card, r) {
         bar.prepend(zone);
       }
     }
-    probs.append(el("div", { class: "prob" + (cls === r.positive_class ? " pos" : "") },
+    const role = r.positive_class === null ? (cls === r.label ? " top" : "") : (cls === r.positive_class ? " pos" : "");
+    probs.append(el("div", { class: "prob" + role },
       el("span", { class: "cls" }, cls), bar, el("span", { class: "val" }, pct(p))));
   }
   $(".rule", card).textContent = r.threshold === null
-    ? `Decision: most probable class. ${r.uncertain ? "Too close to call." : ""}`
+    ? `Decision: the most probable class.${r.uncertain ? " Too close to call." : ""}`
     : `P(${r.positive_class}) = ${num(r.probability)}, threshold ${num(r.threshold)}` +
       (r.uncertain ? ` — within ±${model.uncertain_band} of it: uncertain.` : ".");
 }
