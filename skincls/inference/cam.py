@@ -16,7 +16,7 @@ from ..data.dataset import build_transform
 from ..errors import ModelError
 from ..preprocessing import Preprocessing
 
-__all__ = ["GradCamExplainer", "find_target_layer"]
+__all__ = ["GradCamExplainer", "find_target_layer", "find_target_layers"]
 
 
 def find_target_layer(model: nn.Module, crop_size: int) -> nn.Module:
@@ -50,8 +50,25 @@ def find_target_layer(model: nn.Module, crop_size: int) -> nn.Module:
     return order[-1]
 
 
+def find_target_layers(model: nn.Module, crop_size: int) -> list[nn.Module]:
+    """`find_target_layer` of a model, or of each member of an ensemble (a module with `members`).
+
+    Members that share a backbone share its layer, listed once. Grad-CAM of several layers is the
+    mean of their (each normalised) maps: every member's evidence counts equally.
+    """
+    members = getattr(model, "members", None)
+    if members is None:
+        return [find_target_layer(model, crop_size)]
+    layers: list[nn.Module] = []
+    for member in members:
+        layer = find_target_layer(member, crop_size)
+        if not any(layer is seen for seen in layers):
+            layers.append(layer)
+    return layers
+
+
 class GradCamExplainer:
-    """Grad-CAM overlays for one model; the target layer is found once.
+    """Grad-CAM overlays for one model (or ensemble); the target layers are found once.
 
     Args:
         model: A `SkinClassifier` (or any module with a `backbone`) in eval mode.
@@ -62,7 +79,8 @@ class GradCamExplainer:
         self.model = model.eval()
         self.pre = preprocessing
         self.transform = build_transform(preprocessing)
-        self.layer = find_target_layer(model, preprocessing.crop_size)
+        self.layers = find_target_layers(model, preprocessing.crop_size)
+        self.layer = self.layers[0]  # the only one, except for an ensemble of separate backbones
 
     def heatmap(self, image: Image.Image, target_class: int) -> np.ndarray:
         """Grad-CAM of `target_class` on the model's input crop: (crop, crop) floats in [0, 1]."""
@@ -73,14 +91,27 @@ class GradCamExplainer:
         # A frozen backbone has no parameter gradients; an input that requires grad still gives
         # the feature map a gradient, which is all Grad-CAM needs.
         x = self.transform(image).unsqueeze(0).to(device).requires_grad_(True)
-        with torch.enable_grad(), GradCAM(model=self.model, target_layers=[self.layer]) as cam:
+        with torch.enable_grad(), GradCAM(model=self.model, target_layers=self.layers) as cam:
             return cam(input_tensor=x, targets=[ClassifierOutputTarget(target_class)])[0]
+
+    def heatmap_on_image(
+        self, image: Image.Image, target_class: int, size: tuple[int, int] | None = None
+    ) -> np.ndarray:
+        """Grad-CAM of `target_class` in the frame of the whole image: (h, w) floats in [0, 1].
+
+        Args:
+            image: The input, as the model reads it.
+            target_class: Class index whose evidence is mapped.
+            size: (width, height) of the map, e.g. a thumbnail's (default: the image's own size);
+                the map is computed from `image` either way, so it matches the prediction.
+        """
+        return self._to_image_frame(self.heatmap(image, target_class), size or image.size)
 
     def overlay(self, image: Image.Image, target_class: int) -> Image.Image:
         """The image with its Grad-CAM heat map blended in, at the image's own size."""
         from pytorch_grad_cam.utils.image import show_cam_on_image
 
-        full = self._to_image_frame(self.heatmap(image, target_class), image.size)
+        full = self.heatmap_on_image(image, target_class)
         rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
         return Image.fromarray(show_cam_on_image(rgb, full, use_rgb=True, image_weight=0.55))
 

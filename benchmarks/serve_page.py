@@ -1,0 +1,135 @@
+"""`skincls serve` for real: request latency over HTTP, and a screenshot of the page after a drop.
+
+Starts uvicorn on 127.0.0.1 (a free port) in this process, times `POST /api/predict` with one image
+(with and without Grad-CAM, after one warm-up request), then opens the page in Debian's Chromium
+(Playwright, `executable_path`; never `playwright install`), drops the given images on it, waits
+for their results and saves a screenshot.
+
+    python benchmarks/serve_page.py CHECKPOINT IMG1 IMG2 [IMG3] \
+        --repeat 20 --screenshot docs/img/serve/page.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import mimetypes
+import socket
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import torch
+import uvicorn
+from PIL import Image
+
+from skincls.serve.app import create_app
+from skincls.serve.service import ModelService
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _serve(service: ModelService) -> tuple[str, uvicorn.Server, threading.Thread]:
+    # proto=IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted connections (with proto 0 it does
+    # not, and Nagle + delayed ACKs add ~40 ms to every response).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread
+
+
+def _latency(url: str, image: Path, repeat: int, cam: bool) -> list[float]:
+    files = {"images": (image.name, image.read_bytes())}
+    times = []
+    with httpx.Client(timeout=120) as client:
+        client.post(f"{url}/api/predict", params={"cam": cam}, files=files).raise_for_status()
+        for _ in range(repeat):
+            start = time.perf_counter()
+            client.post(f"{url}/api/predict", params={"cam": cam}, files=files).raise_for_status()
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def _screenshot(url: str, images: list[Path], out: Path, chromium: str, width: int) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    payload = [
+        (
+            p.name,
+            mimetypes.guess_type(p.name)[0] or "image/png",
+            base64.b64encode(p.read_bytes()).decode(),
+        )
+        for p in images
+    ]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": width, "height": 900}, device_scale_factor=1)
+        page.goto(url)
+        expect(page.locator("#model h2")).to_be_visible()
+        dt = page.evaluate_handle(
+            """(files) => {
+                const dt = new DataTransfer();
+                for (const [name, type, b64] of files)
+                    dt.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], name, { type }));
+                return dt;
+            }""",
+            payload,
+        )
+        page.dispatch_event("#drop", "drop", {"dataTransfer": dt})
+        expect(page.locator(".card.done")).to_have_count(len(images), timeout=120_000)
+        png = page.screenshot(full_page=True)
+        browser.close()
+    # 256 colours, dithered (the heat maps' gradients would band otherwise): a docs-sized file.
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    palette = image.quantize(256, method=Image.Quantize.MEDIANCUT)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).save(out, optimize=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("images", type=Path, nargs="+")
+    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--screenshot", type=Path, default=None)
+    ap.add_argument("--width", type=int, default=1100, help="browser viewport width")
+    ap.add_argument("--chromium", default="/usr/bin/chromium")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    service = ModelService.from_checkpoint(args.checkpoint, device="cpu")
+    url, server, thread = _serve(service)
+    print(f"serving {service.info.name} at {url} (torch threads: {args.threads})")
+    for cam in (False, True):
+        t = _latency(url, args.images[0], args.repeat, cam)
+        print(
+            f"POST /api/predict, 1 image ({args.images[0].name}), cam={str(cam).lower()}: "
+            f"median {1000 * statistics.median(t):.1f} ms, min {1000 * min(t):.1f} ms, "
+            f"max {1000 * max(t):.1f} ms over {len(t)} requests"
+        )
+    if args.screenshot:
+        _screenshot(url, args.images, args.screenshot, args.chromium, args.width)
+        print(f"screenshot: {args.screenshot}")
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+if __name__ == "__main__":
+    main()

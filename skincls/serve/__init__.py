@@ -1,0 +1,5 @@
+"""Serve: a local web page and JSON API to classify uploaded images (`pip install 'skincls[serve]'`).
+
+`ModelService` (the model, a lock, decisions and Grad-CAM) needs no web framework; `create_app`
+wraps it in a Starlette app, which `skincls serve` runs with uvicorn.
+"""
