@@ -155,3 +155,8 @@ def _print_folds(report) -> None:
         *(f"{fmt(report.mean[k])} ± {fmt(report.std.get(k))}" for k in keys),
     )  # fmt: skip
     console.print(table)
+
+
+for _param in cv.params:  # train's --out help names train's default run dir
+    if _param.name == "out":
+        _param.help = "CV directory (fold runs, oof.csv, ensemble.pt, cv_report.json). [runs/cv]"

@@ -34,6 +34,8 @@ class FeaturePool:
 
     Call it like `load_or_extract(model, dataset, **options)` (the trainer's `feature_pool=`); a
     dataset that is not a subset, or has another transform, goes to `load_or_extract` unchanged.
+    With `mode="auto"` and a cache folder, the pool's features are written to disk (not only kept in
+    memory), so that a resumed cross-validation reads them back instead of running the backbone again.
 
     Attributes:
         extractions: How many times the pool's features were computed or read from disk (not served
@@ -87,8 +89,17 @@ class FeaturePool:
         if self._memo is not None and self._memo[:2] == (key, dtype):
             return self._take(self._memo[2], rows)
         whole = ManifestDataset(self.manifest, "train", dataset.transform)
-        full = load_or_extract(model, whole, **{**options, "backbone_fp": backbone_fp})
+        options = {**options, "backbone_fp": backbone_fp}
+        if options.get("mode") == "auto" and options.get("cache_dir") is not None:
+            # A cross-validation runs long and resumes: keep the pool on disk for the next process.
+            options["mode"] = "disk"
+        full = load_or_extract(model, whole, **options)
         self.extractions += 1
+        if full.seconds:
+            options.get("log", lambda _: None)(
+                f"feature pool: {len(whole)} images' features {full.source} once for every subset "
+                f"in {full.seconds:.1f}s ({len(whole) / full.seconds:.1f} images/s)"
+            )
         self._memo = (key, dtype, full)
         return replace(self._take(full, rows), source=full.source, seconds=full.seconds)
 

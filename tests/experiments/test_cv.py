@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -69,21 +70,29 @@ def _run(config, **kwargs):
     )
 
 
-@pytest.fixture(scope="module")
-def cv_run(tiny_data, tmp_path_factory):
-    """One 3-fold CV with a frozen custom backbone, refit, a target sensitivity; extractions counted."""
-    calls = []
+def _count_extractions(mp) -> list[int]:
+    calls: list[int] = []
     real = features_mod.extract_features
 
     def counting(model, dataset, **kwargs):
         calls.append(len(dataset))
         return real(model, dataset, **kwargs)
 
-    out = tmp_path_factory.mktemp("cv") / "run"
+    mp.setattr(features_mod, "extract_features", counting)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def cv_run(tiny_data, tmp_path_factory):
+    """One 3-fold CV with a frozen custom backbone, refit, a target sensitivity; extractions counted."""
+    root = tmp_path_factory.mktemp("cv")
+    data = Path(shutil.copytree(tiny_data, root / "data"))  # the pool's features go to data/.cache
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(features_mod, "extract_features", counting)
-        result = _run(_config(tiny_data, out), refit=True, target_sensitivity=0.8, n_bootstrap=50)
-    return SimpleNamespace(result=result, extractions=calls, data=tiny_data)
+        calls = _count_extractions(mp)
+        result = _run(
+            _config(data, root / "run"), refit=True, target_sensitivity=0.8, n_bootstrap=50
+        )
+    return SimpleNamespace(result=result, extractions=calls, data=data)
 
 
 def _members(cv_dir: Path):
@@ -282,8 +291,10 @@ def test_killed_cv_resumes_in_the_fold_it_was_in(cv_run, tmp_path, monkeypatch):
         return real(run, **kwargs)
 
     monkeypatch.setattr(cv_mod, "train_from_config", spy)
+    extractions = _count_extractions(monkeypatch)
     result = _run(config, resume=True, n_bootstrap=0)
     assert calls == [("fold1", True), ("fold2", False)]  # fold 0 kept, fold 1 continued
+    assert extractions == []  # the pooled features were kept on disk
     assert (fold0.read_bytes(), fold0.stat().st_mtime_ns) == before
     # Same numbers as the uninterrupted run with the same recipe.
     for k in range(K):
