@@ -7,7 +7,6 @@ skin-lesion classifier needs. Every value comes from the checkpoint, the report 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,9 +22,12 @@ from .modelcard_data import (
     data_lines,
     labels_line,
     limitation_lines,
+    metric,
+    num,
     task_of,
 )
 from .modelcard_data import fmt as _fmt
+from .modelcard_fit import calibration_lines, threshold_lines
 
 __all__ = ["NOT_RECORDED", "SECTIONS", "render_model_card", "write_model_card"]
 
@@ -137,8 +139,8 @@ def render_model_card(ckpt: Checkpoint, report: Any, *, dataset: DatasetInfo | N
     )
     out += _section("Data", data_lines(dataset))
     out += _section("Metrics", _metrics(rep, split, n, positive) + class_lines(rep, multiclass))
-    out += _section("Decision threshold", _threshold(ckpt, rep, positive))
-    out += _section("Calibration", _calibration(ckpt, rep))
+    out += _section("Decision threshold", threshold_lines(ckpt, rep, positive))
+    out += _section("Calibration", calibration_lines(ckpt, rep))
     out += _section("Limitations", limitation_lines(rep, dataset, multiclass))
     out += _section(
         "Ethical considerations",
@@ -265,10 +267,10 @@ def _metrics(rep: Mapping[str, Any], split: Any, n: Any, positive: str | None) -
             label = "ROC-AUC (macro one-vs-rest)"
         # The report holds None for a metric undefined on this split (e.g. NPV with no negative
         # prediction); a key it lacks altogether was not recorded.
-        value = _metric(rep, key, pct)
+        value = metric(rep, key, pct)
         lo_hi = ci.get(key)
         if lo_hi:
-            interval = f"{_num(lo_hi[0], pct)} – {_num(lo_hi[1], pct)}"
+            interval = f"{num(lo_hi[0], pct)} – {num(lo_hi[1], pct)}"
         else:
             interval = "not computed" if key in rep else NOT_RECORDED
         lines.append(f"| {label} | {value} | {interval} |")
@@ -293,93 +295,6 @@ def _overlap(overlap: Mapping[str, Any] | None) -> str:
     )
 
 
-def _threshold(ckpt: Checkpoint, rep: Mapping[str, Any], positive: str | None) -> list[str]:
-    threshold = rep.get("threshold", ckpt.threshold)
-    choice = rep.get("threshold_choice") or ckpt.data.get("threshold_info") or {}
-    if positive is None:
-        return [
-            "- **Threshold:** none; with more than two classes the predicted class is the most "
-            "probable one (argmax of the calibrated probabilities)."
-        ]
-    if threshold is None:
-        return [
-            "- **Threshold:** none; the predicted class is the most probable one "
-            f"(for two classes: {positive} when P({positive}) > 0.5).",
-            "- **How chosen:** not chosen (argmax is the default).",
-        ]
-    lines = [
-        f"- **Threshold:** {positive} when P({positive}) >= {float(threshold):.4f}, on probabilities "
-        f"at temperature {_fmt(choice.get('temperature', rep.get('temperature')))}",
-        f"- **How chosen:** {_how_chosen(choice, rep)}",
-    ]
-    if choice.get("method") == "target_sensitivity":
-        lines.append(
-            f"- **On the {choice.get('split')} split where it was chosen** "
-            f"({_fmt(choice.get('n_images'))} images, {_fmt(choice.get('n_positive'))} {positive}): "
-            f"sensitivity {_num(choice.get('sensitivity'), True)}, specificity "
-            f"{_num(choice.get('specificity'), True)}. The test labels were never used."
-        )
-    return lines
-
-
-def _how_chosen(choice: Mapping[str, Any], rep: Mapping[str, Any]) -> str:
-    """The threshold's provenance from the stored choice (`threshold_info`), else the report's."""
-    if choice.get("method") == "target_sensitivity":
-        return (
-            f"the largest threshold reaching sensitivity >= {_fmt(choice.get('target_sensitivity'))} "
-            f"on the {_fmt(choice.get('split'))} split"
-            + (" with test-time augmentation" if choice.get("tta") else "")
-        )
-    if choice.get("method") == "fixed":
-        return "fixed by the user"
-    return _fmt(rep.get("threshold_source"))
-
-
-def _calibration(ckpt: Checkpoint, rep: Mapping[str, Any]) -> list[str]:
-    temperature = rep.get("temperature", ckpt.data.get("temperature"))
-    fit = rep.get("calibration") or ckpt.data.get("calibration") or {}
-    discarded = fit if fit.get("kept") is False else None
-    if discarded:  # this evaluation's fit was not used: describe the one in force, if any
-        fit = ckpt.data.get("calibration") or {}
-    split = rep.get("split", NOT_RECORDED)
-    members = (ckpt.data.get("ensemble") or {}).get("members") or []
-    if fit:
-        how = (
-            f"temperature scaling fitted on the {fit.get('split')} split "
-            f"({_fmt(fit.get('n_images'))} images) by minimising the negative log-likelihood"
-        )
-        on_fit = (
-            f"- **On the {fit.get('split')} split where it was fitted:** ECE "
-            f"{_metric(fit, 'ece_before')} before, {_metric(fit, 'ece_after')} after; negative "
-            f"log-likelihood {_metric(fit, 'nll_before')} before, {_metric(fit, 'nll_after')} after"
-        )
-    else:
-        how = "not fitted (temperature 1.0 is the plain softmax)"
-        on_fit = "- **ECE where the temperature was fitted:** not fitted"
-    if members and not rep.get("calibration"):
-        # An ensemble: its members' temperatures are inside the model; its output needs none.
-        temps = ", ".join(_fmt(m.get("temperature")) for m in members)
-        how = f"on the ensemble's output; its {len(members)} members' temperatures ({temps}): {how}"
-    bins = rep.get("ece_bins")
-    lines = [f"- **Temperature:** {_fmt(temperature)}: {how}", on_fit]
-    if fit.get("worse"):
-        lines.append(f"- Kept on request although it made {' and '.join(fit['worse'])} worse there")
-    if discarded:
-        lines.append(
-            f"- A new fit on the {discarded.get('split')} split (temperature "
-            f"{_fmt(discarded.get('temperature'))}) made its "
-            f"{' and '.join(discarded.get('worse') or [])} worse and was discarded"
-        )
-    return [
-        *lines,
-        f"- **ECE on the {split} split** ({_fmt(bins)} equal-width bins): "
-        f"{_metric(rep, 'ece_uncalibrated')} at temperature 1, "
-        f"{_metric(rep, 'ece')} at temperature {_fmt(temperature)}",
-        "- Probabilities are `softmax(logits / temperature)`; dividing by a positive temperature "
-        "keeps the ranking, so ROC-AUC is unchanged by calibration.",
-    ]
-
-
 def _as_dict(report: Any) -> dict[str, Any]:
     if report is None:
         return {}
@@ -395,20 +310,6 @@ def _cis(rep: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
         for key, pair in (rep.get("ci") or {}).items()
         if pair is not None and None not in pair
     }
-
-
-def _metric(values: Mapping[str, Any], key: str, pct: bool = False) -> str:
-    return _num(values[key], pct) if key in values else NOT_RECORDED
-
-
-def _num(value: Any, pct: bool) -> str:
-    """A proportion as a percentage, another number to 4 decimals; None/NaN = undefined."""
-    if value is None:
-        return "undefined on this split"
-    value = float(value)
-    if math.isnan(value):
-        return "undefined on this split"
-    return f"{100 * value:.1f}%" if pct else f"{value:.4f}"
 
 
 def _triple(values: Any) -> str:

@@ -23,6 +23,8 @@ __all__ = [
     "fmt",
     "labels_line",
     "limitation_lines",
+    "metric",
+    "num",
     "task_of",
 ]
 
@@ -50,6 +52,21 @@ def pct(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "undefined on this split"
     return f"{100 * float(value):.1f}%"
+
+
+def metric(values: Mapping[str, Any], key: str, pct: bool = False) -> str:
+    """`values[key]` as `num` writes it; a key it lacks was not recorded."""
+    return num(values[key], pct) if key in values else NOT_RECORDED
+
+
+def num(value: Any, pct: bool) -> str:
+    """A proportion as a percentage, another number to 4 decimals; None/NaN = undefined."""
+    if value is None:
+        return "undefined on this split"
+    value = float(value)
+    if math.isnan(value):
+        return "undefined on this split"
+    return f"{100 * value:.1f}%" if pct else f"{value:.4f}"
 
 
 def task_of(labels: Mapping[str, Any] | None, classes: list[str]) -> str:
