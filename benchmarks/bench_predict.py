@@ -5,7 +5,9 @@ channels_last, no decoding). `predict` adds decoding, resizing and the head; it 
 in a thread while the model runs. Both are timed in fp32 and bf16 (autocast); VGG16 is randomly
 initialised (the compute does not depend on the weights).
 
-    unzip -q ../shared/data/skin-cancer-dev.zip 'test/*' -d DEV      # 527 test images
+Needs skincls only (`pip install -e .`); DEV_ZIP is the dev archive (the Kaggle dataset's layout).
+
+    unzip -q DEV_ZIP 'test/*' -d DEV      # 527 test images
     python benchmarks/bench_predict.py --images DEV/test --json runs/bench-predict.json
 """
 

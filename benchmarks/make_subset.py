@@ -5,7 +5,7 @@ The source is a folder in ``class/*.jpg`` layout (e.g. the extracted dev archive
 ``valid/<class>/`` holding ``--n-train`` and ``--n-valid`` images, drawn without
 replacement with a seeded RNG and split across classes in proportion to the source
 class counts.  Files are hard-linked (falling back to copies across filesystems), so
-the subset costs no extra disk space.  Images never go into the repository.
+the subset costs no extra disk space.  Images never go into the repository.  Needs only Python.
 
     python benchmarks/make_subset.py --src DEV/train --dst sub300 \
         --n-train 240 --n-valid 60 --seed 0

