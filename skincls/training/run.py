@@ -36,12 +36,12 @@ from .trainer import Trainer
 __all__ = ["RUN_FILES", "TrainResult", "default_run_dir", "feature_cache_dir", "train_from_config"]
 
 RUN_FILES = (
-    "last.pt",  # first: a half-removed run must never look resumable
+    "last.pt",  # first: a half-removed run must never look resumable from an old epoch
     "best.pt",
-    "config.json",
     "history.json",
     "history.csv",
     "training_curves.png",
+    "config.json",  # last: while any of it is left, --resume starts the run over
 )
 """What a run writes into its run dir (what `overwrite` removes)."""
 

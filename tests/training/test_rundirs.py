@@ -67,7 +67,7 @@ def test_non_empty_run_dir_is_refused_without_resume_or_overwrite(tiny_data, tra
 
     r = _train(tiny_data, "--out", str(run), "--seed", "7", "--overwrite")
     assert r.exit_code == 0, r.output
-    assert f"replacing the run in {run}: removed its last.pt, best.pt, config.json" in r.output
+    assert f"replacing the run in {run}: removed its last.pt, best.pt, history.json" in r.output
     assert json.loads((run / "config.json").read_text())["train"]["seed"] == 7
     assert (run / "best.pt").read_bytes() != before["best.pt"]
 
