@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -11,7 +12,7 @@ from rich.table import Table
 from ..data.dedup import DEFAULT_NEAR_DUP_DISTANCE
 from ..data.download import DEFAULT_DATASET, default_cache_dir
 from ..data.info import DATASET_JSON, DatasetInfo
-from ..data.splits import MANIFEST_NAME
+from ..data.splits import MANIFEST_NAME, SKIPPED_NAME
 from ._common import console, friendly_errors
 
 
@@ -51,7 +52,7 @@ def _default_cache_dir_shown() -> str:
     "--source-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Offline: a folder in split/class/*.jpg (or class/*.jpg) layout.",
+    help="Offline: a folder in split/class/*.jpg (or class/*.jpg) layout; symbolic links are followed.",
 )
 @click.option(
     "--synthetic",
@@ -230,10 +231,7 @@ def _print_fetch_details(report) -> None:
         f"{kept} images kept, {len(skipped)} skipped"
         f" ({'?' if info.n_files is None else info.n_files} files in the source's dataset tree)"
     )
-    for path, reason in skipped[:20]:
-        console.print(f"  [yellow]skipped[/] {path}: {reason}")
-    if len(skipped) > 20:
-        console.print(f"  … and {len(skipped) - 20} more (see {DATASET_JSON})")
+    _print_skipped(skipped, data_dir / SKIPPED_NAME)
     copies = info.source.ignored_copies if info.source else {}
     for root, n in copies.items():
         console.print(f"ignored a second copy of the dataset under {root}/ ({n} files)")
@@ -305,6 +303,19 @@ def _print_metadata(info: DatasetInfo) -> None:
                 f"  {g.duplicates_joining_ids} duplicate clusters join images filed under "
                 "different lesion/patient ids; their groups were joined"
             )
+
+
+def _print_skipped(skipped, listing: Path, first: int = 5) -> None:
+    """How many entries were skipped for each kind of reason, the first few, and the full list's file."""
+    if not skipped:
+        return
+    kinds = Counter(reason.split(":")[0] for _, reason in skipped)
+    for kind, n in kinds.most_common():
+        console.print(f"  [yellow]skipped[/] {n} × {kind}")
+    for path, reason in skipped[:first]:
+        console.print(f"    {path}: {reason}", soft_wrap=True, markup=False)
+    more = f"… and {len(skipped) - first} more; " if len(skipped) > first else ""
+    console.print(f"    {more}full list: {listing}", soft_wrap=True, markup=False)
 
 
 def _print_counts(manifest) -> None:

@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
-from ..errors import DataError
 from ..preprocessing import Preprocessing
-from .ingest import to_rgb
+from .images import DECODER, load_image
 from .splits import Manifest, Record
 
 __all__ = ["ManifestDataset", "build_transform", "is_deterministic", "load_image"]
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB (grayscale, palette, RGBA, CMYK and 16-bit inputs are converted)."""
-    try:
-        with Image.open(path) as im:
-            # The same conversion fetch verified and hashed the image with.
-            return to_rgb(im)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
 
 
 def build_transform(pre: Preprocessing, *, train: bool = False, augment: bool = False) -> T.Compose:
@@ -73,6 +60,7 @@ class ManifestDataset(Dataset):
     def fingerprint(self) -> str:
         """Identity of what this dataset yields: image paths, labels, content hashes and transform."""
         h = hashlib.sha256(repr(self.transform).encode())
+        h.update(DECODER.encode())  # how files become pixels (EXIF orientation, RGB conversion)
         h.update(str(self.manifest.root.resolve()).encode())
         for r, t in zip(self.records, self.targets):
             h.update(f"{r.path}\0{t}\0{r.sha256}\n".encode())

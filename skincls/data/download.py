@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import DataError
+from .guards import check_writable_dir, os_error
 
 __all__ = [
     "CREDENTIALS_HELP",
@@ -36,7 +37,9 @@ CREDENTIALS_HELP = (
     "(tokens: https://www.kaggle.com/settings/api). Offline? Use --archive FILE.zip or --source-dir DIR."
 )
 ByteProgress = Callable[[int, "int | None"], None]
-_DATASET_RE = re.compile(r"^[\w.-]+/[\w.-]+$")
+# OWNER/NAME as Kaggle spells them: each part starts with a letter or digit, so neither can be `.`,
+# `..` or empty, and the cache folder built from them stays inside the cache.
+_DATASET_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
 class _NotAnArchive(DataError):
@@ -156,16 +159,26 @@ def download_dataset(
         DataError: bad dataset name, missing credentials or network failure (with how to provide
             credentials or work offline), or a download that is not a zip archive.
     """
-    if not _DATASET_RE.match(dataset):
-        raise DataError(f"--dataset must look like OWNER/NAME, got {dataset!r}")
+    if not _DATASET_RE.fullmatch(dataset):
+        raise DataError(
+            f"--dataset must look like OWNER/NAME (letters, digits, '-', '_', '.'; each part "
+            f"starting with a letter or digit), got {dataset!r}"
+        )
     owner, name = dataset.split("/")
-    folder = Path(cache_dir or default_cache_dir()) / owner / name
+    cache = Path(cache_dir or default_cache_dir())
+    folder = cache / owner / name
+    if not folder.resolve().is_relative_to(cache.resolve()):  # belt and braces after the pattern
+        raise DataError(f"--dataset {dataset!r} leads outside the cache folder {cache}")
     archive = folder / f"{name}.zip"
     if archive.is_file() and not force and zipfile.is_zipfile(archive):
         return archive, False
+    check_writable_dir(cache, "--cache-dir")
     partial = folder / ".partial"
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    try:
+        partial.mkdir(parents=True)
+    except OSError as exc:
+        raise os_error(exc, f"cannot create the download folder {partial}") from exc
     try:
         try:
             got = (client or KaggleClient()).download(dataset, partial, progress)

@@ -22,6 +22,7 @@ from ..locks import lock_dir
 from .dedup import DEFAULT_CONFIRM_DISTANCE, DEFAULT_NEAR_DUP_DISTANCE, find_duplicates
 from .download import DEFAULT_DATASET, DatasetClient, download_dataset
 from .grouping import build_grouping
+from .guards import check_inputs_outside, output_dir_checked
 from .info import (
     DATASET_JSON,
     DatasetInfo,
@@ -38,6 +39,7 @@ from .ingest import (
     inspect_image,
 )
 from .layouts import layout_skipped
+from .listing import list_source
 from .sources import plan_source, row_of
 from .splits import (
     Manifest,
@@ -51,7 +53,7 @@ from .splits import (
 __all__ = ["DEFAULT_DATASET", "IMAGE_SUFFIXES", "FetchReport", "ProgressCallback", "fetch"]
 
 # Bump when the preparation itself changes, so old data dirs are rebuilt rather than trusted.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 ProgressCallback = Callable[[str, int, "int | None"], None]
 """Called as `(stage, done, total)`; stages: download (bytes), extract, copy, verify (files)."""
 
@@ -62,7 +64,8 @@ class FetchReport:
 
     Attributes:
         manifest: The resulting manifest (its `info` is `dataset.json`).
-        skipped: `(path, reason)` for files left out.
+        skipped: `(path, reason)` for every entry left out (also in `skipped.csv` in the data dir);
+            the reason's text before its first colon is its kind.
         changed: False when the data dir was already up to date and nothing was written.
         downloaded: True when the archive was downloaded in this call (Kaggle source only).
     """
@@ -96,6 +99,7 @@ def _one_writer(fn):
     return locked
 
 
+@output_dir_checked("--data-dir", "fetch failed")
 @_one_writer
 def fetch(
     data_dir: str | Path,
@@ -130,7 +134,11 @@ def fetch(
     test split is kept, val is carved from train), `class/file` (train/val/test are carved), or
     described by a metadata CSV (HAM10000, ISIC 2019, ISIC 2020, or `labels_csv`): then classes come
     from the diagnoses by `task`, and lesions and patients are kept within one split.
-    Classes are sorted (benign=0, malignant=1).
+    Classes are sorted (benign=0, malignant=1); there must be at least two, and no two class
+    folders that differ only in case. Source folders follow symbolic links. Every entry left out
+    is listed with its reason (`FetchReport.skipped`, `skipped.csv`); an operating-system error (disk
+    full, permissions) stops fetch, and a fetch that did not finish is never taken as up to date:
+    `dataset.json` is written last, and removed before the old images are replaced.
 
     Args:
         dataset: A registered name (`skincls.data.registry`) or Kaggle OWNER/NAME; default: the
@@ -150,11 +158,20 @@ def fetch(
         on_progress: Progress callback, see `ProgressCallback`.
 
     Raises:
-        DataError: conflicting sources, unreadable or unsafe inputs, no usable image, or a failed
-            download (with how to fix it).
+        DataError: conflicting sources, unreadable or unsafe inputs, fewer than two classes, a
+            folder that cannot be written, an OS error, or a failed download (with how to fix it).
         LockError: another process is writing into `data_dir` (its pid is named).
     """
     data_dir = Path(data_dir)
+    check_inputs_outside(
+        [data_dir / "images", data_dir / ".images.partial"],
+        {
+            "--source-dir": source_dir,
+            "--archive": archive,
+            "--cache-dir": cache_dir,
+            "--labels-csv": labels_csv,
+        },
+    )
     given = [name for name, v in (("--source-dir", source_dir), ("--archive", archive),
                                   ("--synthetic", synthetic)) if v is not None]  # fmt: skip
     if len(given) > 1:
@@ -239,10 +256,11 @@ def fetch(
     staging.mkdir(parents=True, exist_ok=True)
     # The old dataset.json goes first: a half-replaced data dir must never look up to date.
     (data_dir / DATASET_JSON).unlink(missing_ok=True)
-    shutil.rmtree(images, ignore_errors=True)
+    if images.exists():  # no ignore_errors: a file that cannot go is named, not left to mix in
+        shutil.rmtree(images)
     staging.replace(images)
 
-    # Damaged archive members were never written out: they are skipped with the archive's reason.
+    # Damaged archive members and unreadable files were never written: skipped with their reason.
     candidates = [c for c in layout.candidates() if c.rel not in layout.damaged]
     skipped = layout_skipped(layout)
     n_files = len(layout.files) + len(skipped)
@@ -260,9 +278,16 @@ def fetch(
             on_progress("verify", n, len(candidates))
     if not kept:
         raise DataError(f"no readable images found under {images} (expected split/class/*.jpg)")
+    classes = sorted({c.label for c in kept})
+    if len(classes) < 2:
+        lost = sorted({c.label for c in layout.candidates()} - set(classes))
+        raise DataError(
+            f"only one class ({classes[0]}) has usable images"
+            + (f"; every image of {', '.join(lost)} was skipped" if lost else "")
+            + ": a classifier needs at least two classes, e.g. benign/ and malignant/"
+        )
 
     dups = find_duplicates(sha, np.stack(hashes), near_dup_distance, near_dup_confirm)
-    classes = sorted({c.label for c in kept})
     source_splits = [c.split for c in kept]
     rows = [row_of(layout, c.rel) for c in kept]
     # Lesion, patient and duplicate cluster, joined: one group never straddles two splits.
@@ -363,13 +388,12 @@ def _fingerprint(source: dict, archive, source_dir, options: dict) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     elif source_dir is not None:
-        root = Path(source_dir)
-        for p in sorted(root.rglob("*")):
-            if p.is_file():
-                st = p.stat()
-                h.update(
-                    f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
-                )
+        # The listing fetch copies from (links followed), so a changed link target is noticed, and
+        # the entries it skips, so the list of skipped entries stays true.
+        found = list_source(source_dir)
+        for rel, st in sorted(found.stats.items()):
+            h.update(f"{rel.as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(json.dumps([sorted(found.hidden), sorted(found.unusable.items())]).encode())
     else:
         h.update(str(source.get("n")).encode())
     return h.hexdigest()

@@ -2,16 +2,19 @@
 
 Both sources go through the same layout detection: the files of one dataset root in `split/class/file`
 (or `class/file`) layout are taken; a second copy of the same tree (the Kaggle archive repeats everything
-under `data/`) is ignored and reported, never counted twice.
+under `data/`) is ignored and reported, never counted twice. Nothing is left out silently: hidden files,
+files outside the layout, broken or looping symbolic links, unreadable files and damaged archive members
+are all listed with their reason. Source folders follow symbolic links (to files and folders); archive
+entries that are symbolic links are refused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
-import io
 import shutil
 import stat
-import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable
@@ -19,10 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from ..errors import DataError
 from .dedup import perceptual_hashes
+from .guards import CountingReader, check_archive_members, os_error
+from .images import IMAGE_SUFFIXES, ImageTooLarge, decode_image, to_rgb
+from .listing import is_hidden, list_source
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -37,7 +43,6 @@ __all__ = [
     "to_rgb",
 ]
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 MAX_ARCHIVE_BYTES = 8 * 2**30  # the Kaggle archive expands to ~0.3 GB; 8 GB leaves room, not a bomb
 # Folder names accepted as a split, and the split they mean.
 SPLIT_NAMES = {
@@ -50,6 +55,7 @@ SPLIT_NAMES = {
     "testing": "test",
 }
 Progress = Callable[[str, int, "int | None"], None]
+_CHUNK = 1 << 20  # bytes per read while streaming: memory stays bounded whatever a file claims
 
 
 @dataclass
@@ -61,7 +67,9 @@ class Layout:
         files: Paths of the chosen copy, relative to the prefix.
         ignored_copies: Other roots holding the same tree, with their file counts (`{"data": 2637}`).
         outside: Files in no recognised place (a README, a stray image), as source paths.
-        damaged: Chosen files that could not be unpacked, with the reason.
+        damaged: Chosen files that could not be unpacked or read, with the reason.
+        hidden: Hidden files and folders (a leading dot, `__MACOSX`), left out.
+        unusable: Entries that are no file to take (broken or looping links, devices), with the reason.
     """
 
     prefix: tuple[str, ...]
@@ -69,6 +77,8 @@ class Layout:
     ignored_copies: dict[str, int] = field(default_factory=dict)
     outside: list[str] = field(default_factory=list)
     damaged: dict[str, str] = field(default_factory=dict)
+    hidden: list[str] = field(default_factory=list)
+    unusable: dict[str, str] = field(default_factory=dict)
 
     def candidates(self) -> list[Candidate]:
         """The chosen files as `Candidate`s (relative to the copy's root), in `files` order."""
@@ -78,10 +88,6 @@ class Layout:
             split = SPLIT_NAMES[f.parts[0].lower()] if len(f.parts) == 3 else None
             out.append(Candidate(str(f), split, f.parts[-2]))
         return out
-
-
-def _hidden(parts: Iterable[str]) -> bool:
-    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
 
 
 def _root_of(parts: tuple[str, ...], split_layout: bool) -> tuple[str, ...] | None:
@@ -100,9 +106,10 @@ def select_layout(paths: Iterable[PurePosixPath], fingerprints: dict | None = No
     its files match a chosen file by relative path (and by `fingerprints`, e.g. CRC, when given).
 
     Raises:
-        DataError: no file in a recognised layout, or several roots that are not copies.
+        DataError: no file in a recognised layout, several roots that are not copies, fewer than
+            two class folders, or class folders whose names differ only in case.
     """
-    paths = [p for p in paths if not _hidden(p.parts)]
+    paths = [p for p in paths if not is_hidden(p.parts)]
     split_layout = any(_root_of(p.parts, True) is not None for p in paths)
     roots: dict[tuple[str, ...], list[PurePosixPath]] = {}
     outside = []
@@ -132,7 +139,31 @@ def select_layout(paths: Iterable[PurePosixPath], fingerprints: dict | None = No
                 "that are not copies of each other; point --source-dir at one of them"
             )
         ignored[name] = len(files)
-    return Layout(chosen, sorted(mine), ignored, sorted(outside))
+    layout = Layout(chosen, sorted(mine), ignored, sorted(outside))
+    _check_classes(layout)
+    return layout
+
+
+def _check_classes(layout: Layout) -> None:
+    """At least two class folders, and no two whose names differ only in case."""
+    where = f"under {'/'.join(layout.prefix)}/" if layout.prefix else "at the source's top level"
+    labels = sorted({f.parts[-2] for f in layout.files})
+    folded: dict[str, list[str]] = {}
+    for label in labels:
+        folded.setdefault(label.casefold(), []).append(label)
+    for names in folded.values():
+        if len(names) > 1:
+            # Two classes or one misspelt? Guessing either way trains on a wrong answer.
+            shown = " and ".join(f"{n}/" for n in names)
+            raise DataError(
+                f"class folders {shown} ({where}) differ only in case: rename them to one "
+                "spelling to merge them, or to clearly different names, and run fetch again"
+            )
+    if len(labels) < 2:
+        raise DataError(
+            f"only one class folder ({labels[0]}/, {where}) holds images: a classifier needs "
+            "at least two, e.g. benign/ and malignant/"
+        )
 
 
 def _check_entry(info: zipfile.ZipInfo) -> PurePosixPath:
@@ -157,13 +188,16 @@ def extract_archive(
 ) -> Layout:
     """Unpack the dataset part of a zip into `dest` (`dest/split/class/file`), safely.
 
-    Every entry is checked before anything is written: absolute paths, `..` components and symbolic
-    links are refused, and so is an archive whose files would expand past `max_bytes`.
+    Every entry is checked before anything is written: absolute paths, `..` components, symbolic
+    links and encrypted entries are refused, and so is a zip bomb (see `guards.check_archive_members`:
+    total and per-entry size, compression ratio). Entries are streamed, never read whole, and an entry
+    that yields more bytes than its header declares stops the extraction. A damaged entry (bad CRC,
+    cut-off data) is skipped and listed; an operating-system error (disk full, permissions) is fatal.
     `select(paths, fingerprints, read)` picks the dataset's files (default: `select_layout`);
     `read` gives a member's bytes, for a metadata file.
 
     Raises:
-        DataError: the archive is unreadable or unsafe (naming the entry).
+        DataError: the archive is unreadable or unsafe (naming the entry), or an OS error.
     """
     archive, dest = Path(archive), Path(dest)
     try:
@@ -171,40 +205,25 @@ def extract_archive(
     except (OSError, zipfile.BadZipFile) as exc:
         raise DataError(f"cannot open archive {archive}: {exc}") from exc
     with zf:
-        entries = {}
-        total = 0
-        for info in zf.infolist():
-            path = _check_entry(info)
-            if info.is_dir():
-                continue
-            total += info.file_size
-            if total > max_bytes:
-                raise DataError(
-                    f"refusing archive {archive}: it expands past {max_bytes / 2**30:.1f} GiB "
-                    f"(at entry {info.filename!r}); raise the cap only for a trusted file"
-                )
-            entries[path] = info
+        checked = [(_check_entry(i), i) for i in zf.infolist()]
+        entries = {path: i for path, i in checked if not i.is_dir()}
+        check_archive_members(archive, entries.values(), max_bytes)
         fingerprints = {p: i.CRC for p, i in entries.items()}
         if select is None:
             layout = select_layout(entries, fingerprints)
         else:
             layout = select(list(entries), fingerprints, lambda p: _read_small(zf, entries[p]))
-        dest.mkdir(parents=True, exist_ok=True)
+        layout.hidden = sorted(str(p) for p in entries if is_hidden(p.parts))
+        _mkdir(dest)
         root = dest.resolve()
         for n, rel in enumerate(layout.files, 1):
             info = entries[PurePosixPath(*layout.prefix, *rel.parts)]
             target = (root / rel).resolve()
             if root not in target.parents:  # belt and braces after _check_entry
                 raise DataError(f"refusing archive entry {info.filename!r}: outside the target")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with zf.open(info) as src, target.open("wb") as out:
-                    # ZipExtFile stops at the declared size, so the cap above holds.
-                    shutil.copyfileobj(src, out, 1 << 20)
-            except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
-                # A damaged member (bad CRC, cut-off data) is skipped and reported, the run goes on.
-                target.unlink(missing_ok=True)
-                layout.damaged[str(rel)] = f"damaged in the archive: {exc}"
+            reason = _extract_member(zf, info, target, archive)
+            if reason:
+                layout.damaged[str(rel)] = reason
             if progress:
                 progress("extract", n, len(layout.files))
     return layout
@@ -227,6 +246,53 @@ def _read_small_file(path: Path, limit: int = 256 * 2**20) -> bytes:
     return path.read_bytes()
 
 
+def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, archive: Path):
+    """Stream one entry to `target`; return why it is damaged, or None when it is whole."""
+    # Read up to one byte past the declared size (zipfile stops at the size it is given), so an entry
+    # holding more than its header says is caught; the CRC is checked on the bytes written instead.
+    probe = copy.copy(info)
+    probe.file_size = info.file_size + 1
+    probe.CRC = None
+    name = f"archive {archive}, entry {info.filename!r}"
+    try:
+        with zf.open(probe) as src:
+            reader = CountingReader(src, info.file_size, name)
+            _write_stream(reader, target, f"cannot write {target} (extracting {info.filename!r})")
+    except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as exc:
+        target.unlink(missing_ok=True)
+        return f"damaged in the archive: {exc}"
+    except OSError as exc:  # reading the archive itself (the writing side raises DataError)
+        raise os_error(exc, f"cannot read {archive}") from exc
+    if reader.count != info.file_size or reader.crc != info.CRC:
+        target.unlink(missing_ok=True)
+        got = (
+            f"{reader.count} of {info.file_size} bytes"
+            if reader.count != info.file_size
+            else "bad CRC-32"
+        )
+        return f"damaged in the archive: {got}"
+    return None
+
+
+def _mkdir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise os_error(exc, f"cannot create {folder}") from exc
+
+
+def _write_stream(reader, target: Path, doing: str) -> None:
+    """Copy `reader` into `target` in bounded chunks; any OS error here is the disk's, and fatal."""
+    _mkdir(target.parent)
+    try:
+        with open(target, "wb") as out:
+            shutil.copyfileobj(reader, out, _CHUNK)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            target.unlink(missing_ok=True)
+        raise os_error(exc, doing) from exc
+
+
 def copy_source(
     source: str | Path,
     dest: str | Path,
@@ -234,24 +300,32 @@ def copy_source(
     progress: Progress | None = None,
     select: Callable[..., Layout] | None = None,
 ) -> Layout:
-    """Copy the dataset part of a folder into `dest`, with the same layout rules as archives."""
+    """Copy the dataset part of a folder into `dest`, with the same layout rules as archives.
+
+    Symbolic links are followed (see `list_source`); a file that cannot be opened is skipped and
+    listed as unreadable; an error writing `dest` is fatal.
+    """
     source, dest = Path(source), Path(dest)
     if not source.is_dir():
         raise DataError(f"source dir {source} does not exist")
-    files = {}
-    for p in source.rglob("*"):
-        # Symlinks are not followed: they could point anywhere on the machine.
-        if p.is_file() and not p.is_symlink():
-            files[PurePosixPath(p.relative_to(source).as_posix())] = p
-    sizes = {rel: p.stat().st_size for rel, p in files.items()}
+    found = list_source(source)
+    sizes = {r: st.st_size for r, st in found.stats.items()}
     if select is None:
-        layout = select_layout(files, sizes)
+        layout = select_layout(found.files, sizes)
     else:
-        layout = select(list(files), sizes, lambda p: _read_small_file(files[p]))
+        layout = select(list(found.files), sizes, lambda p: _read_small_file(found.files[p]))
+    layout.hidden = sorted(found.hidden)
+    layout.unusable.update(found.unusable)
     for n, rel in enumerate(layout.files, 1):
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(files[PurePosixPath(*layout.prefix, *rel.parts)], target)
+        src = found.files[PurePosixPath(*layout.prefix, *rel.parts)]
+        try:
+            fh = open(src, "rb")  # noqa: SIM115 (closed below; a failure here only skips the file)
+        except OSError as exc:
+            layout.damaged[str(rel)] = f"unreadable: {exc.strerror or exc}"
+        else:
+            with fh:
+                reader = CountingReader(fh, 1 << 62, f"source file {src}")
+                _write_stream(reader, dest / rel, f"cannot write {dest / rel} (copying {src})")
         if progress:
             progress("copy", n, len(layout.files))
     return layout
@@ -275,46 +349,29 @@ class Inspection:
     hashes: np.ndarray | None = None
 
 
-def to_rgb(im: Image.Image) -> Image.Image:
-    """`im` as 8-bit RGB, the way the model sees it (grayscale, palette, CMYK, 16-bit, alpha).
-
-    16-bit and 32-bit integer grayscale is scaled to 8 bits (a plain conversion clips it to white);
-    transparent pixels are composited on white (a plain conversion turns them black).
-    """
-    if im.mode == "I" or im.mode.startswith("I;16"):
-        im = im.point(lambda v: v / 256).convert("L")
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return im.convert("RGB")
-
-
 def inspect_image(path: str | Path) -> Inspection:
     """Decode the whole file, hash its bytes (SHA-256) and its look (pHash); say why it is unusable.
 
-    The look is hashed after `to_rgb`, as the model will see the image: hashing a 16-bit decode
-    directly would clip every pixel to white and make all such images look alike.
+    The look is hashed from `images.decode_image`, as every later stage will see the image (upright,
+    8-bit RGB): hashing a 16-bit decode directly would clip every pixel to white and make all such
+    images look alike. An image past Pillow's decompression-bomb limit is skipped, not decoded.
 
-    Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) applies; its warning counts as an
-    error too, so an image of more than the limit's pixels is skipped rather than decoded.
+    Raises:
+        OSError: the file cannot be read (fetch treats this as fatal: it wrote the file itself).
     """
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
-        return Inspection(f"not an image file (suffix {path.suffix or 'none'})")
+        return Inspection(f"not an image file: suffix {path.suffix or 'none'}")
     data = path.read_bytes()
     if not data:
         return Inspection("empty file (0 bytes)")
     digest = hashlib.sha256(data).hexdigest()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                return Inspection(None, digest, perceptual_hashes(to_rgb(im)))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return Inspection(f"too large, possible decompression bomb: {exc}", digest)
+        image = decode_image(data)
+    except ImageTooLarge as exc:
+        return Inspection(str(exc), digest)
     except UnidentifiedImageError:
-        return Inspection("not an image (Pillow cannot identify it)", digest)
+        return Inspection("not an image: Pillow cannot identify it", digest)
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError… for broken files
         return Inspection(f"corrupt or truncated: {type(exc).__name__}: {exc}", digest)
+    return Inspection(None, digest, perceptual_hashes(image))

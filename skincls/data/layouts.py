@@ -75,8 +75,12 @@ class MetadataLayout(Layout):
 
 
 def layout_skipped(layout: Layout) -> list[tuple[str, str]]:
-    """Every file of the source tree the layout left out, with the reason."""
-    out = [(p, "outside the split/class/file layout") for p in layout.outside]
+    """Every entry of the source tree the layout left out, with the reason (damaged files aside)."""
+    out = [
+        (p, "hidden file or folder (name starts with '.' or is __MACOSX)") for p in layout.hidden
+    ]
+    out += sorted(layout.unusable.items())
+    out += [(p, "outside the split/class/file layout") for p in layout.outside]
     return out + list(getattr(layout, "skipped", []))
 
 

@@ -21,6 +21,7 @@ from .info import DATASET_JSON, DatasetInfo
 __all__ = [
     "DATASET_JSON",
     "MANIFEST_NAME",
+    "SKIPPED_NAME",
     "SPLITS",
     "Manifest",
     "Record",
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "manifest.csv"
+SKIPPED_NAME = "skipped.csv"
 SPLITS = ("train", "val", "test")
 _COLUMNS = ("path", "label", "split", "sha256", "cluster", "group", "lesion_id", "patient_id")
 
@@ -146,7 +148,8 @@ def assign_splits(
 
 
 def write_manifest(data_dir: str | Path, records: Iterable[Record], info: DatasetInfo) -> Manifest:
-    """Write `manifest.csv` and `dataset.json` (`info`, its counts filled in) atomically.
+    """Write `manifest.csv`, `skipped.csv` (`info.skipped`: path, reason) and `dataset.json`
+    (`info`, its counts filled in) atomically; `dataset.json` goes last: it marks a finished fetch.
 
     `info.classes` is the class order (label id = position).
 
@@ -161,6 +164,10 @@ def write_manifest(data_dir: str | Path, records: Iterable[Record], info: Datase
         writer.writeheader()
         for r in records:
             writer.writerow(asdict(r))
+    with atomic_write(data_dir / SKIPPED_NAME, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(("path", "reason"))
+        out.writerows(info.skipped)
     manifest = Manifest(data_dir, list(info.classes), records)
     manifest.info = info.model_copy(update={"counts": manifest.counts()})
     manifest.info.save(data_dir)

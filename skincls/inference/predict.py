@@ -30,14 +30,23 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
 
     Patterns are expanded here too because not every shell does (Windows, quoted arguments). A path
     that matches nothing is kept, so that it gets an error row instead of vanishing.
+
+    Raises:
+        DataError: a folder holds no image file (an empty answer would look like success).
     """
     out: list[Path] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            out += sorted(
+            found = sorted(
                 f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
             )
+            if not found:
+                raise DataError(
+                    f"no images in folder {p} (searched recursively for "
+                    f"{', '.join(sorted(IMAGE_SUFFIXES))}): nothing to predict"
+                )
+            out += found
         elif not p.exists() and glob.has_magic(str(raw)):
             matches = sorted(Path(m) for m in glob.glob(str(raw), recursive=True))
             out += [m for m in matches if m.is_file()] or [p]

@@ -118,6 +118,7 @@ def test_double_copy_archive_ingests_one_copy(tmp_path, tree):
 # --- verification ----------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_broken_files_are_skipped_with_reasons(tmp_path, monkeypatch):
     src = _tree(tmp_path / "src", per_folder=3)
     good = src / "train" / "benign"

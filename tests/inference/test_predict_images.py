@@ -1,0 +1,89 @@
+"""Images as every stage sees them: empty folders, decompression bombs and EXIF orientation agree."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from skincls.cli import main
+from skincls.data.dataset import ManifestDataset, build_transform, load_image
+from skincls.data.dedup import perceptual_hashes
+from skincls.data.fetch import fetch
+from skincls.data.ingest import inspect_image
+from skincls.data.splits import load_manifest
+from skincls.data.synthetic import make_lesion
+from skincls.inference.predict import Predictor
+
+
+def test_predict_on_a_folder_without_images_fails_and_says_so(ckpt, tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("no image here")
+    r = CliRunner().invoke(main, ["predict", str(ckpt), str(empty), "--device", "cpu"])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert r.output.startswith("Error: no images in folder") and str(empty) in r.output
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_images_fetch_refuses_as_bombs_are_refused_by_predict(ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    # 80 × 80 = 6,400 px: between 1× and 2× the limit, where Pillow only warns and decodes anyway.
+    Image.new("RGB", (80, 80), (120, 80, 60)).save(folder / "big.png")
+    Image.new("RGB", (60, 60), (120, 80, 60)).save(folder / "ok.png")
+    assert "decompression bomb" in inspect_image(folder / "big.png").reason  # what fetch says
+    r = CliRunner().invoke(main, ["predict", str(ckpt), str(folder), "--json", "--device", "cpu"])
+    assert r.exit_code == 1, r.output
+    rows = {p["path"].rsplit("/", 1)[-1]: p for p in json.loads(r.output)}
+    assert "decompression bomb" in rows["big.png"]["error"] and rows["big.png"]["label"] is None
+    assert rows["ok.png"]["error"] is None
+
+
+def _exif_rotated(path, upright: Image.Image) -> None:
+    """Save `upright` turned the way a phone stores it, with EXIF orientation 6 to turn it back."""
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # turned left; orientation 6 turns right
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(path, exif=exif, quality=95)
+
+
+def test_exif_orientation_is_applied_by_every_stage(ckpt, tmp_path):
+    upright = make_lesion(True, np.random.default_rng(5), size=64).crop((0, 0, 64, 40))
+    src = tmp_path / "src"
+    for label in ("benign", "malignant"):
+        (src / label).mkdir(parents=True)
+        for i in range(3):
+            make_lesion(label == "malignant", np.random.default_rng([3, i, len(label)]), 48).save(
+                src / label / f"{i}.jpg"
+            )
+    path = src / "malignant" / "phone.jpg"
+    _exif_rotated(path, upright)
+    with Image.open(path) as raw:
+        assert raw.size == (40, 64)  # stored on its side
+
+    # The shared loader (training, evaluation, predict, Grad-CAM) turns it upright …
+    seen = load_image(path)
+    assert seen.size == (64, 40)
+    assert np.abs(np.asarray(seen, float) - np.asarray(upright, float)).mean() < 8  # JPEG noise
+    # … fetch hashes what the loader gives …
+    assert np.array_equal(inspect_image(path).hashes, perceptual_hashes(seen))
+    fetch(tmp_path / "d", source_dir=src, near_dup_distance=-1, val_fraction=0, test_fraction=0)
+    manifest = load_manifest(tmp_path / "d")
+    pre = Predictor.from_checkpoint(ckpt, device="cpu").checkpoint.preprocessing
+    ds = ManifestDataset(manifest, "train", build_transform(pre))
+    i = next(k for k, r in enumerate(ds.records) if r.path.endswith("phone.jpg"))
+    assert torch.equal(ds[i][0], build_transform(pre)(seen))
+    # … and predict and its Grad-CAM overlay see the same upright image.
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    cams = tmp_path / "cams"
+    (from_file,) = predictor.predict([path], cam_dir=cams)
+    (from_pil,) = predictor.predict([seen])
+    assert from_file.probability == pytest.approx(from_pil.probability, abs=1e-6)
+    with Image.open(cams / "phone_cam.png") as overlay:
+        assert overlay.size == (64, 40)
