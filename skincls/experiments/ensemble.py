@@ -49,7 +49,8 @@ def create_ensemble(
         temperatures: One per member; default: each member's stored temperature.
         backbone: For members with a custom backbone: a fresh instance (copied per member).
         threshold: The ensemble's operating threshold on its averaged P(positive); None = argmax.
-        **extra: More metadata (threshold_info, calibration, metrics, train_config...).
+        **extra: More metadata (threshold_info, calibration, metrics, train_config...). The
+            members' `training_data` records are merged into the ensemble's unless given.
 
     Raises:
         CheckpointError: no members, or members with other classes or preprocessing.
@@ -75,6 +76,9 @@ def create_ensemble(
         ],
         **extra.pop("ensemble", {}),
     }
+    record = _training_record(ckpts)
+    if record is not None:
+        extra.setdefault("training_data", record)
     # The members' temperatures are inside the model; the ensemble's output needs none of its own.
     save_checkpoint(
         out,
@@ -86,3 +90,23 @@ def create_ensemble(
         **extra,
     )
     return load_checkpoint(out)
+
+
+def _training_record(ckpts: Sequence[Checkpoint]) -> dict[str, Any] | None:
+    """What the ensemble as a whole was trained on: every member's images (None if one has no record).
+
+    An image any member trained on counts as trained on; one only used for validation (model
+    selection) by some member, and trained on by none, counts as a validation image.
+    """
+    records = [c.data.get("training_data") for c in ckpts]
+    if not all(records):
+        return None
+    train = set().union(*(r.get("train") or () for r in records))
+    val = set().union(*(r.get("val") or () for r in records)) - train
+    prints = {r.get("data_fingerprint") for r in records}
+    return {
+        **records[0],
+        "data_fingerprint": prints.pop() if len(prints) == 1 else None,
+        "train": sorted(train),
+        "val": sorted(val),
+    }

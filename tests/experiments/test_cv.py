@@ -225,6 +225,15 @@ def test_ensemble_works_as_a_checkpoint_with_tta_predict_and_model_card(cv_run, 
     pred = predictor.predict([image])
     p1 = _member_mean(res.cv_dir, x[:1], t)[0, 1]
     assert pred[0].probability == pytest.approx(p1, abs=1e-5)
+    assert report.training_overlap is not None and report.training_overlap.in_train == 0
+    # Every non-test image trained some member: the ensemble knows, and says so on val.
+    val = evaluate_checkpoint(
+        res.ensemble, cv_run.data, "val", backbone=TinyBackbone(), save=False, n_bootstrap=0
+    )
+    n_val = len(manifest.select("val"))
+    assert val.training_overlap.in_train == n_val and "not a held-out" in val.lines()[1]
+    with pytest.raises(DataError, match="training images"):
+        Evaluator(res.ensemble, backbone=TinyBackbone(), device="cpu").calibrate(cv_run.data, "val")
     card = render_model_card(load_checkpoint(res.ensemble), report)
     assert f"ensemble of {K} models" in card and "out-of-fold" in card
 
