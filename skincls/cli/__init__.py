@@ -1,6 +1,6 @@
 """The `skincls` command line: each command parses options, makes one library call, renders the result.
 
-One module per stage (fetch, train, cv, evaluate); nothing in the library imports this package.
+One module per stage (fetch, train, cv, evaluate, runs); nothing in the library imports this package.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from .cv import cv
 from .datasets import datasets
 from .evaluate import evaluate, export, predict
 from .fetch import fetch
+from .runs import runs
 from .train import demo, models, train
 
 __all__ = ["main"]
@@ -26,7 +27,7 @@ def main() -> None:
     """
 
 
-for _command in (fetch, datasets, train, cv, evaluate, predict, models, demo, export):
+for _command in (fetch, datasets, train, cv, evaluate, predict, runs, models, demo, export):
     main.add_command(_command)
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import re
+from collections.abc import Callable, Iterator
 
 import click
 from rich.console import Console, ConsoleDimensions
@@ -12,7 +14,7 @@ from rich.rule import Rule
 
 from ..errors import SkinclsError
 
-__all__ = ["PIPE_WIDTH", "console", "err_console", "friendly_errors"]
+__all__ = ["PIPE_WIDTH", "console", "err_console", "friendly_errors", "progress_bar"]
 
 # Output to a file or pipe has no screen to fit: lines are never wrapped, tables never squeezed.
 PIPE_WIDTH = 1000
@@ -55,6 +57,54 @@ precision_option = click.option(
     help="Model precision. auto: bf16 on CUDA where supported and on CPUs with native bf16 "
     "(AVX-512 BF16/AMX), else fp32.",
 )
+
+
+@contextlib.contextmanager
+def progress_bar(
+    enabled: bool = True, min_total: int = 64
+) -> Iterator[Callable[[int, int, str], None] | None]:
+    """A `progress(done, total, what)` callback drawing a bar on stderr, or None.
+
+    None off a terminal (a log file gets no bar frames) or when disabled; the bar appears only
+    once a task has at least `min_total` items, so a few images print no flicker.
+    """
+    if not enabled or not err_console.is_terminal:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+    tasks: dict[str, int] = {}
+
+    def update(done: int, total: int, what: str) -> None:
+        if what not in tasks:
+            if total < min_total:
+                return
+            if not tasks:
+                bar.start()
+            tasks[what] = bar.add_task(what, total=total)
+        bar.update(tasks[what], completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if tasks:
+            bar.stop()
 
 
 def friendly_errors(fn):

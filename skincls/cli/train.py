@@ -10,7 +10,7 @@ from typing import get_args
 import click
 from rich.table import Table
 
-from ._common import console, friendly_errors
+from ._common import console, err_console, friendly_errors
 
 
 def _int_or_word(value: str | None) -> int | str | None:
@@ -208,13 +208,27 @@ def train(config_file, quiet, resume, **options):
         config_file = out / "config.json"
     overrides, names = _overrides(options)
     config = load_config(config_file, overrides, names=names)
-    result = train_from_config(config, progress=not quiet, resume=resume)
+    result = train_from_config(
+        config, progress=not quiet, resume=resume, callbacks=[_announce_device()]
+    )
     if result.history.cache:
         cache = ", ".join(f"{k} {v}" for k, v in result.history.cache.items())
         console.print(f"feature cache (last phase): {cache}; notes in history.json")
     _print_history(result.history)
     console.print(f"best checkpoint: {result.best_checkpoint} (epoch {result.history.best_epoch})")
     console.print(f"run directory:   {result.run_dir}")
+
+
+def _announce_device():
+    """A trainer callback printing the device line once training starts (stderr)."""
+    from ..runtime import describe_device
+    from ..training.callbacks import Callback
+
+    class AnnounceDevice(Callback):
+        def on_fit_start(self, trainer) -> None:
+            err_console.print(describe_device(trainer.device, trainer.precision))
+
+    return AnnounceDevice()
 
 
 def _parse_head(value: str | None) -> list[int] | None:
