@@ -16,7 +16,9 @@ COMMANDS = ["fetch", "train", "evaluate", "predict", "export", "models", "demo",
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_help_shows_no_none_and_no_config_keys(name):
-    text = CliRunner().invoke(main, [name, "--help"]).output
+    result = CliRunner().invoke(main, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    text = result.output
     assert "None" not in text  # nobody can type None on a command line
     flat = " ".join(text.split())
     for key in ("backbone_lr_mult", "weight_decay", "finetune_epochs", "num_workers", "batch_size"):
