@@ -77,7 +77,7 @@ def test_random_frozen_backbone_is_refused_with_the_way_out(tiny_data, tmp_path)
     assert "--freeze none" in line and "--weights FILE" in line
     assert not run.exists()  # refused before anything was written
 
-    with pytest.raises(ConfigError, match="--freeze 0 keeps the whole backbone frozen"):
+    with pytest.raises(ConfigError, match="--train-stages 0 keeps the whole backbone frozen"):
         train_from_config(_config(tiny_data, run, freeze=0), progress=False)
     # From scratch is fine (what the demo and the test fixtures do).
     train_from_config(_config(tiny_data, run, freeze="none"), progress=False)
