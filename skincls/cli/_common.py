@@ -61,14 +61,16 @@ precision_option = click.option(
 
 @contextlib.contextmanager
 def progress_bar(
-    enabled: bool = True, *, announce: str | None = None, min_total: int = 64
-) -> Iterator[Callable[[int, int, str], None]]:
-    """A `progress(done, total, what)` callback: prints `announce` on stderr at the first call
-    (when the model first runs on data, so a failed start prints only its error), and draws a bar.
+    enabled: bool = True, min_total: int = 64
+) -> Iterator[Callable[[int, int, str], None] | None]:
+    """A `progress(done, total, what)` callback drawing a bar on stderr, or None.
 
-    The bar is drawn on a terminal only (a log file gets no bar frames), when `enabled`, and once a
-    task has at least `min_total` items (a few images print no flicker).
+    None off a terminal (a log file gets no bar frames) or when disabled; a task's bar appears once
+    it has at least `min_total` items, so a few images print no flicker.
     """
+    if not (enabled and err_console.is_terminal):
+        yield None
+        return
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -78,7 +80,6 @@ def progress_bar(
         TimeRemainingColumn,
     )
 
-    draw = enabled and err_console.is_terminal
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -89,16 +90,8 @@ def progress_bar(
         transient=True,
     )
     tasks: dict[str, int] = {}
-    started = False
 
     def update(done: int, total: int, what: str) -> None:
-        nonlocal started
-        if not started:
-            started = True
-            if announce:
-                err_console.print(announce)
-        if not draw:
-            return
         if what not in tasks:
             if total < min_total:
                 return

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..data.splits import DATASET_JSON
 from ..inference.export import FORMATS
-from ._common import console, friendly_errors, precision_option, progress_bar
+from ._common import console, err_console, friendly_errors, precision_option, progress_bar
 
 
 @click.command()
@@ -119,11 +119,7 @@ def evaluate(
     if target_sensitivity is not None and threshold is not None:
         raise click.UsageError("give --target-sensitivity or --threshold, not both")
     ckpt = load_checkpoint(checkpoint)  # read once: evaluate, store and the model card share it
-    # Said once the model first runs (a failed start prints only its error); --json output stays
-    # the JSON alone, on either stream.
-    dev = resolve_device(device)
-    announce = None if as_json else describe_device(dev, plan_precision(precision, dev).inference)
-    with progress_bar(not quiet, announce=announce) as progress:
+    with progress_bar(not quiet) as progress:
         report = evaluate_checkpoint(
             ckpt,
             data_dir,
@@ -141,6 +137,11 @@ def evaluate(
             num_workers=num_workers,
             progress=progress,
         )
+    # Said once the work succeeded, so a failure prints only its one-line error; --json output
+    # stays the JSON alone, on either stream.
+    if not as_json:
+        dev = resolve_device(device)
+        err_console.print(describe_device(dev, plan_precision(precision, dev).inference))
     if model_card is not None:
         from ..evaluation.modelcard import write_model_card
 
@@ -231,9 +232,10 @@ def predict(
         threshold=threshold,
         top_k=top_k,
     )
-    announce = None if as_json else describe_device(predictor.device, predictor.precision)
-    with progress_bar(not quiet, announce=announce) as progress:
+    with progress_bar(not quiet) as progress:
         preds = predictor.predict(paths, cam_dir=cam_dir, progress=progress)
+    if not as_json:  # after the work: a failure prints only its one-line error
+        err_console.print(describe_device(predictor.device, predictor.precision))
     if csv_file is not None:
         _write_predictions_csv(preds, csv_file)
     if as_json:

@@ -208,9 +208,12 @@ def train(config_file, quiet, resume, **options):
         config_file = out / "config.json"
     overrides, names = _overrides(options)
     config = load_config(config_file, overrides, names=names)
-    result = train_from_config(
-        config, progress=not quiet, resume=resume, callbacks=[_announce_device()]
-    )
+    # With progress lines, the device is said as training starts; quiet, once it has succeeded
+    # (a failure then prints only its one-line error).
+    device_line = _device_line(print_at_start=not quiet)
+    result = train_from_config(config, progress=not quiet, resume=resume, callbacks=[device_line])
+    if quiet:
+        err_console.print(device_line.line)
     if result.history.cache:
         cache = ", ".join(f"{k} {v}" for k, v in result.history.cache.items())
         console.print(f"feature cache (last phase): {cache}; notes in history.json")
@@ -219,16 +222,20 @@ def train(config_file, quiet, resume, **options):
     console.print(f"run directory:   {result.run_dir}")
 
 
-def _announce_device():
-    """A trainer callback printing the device line once training starts (stderr)."""
+def _device_line(print_at_start: bool):
+    """A trainer callback that keeps (`.line`) and optionally prints the device line at the start."""
     from ..runtime import describe_device
     from ..training.callbacks import Callback
 
-    class AnnounceDevice(Callback):
-        def on_fit_start(self, trainer) -> None:
-            err_console.print(describe_device(trainer.device, trainer.precision))
+    class DeviceLine(Callback):
+        line = ""
 
-    return AnnounceDevice()
+        def on_fit_start(self, trainer) -> None:
+            self.line = describe_device(trainer.device, trainer.precision)
+            if print_at_start:
+                err_console.print(self.line)
+
+    return DeviceLine()
 
 
 def _parse_head(value: str | None) -> list[int] | None:
