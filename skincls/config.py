@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .atomic import atomic_write
 from .errors import ConfigError
 
 __all__ = [
+    "MAX_CONFIG_BYTES",
     "DataConfig",
     "ModelConfig",
     "RunConfig",
@@ -23,9 +33,24 @@ __all__ = [
 ]
 
 
+# A config file is small; anything bigger is a mistake or hostile (it is read whole into memory).
+MAX_CONFIG_BYTES = 1_000_000
+# Upper bounds that no real run reaches: a typo or a hostile file fails here, not hours later.
+_MAX_EPOCHS = 10_000
+_MAX_BATCH = 4096
+_MAX_WIDTH = 65_536
+
+
 class _Config(BaseModel):
-    # Unknown keys are typos: reject them instead of silently ignoring them.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Unknown keys are typos: reject them instead of silently ignoring them. NaN and infinity are
+    # never a sensible setting (a NaN learning rate trains nothing and says nothing).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def _no_nul(value: Path) -> Path:
+    if "\0" in str(value):
+        raise ValueError("a path cannot contain a NUL byte")
+    return value
 
 
 class DataConfig(_Config):
@@ -37,11 +62,13 @@ class DataConfig(_Config):
     image_size: int | None = Field(
         default=None, ge=16, le=1024, description="Crop size in pixels; default: the weights' own."
     )
-    num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes.")
+    num_workers: int = Field(default=0, ge=0, le=64, description="DataLoader worker processes.")
     augment: bool = Field(
         default=False,
         description="Flips, 90° turns, small affine and colour jitter on train images.",
     )
+
+    _check_path = field_validator("data_dir")(_no_nul)
 
 
 class ModelConfig(_Config):
@@ -49,15 +76,18 @@ class ModelConfig(_Config):
 
     arch: str = Field(default="vgg16", description="A name from `skincls models`.")
     weights: str = Field(default="imagenet", description="'imagenet', 'none' or a state-dict file")
-    head: tuple[Annotated[int, Field(ge=1)], ...] = Field(
-        default=(4096, 512), description="Hidden layer widths of the head; () for a linear head."
+    head: tuple[Annotated[int, Field(ge=1, le=_MAX_WIDTH)], ...] = Field(
+        default=(4096, 512),
+        max_length=16,
+        description="Hidden layer widths of the head; () for a linear head.",
     )
     dropout: float = Field(
         default=0.5, ge=0.0, lt=1.0, description="Dropout after each hidden head layer."
     )
-    freeze: Literal["backbone", "none"] | Annotated[int, Field(ge=0, strict=True)] = Field(
+    freeze: Literal["backbone", "none"] | Annotated[int, Field(ge=0, le=1000, strict=True)] = Field(
         default="backbone",
-        description="'backbone', 'none' or how many trailing backbone stages train.",
+        description="'backbone' (only the head trains), 'none' (everything trains) or N: the last "
+        "N backbone stages train, the rest stay frozen.",
     )
 
 
@@ -73,20 +103,29 @@ class TrainConfig(_Config):
             data["precision"] = "fp32" if data.pop("amp") is False else "auto"
         return data
 
-    epochs: int = Field(default=10, ge=1, description="Epochs of the first (head) phase.")
-    batch_size: int = Field(default=20, ge=1, description="Training batch size.")
+    epochs: int = Field(
+        default=10, ge=1, le=_MAX_EPOCHS, description="Epochs of the first (head) phase."
+    )
+    batch_size: int = Field(default=20, ge=1, le=_MAX_BATCH, description="Training batch size.")
     lr: float = Field(
-        default=1e-3, gt=0, description="Learning rate (of the head; see backbone_lr_mult)."
+        default=1e-3,
+        gt=0,
+        le=10,
+        description="Learning rate (of the head; see backbone_lr_mult).",
     )
     optimizer: Literal["auto", "adam", "adamw", "sgd"] = Field(
         default="auto", description="auto: Adam, or AdamW when weight_decay > 0."
     )
-    weight_decay: float = Field(default=0.0, ge=0, description="Weight decay (decoupled, AdamW).")
+    weight_decay: float = Field(
+        default=0.0, ge=0, le=10, description="Weight decay (decoupled, AdamW)."
+    )
     schedule: Literal["none", "cosine", "plateau"] = Field(
         default="none",
         description="LR schedule per phase: cosine (per step, after warmup) or plateau.",
     )
-    warmup_epochs: float = Field(default=0.0, ge=0, description="Linear LR warmup (cosine only).")
+    warmup_epochs: float = Field(
+        default=0.0, ge=0, le=_MAX_EPOCHS, description="Linear LR warmup (cosine only)."
+    )
     label_smoothing: float = Field(
         default=0.0, ge=0, lt=1, description="Label smoothing of the training loss."
     )
@@ -97,17 +136,23 @@ class TrainConfig(_Config):
         default="shuffle", description="balanced: draw classes equally often (with replacement)."
     )
     finetune_epochs: int = Field(
-        default=0, ge=0, description="Epochs of a second phase with the backbone (partly) unfrozen."
+        default=0,
+        ge=0,
+        le=_MAX_EPOCHS,
+        description="Epochs of a second phase with the backbone (partly) unfrozen.",
     )
-    unfreeze: Literal["all"] | Annotated[int, Field(ge=1, strict=True)] = Field(
+    unfreeze: Literal["all"] | Annotated[int, Field(ge=1, le=1000, strict=True)] = Field(
         default="all",
-        description="Fine-tuning phase: 'all' or how many trailing backbone stages train.",
+        description="Fine-tuning phase: 'all' backbone stages train, or only the last N.",
     )
     backbone_lr_mult: float = Field(
         default=0.1, gt=0, le=1, description="Backbone LR = lr × this while fine-tuning."
     )
     patience: int | None = Field(
-        default=None, ge=1, description="Early stopping: epochs without improvement; None = off."
+        default=None,
+        ge=1,
+        le=_MAX_EPOCHS,
+        description="Early stopping after this many epochs without improvement; default: off.",
     )
     monitor: Literal["val_loss", "val_accuracy"] = Field(
         default="val_loss", description="What decides the best checkpoint and early stopping."
@@ -116,14 +161,16 @@ class TrainConfig(_Config):
         default="auto", description="Frozen backbone: compute its features once (memory or disk)."
     )
     inference_batch_size: int = Field(
-        default=32, ge=1, description="Batch size of the feature-extraction pass."
+        default=32, ge=1, le=_MAX_BATCH, description="Batch size of the feature-extraction pass."
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto",
         description="auto: bf16 on CUDA where supported (else fp16); on CPUs with native bf16, bf16 "
         "for the frozen feature pass, evaluation and prediction, fp32 for training steps.",
     )
-    seed: int = Field(default=0, description="Seeds init, shuffling and augmentation.")
+    seed: int = Field(
+        default=0, ge=0, le=2**63 - 1, description="Seeds init, shuffling and augmentation."
+    )
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps.")
 
 
@@ -139,38 +186,101 @@ class RunConfig(_Config):
         "runs/ARCH-YYYYMMDD-HHMMSS.",
     )
 
+    _check_path = field_validator("out")(_no_nul)
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+
+def load_config(
+    path: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    names: Mapping[str, str] | None = None,
+) -> RunConfig:
     """Read a YAML or JSON config file (optional) and apply dotted-key overrides on top.
+
+    The file is untrusted input: it may hold at most `MAX_CONFIG_BYTES`, must be UTF-8, and YAML
+    aliases (`*name`, which let a few lines expand to gigabytes) are refused.
 
     Args:
         path: A `.yaml`, `.yml` or `.json` file with `RunConfig`'s nested layout, or None.
         overrides: e.g. `{"train.epochs": 3}`; `None` values are skipped (option not given).
+        names: What to call an overridden key in messages, e.g. `{"train.epochs": "--epochs"}`.
 
     Raises:
-        ConfigError: unreadable file or invalid values, with the offending key named.
+        ConfigError: unreadable, oversized or malformed file, or invalid values; one line naming
+            the offending key (or option) and what it must be.
     """
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-        try:
-            raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise ConfigError(f"config file {path} is not valid {path.suffix[1:]}: {exc}") from exc
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path} must hold a mapping, not {type(raw).__name__}")
-    return _validate(merge_overrides(raw, overrides or {}), source=path)
+        raw = _read_config_file(path)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    merged = merge_overrides(raw, given)
+    labels = {k: (names or {}).get(k, k) for k in given}
+    return _validate(merged, source=path, labels=labels)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes; "
+            "a config holds a few options, check the file"
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {data[exc.start]:#04x} at offset "
+            f"{exc.start}); save it as UTF-8 YAML or JSON"
+        ) from exc
+    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+    try:
+        raw = json.loads(text) if kind == "JSON" else yaml.load(text, Loader=_NoAliasLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = exc.problem or exc.context or "syntax error"
+        raise ConfigError(f"config file {path} is not valid YAML ({where}{problem})") from exc
+    except (yaml.YAMLError, ValueError) as exc:  # JSONDecodeError; ints of over 4300 digits
+        problem = _one_line(exc)
+        if "integer string conversion" in problem:
+            problem = "it holds a number of thousands of digits"
+        raise ConfigError(f"config file {path} is not valid {kind}: {problem}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"config file {path} is nested too deeply to be a config") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, not {type(raw).__name__}")
+    return raw
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses aliases: nested ones expand exponentially (billion laughs).
+
+    Anchors alone are harmless and allowed; a config never needs to repeat a node.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.MarkedYAMLError(
+                problem=f"aliases (*{event.anchor}) are not allowed in a config; write the value out",
+                problem_mark=event.start_mark,
+            )
+        return super().compose_node(parent, index)
 
 
 def merge_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Return a copy of `raw` with each dotted key in `overrides` set (None values skipped)."""
-    merged = json.loads(json.dumps(raw, default=str))
+    try:
+        merged = json.loads(json.dumps(raw, default=str))
+    except (TypeError, ValueError) as exc:  # e.g. a YAML key that is a list
+        raise ConfigError(f"config keys must be names: {_one_line(exc)}") from exc
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -184,15 +294,109 @@ def merge_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return merged
 
 
-def _validate(raw: dict[str, Any], source: Path | None) -> RunConfig:
+def _validate(
+    raw: dict[str, Any], source: Path | None, labels: Mapping[str, str] | None = None
+) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        origin = f" in {source}" if source else ""
-        hint = " (unknown key)" if first["type"] == "extra_forbidden" else ""
-        raise ConfigError(f"invalid config{origin}: {where}: {first['msg']}{hint}") from exc
+        raise ConfigError(_describe(exc, source, labels or {})) from exc
+
+
+def _describe(exc: ValidationError, source: Path | None, labels: Mapping[str, str]) -> str:
+    """One line in the user's words: the option or key, what it must be, and what was given."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = _field_loc(first["loc"])
+    key = ".".join(map(str, loc)) or "config"
+    if first["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), list(parent.model_fields) if parent else [])
+        hint = f" (did you mean {'.'.join(map(str, (*loc[:-1], close[0])))}?)" if close else ""
+        where = f" in config file {source}" if source else " in the config"
+        return f"unknown key {key}{where}{hint}"
+    # A field with a union type (e.g. freeze: 'backbone', 'none' or N) fails once per member.
+    same = [e for e in errors if _field_loc(e["loc"]) == loc]
+    if first["type"] == "value_error":  # our own validators' messages are already plain
+        problem = str((first.get("ctx") or {}).get("error", first["msg"]))
+    else:
+        problem = "must be " + " or ".join(dict.fromkeys(_wanted(e) for e in same))
+    got = repr(first["input"])
+    got = got if len(got) <= 40 else got[:37] + "..."
+    top = ".".join(map(str, loc[:2]))
+    if top in labels or key in labels:
+        return f"{labels.get(key, labels.get(top))}: {problem} (got {got})"
+    where = f"invalid config in {source}" if source else "invalid config"
+    return f"{where}: {key} {problem} (got {got})"
+
+
+def _field_loc(loc: tuple) -> tuple:
+    """The part of a pydantic error location that names fields (not union members' type tags)."""
+    out: list = []
+    model: Any = RunConfig
+    for part in loc:
+        if isinstance(part, int):
+            out.append(part)
+            continue
+        if model is None or part not in getattr(model, "model_fields", {}):
+            if model is not None and isinstance(model, type) and issubclass(model, BaseModel):
+                out.append(part)  # an unknown key: name it
+            break
+        out.append(part)
+        annotation = model.model_fields[part].annotation
+        model = annotation if isinstance(annotation, type) else None
+    return tuple(out)
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: Any = RunConfig
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        model = field.annotation if field is not None else None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+_PHRASES = {
+    "finite_number": "a finite number",
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_parsing_size": "a whole number of sensible size",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "text",
+    "model_type": "a mapping of keys",
+    "model_attributes_type": "a mapping of keys",
+    "dict_type": "a mapping of keys",
+    "tuple_type": "a list",
+    "list_type": "a list",
+    "path_type": "a path",
+}
+
+
+def _wanted(error: dict[str, Any]) -> str:
+    """What a value must be, as a phrase that follows "must be"."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    bounds = {
+        "greater_than": "greater than {gt}",
+        "greater_than_equal": "at least {ge}",
+        "less_than": "less than {lt}",
+        "less_than_equal": "at most {le}",
+        "too_long": "at most {max_length} items",
+        "too_short": "at least {min_length} items",
+        "literal_error": "{expected}",
+    }
+    if kind in bounds:
+        return bounds[kind].format(**ctx)
+    if kind in _PHRASES:
+        return _PHRASES[kind]
+    return error["msg"][0].lower() + error["msg"][1:]
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def save_config(config: BaseModel, path: str | Path) -> None:

@@ -15,6 +15,7 @@ __all__ = [
     "PRECISIONS",
     "PrecisionPlan",
     "cpu_has_native_bf16",
+    "describe_device",
     "get_rng_state",
     "plan_precision",
     "resolve_device",
@@ -121,6 +122,26 @@ def plan_precision(precision: str, device: torch.device) -> PrecisionPlan:
         fast = "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
         return PrecisionPlan(name, fast, "fp32", fast)
     return PrecisionPlan(name, name, name, name)
+
+
+def describe_device(device: torch.device, precision: PrecisionPlan | str = "fp32") -> str:
+    """One line saying where a run computes: `device: cpu (2 threads), precision fp32`.
+
+    Args:
+        device: The resolved device (`resolve_device`).
+        precision: The run's precision plan (`plan_precision`), or the one precision it uses.
+    """
+    if device.type == "cpu":
+        where = f"cpu ({torch.get_num_threads()} threads)"
+    elif device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        where = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    else:
+        where = str(device)
+    text = (
+        precision.describe() if isinstance(precision, PrecisionPlan) else f"precision {precision}"
+    )
+    return f"device: {where}, {text}"
 
 
 def seed_everything(seed: int) -> None:

@@ -1,6 +1,6 @@
 """The `skincls` command line: each command parses options, makes one library call, renders the result.
 
-One module per stage (fetch, train, cv, evaluate, serve); nothing in the library imports this package.
+One module per stage (fetch, train, cv, evaluate, runs, serve); nothing in the library imports this package.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from .cv import cv
 from .datasets import datasets
 from .evaluate import evaluate, export, predict
 from .fetch import fetch
+from .runs import runs
 from .serve import serve
 from .train import demo, models, train
 
@@ -29,7 +30,7 @@ def main() -> None:
     show_library_messages()
 
 
-for _command in (fetch, datasets, train, cv, evaluate, predict, models, demo, export, serve):
+for _command in (fetch, datasets, train, cv, evaluate, predict, runs, models, demo, export, serve):
     main.add_command(_command)
 
 

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ._common import console, friendly_errors
-from .train import _TRAIN_OPTIONS, _param_name, _train_options
+from .train import _overrides, _train_options
 
 
 @click.command()
@@ -95,8 +95,8 @@ def cv(
     out = options["out"]
     if resume and config_file is None and out is not None and (out / "config.json").is_file():
         config_file = out / "config.json"
-    overrides = {key: options[_param_name(flag)] for flag, key, _ in _TRAIN_OPTIONS}
-    config = load_config(config_file, overrides)
+    overrides, names = _overrides(options)
+    config = load_config(config_file, overrides, names=names)
     if out is None and config.out == RunConfig.model_fields["out"].default:
         config.out = Path("runs/cv")  # not train's default run dir
     result = cross_validate(

@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from ..inference.export import FORMATS
-from ._common import console, friendly_errors, precision_option
+from ._common import console, err_console, friendly_errors, precision_option, progress_bar
 
 
 @click.command()
@@ -82,6 +82,7 @@ from ._common import console, friendly_errors, precision_option
     help="Worker processes decoding images while the model runs.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
     "--model-card",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -107,6 +108,7 @@ def evaluate(
     num_workers,
     as_json,
     model_card,
+    quiet,
 ):
     """Measure CHECKPOINT on one split: accuracy, sensitivity, specificity, AUC, calibration, CIs.
 
@@ -120,30 +122,38 @@ def evaluate(
     """
     from ..evaluation.evaluator import evaluate_checkpoint
     from ..models.checkpoint import load_checkpoint
+    from ..runtime import describe_device, plan_precision, resolve_device
 
     if target_sensitivity is not None and threshold is not None:
         raise click.UsageError("give --target-sensitivity or --threshold, not both")
     # Read once: evaluate, store and the model card share it (hashed when it may be written back).
     ckpt = load_checkpoint(checkpoint, for_update=save)
     fitted = calibrate or target_sensitivity is not None or threshold is not None
-    report = evaluate_checkpoint(
-        ckpt,
-        data_dir,
-        split,
-        calibrate=calibrate,
-        target_sensitivity=target_sensitivity,
-        threshold=threshold,
-        tta=tta,
-        plots_dir=plots_dir,
-        device=device,
-        save=save,
-        keep_worse_calibration=keep_worse_calibration,
-        n_bootstrap=bootstrap,
-        seed=seed,
-        precision=precision,
-        num_workers=num_workers,
-    )
+    with progress_bar(not quiet) as progress:
+        report = evaluate_checkpoint(
+            ckpt,
+            data_dir,
+            split,
+            calibrate=calibrate,
+            target_sensitivity=target_sensitivity,
+            threshold=threshold,
+            tta=tta,
+            plots_dir=plots_dir,
+            device=device,
+            save=save,
+            keep_worse_calibration=keep_worse_calibration,
+            n_bootstrap=bootstrap,
+            seed=seed,
+            precision=precision,
+            num_workers=num_workers,
+            progress=progress,
+        )
     _notices(report, ckpt.path, save=save, fitted=fitted, as_json=as_json)
+    # Said once the work succeeded, so a failure prints only its one-line error; --json output
+    # stays the JSON alone, on either stream.
+    if not as_json:
+        dev = resolve_device(device)
+        err_console.print(describe_device(dev, plan_precision(precision, dev).inference))
     if model_card is not None:
         from ..evaluation.modelcard import write_model_card
 
@@ -206,7 +216,8 @@ def _print_confusion(report) -> None:
     "cam_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Write Grad-CAM overlays (PNG, the input's size) into this folder.",
+    help="Write a Grad-CAM figure per image into this folder (PNG: the image, its heat map with a "
+    "colour scale, label and probability).",
 )
 @click.option(
     "--threshold",
@@ -225,6 +236,7 @@ def _print_confusion(report) -> None:
     "0 with two].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print predictions as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
     "--csv",
     "csv_file",
@@ -234,7 +246,7 @@ def _print_confusion(report) -> None:
 )
 @friendly_errors
 def predict(
-    checkpoint, paths, tta, cam_dir, threshold, device, precision, top_k, as_json, csv_file
+    checkpoint, paths, tta, cam_dir, threshold, device, precision, top_k, as_json, quiet, csv_file
 ):
     """Predict label and (calibrated) probability of images: P(malignant) for a benign/malignant
     model, P(label) and the top-k classes for one with more classes.
@@ -244,6 +256,7 @@ def predict(
     row; the exit code is 1 if any failed.
     """
     from ..inference.predict import Predictor
+    from ..runtime import describe_device
 
     predictor = Predictor.from_checkpoint(
         checkpoint,
@@ -253,7 +266,10 @@ def predict(
         threshold=threshold,
         top_k=top_k,
     )
-    preds = predictor.predict(paths, cam_dir=cam_dir)
+    with progress_bar(not quiet) as progress:
+        preds = predictor.predict(paths, cam_dir=cam_dir, progress=progress)
+    if not as_json:  # after the work: a failure prints only its one-line error
+        err_console.print(describe_device(predictor.device, predictor.precision))
     if csv_file is not None:
         _write_predictions_csv(preds, csv_file)
     if as_json:

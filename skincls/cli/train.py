@@ -4,28 +4,64 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import click
 from rich.table import Table
 
-from ._common import console, friendly_errors
+from ._common import console, err_console, friendly_errors
 
 
 def _int_or_word(value: str | None) -> int | str | None:
-    """`--freeze 2` is a stage count, `--freeze backbone` a policy name."""
+    """`--unfreeze 2` is a stage count, `--unfreeze all` a policy name."""
     return int(value) if value is not None and value.lstrip("-").isdigit() else value
 
 
+def _freeze_policy(ctx, param, value: str | None) -> str | None:
+    """`--freeze backbone|none`; a number here once meant "N stages train": point to --train-stages."""
+    if value is None or value in ("backbone", "none"):
+        return value
+    if value.lstrip("-").isdigit():
+        raise click.BadParameter(
+            f"{value!r}: --freeze takes backbone or none; to train the last {value} backbone "
+            f"stages (and the head) use --train-stages {value}"
+        )
+    raise click.BadParameter(f"{value!r}: give backbone (only the head trains) or none")
+
+
 # `skincls train` options: (flag, RunConfig key, click settings). Help text and the default shown in
-# brackets come from the config's own fields, so `--help`, config files and the docs cannot disagree.
+# brackets come from the config's own fields, so `--help`, config files and the docs cannot disagree;
+# config key names in that text (backbone_lr_mult) are shown as their options (--backbone-lr-mult).
+# Settings may add "show_default": False where the config's default is not this option's.
 _TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
     ("--data-dir", "data.data_dir", {"type": click.Path(path_type=Path)}),
     ("--arch", "model.arch", {}),
     ("--weights", "model.weights", {}),
-    ("--freeze", "model.freeze", {"callback": lambda c, p, v: _int_or_word(v)}),
+    (
+        "--freeze",
+        "model.freeze",
+        {
+            "callback": _freeze_policy,
+            "metavar": "backbone|none",
+            "help": "backbone: only the head trains (the original recipe); none: everything "
+            "trains. See --train-stages.",
+        },
+    ),
+    (
+        "--train-stages",
+        "model.freeze",
+        {
+            "type": click.IntRange(0, 1000),
+            "metavar": "N",
+            "show_default": False,
+            "help": "Train the head and only the last N backbone stages (`skincls models` lists "
+            "each arch's stages); config key model.freeze: N.",
+        },
+    ),
     (
         "--head",
         "model.head",
@@ -34,38 +70,42 @@ _TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
             "help": "Hidden widths, e.g. 4096,512; 'none' for a linear head.",
         },
     ),
-    ("--dropout", "model.dropout", {"type": click.FloatRange(0, 1, max_open=True)}),
-    ("--epochs", "train.epochs", {"type": click.IntRange(min=1)}),
-    ("--batch-size", "train.batch_size", {"type": click.IntRange(min=1)}),
-    ("--lr", "train.lr", {"type": click.FloatRange(min=0, min_open=True)}),
-    ("--image-size", "data.image_size", {"type": click.IntRange(16, 1024)}),
+    ("--dropout", "model.dropout", {}),
+    ("--epochs", "train.epochs", {}),
+    ("--batch-size", "train.batch_size", {}),
+    ("--lr", "train.lr", {}),
+    ("--image-size", "data.image_size", {}),
     ("--augment/--no-augment", "data.augment", {}),
     ("--device", "train.device", {}),
-    ("--seed", "train.seed", {"type": int}),
+    ("--seed", "train.seed", {"type": int}),  # the huge upper bound is noise in --help
     ("--out", "out", {"type": click.Path(file_okay=False, path_type=Path)}),
-    ("--finetune-epochs", "train.finetune_epochs", {"type": click.IntRange(min=0)}),
-    ("--unfreeze", "train.unfreeze", {"callback": lambda c, p, v: _int_or_word(v)}),
+    ("--finetune-epochs", "train.finetune_epochs", {}),
+    (
+        "--unfreeze",
+        "train.unfreeze",
+        {"callback": lambda c, p, v: _int_or_word(v), "metavar": "all|N"},
+    ),
     (
         "--backbone-lr-mult",
         "train.backbone_lr_mult",
-        {"type": click.FloatRange(0, 1, min_open=True)},
+        {},
     ),
     ("--optimizer", "train.optimizer", {"type": click.Choice(["auto", "adam", "adamw", "sgd"])}),
-    ("--weight-decay", "train.weight_decay", {"type": click.FloatRange(min=0)}),
+    ("--weight-decay", "train.weight_decay", {}),
     ("--schedule", "train.schedule", {"type": click.Choice(["none", "cosine", "plateau"])}),
-    ("--warmup-epochs", "train.warmup_epochs", {"type": click.FloatRange(min=0)}),
-    ("--label-smoothing", "train.label_smoothing", {"type": click.FloatRange(0, 1, max_open=True)}),
+    ("--warmup-epochs", "train.warmup_epochs", {}),
+    ("--label-smoothing", "train.label_smoothing", {}),
     ("--class-weights", "train.class_weights", {"type": click.Choice(["none", "balanced"])}),
     ("--sampler", "train.sampler", {"type": click.Choice(["shuffle", "balanced"])}),
-    ("--patience", "train.patience", {"type": click.IntRange(min=1)}),
+    ("--patience", "train.patience", {}),
     ("--monitor", "train.monitor", {"type": click.Choice(["val_loss", "val_accuracy"])}),
     (
         "--cache-features",
         "train.cache_features",
         {"type": click.Choice(["auto", "memory", "disk", "off"])},
     ),
-    ("--inference-batch-size", "train.inference_batch_size", {"type": click.IntRange(min=1)}),
-    ("--num-workers", "data.num_workers", {"type": click.IntRange(min=0)}),
+    ("--inference-batch-size", "train.inference_batch_size", {}),
+    ("--num-workers", "data.num_workers", {}),
     ("--precision", "train.precision", {"type": click.Choice(["auto", "fp32", "bf16", "fp16"])}),
 )
 
@@ -83,17 +123,62 @@ def _train_options(fn):
     """Add every `_TRAIN_OPTIONS` entry to `fn`; each defaults to None = "not given, keep the config's"."""
     for flag, key, settings in reversed(_TRAIN_OPTIONS):
         field = _config_field(key)
-        # `get`, not `pop`: the table is shared by every command that takes the train options.
-        text = settings.get("help") or (field.description or "").rstrip(".") + "."
-        default = field.default
+        # A copy: the table is shared by every command that takes the train options.
+        settings = dict(settings)
+        text = settings.pop("help", None) or (field.description or "").rstrip(".") + "."
+        text = _KEY_NAMES.sub(lambda m: _flag_of[m.group(0)], text)
+        settings.setdefault("type", _range_type(field))
+        default = field.default if settings.pop("show_default", True) else None
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         settings = {**settings, "help": text if default is None else f"{text} [{shown}]"}
         fn = click.option(flag, default=None, **settings)(fn)
     return fn
 
 
+def _range_type(field):
+    """A click range with the config field's own bounds, so `--help` shows them and click checks them."""
+    types = [a for a in get_args(field.annotation) or (field.annotation,) if a is not type(None)]
+    kind = {int: click.IntRange, float: click.FloatRange}.get(types[0]) if len(types) == 1 else None
+    if kind is None:
+        return None
+    bounds: dict = {}
+    for m in field.metadata:
+        for name, key, is_open in (
+            ("ge", "min", False),
+            ("gt", "min", True),
+            ("le", "max", False),
+            ("lt", "max", True),
+        ):
+            if getattr(m, name, None) is not None:
+                bounds[key], bounds[f"{key}_open"] = getattr(m, name), is_open
+    return kind(**bounds)
+
+
 def _param_name(flag: str) -> str:
     return flag.split("/")[0].lstrip("-").replace("-", "_")
+
+
+def _flag_name(flag: str) -> str:
+    return flag.split("/")[0]
+
+
+# Config key names with an underscore, as they may appear in help text → their options.
+_flag_of = {key.rsplit(".", 1)[-1]: _flag_name(flag) for flag, key, _ in reversed(_TRAIN_OPTIONS)}
+_KEY_NAMES = re.compile(r"\b(" + "|".join(k for k in _flag_of if "_" in k) + r")\b")
+
+
+def _overrides(options: dict) -> tuple[dict, dict]:
+    """The given options as dotted config keys, and what to call each key in messages."""
+    overrides: dict = {}
+    names: dict = {}
+    for flag, key, _ in _TRAIN_OPTIONS:
+        value = options[_param_name(flag)]
+        if value is None:
+            continue
+        if key in overrides:
+            raise click.UsageError(f"give {names[key]} or {_flag_name(flag)}, not both")
+        overrides[key], names[key] = value, _flag_name(flag)
+    return overrides, names
 
 
 @click.command()
@@ -143,11 +228,18 @@ def train(config_file, quiet, resume, overwrite, nproc, **options):
     out = options["out"]
     if resume and config_file is None and out is not None and (out / "config.json").is_file():
         config_file = out / "config.json"
-    overrides = {key: options[_param_name(flag)] for flag, key, _ in _TRAIN_OPTIONS}
-    config = load_config(config_file, overrides)
-    result = train_from_config(config, progress=not quiet, resume=resume, overwrite=overwrite)
+    overrides, names = _overrides(options)
+    config = load_config(config_file, overrides, names=names)
+    # With progress lines, the device is said as training starts; quiet, once it has succeeded
+    # (a failure then prints only its one-line error).
+    device_line = _device_line(print_at_start=not quiet)
+    result = train_from_config(
+        config, progress=not quiet, resume=resume, overwrite=overwrite, callbacks=[device_line]
+    )
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun: rank 0 reports
+    if quiet:
+        err_console.print(device_line.line)
     if result.history.cache:
         cache = ", ".join(f"{k} {v}" for k, v in result.history.cache.items())
         console.print(f"feature cache (last phase): {cache}; notes in history.json")
@@ -177,6 +269,22 @@ def _launch_torchrun(nproc: int) -> None:
             f"training failed in one of its {nproc} processes (torchrun exit code {code}); "
             "the failing rank's error is above"
         )
+
+
+def _device_line(print_at_start: bool):
+    """A trainer callback that keeps (`.line`) and optionally prints the device line at the start."""
+    from ..runtime import describe_device
+    from ..training.callbacks import Callback
+
+    class DeviceLine(Callback):
+        line = ""
+
+        def on_fit_start(self, trainer) -> None:
+            self.line = describe_device(trainer.device, trainer.precision)
+            if print_at_start:
+                err_console.print(self.line)
+
+    return DeviceLine()
 
 
 def _parse_head(value: str | None) -> list[int] | None:
@@ -221,11 +329,7 @@ def models(as_json):
     if as_json:
         click.echo(json.dumps([vars(r) for r in rows], indent=2))
         return
-    table = Table(
-        title="backbones for --arch",
-        caption="params/trainable: default head 4096,512, 2 classes, --freeze backbone; "
-        "stages: what --freeze N counts; px: default input size; top-1: ImageNet accuracy",
-    )
+    table = Table(title="backbones for --arch")
     for col in ("arch", "params", "trainable", "stages", "px", "top-1"):
         table.add_column(col, justify="left" if col == "arch" else "right", no_wrap=True)
     for r in rows:
@@ -234,6 +338,11 @@ def models(as_json):
             r.name, f"{r.params:,}", f"{r.trainable:,}", str(r.stages), str(r.input_size), acc
         )
     console.print(table)
+    # Below the table, not as its caption: a caption wraps to the table's width mid-sentence.
+    console.print(
+        "params/trainable: default head 4096,512, 2 classes, --freeze backbone; "
+        "stages: what --train-stages N counts; px: default input size; top-1: ImageNet accuracy"
+    )
 
 
 @click.command()

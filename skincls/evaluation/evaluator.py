@@ -6,6 +6,7 @@ arrays through `skincls.metrics`. Threshold and temperature are fitted on the va
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ class Evaluator:
         device: auto, cpu, cuda, cuda:N or mps.
         batch_size: Images per forward pass.
         tta: Average softmax over the 8 flips and 90° turns.
+        progress: Called as `progress(done, total, what)` after each batch the model runs on.
     """
 
     def __init__(
@@ -82,8 +84,10 @@ class Evaluator:
         tta: bool = False,
         precision: str = "auto",
         num_workers: int = 0,
+        progress: Callable[[int, int, str], None] | None = None,
     ):
         self.checkpoint: Checkpoint | None = None
+        self.progress = progress
         self.threshold: float | None = None
         self.threshold_choice: ThresholdChoice | None = None
         self.temperature = 1.0
@@ -141,10 +145,14 @@ class Evaluator:
                 num_workers=self.num_workers,
                 pin_memory=self.device.type == "cuda",
             )
+            done = 0
             for x, y in loader:
                 x = x.to(self.device, non_blocking=True)
                 logits.append(model_logits(self.model, x, self.tta, self._dtype).cpu())
                 labels.append(torch.as_tensor(y))
+                done += len(x)
+                if self.progress is not None:
+                    self.progress(done, len(ds), f"{split} split")
             if not labels:
                 raise DataError(f"the {split} split has no images")
             out = Outputs(split, torch.cat(logits).numpy(), torch.cat(labels).numpy().astype(int))
@@ -480,6 +488,7 @@ def evaluate_checkpoint(
     seed: int = 0,
     precision: str = "auto",
     num_workers: int = 0,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> EvalReport:
     """What `skincls evaluate` does: optionally calibrate and choose a threshold on val, then measure.
 
@@ -497,6 +506,7 @@ def evaluate_checkpoint(
         tta=tta,
         precision=precision,
         num_workers=num_workers,
+        progress=progress,
     )
     if calibrate:
         ev.calibrate(data_dir, "val", keep_worse=keep_worse_calibration)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ..figures import new_figure, save_figure
+from ..figures import integer_ticks, new_figure, save_figure, set_title
 
 # --- evaluation plots (ROC, PR, confusion matrix, reliability) -------------------------------------
 
-__all__ = ["plot_confusion", "plot_pr", "plot_reliability", "plot_roc"]
+__all__ = ["plot_confusion", "plot_pr", "plot_reliability", "plot_roc", "reliability_figure"]
 
 
 def plot_roc(y, p, path, tag: str, threshold: float | None = None, positive: str = "positive"):
@@ -24,9 +24,8 @@ def plot_roc(y, p, path, tag: str, threshold: float | None = None, positive: str
     ax.plot(
         1 - spec, sens, "o", c="C3", label=f"threshold {t:.3f}: sens {sens:.2f}, spec {spec:.2f}"
     )
-    ax.set(
-        xlabel="1 − specificity (FPR)", ylabel="sensitivity (TPR)", title=f"ROC, {positive} ({tag})"
-    )
+    ax.set(xlabel="1 − specificity (FPR)", ylabel="sensitivity (TPR)")
+    set_title(ax, f"ROC curve, {positive} ({tag})")
     ax.legend(loc="lower right", fontsize=7)
     return _saved(fig, path)
 
@@ -45,7 +44,7 @@ def plot_pr(y, p, path, tag: str, threshold: float | None = None, positive: str 
     if pred.any():
         ax.plot(pred[y == 1].mean(), y[pred].mean(), "o", c="C3", label=f"threshold {t:.3f}")
     ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", ylim=(0, 1.02))
-    ax.set_title(f"Precision-recall, {positive} ({tag})", fontsize=9)
+    set_title(ax, f"Precision-recall curve, {positive} ({tag})")
     ax.legend(loc="lower left", fontsize=7)
     return _saved(fig, path)
 
@@ -69,7 +68,7 @@ def plot_confusion(cm, classes, path, tag: str):
         ha="right" if len(classes) > 2 else "center",
     )
     ax.set_yticklabels(classes)
-    ax.set_title(f"Confusion matrix ({tag})", fontsize=9)
+    set_title(ax, f"Confusion matrix ({tag})")
     return _saved(fig, path)
 
 
@@ -84,33 +83,67 @@ def plot_reliability(
     positive="positive",
     positive_index=1,
 ):
+    """Write `reliability_figure(...)` as a PNG; returns the path."""
+    fig = reliability_figure(
+        y, probs, tag, probs_after, temperature, n_bins, positive, positive_index
+    )
+    return _saved(fig, path)
+
+
+def reliability_figure(
+    y,
+    probs,
+    tag: str,
+    probs_after=None,
+    temperature=1.0,
+    n_bins=15,
+    positive="positive",
+    positive_index=1,
+):
     """Reliability diagram (equal-width bins), before and, if given, after temperature scaling.
 
     Binary: P(positive) against the observed positive rate; more classes: top-label confidence
-    against accuracy (see `skincls.metrics.calibration_bins`).
+    against accuracy (see `skincls.metrics.calibration_bins`). Below the curve, the number of
+    images in each bin; the legend sits above the plot, off the data. Returns the `Figure`.
     """
+    import numpy as np
+
     from .metrics import calibration_bins, expected_calibration_error
 
-    fig, ax = new_figure(figsize=(4.2, 4))
-    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    # Top: the curve; bottom: how many images each bin holds (a point from 3 images means little).
+    fig, (ax, counts) = new_figure(
+        2, 1, figsize=(4.6, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8, label="perfect calibration")
     curves = [("uncalibrated", probs, "C0")]
     if probs_after is not None:
         curves.append((f"T = {temperature:.2f}", probs_after, "C3"))
-    for name, pr, colour in curves:
+    width = 1 / n_bins
+    for k, (name, pr, colour) in enumerate(curves):
         conf, freq, count = calibration_bins(y, pr, n_bins, positive_index)
         used = count > 0
         ece = expected_calibration_error(y, pr, n_bins, positive_index)
         ax.plot(conf[used], freq[used], "o-", c=colour, ms=3, label=f"{name}: ECE {ece:.3f}")
+        # Bars side by side within each bin when there are two curves.
+        share = width / len(curves)
+        left = np.arange(n_bins) * width + k * share
+        counts.bar(left, count, width=share, align="edge", color=colour, alpha=0.8)
     binary = probs.shape[1] == 2
     ax.set(
-        xlabel=f"predicted P({positive})" if binary else "top-class confidence",
         ylabel=f"observed {positive} rate" if binary else "accuracy",
         xlim=(0, 1),
         ylim=(0, 1),
     )
-    ax.set_title(f"Reliability, {n_bins} bins ({tag})", fontsize=9)
-    ax.legend(loc="upper left", fontsize=7)
-    return _saved(fig, path)
+    counts.set(
+        xlabel=f"predicted P({positive})" if binary else "top-class confidence",
+        ylabel="images",
+        xlim=(0, 1),
+    )
+    integer_ticks(counts.yaxis)
+    set_title(fig, f"Reliability, {n_bins} bins ({tag})")
+    # Outside the axes, above them: a legend inside would cover points in some corner or other.
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=7, frameon=False)
+    return fig
 
 
 def _saved(fig, path):

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..data.dataset import build_transform
 from ..errors import ModelError
+from ..figures import new_figure, set_title
 from ..preprocessing import Preprocessing
 
 __all__ = ["GradCamExplainer", "find_target_layer", "find_target_layers"]
@@ -114,6 +115,49 @@ class GradCamExplainer:
         full = self.heatmap_on_image(image, target_class)
         rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
         return Image.fromarray(show_cam_on_image(rgb, full, use_rgb=True, image_weight=0.55))
+
+    def figure(
+        self,
+        image: Image.Image,
+        target_class: int,
+        *,
+        label: str,
+        probability: float,
+        target_name: str,
+    ):
+        """The image and its Grad-CAM side by side, with a colour scale, the label and the probability.
+
+        The original stays unmarked on the left, so the lesion is always visible; the right panel
+        blends the heat map (relevance for `target_class`, 0 to 1) over it, more opaque where the
+        relevance is higher.
+
+        Args:
+            image: The input image.
+            target_class: Index of the class whose score the map explains (usually the positive one).
+            label: The predicted label, for the title.
+            probability: P(`target_name`), for the title.
+            target_name: Name of `target_class`.
+
+        Returns:
+            A matplotlib `Figure` (save it with `skincls.figures.save_figure`).
+        """
+        rgb = np.asarray(image.convert("RGB"))
+        cam = self._to_image_frame(self.heatmap(image, target_class), image.size)
+        fig, (left, right) = new_figure(1, 2, figsize=(7.6, 3.6))
+        left.imshow(rgb)
+        left.set_xlabel("image")
+        right.imshow(rgb)
+        # Opacity follows relevance: irrelevant regions stay as they are, the lesion stays visible.
+        shown = right.imshow(cam, cmap="jet", vmin=0, vmax=1, alpha=0.15 + 0.5 * cam)
+        right.set_xlabel(f"Grad-CAM for {target_name}")
+        for ax in (left, right):
+            ax.set_xticks([])
+            ax.set_yticks([])
+        bar = fig.colorbar(shown, ax=right, fraction=0.046, pad=0.04)
+        bar.set_label(f"relevance for {target_name}", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+        set_title(fig, f"Predicted {label}, P({target_name}) = {probability:.3f}")
+        return fig
 
     def _to_image_frame(self, cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """Undo resize + centre crop: place the crop's map where the crop came from (zeros outside)."""

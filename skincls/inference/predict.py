@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ from torch import nn
 from ..data.dataset import build_transform, load_image
 from ..data.ingest import IMAGE_SUFFIXES
 from ..errors import ConfigError, DataError
+from ..figures import save_figure
 from ..models.checkpoint import Checkpoint, load_checkpoint
 from ..runtime import plan_precision, resolve_device
 from .decision import positive_index, predict_labels, softmax
@@ -150,13 +151,18 @@ class Predictor:
         )
 
     def predict(
-        self, images: Iterable[str | Path | Image.Image], *, cam_dir: str | Path | None = None
+        self,
+        images: Iterable[str | Path | Image.Image],
+        *,
+        cam_dir: str | Path | None = None,
+        progress: Callable[[int, int, str], None] | None = None,
     ) -> list[Prediction]:
         """Predict each image; unreadable files get an error row and the rest go on.
 
         Args:
             images: File paths, folders (searched recursively), glob patterns or PIL images.
-            cam_dir: If given, write a Grad-CAM overlay per image there (PNG, the input's size).
+            cam_dir: If given, write a Grad-CAM figure per image there (PNG).
+            progress: Called as `progress(done, total, what)` after each batch of images.
         """
         items = _expand_items(images)
         preds: list[Prediction] = []
@@ -171,8 +177,10 @@ class Predictor:
                     break
                 pending = pool.submit(self._decode, next(chunks, []))
                 preds += self._predict_decoded(rows, tensors)
+                if progress is not None:
+                    progress(len(preds), len(items), "predict")
         if cam_dir is not None:
-            self._write_cams(items, preds, Path(cam_dir))
+            self._write_cams(items, preds, Path(cam_dir), progress)
         return preds
 
     def _decode(
@@ -224,7 +232,13 @@ class Predictor:
             )
         return out
 
-    def _write_cams(self, items: list[tuple[str, Any]], preds: list[Prediction], cam_dir: Path):
+    def _write_cams(
+        self,
+        items: list[tuple[str, Any]],
+        preds: list[Prediction],
+        cam_dir: Path,
+        progress: Callable[[int, int, str], None] | None = None,
+    ):
         from .cam import GradCamExplainer
 
         explainer = GradCamExplainer(self.model, self.checkpoint.preprocessing)
@@ -236,8 +250,19 @@ class Predictor:
             image = item if isinstance(item, Image.Image) else load_image(item)
             stem = Path(name).stem if not isinstance(item, Image.Image) else f"image_{i}"
             out = _unique(cam_dir, stem, used)
-            explainer.overlay(image.convert("RGB"), self.positive).save(out)
+            # Two classes: the map of the positive class; more: of the predicted one.
+            k = self.positive if len(self.classes) == 2 else self.classes.index(pred.label)
+            fig = explainer.figure(
+                image.convert("RGB"),
+                k,
+                label=pred.label,
+                probability=pred.probabilities[self.classes[k]],
+                target_name=self.classes[k],
+            )
+            save_figure(fig, out)
             pred.cam = str(out)
+            if progress is not None:
+                progress(i + 1, len(items), "Grad-CAM")
 
 
 NONFINITE_OUTPUT = (

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from ..figures import new_figure, save_figure
+from ..figures import integer_ticks, new_figure, save_figure, set_title
 
-__all__ = ["plot_history"]
+__all__ = ["history_figure", "plot_history"]
 
 
 def plot_history(history, path):
-    """Loss and accuracy per epoch, train vs val split, from a `History` or its dict; returns the path.
+    """Write `history_figure(history)` as a PNG; returns the path."""
+    save_figure(history_figure(history), path)
+    return path
 
-    A dotted line marks where fine-tuning starts; a star marks the best epoch.
+
+def history_figure(history):
+    """Loss and accuracy per epoch, train vs val split, from a `History` or its dict (a `Figure`).
+
+    Epoch ticks are whole numbers; a dotted line marks where fine-tuning starts; a star marks the
+    best epoch.
     """
     data = history if isinstance(history, dict) else history.to_dict()
     epochs = data["epochs"]
@@ -29,7 +36,8 @@ def plot_history(history, path):
         switch = next((e["epoch"] for e in epochs if e.get("phase") == "finetune"), None)
         if switch is not None:
             ax.axvline(switch - 0.5, ls=":", c="grey", lw=1)
-        ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} per epoch (train vs val split)")
+        ax.set(xlabel="epoch", ylabel=metric)
+        integer_ticks(ax.xaxis)
+        set_title(ax, f"{metric.capitalize()} per epoch (train vs val split)")
         ax.legend(fontsize=8)
-    save_figure(fig, path)
-    return path
+    return fig

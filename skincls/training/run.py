@@ -239,13 +239,14 @@ def _check_weights_train(config: RunConfig) -> None:
     """Refuse a random backbone that never trains: the head would learn from noise.
 
     Such a run "succeeds" at the accuracy of always answering the majority class. Training some
-    stages (`--freeze N`, or a fine-tuning phase) is allowed: they learn on top of the random ones.
+    stages (`--train-stages N`, or a fine-tuning phase) is allowed: they learn on top of the random ones.
     """
     m = config.model
     if m.weights != "none" or m.freeze not in ("backbone", 0) or config.train.finetune_epochs:
         return
+    option = "--freeze backbone" if m.freeze == "backbone" else "--train-stages 0"
     raise ConfigError(
-        f"--weights none with --freeze {m.freeze} keeps the whole backbone frozen at random "
+        f"--weights none with {option} keeps the whole backbone frozen at random "
         "values, so the head would learn from noise; train from scratch with --freeze none, or "
         "start from pretrained weights (--weights imagenet, or --weights FILE)"
     )

@@ -364,14 +364,16 @@ def test_train_head_dropout_and_freeze_options(tiny_data, tmp_path):
         "--quiet",
     ]
     out = tmp_path / "r"
-    args = [*base, "--head", "32,16", "--dropout", "0.1", "--freeze", "2", "--out", str(out)]
+    args = [*base, "--head", "32,16", "--dropout", "0.1", "--train-stages", "2", "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "config.json").read_text())["model"]
     assert (saved["head"], saved["dropout"], saved["freeze"]) == ([32, 16], 0.1, 2)
     for bad, says in [
-        (["--freeze", "9"], "0 to 4"),
-        (["--freeze", "all"], "model.freeze"),
+        (["--train-stages", "9"], "0 to 4"),
+        (["--freeze", "all"], "--freeze"),
+        (["--freeze", "2"], "--train-stages 2"),  # the old meaning points to the new option
+        (["--freeze", "none", "--train-stages", "1"], "not both"),
         (["--head", "4096,x"], "--head"),
     ]:
         result = CliRunner().invoke(main, [*base, *bad, "--out", str(tmp_path / "bad")])

@@ -1,0 +1,106 @@
+"""What commands print: help in option names, the device line, and output that survives a pipe."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from skincls.cli import main
+from skincls.runtime import plan_precision
+from tests.conftest import TINY_TRAIN
+
+CPU = torch.device("cpu")
+COMMANDS = ["fetch", "train", "evaluate", "predict", "export", "models", "demo", "runs"]
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_shows_no_none_and_no_config_keys(name):
+    result = CliRunner().invoke(main, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "None" not in text  # nobody can type None on a command line
+    flat = " ".join(text.split())
+    for key in ("backbone_lr_mult", "weight_decay", "finetune_epochs", "num_workers", "batch_size"):
+        assert key not in flat, key
+
+
+def test_train_help_shows_the_config_bounds():
+    flat = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
+    assert "--epochs INTEGER RANGE" in flat and "1<=x<=10000" in flat
+    assert "--lr FLOAT RANGE" in flat and "0<x<=10" in flat
+
+
+def test_train_stages_is_what_freeze_n_used_to_be(tiny_data, tmp_path):
+    out = tmp_path / "r"
+    args = ["train", "--data-dir", str(tiny_data), "--out", str(out), *TINY_TRAIN]
+    args[args.index("--freeze") : args.index("--freeze") + 2] = ["--train-stages", "1"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "config.json").read_text())["model"]["freeze"] == 1
+    r = CliRunner().invoke(main, ["train", "--data-dir", str(tiny_data), "--freeze", "1"])
+    assert r.exit_code == 2 and "use --train-stages 1" in r.output
+
+
+def test_train_says_which_device_and_threads(tiny_data, tmp_path):
+    r = CliRunner().invoke(
+        main, ["train", "--data-dir", str(tiny_data), "--out", str(tmp_path / "r"), *TINY_TRAIN]
+    )
+    assert r.exit_code == 0, r.output
+    precision = plan_precision("auto", CPU).describe()  # e.g. "precision auto: fp32"
+    line = f"device: cpu ({torch.get_num_threads()} threads), {precision}"
+    assert line in r.stderr.splitlines(), r.stderr
+
+
+def test_predict_and_evaluate_say_which_device(ckpt, tiny_data):
+    image = next((tiny_data / "images" / "test").rglob("*.jpg"))
+    line = (
+        f"device: cpu ({torch.get_num_threads()} threads), "
+        f"precision {plan_precision('auto', CPU).inference}"
+    )
+    r = CliRunner().invoke(main, ["predict", str(ckpt), str(image), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert line in r.stderr.splitlines(), r.stderr
+    r = CliRunner().invoke(main, ["predict", str(ckpt), str(image), "--json"])
+    json.loads(r.output)  # --json prints the JSON alone
+    r = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            str(ckpt),
+            "--data-dir",
+            str(tiny_data),
+            "--bootstrap",
+            "0",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert line in r.stderr.splitlines(), r.stderr
+
+
+def test_piped_output_is_not_wrapped_or_truncated(ckpt, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    deep = tmp_path / "a_folder_with_a_rather_long_name" / "and_another_one_below_it"
+    deep.mkdir(parents=True)
+    src = next((tiny_data / "images" / "test").rglob("*.jpg"))
+    image = deep / "lesion_photographed_on_the_left_forearm.jpg"
+    image.write_bytes(src.read_bytes())
+    r = CliRunner().invoke(main, ["predict", str(ckpt), str(image)])  # CliRunner: not a terminal
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    # The whole path on one row of the table, the title on one line, no header cut short.
+    assert any(str(image) in ln and "malignant" not in ln.split(str(image))[0] for ln in lines)
+    assert any(f"predictions ({ckpt}; threshold argmax" in ln for ln in lines), r.stdout
+    assert "…" not in r.stdout
+
+    r = CliRunner().invoke(main, ["models"])
+    assert r.exit_code == 0
+    # A caption sentence stays on one line.
+    assert any(
+        "stages: what --train-stages N counts; px: default input size" in ln
+        for ln in r.stdout.splitlines()
+    ), r.stdout

@@ -1,0 +1,90 @@
+"""`skincls runs`: one table row per run dir, read from its files without loading weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from skincls.cli import main
+from skincls.training.runs import list_runs
+from tests.conftest import TINY_TRAIN
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_data, tmp_path_factory):
+    """runs/a (2 epochs, evaluated with --calibrate so best.pt holds test metrics), runs/b (1 epoch)."""
+    root = tmp_path_factory.mktemp("runs_root") / "runs"
+    runner = CliRunner()
+    for name, epochs in (("a", "2"), ("b", "1")):
+        args = [a if a != "2" else epochs for a in TINY_TRAIN]  # --epochs 2 → --epochs N
+        r = runner.invoke(
+            main, ["train", "--data-dir", str(tiny_data), "--out", str(root / name), *args]
+        )
+        assert r.exit_code == 0, r.output
+    evaluate = ["evaluate", str(root / "a" / "best.pt"), "--data-dir", str(tiny_data)]
+    r = runner.invoke(main, [*evaluate, "--calibrate", "--bootstrap", "0"])
+    assert r.exit_code == 0, r.output
+    return root
+
+
+def test_runs_table_lists_both_runs(two_runs, tiny_data):
+    r = CliRunner().invoke(main, ["runs", str(two_runs)])
+    assert r.exit_code == 0, r.output
+    rows = {ln.split("│")[1].strip(): ln for ln in r.stdout.splitlines() if ln.count("│") > 5}
+    assert set(rows) == {"a", "b"}, r.stdout
+    cells = {k: [c.strip() for c in v.split("│")[1:-1]] for k, v in rows.items()}
+    header = ["run", "arch", "data", "epochs", "best", "val loss", "val acc", "test acc"]
+    header += ["test sens", "test spec", "test AUC", "size"]
+    assert all(h in r.stdout for h in header)
+    a, b = cells["a"], cells["b"]
+    assert a[1] == b[1] == "smallcnn" and a[2] == str(tiny_data)
+    assert (a[3], b[3]) == ("2", "1")
+    history = json.loads((two_runs / "a" / "history.json").read_text())
+    assert a[4] == str(history["best_epoch"])
+    best = next(e for e in history["epochs"] if e["epoch"] == history["best_epoch"])
+    assert a[5] == f"{best['val_loss']:.4f}"
+    stored = torch.load(two_runs / "a" / "best.pt", weights_only=True)["metrics"]["test"]
+    assert a[7] == f"{stored['accuracy']:.3f}"
+    assert b[7] == "-"  # never evaluated into its checkpoint
+    assert a[11].endswith(("kB", "MB"))
+
+
+def test_runs_reads_metadata_without_loading_weights(two_runs, monkeypatch):
+    calls = []
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    summaries = list_runs(two_runs)
+    assert [s.path.name for s in summaries] == ["a", "b"]
+    assert calls and all(c.get("mmap") and c.get("weights_only") for c in calls)
+    assert summaries[0].test["n_images"] > 0 and summaries[1].test is None
+
+
+def test_runs_json_and_broken_runs(two_runs, tmp_path):
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(two_runs, root)
+    (root / "b" / "config.json").write_text("{")
+    (root / "b" / "best.pt").write_bytes(b"not a checkpoint")
+    r = CliRunner().invoke(main, ["runs", str(root), "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert [d["arch"] for d in data] == ["smallcnn", None]
+    assert data[1]["problems"] and data[1]["epochs_run"] == 1
+    r = CliRunner().invoke(main, ["runs", str(root)])
+    assert r.exit_code == 0 and "(!)" in r.stdout and "config.json" in r.stdout
+
+
+def test_runs_on_a_missing_folder_is_one_line(tmp_path):
+    r = CliRunner().invoke(main, ["runs", str(tmp_path / "nope")])
+    assert r.exit_code == 1 and "is not a folder" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["runs", str(tmp_path)])
+    assert r.exit_code == 0 and "no runs under" in r.output
