@@ -25,7 +25,9 @@ def two_runs(tiny_data, tmp_path_factory):
         )
         assert r.exit_code == 0, r.output
     evaluate = ["evaluate", str(root / "a" / "best.pt"), "--data-dir", str(tiny_data)]
-    r = runner.invoke(main, [*evaluate, "--calibrate", "--bootstrap", "0"])
+    r = runner.invoke(
+        main, [*evaluate, "--calibrate", "--keep-worse-calibration", "--save", "--bootstrap", "0"]
+    )
     assert r.exit_code == 0, r.output
     return root
 
