@@ -143,5 +143,5 @@ def test_checkpoint_records_its_training_images_by_content_hash(tiny_data, train
     for split in ("train", "val"):
         expected = sorted({r.sha256[:HASH_DIGITS] for r in manifest.select(split)})
         assert record[split] == expected and expected
-    assert record["data_fingerprint"] == manifest.info["fingerprint"]
+    assert record["data_fingerprint"] == manifest.info.fingerprint
     assert set(record) == {"data_fingerprint", "hash", "train", "val"}  # hashes only, no paths
