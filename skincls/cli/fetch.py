@@ -125,6 +125,15 @@ def _default_cache_dir_shown() -> str:
     help="--labels-csv: a column whose shared values keep images in one split (repeatable) "
     "[default: lesion_id, patient_id and group, where present].",
 )
+@click.option(
+    "--reference",
+    "references",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="A dataset with lesion/patient ids (archive, folder or prepared data dir, e.g. HAM10000): "
+    "images that are copies of its images inherit their ids, and the report says per class which "
+    "source the images came from (repeatable).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly_errors
 def fetch(
@@ -145,6 +154,7 @@ def fetch(
     image_column,
     label_column,
     group_columns,
+    references,
     quiet,
 ):
     """Prepare a dataset: verified images, leak-free splits and the manifest every later step reads.
@@ -174,6 +184,7 @@ def fetch(
             image_column=image_column,
             label_column=label_column,
             group_columns=list(group_columns) or None,
+            reference=list(references) or None,
         )
     _print_counts(report.manifest)
     _print_fetch_details(report)
@@ -192,6 +203,7 @@ def _fetch_progress(quiet: bool):
         "extract": "extracting",
         "copy": "copying",
         "verify": "verifying + hashing",
+        "reference": "hashing reference",
     }
     tasks: dict[str, int] = {}
     bars = Progress(
@@ -252,6 +264,7 @@ def _print_fetch_details(report) -> None:
         for c in d.label_conflicts:
             console.print(f"  [red]label conflict[/] cluster {c.id}: {', '.join(c.paths)}")
     _print_metadata(info)
+    _print_provenance(info.provenance)
     if info.moved:
         console.print(f"moved {len(info.moved)} duplicates of held-out images out of train:")
         for m in info.moved:
@@ -316,6 +329,24 @@ def _print_skipped(skipped, listing: Path, first: int = 5) -> None:
         console.print(f"    {path}: {reason}", soft_wrap=True, markup=False)
     more = f"… and {len(skipped) - first} more; " if len(skipped) > first else ""
     console.print(f"    {more}full list: {listing}", soft_wrap=True, markup=False)
+
+
+def _print_provenance(prov) -> None:
+    """Per class, how many images are copies of each reference; loud when a source tells classes apart."""
+    if prov is None:
+        return
+    refs = ", ".join(f"{r.name} ({r.images} images)" for r in prov.references)
+    console.print(
+        f"provenance: {prov.matched} images are copies of reference images ({refs}) and "
+        "inherit their lesion/patient ids"
+        + (f"; {prov.ambiguous} match several lesions (joined)" if prov.ambiguous else "")
+    )
+    for label, sources in prov.per_class.items():
+        total = sum(sources.values())
+        parts = ", ".join(f"{s} {n} ({100 * n / total:.0f}%)" for s, n in sources.items())
+        console.print(f"  {label}: {parts}")
+    for warning in prov.warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}")
 
 
 def _print_counts(manifest) -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_NEAR_DUP_DISTANCE",
     "Duplicates",
     "find_duplicates",
+    "match_hashes",
     "near_duplicate_pairs",
     "perceptual_hashes",
 ]
@@ -127,6 +128,43 @@ def near_duplicate_pairs(
     confirmed = sorted((i, j, d) for (i, j), (d, ok) in found.items() if ok)
     rejected = sorted((i, j, d) for (i, j), (d, ok) in found.items() if not ok)
     return confirmed, rejected
+
+
+def match_hashes(
+    query: np.ndarray,
+    reference: np.ndarray,
+    max_distance: int = DEFAULT_NEAR_DUP_DISTANCE,
+    confirm_distance: int | None = DEFAULT_CONFIRM_DISTANCE,
+) -> list[tuple[int, int, int]]:
+    """Pairs `(query i, reference j, phash_distance)` of images that are copies of one another.
+
+    The same test as `near_duplicate_pairs` (closest of 8 orientations, pHash within
+    `max_distance` bits, confirmed by a dHash within `confirm_distance`), between two sets.
+
+    Args:
+        query: (N, 2, 8) uint64 from `perceptual_hashes`.
+        reference: (M, 2, 8) uint64.
+    """
+    query = np.asarray(query, dtype=np.uint64).reshape(-1, 2, len(_DIHEDRAL))
+    reference = np.asarray(reference, dtype=np.uint64).reshape(-1, 2, len(_DIHEDRAL))
+    if not len(query) or not len(reference) or max_distance < 0:
+        return []
+    ph_q, dh_q = query[:, 0, :], query[:, 1, :]
+    ph_r, dh_r = reference[:, 0, 0], reference[:, 1, 0]  # as stored
+    chunk = max(1, 2**19 // len(reference))
+    out = []
+    for start in range(0, len(query), chunk):
+        dist = _popcount(ph_q[start : start + chunk, :, None] ^ ph_r[None, None, :])  # (c, 8, M)
+        rows, cols = np.nonzero(dist.min(axis=1) <= max_distance)
+        for r, j in zip(rows.tolist(), cols.tolist()):
+            i = start + r
+            ks = np.flatnonzero(dist[r, :, j] <= max_distance)
+            if (
+                confirm_distance is None
+                or (_popcount(dh_q[i, ks] ^ dh_r[j]) <= confirm_distance).any()
+            ):
+                out.append((i, j, int(dist[r, :, j].min())))
+    return sorted(out)
 
 
 @dataclass

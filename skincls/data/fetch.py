@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import DataError
 from ..locks import lock_dir
 from .dedup import DEFAULT_CONFIRM_DISTANCE, DEFAULT_NEAR_DUP_DISTANCE, find_duplicates
-from .download import DEFAULT_DATASET, DatasetClient, download_dataset
+from .download import DEFAULT_DATASET, DatasetClient, default_cache_dir, download_dataset
 from .grouping import build_grouping
 from .guards import check_inputs_outside, output_dir_checked
 from .info import (
@@ -40,6 +40,7 @@ from .ingest import (
 )
 from .layouts import layout_skipped
 from .listing import list_source
+from .references import load_reference, match_references, reference_fingerprint
 from .sources import plan_source, row_of
 from .splits import (
     Manifest,
@@ -124,6 +125,7 @@ def fetch(
     image_column: str = "image",
     label_column: str = "label",
     group_columns: list[str] | None = None,
+    reference: list[str | Path] | None = None,
 ) -> FetchReport:
     """Prepare `data_dir`: `images/`, `manifest.csv` (path, label, split, sha256, cluster, group,
     lesion_id, patient_id) and `dataset.json`.
@@ -150,6 +152,9 @@ def fetch(
             `skincls.data.metadata.binary_map`).
         labels_csv: A CSV giving each image's label (`image_column`, `label_column`) and optional
             `group_columns` (default `lesion_id`, `patient_id`, `group` where present).
+        reference: Datasets with metadata (archives, folders or prepared data dirs, e.g. HAM10000)
+            whose lesion and patient ids the fetched images inherit where they are copies of their
+            images (see `skincls.data.references`); hashes are cached under `cache_dir`.
         near_dup_distance: Largest pHash Hamming distance (bits, best of 8 orientations) at which two
             images count as the same lesion; -1 turns near-duplicate search off.
         near_dup_confirm: Largest dHash distance (bits, same orientation) confirming a pHash match;
@@ -219,6 +224,7 @@ def fetch(
         "near_dup_distance": near_dup_distance,
         "near_dup_confirm": near_dup_confirm,
         **plan.options(),
+        **({"reference": reference_fingerprint(reference)} if reference else {}),
     }
     fingerprint = _fingerprint(source, archive, source_dir, options)
     manifest = None if force else _up_to_date(data_dir, fingerprint)
@@ -226,6 +232,12 @@ def fetch(
         skipped = list(manifest.info.skipped)
         return FetchReport(manifest, skipped, changed=False, downloaded=downloaded)
 
+    # References are read first: a bad one stops the run before anything is written.
+    ref_cache = Path(cache_dir) if cache_dir else default_cache_dir().parent
+    refs = [
+        load_reference(r, cache_dir=ref_cache / "references", on_progress=on_progress)
+        for r in reference or []
+    ]
     images = data_dir / "images"
     staging = data_dir / ".images.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -290,8 +302,18 @@ def fetch(
     dups = find_duplicates(sha, np.stack(hashes), near_dup_distance, near_dup_confirm)
     source_splits = [c.split for c in kept]
     rows = [row_of(layout, c.rel) for c in kept]
+    prov = match_references(np.stack(hashes), refs) if refs else None
+    keys = [(r.keys() if r else []) + (prov.keys[i] if prov else []) for i, r in enumerate(rows)]
+    lesion = [
+        (r.lesion_id if r else "") or (prov.lesion_ids[i] if prov else "")
+        for i, r in enumerate(rows)
+    ]
+    patient = [
+        (r.patient_id if r else "") or (prov.patient_ids[i] if prov else "")
+        for i, r in enumerate(rows)
+    ]
     # Lesion, patient and duplicate cluster, joined: one group never straddles two splits.
-    grouping = build_grouping([r.keys() if r else [] for r in rows], dups.cluster)
+    grouping = build_grouping(keys, dups.cluster)
     unified = unify_groups(source_splits, grouping.ids)
     splits = assign_splits(
         [c.label for c in kept],
@@ -310,8 +332,8 @@ def fetch(
             sha[i],
             dups.cluster[i],
             grouping.names[i],
-            rows[i].lesion_id if rows[i] else "",
-            rows[i].patient_id if rows[i] else "",
+            lesion[i],
+            patient[i],
         )
         for i, c in enumerate(kept)
     ]
@@ -345,6 +367,7 @@ def fetch(
         skipped=skipped,
         duplicates=_duplicate_summary(dups, kept, rel, splits),
         groups=grouping.summary(rel, [c.label for c in kept], splits),
+        provenance=prov.report([c.label for c in kept]) if prov else None,
         moved=moved,
     )
     manifest = write_manifest(data_dir, records, info)

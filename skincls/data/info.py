@@ -26,6 +26,8 @@ __all__ = [
     "LabelsInfo",
     "MetadataSummary",
     "MovedImage",
+    "ProvenanceSummary",
+    "ReferenceInfo",
 ]
 
 DATASET_JSON = "dataset.json"
@@ -146,6 +148,27 @@ class GroupsSummary(_Record):
     groups_across_splits: int | None = None
 
 
+class ReferenceInfo(_Record):
+    """A reference dataset given to `fetch --reference` (`skincls.data.references`)."""
+
+    name: str
+    path: str
+    images: int  # reference images with lesion/patient ids, hashed
+    unreadable: int = 0
+
+
+class ProvenanceSummary(_Record):
+    """Which images are copies of reference images, per class, and the warnings that follow."""
+
+    references: list[ReferenceInfo] = Field(default_factory=list)
+    max_distance: int
+    confirm_distance: int | None = None
+    matched: int = 0  # images that are copies of a reference image
+    ambiguous: int = 0  # images matching reference images of several lesions (all joined)
+    per_class: dict[str, dict[str, int]] = Field(default_factory=dict)  # class → source → images
+    warnings: list[str] = Field(default_factory=list)
+
+
 class DatasetInfo(_Record):
     """The content of `dataset.json`. Only `classes` is required (a hand-made data dir may say little)."""
 
@@ -161,6 +184,7 @@ class DatasetInfo(_Record):
     near_dup_confirm: int | None = None
     layout: str | None = None  # the layout asked for: a dataset's (--dataset NAME) or "auto"
     labels_csv: LabelsCsvOption | None = None
+    reference: list[str] | None = None  # fingerprints of the --reference datasets
     class_order: str | None = None
     dataset: DatasetIdentity | None = None
     labels: LabelsInfo | None = None
@@ -170,6 +194,7 @@ class DatasetInfo(_Record):
     skipped: list[tuple[str, str]] = Field(default_factory=list)  # (path, reason)
     duplicates: DuplicateSummary | None = None
     groups: GroupsSummary | None = None
+    provenance: ProvenanceSummary | None = None
     moved: list[MovedImage] = Field(default_factory=list)
 
     @property
