@@ -132,7 +132,16 @@ def test_folds_are_disjoint_grouped_and_stratified():
 
 
 def test_group_column_wins_over_duplicate_clusters_and_too_few_groups_is_loud():
-    assert record_group(SimpleNamespace(group="lesion7", cluster=3, path="a")) == "group:lesion7"
+    assert record_group(Record("a.png", "benign", "train", cluster=3, group="p7")) == "group:p7"
+    # A patient's images (distinct duplicate clusters) share one fold.
+    records = [
+        Record(f"{p}_{j}.png", "malignant" if p % 2 else "benign", "train", cluster=10 * p + j,
+               group=f"patient{p}")
+        for p in range(12) for j in range(3)
+    ]  # fmt: skip
+    fold = assign_folds(records, ["benign", "malignant"], 3, seed=0)
+    for p in range(12):
+        assert len(set(fold[3 * p : 3 * p + 3].tolist())) == 1
     assert record_group(Record("a.png", "benign", "train", cluster=3)) == "cluster:3"
     assert record_group(Record("a.png", "benign", "train")) == "image:a.png"
     # Two malignant groups (of several images each) cannot fill three folds.
