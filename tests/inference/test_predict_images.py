@@ -17,6 +17,7 @@ from skincls.data.fetch import fetch
 from skincls.data.ingest import inspect_image
 from skincls.data.splits import load_manifest
 from skincls.data.synthetic import make_lesion
+from skincls.inference.cam import GradCamExplainer
 from skincls.inference.predict import Predictor
 
 
@@ -53,7 +54,7 @@ def _exif_rotated(path, upright: Image.Image) -> None:
     stored.save(path, exif=exif, quality=95)
 
 
-def test_exif_orientation_is_applied_by_every_stage(ckpt, tmp_path):
+def test_exif_orientation_is_applied_by_every_stage(ckpt, tmp_path, monkeypatch):
     upright = make_lesion(True, np.random.default_rng(5), size=64).crop((0, 0, 64, 40))
     src = tmp_path / "src"
     for label in ("benign", "malignant"):
@@ -79,11 +80,19 @@ def test_exif_orientation_is_applied_by_every_stage(ckpt, tmp_path):
     ds = ManifestDataset(manifest, "train", build_transform(pre))
     i = next(k for k, r in enumerate(ds.records) if r.path.endswith("phone.jpg"))
     assert torch.equal(ds[i][0], build_transform(pre)(seen))
-    # … and predict and its Grad-CAM overlay see the same upright image.
+    # … and predict and its Grad-CAM figure see the same upright image.
+    drawn = []
+    real_figure = GradCamExplainer.figure
+
+    def figure(self, image, *args, **kwargs):
+        drawn.append(image)
+        return real_figure(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(GradCamExplainer, "figure", figure)
     predictor = Predictor.from_checkpoint(ckpt, device="cpu")
     cams = tmp_path / "cams"
     (from_file,) = predictor.predict([path], cam_dir=cams)
     (from_pil,) = predictor.predict([seen])
     assert from_file.probability == pytest.approx(from_pil.probability, abs=1e-6)
-    with Image.open(cams / "phone_cam.png") as overlay:
-        assert overlay.size == (64, 40)
+    assert (cams / "phone_cam.png").is_file() and len(drawn) == 1
+    assert drawn[0].size == (64, 40) and np.array_equal(np.asarray(drawn[0]), np.asarray(seen))
