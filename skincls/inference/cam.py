@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 from torch import nn
 
@@ -124,7 +125,7 @@ class GradCamExplainer:
         label: str,
         probability: float,
         target_name: str,
-    ):
+    ) -> Figure:
         """The image and its Grad-CAM side by side, with a colour scale, the label and the probability.
 
         The original stays unmarked on the left, so the lesion is always visible; the right panel
