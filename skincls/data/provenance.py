@@ -1,7 +1,9 @@
-"""What a model was trained on: compact content hashes of its train and val images, and overlap checks.
+"""What a model was trained on: compact hashes of its train and val images and lesions, and overlap checks.
 
 A checkpoint keeps the record (`training_data`); `skincls evaluate` compares the images of the split it
-is given against it by content, not by path, so a copied or renamed data dir is still recognised.
+is given against it by content, not by path, so a copied or renamed data dir is still recognised; and
+by the dataset's own lesion and patient ids, so another photo of a lesion the model was trained on
+(other zoom, angle, day: no hash of the pixels finds it) is recognised too.
 """
 
 from __future__ import annotations
@@ -13,12 +15,22 @@ from typing import Any
 
 from .splits import Manifest, Record
 
-__all__ = ["HASH_DIGITS", "Overlap", "find_overlap", "image_hashes", "training_record"]
+__all__ = [
+    "HASH_DIGITS",
+    "Overlap",
+    "find_overlap",
+    "identity_hashes",
+    "image_hashes",
+    "training_record",
+]
 
 HASH_DIGITS = 16
 """Hex digits kept of each image's SHA-256 (64 bits: no accidental match among millions of images)."""
 
 _HASH = f"sha256 of the image file's bytes, first {HASH_DIGITS} hex digits"
+_GROUP_HASH = (
+    f"sha256 of 'lesion:<lesion_id>' or 'patient:<patient_id>', first {HASH_DIGITS} hex digits"
+)
 
 
 def image_hashes(manifest: Manifest, records: Iterable[Record]) -> list[str]:
@@ -32,44 +44,113 @@ def image_hashes(manifest: Manifest, records: Iterable[Record]) -> list[str]:
     return out
 
 
-def training_record(manifest: Manifest) -> dict[str, Any]:
-    """What a checkpoint stores about its data: the data dir's fingerprint and train/val image hashes.
+def identity_hashes(record: Record) -> list[str]:
+    """Shortened hashes of the lesion and patient an image shows (none when the dataset has no ids).
 
-    Hashes only (sorted, shortened), no paths or labels: about 20 bytes per image.
+    The ids are the dataset's own (HAM10000's `lesion_id`, ISIC 2020's `patient_id`), which other
+    datasets reuse for the same lesion (ISIC 2019 keeps HAM10000's), so they match across data dirs.
     """
+    out = []
+    for kind, value in (("lesion", record.lesion_id), ("patient", record.patient_id)):
+        if value:
+            out.append(hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()[:HASH_DIGITS])
+    return out
+
+
+def training_record(manifest: Manifest) -> dict[str, Any]:
+    """What a checkpoint stores about its data: fingerprint, train/val image and lesion/patient hashes.
+
+    Hashes only (sorted, shortened), no paths, labels or ids: about 20 bytes per image and lesion.
+    """
+    train, val = manifest.select("train"), manifest.select("val")
     return {
         "data_fingerprint": manifest.info.fingerprint,
         "hash": _HASH,
-        "train": sorted(set(image_hashes(manifest, manifest.select("train")))),
-        "val": sorted(set(image_hashes(manifest, manifest.select("val")))),
+        "train": sorted(set(image_hashes(manifest, train))),
+        "val": sorted(set(image_hashes(manifest, val))),
+        "groups": {
+            "hash": _GROUP_HASH,
+            "train": sorted({h for r in train for h in identity_hashes(r)}),
+            "val": sorted({h for r in val for h in identity_hashes(r)}),
+        },
     }
 
 
 @dataclass(frozen=True)
 class Overlap:
-    """How many images of one split the model saw while training (as train or as val images)."""
+    """What of one split the model saw while training: its images, or their lesions and patients.
+
+    Each image counts once, under the first of: a training image itself (`in_train`, content hash);
+    another photo of a training lesion or patient (`lesion_in_train`, matched by id); a validation
+    image itself (`in_val`); another photo of a validation lesion or patient (`lesion_in_val`).
+    """
 
     split: str
     n_images: int
     in_train: int
     in_val: int
     same_data_dir: bool  # the split's data dir has the fingerprint of the training data dir
+    lesion_in_train: int = 0
+    lesion_in_val: int = 0
 
     @property
     def any(self) -> bool:
-        return bool(self.in_train or self.in_val)
+        return bool(self.in_train or self.in_val or self.lesion_in_train or self.lesion_in_val)
+
+    @property
+    def trained_on(self) -> int:
+        """Images the model was fitted to: themselves, or another photo of their lesion or patient."""
+        return self.in_train + self.lesion_in_train
 
     def describe(self) -> str:
         """One line: what overlaps and what that means for the numbers."""
-        seen = []
+        parts = []
+        seen = [
+            f"{n} {what}"
+            for n, what in (
+                (self.in_train, "as training images"),
+                (self.in_val, "as validation images"),
+            )
+            if n
+        ]
+        if seen:
+            parts.append(
+                f"{self.in_train + self.in_val} of the {self.n_images} {self.split} images were seen "
+                f"in training ({' and '.join(seen)}, matched by content hash)"
+            )
+        same = [
+            what
+            for n, what in ((self.lesion_in_train, "training"), (self.lesion_in_val, "validation"))
+            if n
+        ]
+        if same:
+            n = self.lesion_in_train + self.lesion_in_val
+            parts.append(
+                f"{n} {'more ' if seen else ''}of the {self.n_images} {self.split} images show a "
+                f"lesion or patient of the {' and '.join(same)} images (another photo of it, matched "
+                "by lesion/patient id)"
+            )
+        return "; ".join(parts) + ": these numbers are not a held-out estimate"
+
+    def refusal(self, what: str) -> str | None:
+        """Why fitting (`what`: calibrate, choose a threshold) on this split is refused; None if not."""
+        if not self.trained_on:
+            return None
+        how = []
         if self.in_train:
-            seen.append(f"{self.in_train} as training images")
-        if self.in_val:
-            seen.append(f"{self.in_val} as validation images")
+            how.append(
+                f"{self.in_train} of its {self.n_images} images are this model's training images "
+                "(matched by content hash)"
+            )
+        if self.lesion_in_train:
+            how.append(
+                f"{self.lesion_in_train} {'more' if self.in_train else f'of its {self.n_images}'} "
+                "images show a lesion or patient it was trained on (another photo, matched by "
+                "lesion/patient id)"
+            )
         return (
-            f"{self.in_train + self.in_val} of the {self.n_images} {self.split} images were seen in "
-            f"training ({' and '.join(seen)}, matched by content hash): these numbers are not a "
-            "held-out estimate"
+            f"refusing to {what} on the {self.split} split: {' and '.join(how)}; use images it was "
+            "not trained on, such as the val split of its own data dir"
         )
 
 
@@ -80,9 +161,21 @@ def find_overlap(
     if not record or "train" not in record:
         return None
     train, val = set(record.get("train") or ()), set(record.get("val") or ())
-    hashes = image_hashes(manifest, manifest.select(split))
-    in_train = sum(h in train for h in hashes)
-    in_val = sum(h in val and h not in train for h in hashes)
+    groups = record.get("groups") or {}  # absent in checkpoints made before groups were recorded
+    g_train, g_val = set(groups.get("train") or ()), set(groups.get("val") or ())
+    records = manifest.select(split)
+    hashes = image_hashes(manifest, records)
+    in_train = in_val = lesion_in_train = lesion_in_val = 0
+    for h, r in zip(hashes, records):
+        ids = identity_hashes(r)
+        if h in train:
+            in_train += 1
+        elif any(i in g_train for i in ids):  # a validation image can show a training lesion too
+            lesion_in_train += 1
+        elif h in val:
+            in_val += 1
+        elif any(i in g_val for i in ids):
+            lesion_in_val += 1
     fp = record.get("data_fingerprint")
     return Overlap(
         split=split,
@@ -90,4 +183,6 @@ def find_overlap(
         in_train=in_train,
         in_val=in_val,
         same_data_dir=fp is not None and fp == manifest.info.fingerprint,
+        lesion_in_train=lesion_in_train,
+        lesion_in_val=lesion_in_val,
     )

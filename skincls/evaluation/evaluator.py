@@ -381,17 +381,17 @@ class Evaluator:
             in_train=ov.in_train,
             in_val=ov.in_val,
             same_data_dir=ov.same_data_dir,
+            lesion_in_train=ov.lesion_in_train,
+            lesion_in_val=ov.lesion_in_val,
             message=ov.describe() if ov.any else None,
         )
 
     def _refuse_training_images(self, data: str | Path | Dataset, split: str, what: str) -> None:
+        """Fitting on images the model was trained on, or on other photos of their lesions: refused."""
         ov = self.training_overlap(data, split)
-        if ov is not None and ov.in_train:
-            raise DataError(
-                f"refusing to {what} on the {ov.split} split: {ov.in_train} of its {ov.n_images} "
-                "images are this model's training images (matched by content hash); use images it "
-                "was not trained on, such as the val split of its own data dir"
-            )
+        reason = ov.refusal(what) if ov is not None else None
+        if reason:
+            raise DataError(reason)
 
     def _threshold_source(self) -> str:
         if not self.binary or self.threshold is None:

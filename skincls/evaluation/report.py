@@ -91,14 +91,20 @@ class CalibrationResult(BaseModel):
 
 
 class TrainingOverlap(BaseModel):
-    """How many images of the measured split the model saw in training (by content hash)."""
+    """What of the measured split the model saw in training: images (by content hash), or lesions.
+
+    `lesion_in_train`/`lesion_in_val` count other images of a lesion or patient seen in training
+    (matched by the dataset's lesion/patient ids): another photo of it.
+    """
 
     split: str
     n_images: int
     in_train: int  # used as training images
     in_val: int  # used as validation images (model selection, early stopping)
     same_data_dir: bool  # the data dir has the fingerprint of the one it was trained on
-    message: str | None = None  # set when any image overlaps
+    lesion_in_train: int = 0  # another photo of a lesion or patient the model trained on
+    lesion_in_val: int = 0  # another photo of a lesion or patient used only for validation
+    message: str | None = None  # set when anything overlaps
 
 
 class EvalReport(BaseModel):

@@ -103,10 +103,14 @@ def _training_record(ckpts: Sequence[Checkpoint]) -> dict[str, Any] | None:
         return None
     train = set().union(*(r.get("train") or () for r in records))
     val = set().union(*(r.get("val") or () for r in records)) - train
+    groups = [r.get("groups") or {} for r in records]
+    g_train = set().union(*(g.get("train") or () for g in groups))
+    g_val = set().union(*(g.get("val") or () for g in groups)) - g_train
     prints = {r.get("data_fingerprint") for r in records}
     return {
         **records[0],
         "data_fingerprint": prints.pop() if len(prints) == 1 else None,
         "train": sorted(train),
         "val": sorted(val),
+        "groups": {**groups[0], "train": sorted(g_train), "val": sorted(g_val)},
     }

@@ -157,3 +157,69 @@ def test_fitting_on_training_images_is_refused(recorded, tiny_data, tmp_path):
     with pytest.raises(DataError, match="refusing to choose a threshold"):
         ev.choose_threshold(swapped, "val", target_sensitivity=0.9)
     ev.calibrate(tiny_data, "val")  # its own val split is what calibration is for
+
+
+def _with_ids(src, dst, ids):
+    """A copy of data dir `src` whose manifest rows get lesion/patient ids from `ids(i, row)`."""
+    shutil.copytree(src, dst)
+    rows = list(csv.DictReader((dst / "manifest.csv").open()))
+    for i, row in enumerate(rows):
+        row.update(ids(i, row))
+    with (dst / "manifest.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return dst
+
+
+def test_other_photos_of_training_lesions_and_patients_are_flagged_and_refused(
+    ckpt, tiny_data, tmp_path
+):
+    def trained_ids(i, row):  # lesion L<i> for each training image, two lesions per patient
+        return {"lesion_id": f"L{i}", "patient_id": f"P{i // 2}"} if row["split"] == "train" else {}
+
+    trained = _with_ids(tiny_data, tmp_path / "trained", trained_ids)
+    train_rows = [i for i, r in enumerate(load_manifest(trained).records) if r.split == "train"]
+    record = training_record(load_manifest(trained))
+    assert "L0" not in json.dumps(record) and len(record["groups"]["train"]) > len(train_rows)
+    update_checkpoint(ckpt, training_data=record)
+
+    # Another data dir of other photos: its test images show 3 training lesions and 1 training
+    # patient (with a lesion of their own), its val images 2 training lesions: new pixels, old ids.
+    def other_ids(i, row):
+        test = [j for j, r in enumerate(rows) if r.split == "test"]
+        val = [j for j, r in enumerate(rows) if r.split == "val"]
+        if i in test[:3]:
+            return {"lesion_id": f"L{train_rows[test.index(i)]}"}
+        if i == test[3]:
+            return {"lesion_id": "new", "patient_id": f"P{train_rows[5] // 2}"}
+        if i in val[:2]:
+            return {"lesion_id": f"L{train_rows[val.index(i)]}"}
+        return {"lesion_id": f"other{i}"}
+
+    rows = load_manifest(tiny_data).records
+    other = _with_ids(tiny_data, tmp_path / "other", other_ids)
+    n_test = sum(r.split == "test" for r in rows)
+    n_val = sum(r.split == "val" for r in rows)
+
+    r = _evaluate(ckpt, other, "--json")
+    assert r.exit_code == 0, r.output
+    overlap = json.loads(r.stdout)["training_overlap"]
+    assert (overlap["lesion_in_train"], overlap["in_train"], overlap["in_val"]) == (4, 0, 0)
+    assert overlap["message"] == (
+        f"4 of the {n_test} test images show a lesion or patient of the training images (another "
+        "photo of it, matched by lesion/patient id): these numbers are not a held-out estimate"
+    )
+    assert f"WARNING: {overlap['message']}" in r.stderr.replace("\n", " ")
+
+    ev = Evaluator(ckpt, device="cpu")
+    refused = f"refusing to calibrate on the val split: 2 of its {n_val} images show a lesion"
+    with pytest.raises(DataError, match=refused):
+        ev.calibrate(other, "val")
+    with pytest.raises(DataError, match="refusing to choose a threshold on the val split: 2 of"):
+        ev.choose_threshold(other, "val", target_sensitivity=0.9)
+
+    # The data dir it was trained on: its held-out splits share no id with training, nothing flagged.
+    held_out = Evaluator(ckpt, device="cpu").training_overlap(trained, "test")
+    assert held_out is not None and not held_out.any
+    ev.calibrate(trained, "val")

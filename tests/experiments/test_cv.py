@@ -321,3 +321,20 @@ def test_killed_cv_resumes_in_the_fold_it_was_in(cv_run, tmp_path, monkeypatch):
             np.testing.assert_allclose(a["logits"], b["logits"], atol=1e-6)
     with pytest.raises(ConfigError, match="fold assignment"):
         _run(_config(cv_run.data, tmp_path / "cv").model_copy(update={"train": config.train.model_copy(update={"seed": 9})}), resume=True)  # fmt: skip
+
+
+def test_ensemble_training_record_is_the_union_of_its_members():
+    from skincls.experiments.ensemble import _training_record
+
+    def member(train, val, g_train, g_val):
+        groups = {"hash": "h", "train": g_train, "val": g_val}
+        record = {"data_fingerprint": "fp", "hash": "h", "train": train, "val": val}
+        return SimpleNamespace(data={"training_data": {**record, "groups": groups}})
+
+    merged = _training_record(
+        [member(["a", "b"], ["c"], ["L1"], ["L2"]), member(["c"], ["a", "d"], ["L2"], ["L3"])]
+    )
+    # Trained on by any member counts as trained on; only-validated images and lesions stay val.
+    assert (merged["train"], merged["val"]) == (["a", "b", "c"], ["d"])
+    assert (merged["groups"]["train"], merged["groups"]["val"]) == (["L1", "L2"], ["L3"])
+    assert merged["data_fingerprint"] == "fp"

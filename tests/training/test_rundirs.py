@@ -144,4 +144,5 @@ def test_checkpoint_records_its_training_images_by_content_hash(tiny_data, train
         expected = sorted({r.sha256[:HASH_DIGITS] for r in manifest.select(split)})
         assert record[split] == expected and expected
     assert record["data_fingerprint"] == manifest.info.fingerprint
-    assert set(record) == {"data_fingerprint", "hash", "train", "val"}  # hashes only, no paths
+    assert set(record) == {"data_fingerprint", "hash", "train", "val", "groups"}  # no paths
+    assert record["groups"]["train"] == record["groups"]["val"] == []  # no lesion/patient ids
