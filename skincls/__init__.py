@@ -15,7 +15,8 @@ from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config
 from .data.fetch import fetch
 from .data.splits import Manifest, load_manifest
 from .errors import SkinclsError
-from .evaluation.evaluator import EvalReport, Evaluator, evaluate_checkpoint
+from .evaluation.evaluator import EvalReport, Evaluator
+from .evaluation.run import evaluate_checkpoint
 from .experiments.cv import CVResult, cross_validate
 from .experiments.ensemble import create_ensemble
 from .inference.predict import Prediction, Predictor

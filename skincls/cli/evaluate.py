@@ -120,7 +120,7 @@ def evaluate(
 
     CHECKPOINT is a checkpoint file or a run directory (its best.pt).
     """
-    from ..evaluation.evaluator import evaluate_checkpoint
+    from ..evaluation.run import evaluate_checkpoint
     from ..models.checkpoint import load_checkpoint
     from ..runtime import describe_device, plan_precision, resolve_device
 

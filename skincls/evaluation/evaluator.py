@@ -7,26 +7,25 @@ arrays through `skincls.metrics`. Threshold and temperature are fitted on the va
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..data.dataset import ManifestDataset, build_transform
 from ..data.provenance import Overlap, find_overlap
 from ..data.splits import load_manifest
-from ..errors import ConfigError, DataError, ModelError
-from ..inference.decision import positive_index, predict_labels, softmax
-from ..inference.tta import model_logits
+from ..errors import ConfigError, DataError
+from ..inference.decision import positive_index, predict_labels
 from ..models.checkpoint import Checkpoint, load_checkpoint, update_checkpoint
 from ..preprocessing import Preprocessing
 from ..runtime import plan_precision, resolve_device
 from . import metrics as M
 from .calibration import fit_temperature, nll
+from .outputs import Outputs, collect_outputs
 from .report import (
     ECE_BINS,
     CalibrationResult,
@@ -44,20 +43,7 @@ __all__ = [
     "Outputs",
     "ThresholdChoice",
     "TrainingOverlap",
-    "evaluate_checkpoint",
 ]
-
-
-@dataclass
-class Outputs:
-    """A model's raw outputs on one split: logits (N, C), or (N, V, C) with TTA, and labels (N,)."""
-
-    split: str
-    logits: np.ndarray
-    labels: np.ndarray
-
-    def probs(self, temperature: float = 1.0) -> np.ndarray:
-        return softmax(self.logits, temperature)
 
 
 class Evaluator:
@@ -137,31 +123,17 @@ class Evaluator:
             key = (data, split, self.tta)
         if key not in self._cache:
             ds = self._dataset(data, split)
-            logits, labels = [], []
-            # Worker processes decode the next batches while the model runs on this one.
-            loader = DataLoader(
+            out = collect_outputs(
+                self.model,
                 ds,
+                split,
+                device=self.device,
                 batch_size=self.batch_size,
+                tta=self.tta,
+                dtype=self._dtype,
                 num_workers=self.num_workers,
-                pin_memory=self.device.type == "cuda",
+                progress=self.progress,
             )
-            done = 0
-            for x, y in loader:
-                x = x.to(self.device, non_blocking=True)
-                logits.append(model_logits(self.model, x, self.tta, self._dtype).cpu())
-                labels.append(torch.as_tensor(y))
-                done += len(x)
-                if self.progress is not None:
-                    self.progress(done, len(ds), f"{split} split")
-            if not labels:
-                raise DataError(f"the {split} split has no images")
-            out = Outputs(split, torch.cat(logits).numpy(), torch.cat(labels).numpy().astype(int))
-            bad = int((~np.isfinite(out.logits)).reshape(len(out.labels), -1).any(1).sum())
-            if bad:  # metrics on NaN would be a traceback or, worse, a number
-                raise ModelError(
-                    f"the model's outputs are NaN or infinite on {bad} of {len(out.labels)} "
-                    f"{split} images, so nothing was measured (an overflow: try --precision fp32)"
-                )
             self._cache[key] = out
         return self._cache[key]
 
@@ -332,26 +304,12 @@ class Evaluator:
             "threshold_choice": self.threshold_choice,
             "training_overlap": self._overlap_report(data, out.split),
         }
-        if self.binary:
-            yb, pb = (y == self.positive).astype(int), probs[:, self.positive]
-            binary = M.binary_metrics(yb, pb, self.threshold)
-            binary.pop("confusion_matrix")  # the class-ordered one above is the same counts
-            report.update(binary)
-            if n_bootstrap:
-                report["ci"] = M.bootstrap_ci(
-                    yb, pb, self.threshold, n_resamples=n_bootstrap, seed=seed
-                )
-                report.update(bootstrap_resamples=n_bootstrap, bootstrap_seed=seed)
-        else:
-            multi = M.multiclass_metrics(y, probs)
-            report.update(
-                balanced_accuracy=multi["balanced_accuracy"],
-                roc_auc=multi["roc_auc"],
-                roc_auc_classes=multi["roc_auc_classes"],
-                brier=multi["brier"],
-            )
-            for row, auc in zip(report["per_class"], multi["class_roc_auc"]):
-                row.roc_auc = auc if np.isfinite(auc) else None
+        by_task = M.task_metrics(
+            y, probs, self.positive, self.threshold, n_bootstrap=n_bootstrap, seed=seed
+        )
+        for row, auc in zip(report["per_class"], by_task.pop("class_roc_auc", ())):
+            row.roc_auc = auc if np.isfinite(auc) else None
+        report.update(by_task)
         result = EvalReport.model_validate(_nan_to_none(report))
         if plots_dir is not None:
             result.plots = self._plots(out, result, Path(plots_dir))
@@ -375,16 +333,7 @@ class Evaluator:
         ov = self.training_overlap(data, split)
         if ov is None:
             return None
-        return TrainingOverlap(
-            split=ov.split,
-            n_images=ov.n_images,
-            in_train=ov.in_train,
-            in_val=ov.in_val,
-            same_data_dir=ov.same_data_dir,
-            lesion_in_train=ov.lesion_in_train,
-            lesion_in_val=ov.lesion_in_val,
-            message=ov.describe() if ov.any else None,
-        )
+        return TrainingOverlap.of(ov)
 
     def _refuse_training_images(self, data: str | Path | Dataset, split: str, what: str) -> None:
         """Fitting on images the model was trained on, or on other photos of their lesions: refused."""
@@ -399,38 +348,20 @@ class Evaluator:
         return self.threshold_choice.describe() if self.threshold_choice else "from checkpoint"
 
     def _plots(self, out: Outputs, report: EvalReport, folder: Path) -> list[str]:
-        from . import plots
+        from .plots import plot_split
 
-        folder.mkdir(parents=True, exist_ok=True)
-        tag = f"{out.split} split, n={len(out.labels)}" + (", TTA" if self.tta else "")
-        stem = folder / out.split
-        written = [
-            plots.plot_confusion(
-                report.confusion_matrix, self.classes, f"{stem}_confusion.png", tag
-            )
-        ]
-        y = out.labels
-        probs = out.probs(self.temperature)
-        if self.binary and len(np.unique(y)) == 2:
-            yb, pb = (y == self.positive).astype(int), probs[:, self.positive]
-            pos = self.classes[self.positive]
-            written.append(plots.plot_roc(yb, pb, f"{stem}_roc.png", tag, self.threshold, pos))
-            written.append(plots.plot_pr(yb, pb, f"{stem}_pr.png", tag, self.threshold, pos))
-        after = probs if self.temperature != 1.0 else None
-        written.append(
-            plots.plot_reliability(
-                y,
-                out.probs(),
-                f"{stem}_reliability.png",
-                tag,
-                after,
-                self.temperature,
-                ECE_BINS,
-                self.classes[self.positive],
-                self.positive,
-            )
+        return plot_split(
+            out.labels,
+            out.probs(),
+            out.probs(self.temperature),
+            report.confusion_matrix,
+            self.classes,
+            Path(folder) / out.split,
+            f"{out.split} split, n={len(out.labels)}" + (", TTA" if self.tta else ""),
+            temperature=self.temperature,
+            threshold=self.threshold if self.binary else None,
+            positive=self.positive,
         )
-        return [str(p) for p in written]
 
     def save_to_checkpoint(self, report: EvalReport | None = None) -> Path:
         """Store threshold, temperature, their provenance and `report`'s summary in the checkpoint.
@@ -468,53 +399,3 @@ def _not_test(data: Any, split: str, what: str) -> str:
 def _nan_to_none(d: dict[str, Any]) -> dict[str, Any]:
     """Undefined metrics are NaN in the arrays and None (null in JSON) in the report."""
     return {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in d.items()}
-
-
-def evaluate_checkpoint(
-    checkpoint: str | Path | Checkpoint,
-    data_dir: str | Path,
-    split: str = "test",
-    *,
-    calibrate: bool = False,
-    target_sensitivity: float | None = None,
-    threshold: float | None = None,
-    tta: bool = False,
-    plots_dir: str | Path | None = None,
-    device: str = "auto",
-    backbone: nn.Module | None = None,
-    save: bool = False,
-    keep_worse_calibration: bool = False,
-    n_bootstrap: int = 1000,
-    seed: int = 0,
-    precision: str = "auto",
-    num_workers: int = 0,
-    progress: Callable[[int, int, str], None] | None = None,
-) -> EvalReport:
-    """What `skincls evaluate` does: optionally calibrate and choose a threshold on val, then measure.
-
-    Calibration comes first, so a threshold is chosen on the calibrated probabilities that predict
-    shows; a temperature that makes val NLL or ECE worse is discarded unless
-    `keep_worse_calibration`. Only with `save` is the checkpoint file changed: what was fitted or
-    set and this report's summary are stored (refused if the file changed since it was read).
-    """
-    if save and isinstance(checkpoint, (str, Path)):
-        checkpoint = load_checkpoint(checkpoint, for_update=True)
-    ev = Evaluator(
-        checkpoint,
-        backbone=backbone,
-        device=device,
-        tta=tta,
-        precision=precision,
-        num_workers=num_workers,
-        progress=progress,
-    )
-    if calibrate:
-        ev.calibrate(data_dir, "val", keep_worse=keep_worse_calibration)
-    if target_sensitivity is not None or threshold is not None:
-        ev.choose_threshold(
-            data_dir, "val", target_sensitivity=target_sensitivity, threshold=threshold
-        )
-    report = ev.evaluate(data_dir, split, n_bootstrap=n_bootstrap, seed=seed, plots_dir=plots_dir)
-    if save:
-        ev.save_to_checkpoint(report)
-    return report

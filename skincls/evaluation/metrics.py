@@ -8,6 +8,8 @@ decision rule at a threshold, threshold selection and percentile-bootstrap confi
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from sklearn.metrics import (
     average_precision_score,
@@ -27,6 +29,7 @@ __all__ = [
     "multiclass_metrics",
     "rescale_threshold",
     "select_threshold",
+    "task_metrics",
 ]
 
 
@@ -215,3 +218,32 @@ def bootstrap_ci(
             else (float("nan"), float("nan"))
         )
     return out
+
+
+def task_metrics(
+    y: np.ndarray,
+    probs: np.ndarray,
+    positive: int,
+    threshold: float | None,
+    *,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The metrics that depend on the task, for a report of one split.
+
+    Two classes: `binary_metrics` of the positive class at `threshold` (argmax when None) without
+    its confusion matrix, plus 95% bootstrap intervals (`ci`) when `n_bootstrap`. More classes:
+    balanced accuracy, macro one-vs-rest ROC-AUC (and which classes it covers), Brier score, and
+    each class's ROC-AUC (`class_roc_auc`, in class order).
+    """
+    if probs.shape[1] == 2:
+        yb, pb = (y == positive).astype(int), probs[:, positive]
+        out = binary_metrics(yb, pb, threshold)
+        out.pop("confusion_matrix")  # a report keeps the class-ordered one
+        if n_bootstrap:
+            out["ci"] = bootstrap_ci(yb, pb, threshold, n_resamples=n_bootstrap, seed=seed)
+            out.update(bootstrap_resamples=n_bootstrap, bootstrap_seed=seed)
+        return out
+    multi = multiclass_metrics(y, probs)
+    keys = ("balanced_accuracy", "roc_auc", "roc_auc_classes", "brier", "class_roc_auc")
+    return {k: multi[k] for k in keys}

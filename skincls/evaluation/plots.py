@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..figures import integer_ticks, new_figure, save_figure, set_title
 
 # --- evaluation plots (ROC, PR, confusion matrix, reliability) -------------------------------------
 
-__all__ = ["plot_confusion", "plot_pr", "plot_reliability", "plot_roc", "reliability_figure"]
+__all__ = [
+    "plot_confusion",
+    "plot_pr",
+    "plot_reliability",
+    "plot_roc",
+    "plot_split",
+    "reliability_figure",
+]
 
 
 def plot_roc(y, p, path, tag: str, threshold: float | None = None, positive: str = "positive"):
@@ -144,6 +153,52 @@ def reliability_figure(
     # Outside the axes, above them: a legend inside would cover points in some corner or other.
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=7, frameon=False)
     return fig
+
+
+def plot_split(
+    y,
+    probs_raw,
+    probs,
+    cm,
+    classes: list[str],
+    stem,
+    tag: str,
+    *,
+    temperature: float,
+    threshold: float | None,
+    positive: int,
+) -> list[str]:
+    """Every plot of one evaluated split, as `<stem>_<kind>.png`; the paths written.
+
+    Confusion matrix always; ROC and PR for two classes when both occur; the reliability diagram
+    before (`probs_raw`) and, when a temperature other than 1 is in use, after calibration (`probs`).
+    """
+    import numpy as np
+
+    from .report import ECE_BINS
+
+    Path(stem).parent.mkdir(parents=True, exist_ok=True)
+    written = [plot_confusion(cm, classes, f"{stem}_confusion.png", tag)]
+    pos = classes[positive]
+    if len(classes) == 2 and len(np.unique(y)) == 2:
+        yb, pb = (y == positive).astype(int), probs[:, positive]
+        written.append(plot_roc(yb, pb, f"{stem}_roc.png", tag, threshold, pos))
+        written.append(plot_pr(yb, pb, f"{stem}_pr.png", tag, threshold, pos))
+    after = probs if temperature != 1.0 else None
+    written.append(
+        plot_reliability(
+            y,
+            probs_raw,
+            f"{stem}_reliability.png",
+            tag,
+            after,
+            temperature,
+            ECE_BINS,
+            pos,
+            positive,
+        )
+    )
+    return [str(p) for p in written]
 
 
 def _saved(fig, path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, computed_field
 
+from ..data.provenance import Overlap
+
 __all__ = [
     "ECE_BINS",
     "CalibrationResult",
@@ -105,6 +107,12 @@ class TrainingOverlap(BaseModel):
     lesion_in_train: int = 0  # another photo of a lesion or patient the model trained on
     lesion_in_val: int = 0  # another photo of a lesion or patient used only for validation
     message: str | None = None  # set when anything overlaps
+
+    @classmethod
+    def of(cls, overlap: Overlap) -> TrainingOverlap:
+        """The report's record of a `find_overlap` result."""
+        fields = {f: getattr(overlap, f) for f in cls.model_fields if f != "message"}
+        return cls(**fields, message=overlap.describe() if overlap.any else None)
 
 
 class EvalReport(BaseModel):

@@ -16,7 +16,8 @@ from skincls.cli import main
 from skincls.data.provenance import training_record
 from skincls.data.splits import load_manifest
 from skincls.errors import CheckpointError, DataError
-from skincls.evaluation.evaluator import Evaluator, evaluate_checkpoint
+from skincls.evaluation.evaluator import Evaluator
+from skincls.evaluation.run import evaluate_checkpoint
 from skincls.models.checkpoint import load_checkpoint, save_checkpoint, update_checkpoint
 from skincls.models.classifier import create_model
 from tests.conftest import lock_held_elsewhere

@@ -17,7 +17,8 @@ from skincls.cli import main
 from skincls.errors import ConfigError
 from skincls.evaluation import metrics as M
 from skincls.evaluation.calibration import fit_temperature
-from skincls.evaluation.evaluator import Evaluator, evaluate_checkpoint
+from skincls.evaluation.evaluator import Evaluator
+from skincls.evaluation.run import evaluate_checkpoint
 from skincls.inference.decision import predict_labels, softmax
 from skincls.models.checkpoint import load_checkpoint
 from skincls.models.classifier import create_model
@@ -295,7 +296,7 @@ def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
 
 
 def test_nan_outputs_are_refused_not_measured(ckpt, tiny_data, monkeypatch):
-    import skincls.evaluation.evaluator as ev
+    import skincls.evaluation.outputs as ev
 
     real = ev.model_logits
 

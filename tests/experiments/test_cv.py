@@ -20,8 +20,9 @@ from skincls.config import RunConfig
 from skincls.data.dataset import ManifestDataset, build_transform
 from skincls.data.splits import Manifest, Record, load_manifest
 from skincls.errors import ConfigError, DataError
-from skincls.evaluation.evaluator import Evaluator, evaluate_checkpoint
+from skincls.evaluation.evaluator import Evaluator
 from skincls.evaluation.modelcard import render_model_card
+from skincls.evaluation.run import evaluate_checkpoint
 from skincls.experiments.cv import cross_validate
 from skincls.experiments.folds import assign_folds, record_group
 from skincls.inference.decision import softmax

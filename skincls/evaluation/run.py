@@ -1,0 +1,64 @@
+"""What `skincls evaluate` does, as one call: calibrate and choose a threshold on val, then measure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from torch import nn
+
+from ..models.checkpoint import Checkpoint, load_checkpoint
+from .evaluator import Evaluator
+from .report import EvalReport
+
+__all__ = ["evaluate_checkpoint"]
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path | Checkpoint,
+    data_dir: str | Path,
+    split: str = "test",
+    *,
+    calibrate: bool = False,
+    target_sensitivity: float | None = None,
+    threshold: float | None = None,
+    tta: bool = False,
+    plots_dir: str | Path | None = None,
+    device: str = "auto",
+    backbone: nn.Module | None = None,
+    save: bool = False,
+    keep_worse_calibration: bool = False,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    precision: str = "auto",
+    num_workers: int = 0,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> EvalReport:
+    """What `skincls evaluate` does: optionally calibrate and choose a threshold on val, then measure.
+
+    Calibration comes first, so a threshold is chosen on the calibrated probabilities that predict
+    shows; a temperature that makes val NLL or ECE worse is discarded unless
+    `keep_worse_calibration`. Only with `save` is the checkpoint file changed: what was fitted or
+    set and this report's summary are stored (refused if the file changed since it was read).
+    """
+    if save and isinstance(checkpoint, (str, Path)):
+        checkpoint = load_checkpoint(checkpoint, for_update=True)
+    ev = Evaluator(
+        checkpoint,
+        backbone=backbone,
+        device=device,
+        tta=tta,
+        precision=precision,
+        num_workers=num_workers,
+        progress=progress,
+    )
+    if calibrate:
+        ev.calibrate(data_dir, "val", keep_worse=keep_worse_calibration)
+    if target_sensitivity is not None or threshold is not None:
+        ev.choose_threshold(
+            data_dir, "val", target_sensitivity=target_sensitivity, threshold=threshold
+        )
+    report = ev.evaluate(data_dir, split, n_bootstrap=n_bootstrap, seed=seed, plots_dir=plots_dir)
+    if save:
+        ev.save_to_checkpoint(report)
+    return report
