@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -19,6 +18,7 @@ from pydantic import (
 )
 
 from .atomic import atomic_write
+from .config_file import MAX_CONFIG_BYTES, one_line, read_config_file
 from .errors import ConfigError
 
 __all__ = [
@@ -33,8 +33,6 @@ __all__ = [
 ]
 
 
-# A config file is small; anything bigger is a mistake or hostile (it is read whole into memory).
-MAX_CONFIG_BYTES = 1_000_000
 # Upper bounds that no real run reaches: a typo or a hostile file fails here, not hours later.
 _MAX_EPOCHS = 10_000
 _MAX_BATCH = 4096
@@ -212,67 +210,11 @@ def load_config(
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        raw = _read_config_file(path)
+        raw = read_config_file(path)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     merged = merge_overrides(raw, given)
     labels = {k: (names or {}).get(k, k) for k in given}
     return _validate(merged, source=path, labels=labels)
-
-
-def _read_config_file(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(
-            f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes; "
-            "a config holds a few options, check the file"
-        )
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"config file {path} is not UTF-8 text (byte {data[exc.start]:#04x} at offset "
-            f"{exc.start}); save it as UTF-8 YAML or JSON"
-        ) from exc
-    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
-    try:
-        raw = json.loads(text) if kind == "JSON" else yaml.load(text, Loader=_NoAliasLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = exc.problem or exc.context or "syntax error"
-        raise ConfigError(f"config file {path} is not valid YAML ({where}{problem})") from exc
-    except (yaml.YAMLError, ValueError) as exc:  # JSONDecodeError; ints of over 4300 digits
-        problem = _one_line(exc)
-        if "integer string conversion" in problem:
-            problem = "it holds a number of thousands of digits"
-        raise ConfigError(f"config file {path} is not valid {kind}: {problem}") from exc
-    except RecursionError as exc:
-        raise ConfigError(f"config file {path} is nested too deeply to be a config") from exc
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a mapping, not {type(raw).__name__}")
-    return raw
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """`yaml.SafeLoader` that refuses aliases: nested ones expand exponentially (billion laughs).
-
-    Anchors alone are harmless and allowed; a config never needs to repeat a node.
-    """
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.MarkedYAMLError(
-                problem=f"aliases (*{event.anchor}) are not allowed in a config; write the value out",
-                problem_mark=event.start_mark,
-            )
-        return super().compose_node(parent, index)
 
 
 def merge_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -280,7 +222,7 @@ def merge_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     try:
         merged = json.loads(json.dumps(raw, default=str))
     except (TypeError, ValueError) as exc:  # e.g. a YAML key that is a list
-        raise ConfigError(f"config keys must be names: {_one_line(exc)}") from exc
+        raise ConfigError(f"config keys must be names: {one_line(exc)}") from exc
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -393,10 +335,6 @@ def _wanted(error: dict[str, Any]) -> str:
     if kind in _PHRASES:
         return _PHRASES[kind]
     return error["msg"][0].lower() + error["msg"][1:]
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 def save_config(config: BaseModel, path: str | Path) -> None:
