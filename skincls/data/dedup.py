@@ -16,6 +16,8 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from .info import DuplicateCluster, DuplicateSummary
+
 __all__ = [
     "DEFAULT_CONFIRM_DISTANCE",
     "DEFAULT_NEAR_DUP_DISTANCE",
@@ -24,6 +26,7 @@ __all__ = [
     "match_hashes",
     "near_duplicate_pairs",
     "perceptual_hashes",
+    "summarize_duplicates",
 ]
 
 # Measured on the 2,637-image dev archive: <= 2 bits joins re-encoded copies of one lesion; at 4 bits
@@ -232,3 +235,37 @@ def find_duplicates(
     ids: dict[int, int] = {}
     cluster = [ids.setdefault(root(i), len(ids)) for i in range(n)]
     return Duplicates(cluster, sorted(exact), pairs, rejected)
+
+
+def summarize_duplicates(dups: Duplicates, kept, rel, splits) -> DuplicateSummary:
+    """`dataset.json`'s duplicate record: exact groups, near pairs, clusters and label conflicts.
+
+    `kept` are the ingested images (`.label`, `.split` of the source), `rel` their paths in the
+    data dir and `splits` the split each was assigned; indices are those of `dups`.
+    """
+    clusters = [
+        DuplicateCluster(
+            id=dups.cluster[members[0]],
+            paths=[rel[i] for i in members],
+            labels=sorted({kept[i].label for i in members}),
+            source_splits=sorted({kept[i].split or "-" for i in members}),
+            split=splits[members[0]],
+        )
+        for members in dups.groups()
+    ]
+
+    def across(pairs) -> int:
+        return sum(1 for i, j, _ in pairs if (kept[i].split or "-") != (kept[j].split or "-"))
+
+    return DuplicateSummary(
+        exact_groups=[[rel[i] for i in g] for g in dups.exact_groups],
+        exact_images=sum(len(g) for g in dups.exact_groups),
+        near_pairs=len(dups.near_pairs),
+        near_pairs_exact=sum(1 for *_, d in dups.near_pairs if d == 0),
+        near_pairs_across_source_splits=across(dups.near_pairs),
+        rejected_pairs=[(rel[i], rel[j], d) for i, j, d in dups.rejected_pairs],
+        rejected_pairs_across_source_splits=across(dups.rejected_pairs),
+        clusters=clusters,
+        images_in_clusters=sum(len(c.paths) for c in clusters),
+        label_conflicts=[c for c in clusters if len(c.labels) > 1],
+    )

@@ -8,8 +8,6 @@ options changes nothing: a fingerprint of both is kept in `dataset.json`.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,16 +17,20 @@ import numpy as np
 
 from ..errors import DataError
 from ..locks import lock_dir
-from .dedup import DEFAULT_CONFIRM_DISTANCE, DEFAULT_NEAR_DUP_DISTANCE, find_duplicates
+from .dedup import (
+    DEFAULT_CONFIRM_DISTANCE,
+    DEFAULT_NEAR_DUP_DISTANCE,
+    find_duplicates,
+    summarize_duplicates,
+)
 from .download import DEFAULT_DATASET, DatasetClient, default_cache_dir, download_dataset
+from .freshness import FORMAT_VERSION, inputs_fingerprint, up_to_date
 from .grouping import build_grouping
 from .guards import check_inputs_outside, output_dir_checked
 from .info import (
     DATASET_JSON,
     DatasetInfo,
     DatasetSource,
-    DuplicateCluster,
-    DuplicateSummary,
     MovedImage,
 )
 from .ingest import (
@@ -39,22 +41,18 @@ from .ingest import (
     inspect_image,
 )
 from .layouts import layout_skipped
-from .listing import list_source
 from .references import load_reference, match_references, reference_fingerprint
 from .sources import plan_source, row_of
 from .splits import (
     Manifest,
     Record,
     assign_splits,
-    load_manifest,
     unify_groups,
     write_manifest,
 )
 
 __all__ = ["DEFAULT_DATASET", "IMAGE_SUFFIXES", "FetchReport", "ProgressCallback", "fetch"]
 
-# Bump when the preparation itself changes, so old data dirs are rebuilt rather than trusted.
-FORMAT_VERSION = 4
 ProgressCallback = Callable[[str, int, "int | None"], None]
 """Called as `(stage, done, total)`; stages: download (bytes), extract, copy, verify (files)."""
 
@@ -226,8 +224,8 @@ def fetch(
         **plan.options(),
         **({"reference": reference_fingerprint(reference)} if reference else {}),
     }
-    fingerprint = _fingerprint(source, archive, source_dir, options)
-    manifest = None if force else _up_to_date(data_dir, fingerprint)
+    fingerprint = inputs_fingerprint(source, archive, source_dir, options)
+    manifest = None if force else up_to_date(data_dir, fingerprint)
     if manifest is not None:
         skipped = list(manifest.info.skipped)
         return FetchReport(manifest, skipped, changed=False, downloaded=downloaded)
@@ -365,72 +363,10 @@ def fetch(
         n_files=n_files,
         n_kept=len(kept),
         skipped=skipped,
-        duplicates=_duplicate_summary(dups, kept, rel, splits),
+        duplicates=summarize_duplicates(dups, kept, rel, splits),
         groups=grouping.summary(rel, [c.label for c in kept], splits),
         provenance=prov.report([c.label for c in kept]) if prov else None,
         moved=moved,
     )
     manifest = write_manifest(data_dir, records, info)
     return FetchReport(manifest, skipped, changed=True, downloaded=downloaded)
-
-
-def _duplicate_summary(dups, kept, rel, splits) -> DuplicateSummary:
-    clusters = [
-        DuplicateCluster(
-            id=dups.cluster[members[0]],
-            paths=[rel[i] for i in members],
-            labels=sorted({kept[i].label for i in members}),
-            source_splits=sorted({kept[i].split or "-" for i in members}),
-            split=splits[members[0]],
-        )
-        for members in dups.groups()
-    ]
-
-    def across(pairs) -> int:
-        return sum(1 for i, j, _ in pairs if (kept[i].split or "-") != (kept[j].split or "-"))
-
-    return DuplicateSummary(
-        exact_groups=[[rel[i] for i in g] for g in dups.exact_groups],
-        exact_images=sum(len(g) for g in dups.exact_groups),
-        near_pairs=len(dups.near_pairs),
-        near_pairs_exact=sum(1 for *_, d in dups.near_pairs if d == 0),
-        near_pairs_across_source_splits=across(dups.near_pairs),
-        rejected_pairs=[(rel[i], rel[j], d) for i, j, d in dups.rejected_pairs],
-        rejected_pairs_across_source_splits=across(dups.rejected_pairs),
-        clusters=clusters,
-        images_in_clusters=sum(len(c.paths) for c in clusters),
-        label_conflicts=[c for c in clusters if len(c.labels) > 1],
-    )
-
-
-def _fingerprint(source: dict, archive, source_dir, options: dict) -> str:
-    """Hash of what the result depends on: the input's content (or listing) and the options."""
-    h = hashlib.sha256(json.dumps([FORMAT_VERSION, source.get("kind"), options]).encode())
-    if archive is not None:
-        with Path(archive).open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    elif source_dir is not None:
-        # The listing fetch copies from (links followed), so a changed link target is noticed, and
-        # the entries it skips, so the list of skipped entries stays true.
-        found = list_source(source_dir)
-        for rel, st in sorted(found.stats.items()):
-            h.update(f"{rel.as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        h.update(json.dumps([sorted(found.hidden), sorted(found.unusable.items())]).encode())
-    else:
-        h.update(str(source.get("n")).encode())
-    return h.hexdigest()
-
-
-def _up_to_date(data_dir: Path, fingerprint: str) -> Manifest | None:
-    """The data dir's manifest when it was prepared from the same inputs and options, else None."""
-    try:
-        manifest = load_manifest(data_dir)
-    except (OSError, ValueError, DataError):
-        return None
-    if manifest.info.fingerprint != fingerprint:
-        return None
-    # Someone may have deleted images by hand; then the data dir is rebuilt, not trusted.
-    if not all((data_dir / r.path).is_file() for r in manifest.records):
-        return None
-    return manifest
