@@ -7,8 +7,6 @@ layer for any backbone and mapping the map from the model's centre crop back ont
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -19,9 +17,6 @@ from ..data.dataset import build_transform
 from ..errors import ModelError
 from ..figures import new_figure, set_title
 from ..preprocessing import Preprocessing
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 __all__ = ["GradCamExplainer", "find_target_layer", "find_target_layers"]
 
