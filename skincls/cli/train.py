@@ -59,7 +59,7 @@ _TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
             "metavar": "N",
             "show_default": False,
             "help": "Train the head and only the last N backbone stages (`skincls models` lists "
-            "each arch's stages); config key model.freeze: N.",
+            "each arch's stages).",
         },
     ),
     (

@@ -143,7 +143,7 @@ class GradCamExplainer:
             A matplotlib `Figure` (save it with `skincls.figures.save_figure`).
         """
         rgb = np.asarray(image.convert("RGB"))
-        cam = self._to_image_frame(self.heatmap(image, target_class), image.size)
+        cam = self.heatmap_on_image(image, target_class)
         fig, (left, right) = new_figure(1, 2, figsize=(7.6, 3.6))
         left.imshow(rgb)
         left.set_xlabel("image")

@@ -23,7 +23,8 @@ def test_help_shows_no_none_and_no_config_keys(name):
     text = result.output
     assert "None" not in text  # nobody can type None on a command line
     flat = " ".join(text.split())
-    for key in ("backbone_lr_mult", "weight_decay", "finetune_epochs", "num_workers", "batch_size"):
+    keys = ("backbone_lr_mult", "weight_decay", "finetune_epochs", "num_workers", "batch_size")
+    for key in (*keys, "model.freeze"):
         assert key not in flat, key
 
 
