@@ -19,7 +19,7 @@ def runs(root, as_json):
     """List the training runs under ROOT [runs]: arch, data, epochs, best val and test metrics, size.
 
     Reads each run's config.json, history.json and best.pt's metadata (weights are not loaded).
-    Test metrics appear once `skincls evaluate` has stored them in best.pt.
+    Test metrics appear once `skincls evaluate --save` has stored them in best.pt.
     """
     from ..training.runs import list_runs
 
@@ -58,7 +58,7 @@ def runs(root, as_json):
     console.print(table)
     console.print(
         "best: the best epoch (by the run's --monitor), val: its val-split metrics; "
-        "test: stored by `skincls evaluate`; epochs: run/planned when they differ"
+        "test: stored by `skincls evaluate --save`; epochs: run/planned when they differ"
     )
     for s in summaries:
         for problem in s.problems:

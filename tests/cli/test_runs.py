@@ -15,7 +15,7 @@ from tests.conftest import TINY_TRAIN
 
 @pytest.fixture(scope="module")
 def two_runs(tiny_data, tmp_path_factory):
-    """runs/a (2 epochs, evaluated with --calibrate so best.pt holds test metrics), runs/b (1 epoch)."""
+    """runs/a (2 epochs, evaluated with --save, so best.pt holds test metrics), runs/b (1 epoch)."""
     root = tmp_path_factory.mktemp("runs_root") / "runs"
     runner = CliRunner()
     for name, epochs in (("a", "2"), ("b", "1")):
