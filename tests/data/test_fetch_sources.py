@@ -207,6 +207,33 @@ def test_source_inside_the_replaced_images_folder_is_refused(tmp_path):
     assert (src / "notes.txt").read_text() == "the user's own file"
 
 
+def test_fetch_interrupted_after_replacing_the_images_is_never_up_to_date(tmp_path, monkeypatch):
+    # Source B: other images under the very file names of source A.
+    a = _flat(tmp_path / "a")
+    b = _flat(tmp_path / "b", seed=50)
+    for old, new in zip(sorted(b.rglob("*.jpg")), sorted(a.rglob("*.jpg"))):
+        old.rename(b / new.relative_to(a))
+    fetch(tmp_path / "d", source_dir=a)
+    real, calls = fetch_module.inspect_image, []
+
+    def interrupted(path):  # Ctrl-C (or a kill) while B's images are being checked
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(path)
+
+    monkeypatch.setattr(fetch_module, "inspect_image", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fetch(tmp_path / "d", source_dir=b)
+    monkeypatch.setattr(fetch_module, "inspect_image", real)
+    # images/ now holds B's files under A's names: fetching A again must rebuild, not trust them.
+    report = fetch(tmp_path / "d", source_dir=a)
+    assert report.changed
+    for r in report.manifest.records:
+        rel = Path(r.path).relative_to("images")
+        assert (tmp_path / "d" / r.path).read_bytes() == (a / rel).read_bytes()
+
+
 def test_os_error_writing_the_manifest_is_fatal_and_not_up_to_date(tmp_path, monkeypatch):
     src = _flat(tmp_path / "src")
     real = fetch_module.write_manifest
