@@ -105,3 +105,36 @@ def test_piped_output_is_not_wrapped_or_truncated(ckpt, tiny_data, tmp_path, mon
         "stages: what --train-stages N counts; px: default input size" in ln
         for ln in r.stdout.splitlines()
     ), r.stdout
+
+
+def test_predict_draws_a_progress_bar_on_a_terminal_for_many_images(ckpt, tiny_data, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    import skincls.cli._common as common
+
+    src = next((tiny_data / "images" / "test").rglob("*.jpg"))
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(70):
+        (folder / f"{i}.jpg").write_bytes(src.read_bytes())
+    terminal = io.StringIO()
+    real = common.err_console
+    common.err_console = Console(file=terminal, force_terminal=True, width=100)
+    try:
+        r = CliRunner().invoke(main, ["predict", str(ckpt), str(folder), "--device", "cpu"])
+        assert r.exit_code == 0, r.output
+        assert "predict" in terminal.getvalue() and "70/70" in terminal.getvalue()
+        # --quiet: no bar; a few images: no bar either (no flicker).
+        for args in (["--quiet", str(folder)], [str(folder / "1.jpg"), str(folder / "2.jpg")]):
+            terminal.seek(0)
+            terminal.truncate()
+            r = CliRunner().invoke(main, ["predict", str(ckpt), *args, "--device", "cpu"])
+            assert r.exit_code == 0, r.output
+            assert "/70" not in terminal.getvalue() and "/2" not in terminal.getvalue()
+    finally:
+        common.err_console = real
+    # Off a terminal (a log file) the callback is None: nothing but the results.
+    with common.progress_bar() as progress:
+        assert progress is None
