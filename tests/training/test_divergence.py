@@ -90,3 +90,11 @@ def test_smallcnn_without_weights_option_names_the_working_options(tiny_data, tm
     args = ["train", "--data-dir", str(tiny_data), "--out", str(tmp_path / "r"), "--quiet"]
     line = _one_line_error(CliRunner().invoke(main, [*args, "--arch", "smallcnn"]))
     assert "--weights none --freeze none" in line
+
+
+def test_an_absurd_lr_on_the_command_line_is_refused_before_anything_runs(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data-dir", str(tiny_data), "--out", str(out), *TINY_TRAIN, "--lr", "1e30"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and "Invalid value for '--lr': 1e+30 is not in the range" in r.output
+    assert not out.exists()
