@@ -127,6 +127,14 @@ class TrainConfig(_Config):
     label_smoothing: float = Field(
         default=0.0, ge=0, lt=1, description="Label smoothing of the training loss."
     )
+    mixup: float = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="Mixup α: train on each batch mixed with a shuffled copy of itself, "
+        "λ ~ Beta(α, α), loss λ·L(y) + (1 − λ)·L(y shuffled); cached features (frozen backbone) "
+        "are mixed in feature space; 0: off.",
+    )
     class_weights: Literal["none", "balanced"] = Field(
         default="none", description="balanced: weight the training loss by inverse class frequency."
     )

@@ -4,7 +4,7 @@ share (device placement and mixed precision, the replayed batch order, the phase
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from ..config import TrainConfig
 from ..errors import ConfigError
 from ..runtime import seed_worker
+from .mixup import mix_batch
 
 __all__ = [
     "Phase",
@@ -105,6 +106,7 @@ def train_epoch(
     after_step: Callable[[], None] | None = None,
     on_batch_end: Callable[[float, float], None] | None = None,
     diverged: Callable[[str], Exception] = FloatingPointError,
+    mixes: Sequence[tuple[float, torch.Tensor]] | None = None,
 ) -> tuple[float, int, int]:
     """One pass of optimisation steps over `batches`.
 
@@ -113,6 +115,10 @@ def train_epoch(
     optimizer step (a per-step LR schedule); `on_batch_end` gets the batch's loss and accuracy. A
     non-finite loss raises `diverged(what happened)`.
 
+    `mixes` (mixup, see `mixup`): per batch (λ, partner rows); the batch's first len(partner rows)
+    rows are its own items, mixed as λ·x + (1 − λ)·x[partner] and trained on with the loss
+    λ·loss(y) + (1 − λ)·loss(y[partner]). Accuracy counts the dominant label (y where λ ≥ 0.5).
+
     Returns:
         (sum of loss × weight, correct predictions, images seen), for the caller to reduce (over
         processes) and divide.
@@ -120,9 +126,19 @@ def train_epoch(
     total, correct, seen = 0.0, 0, 0
     for i, (x, y) in enumerate(batches):
         x, y = place.to_device(x), y.to(place.device, non_blocking=True)
-        with place.autocast():
-            logits = forward(x)
-            batch = loss(i, logits.float(), y)
+        if mixes is None:
+            with place.autocast():
+                logits = forward(x)
+                batch = loss(i, logits.float(), y)
+        else:
+            lam, partner = mixes[i]
+            x, y_a, y_b = mix_batch(x, y, lam, partner)
+            x = place.to_device(x)  # channels-last again
+            with place.autocast():
+                logits = forward(x)
+                out = logits.float()
+                batch = lam * loss(i, out, y_a) + (1.0 - lam) * loss(i, out, y_b)
+            y = y_a if lam >= 0.5 else y_b  # what the accuracy counts: the dominant label
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(batch).backward()

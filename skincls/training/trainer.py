@@ -37,6 +37,7 @@ from .features import (
     load_or_extract,
 )
 from .history import BestTracker, EpochRecord, History
+from .mixup import Mix, draw_mixup, rank_rows
 from .optim import build_losses, build_phase_optimization
 from .steps import (
     Phase,
@@ -101,6 +102,7 @@ class Trainer:
         self.scaler = None
         self._shuffle = torch.Generator()
         self._loader_rng = torch.Generator()
+        self._mix = torch.Generator()  # mixup's coefficients and partners
         self._resume: dict | None = None
         # The EpochRecord field that decides `improved` and steps a plateau schedule (set by `fit`).
         self._best = BestTracker(self.config.monitor)
@@ -118,7 +120,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
-            "rng": get_rng_state(shuffle=self._shuffle, loader=self._loader_rng),
+            "rng": get_rng_state(shuffle=self._shuffle, loader=self._loader_rng, mix=self._mix),
             "callbacks": callback_states(self.callbacks),
         }
 
@@ -150,6 +152,7 @@ class Trainer:
         self.criterion, self._sum_criterion = losses.train, losses.summed
         self._val_criterion, sample_weights = losses.val, losses.sample_weights
         self._targets = torch.as_tensor(targets)
+        self._mix.manual_seed(cfg.seed + 2)  # a checkpoint from before mixup existed has no state
         if self._resume is None:
             seed_everything(cfg.seed)
             self._shuffle.manual_seed(cfg.seed)
@@ -225,7 +228,17 @@ class Trainer:
             else:
                 order = torch.multinomial(sample_weights, len(train), True, generator=self._shuffle)
             global_batches = order.split(cfg.batch_size)
-            sampler.batches = [self.dist.shard(b.tolist()) for b in global_batches]
+            mixes = None
+            if cfg.mixup:
+                draws = draw_mixup(cfg.mixup, [len(b) for b in global_batches], self._mix)
+                rows = [
+                    self._mix_rows(b.tolist(), m)
+                    for b, m in zip(global_batches, draws, strict=True)
+                ]
+                sampler.batches = [r for r, _ in rows]
+                mixes = [(m.lam, partner) for m, (_, partner) in zip(draws, rows, strict=True)]
+            else:
+                sampler.batches = [self.dist.shard(b.tolist()) for b in global_batches]
             lr = self.optimizer.param_groups[0]["lr"]
             self._emit("on_epoch_start", epoch, len(sampler))
             self.model.train()
@@ -237,11 +250,11 @@ class Trainer:
                     train_fs.batch(torch.tensor(b, dtype=torch.long)) for b in sampler.batches
                 )
                 train_loss, train_acc = self._train_epoch(
-                    self._head, batches, when, denominators, epoch
+                    self._head, batches, when, denominators, epoch, mixes
                 )
             else:
                 train_loss, train_acc = self._train_epoch(
-                    self._forward, loader, when, denominators, epoch
+                    self._forward, loader, when, denominators, epoch, mixes
                 )
             val_loss = val_acc = None
             if val is not None:
@@ -274,6 +287,7 @@ class Trainer:
         when: str,
         denominators: list[tuple[float, int]],
         epoch: int,
+        mixes: list[tuple[float, torch.Tensor]] | None = None,
     ) -> tuple[float, float]:
         world = self.dist.world_size
 
@@ -281,6 +295,7 @@ class Trainer:
             if world == 1:
                 return self.criterion(logits, y)
             # DDP averages the ranks' gradients: scale the share's sum to the global batch's mean.
+            # (Mixup's permuted labels have the same denominator: the same labels, reordered.)
             return self._sum_criterion(logits, y) * (world / denominators[i][0])
 
         def weight(
@@ -299,6 +314,7 @@ class Trainer:
             after_step=self.scheduler.step if when == "step" else None,
             on_batch_end=lambda loss, acc: self._emit("on_batch_end", loss, acc),
             diverged=partial(self._diverged, epoch),
+            mixes=mixes,
         )
         total, correct, seen = self.dist.sum([total, correct, seen], self.device)
         return total / seen, correct / seen
@@ -318,6 +334,11 @@ class Trainer:
         )
         total, correct, seen = self.dist.sum([total, correct, seen], self.device)
         return total / seen, correct / seen
+
+    def _mix_rows(self, batch: list[int], mix: Mix) -> tuple[list[int], torch.Tensor]:
+        """This rank's rows of a mixed global batch (its share, then partners from other shares)."""
+        start, stop = shard_bounds(len(batch), self.dist.rank, self.dist.world_size)
+        return rank_rows(batch, mix, start, stop)
 
     def _check_finite(self, epoch: int, val_loss: float | None) -> None:
         if val_loss is not None and not math.isfinite(val_loss):
@@ -386,7 +407,7 @@ class Trainer:
         self.epoch, self.phase, self.stop = state["epoch"], state["phase"], state["stop"]
         self._best.value = state["best_value"]
         self.history = History.from_dict(state["history"])
-        set_rng_state(state["rng"], shuffle=self._shuffle, loader=self._loader_rng)
+        set_rng_state(state["rng"], shuffle=self._shuffle, loader=self._loader_rng, mix=self._mix)
         load_callback_states(self.callbacks, state.get("callbacks", {}))
 
     def _emit(self, hook: str, *args) -> None:

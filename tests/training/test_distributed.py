@@ -105,6 +105,19 @@ def test_two_processes_match_one_with_the_same_global_batch(ddp_data, runner, ca
     _assert_same_run(one, two)
 
 
+@pytest.mark.parametrize("cache", ["memory", "off"])
+def test_two_processes_mix_the_same_pairs_as_one(ddp_data, runner, cache):
+    # Mixup pairs span the ranks' shares: each rank loads its partners too (features or images).
+    extra = ("--epochs", "2", "--cache-features", cache, "--class-weights", "balanced")
+    extra += ("--mixup", "0.4")
+    one, two = ddp_data / f"mix-one-{cache}", ddp_data / f"mix-two-{cache}"
+    r = runner.invoke(main, _args(ddp_data, one, *extra))
+    assert r.exit_code == 0, r.output
+    r = _run([*_args(ddp_data, two, *extra), "--nproc", "2"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    _assert_same_run(one, two)
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
