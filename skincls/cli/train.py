@@ -95,6 +95,7 @@ _TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
     ("--schedule", "train.schedule", {"type": click.Choice(["none", "cosine", "plateau"])}),
     ("--warmup-epochs", "train.warmup_epochs", {}),
     ("--label-smoothing", "train.label_smoothing", {}),
+    ("--checkpoint-interval", "train.checkpoint_interval", {"metavar": "SECONDS"}),
     ("--mixup", "train.mixup", {"metavar": "ALPHA"}),
     ("--class-weights", "train.class_weights", {"type": click.Choice(["none", "balanced"])}),
     ("--sampler", "train.sampler", {"type": click.Choice(["shuffle", "balanced"])}),

@@ -113,19 +113,25 @@ class EarlyStopping(Callback):
 
 
 class ModelCheckpoint(Callback):
-    """Writes `best.pt` when the monitored metric improves and `last.pt` (with resume state) each epoch.
+    """Writes `best.pt` (the best epoch by the monitored metric) and `last.pt` (with resume state).
 
     Args:
         run_dir: Folder for the two files.
         save: `save(path, snapshot, extra, training_state)` writes one checkpoint atomically, e.g.
             with `save_checkpoint`; `snapshot` is the model's `ModelSnapshot` (CPU weights, config,
-            preprocessing) taken once at the epoch's end for both files, `extra` holds the epoch and
-            its metrics, `training_state` the trainer's state (None for best.pt).
-        last: Also write `last.pt`, so `--resume` loses at most the epoch in progress.
+            preprocessing) taken at the epoch's end, `extra` holds the epoch and its metrics,
+            `training_state` the trainer's state (None for best.pt).
+        last: Also write `last.pt`, so that `--resume` can continue the run.
         background: Write from a thread while the next epoch trains (the next write, the end of
             `fit` and a crash all wait for it); the snapshot and training state are then CPU copies
             that training cannot change. Writing a VGG head's 1.4 GB `last.pt` otherwise costs
             seconds per epoch.
+        interval: With `last`, write at an epoch's end only once `interval` seconds have passed
+            since the previous write (and always when `fit` ends): a killed run then resumes from at
+            most that much training ago (plus the epoch in progress). A better epoch in between is
+            kept in memory and written to `best.pt` with the next `last.pt`, so the two files never
+            disagree. 0: both files at every epoch's end.
+        clock: Seconds, monotonic (for tests).
     """
 
     def __init__(
@@ -135,47 +141,61 @@ class ModelCheckpoint(Callback):
         *,
         last: bool = True,
         background: bool = False,
+        interval: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.run_dir = Path(run_dir)
         self.save = save
         self.last = last
         self.background = background
+        self.interval = interval if last else 0.0
+        self.clock = clock
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._since = clock()
+        self._best: tuple[ModelSnapshot, dict[str, Any]] | None = None  # not on disk yet
+        self._unsaved = False  # an epoch ended whose last.pt is not written
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._since = self.clock()
 
     def on_epoch_end(self, trainer: Trainer, record: EpochRecord, improved: bool) -> None:
         if not (improved or self.last):
             return
+        extra = _epoch_fields(record, trainer.history)
+        due = self.interval <= 0 or self.clock() - self._since >= self.interval
+        if improved and not due:  # training goes on mutating the weights: keep a copy
+            self._best = (snapshot_model(trainer.model, copy_weights=True), extra)
+        self._unsaved = self.last
+        if due:
+            self._flush(trainer, extra, improved)
+
+    def _flush(self, trainer: Trainer, extra: dict[str, Any], improved: bool) -> None:
+        """Write the pending best epoch (or this one, if it improved) and this epoch's `last.pt`."""
         self._wait()
-        extra = {
-            "epoch": record.epoch,
-            "phase": record.phase,
-            "precision": trainer.history.precision,  # what each phase ran in (PrecisionPlan)
-            "metrics": {
-                "train": {"loss": record.train_loss, "accuracy": record.train_accuracy},
-                "val": {"loss": record.val_loss, "accuracy": record.val_accuracy},
-            },
-        }
         # One CPU snapshot for both files; in the background a copy, as training goes on mutating
         # the live weights and optimizer state.
         snapshot = snapshot_model(trainer.model, copy_weights=self.background)
-        jobs = [(self.run_dir / "best.pt", None)] if improved else []
+        jobs = []
+        if improved:
+            jobs.append((self.run_dir / "best.pt", snapshot, extra, None))
+        elif self._best is not None:
+            jobs.append((self.run_dir / "best.pt", *self._best, None))
         if self.last:
             state = trainer.state_dict()
-            jobs.append(
-                (self.run_dir / "last.pt", snapshot_state(state) if self.background else state)
-            )
+            state = snapshot_state(state) if self.background else state
+            jobs.append((self.run_dir / "last.pt", snapshot, extra, state))
+        self._best, self._unsaved = None, False
+        self._since = self.clock()
         if not self.background:
-            self._write(snapshot, extra, jobs)
+            self._write(jobs)
             return
-        self._thread = threading.Thread(
-            target=self._write, args=(snapshot, extra, jobs), daemon=True
-        )
+        self._thread = threading.Thread(target=self._write, args=(jobs,), daemon=True)
         self._thread.start()
 
-    def _write(self, snapshot: ModelSnapshot, extra: dict[str, Any], jobs: list) -> None:
+    def _write(self, jobs: list) -> None:
         try:
-            for path, state in jobs:
+            for path, snapshot, extra, state in jobs:
                 self.save(path, snapshot, extra, state)
         except BaseException as exc:
             if not self.background:
@@ -191,12 +211,30 @@ class ModelCheckpoint(Callback):
             raise error
 
     def on_fit_end(self, trainer: Trainer, history: History) -> None:
+        if self._unsaved or self._best is not None:  # the last epochs' files, at the end of the run
+            self._flush(trainer, _epoch_fields(history.epochs[-1], history), improved=False)
         self._wait()
 
     def on_fit_error(self, trainer: Trainer, error: BaseException) -> None:
-        if self._thread is not None:  # finish the last completed epoch's files before dying
+        if self._thread is not None:  # finish the completed epochs' files before dying
             self._thread.join()
             self._thread = None
+        if self._best is not None and self._error is None:  # a completed epoch's copy: keep it
+            best, self._best = self._best, None
+            self._write([(self.run_dir / "best.pt", *best, None)])
+
+
+def _epoch_fields(record: EpochRecord, history: History) -> dict[str, Any]:
+    """A checkpoint's fields about the epoch it comes from: number, phase, precision, metrics."""
+    return {
+        "epoch": record.epoch,
+        "phase": record.phase,
+        "precision": history.precision,  # what each phase ran in (PrecisionPlan)
+        "metrics": {
+            "train": {"loss": record.train_loss, "accuracy": record.train_accuracy},
+            "val": {"loss": record.val_loss, "accuracy": record.val_accuracy},
+        },
+    }
 
 
 class HistoryWriter(Callback):

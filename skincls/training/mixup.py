@@ -20,7 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Mix", "draw_mixup", "mix_batch", "rank_rows"]
+from .distributed import shard_bounds
+
+__all__ = ["Mix", "draw_mixup", "mix_batch", "mixed_shares", "rank_rows"]
 
 
 @dataclass(frozen=True)
@@ -70,3 +72,22 @@ def mix_batch(
     x_a, x_b = x[:n], x[partner]
     mixed = (lam * x_a.float() + (1.0 - lam) * x_b.float()).to(x.dtype)
     return mixed, y[:n], y[partner.to(y.device)]
+
+
+def mixed_shares(
+    alpha: float,
+    global_batches: Sequence[torch.Tensor],
+    generator: torch.Generator,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[list[list[int]], list[tuple[float, torch.Tensor]]]:
+    """One epoch's mixing for process `rank`: the rows it loads per global batch (`rank_rows`) and,
+    per batch, (λ, where its own items' partners lie among those rows)."""
+    draws = draw_mixup(alpha, [len(b) for b in global_batches], generator)
+    rows, mixes = [], []
+    for batch, mix in zip(global_batches, draws, strict=True):
+        start, stop = shard_bounds(len(batch), rank, world_size)
+        items, partner = rank_rows(batch.tolist(), mix, start, stop)
+        rows.append(items)
+        mixes.append((mix.lam, partner))
+    return rows, mixes

@@ -215,7 +215,9 @@ def train_from_config(
         if config.train.patience:
             cbs.append(EarlyStopping(config.train.patience))
         if dist.is_main:  # early stopping decides on every rank (same metrics); only rank 0 writes
-            cbs += [ModelCheckpoint(run_dir, save, background=True), HistoryWriter(run_dir)]
+            interval = config.train.checkpoint_interval
+            writer = ModelCheckpoint(run_dir, save, background=True, interval=interval)
+            cbs += [writer, HistoryWriter(run_dir)]
             if progress:
                 cbs.append(RichProgress())
         trainer.callbacks = cbs + list(callbacks or [])

@@ -37,7 +37,7 @@ from .features import (
     load_or_extract,
 )
 from .history import BestTracker, EpochRecord, History
-from .mixup import Mix, draw_mixup, rank_rows
+from .mixup import mixed_shares
 from .optim import build_losses, build_phase_optimization
 from .steps import (
     Phase,
@@ -230,13 +230,9 @@ class Trainer:
             global_batches = order.split(cfg.batch_size)
             mixes = None
             if cfg.mixup:
-                draws = draw_mixup(cfg.mixup, [len(b) for b in global_batches], self._mix)
-                rows = [
-                    self._mix_rows(b.tolist(), m)
-                    for b, m in zip(global_batches, draws, strict=True)
-                ]
-                sampler.batches = [r for r, _ in rows]
-                mixes = [(m.lam, partner) for m, (_, partner) in zip(draws, rows, strict=True)]
+                sampler.batches, mixes = mixed_shares(
+                    cfg.mixup, global_batches, self._mix, self.dist.rank, self.dist.world_size
+                )
             else:
                 sampler.batches = [self.dist.shard(b.tolist()) for b in global_batches]
             lr = self.optimizer.param_groups[0]["lr"]
@@ -334,11 +330,6 @@ class Trainer:
         )
         total, correct, seen = self.dist.sum([total, correct, seen], self.device)
         return total / seen, correct / seen
-
-    def _mix_rows(self, batch: list[int], mix: Mix) -> tuple[list[int], torch.Tensor]:
-        """This rank's rows of a mixed global batch (its share, then partners from other shares)."""
-        start, stop = shard_bounds(len(batch), self.dist.rank, self.dist.world_size)
-        return rank_rows(batch, mix, start, stop)
 
     def _check_finite(self, epoch: int, val_loss: float | None) -> None:
         if val_loss is not None and not math.isfinite(val_loss):

@@ -154,12 +154,15 @@ class _Crash(Callback):
 def test_resume_after_crash_matches_uninterrupted_run(tiny_data, tmp_path):
     full = skincls.train_from_config(_run_config(tiny_data, tmp_path / "full"), progress=False)
     run = tmp_path / "crashed"
+    every_epoch = {"checkpoint_interval": 0}  # resume state at each epoch's end
     with pytest.raises(KeyboardInterrupt):
         skincls.train_from_config(
-            _run_config(tiny_data, run), progress=False, callbacks=[_Crash(2)]
+            _run_config(tiny_data, run, **every_epoch), progress=False, callbacks=[_Crash(2)]
         )
     assert load_checkpoint(run / "last.pt").data["epoch"] == 2
-    resumed = skincls.train_from_config(_run_config(tiny_data, run), progress=False, resume=True)
+    resumed = skincls.train_from_config(
+        _run_config(tiny_data, run, **every_epoch), progress=False, resume=True
+    )
     assert [e.epoch for e in resumed.history.epochs] == [1, 2, 3]
     strip = lambda h: [{k: v for k, v in vars(e).items() if k != "seconds"} for e in h.epochs]  # noqa: E731
     assert strip(resumed.history) == strip(full.history)
@@ -506,3 +509,50 @@ def test_worker_processes_give_the_same_result(tiny_data):
         assert a == pytest.approx(b, rel=1e-6, abs=1e-7)
     for (name, p), q in zip(model.head.state_dict().items(), twin.head.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_checkpoint_interval_defers_both_files_and_keeps_them_in_step(tmp_path, background):
+    """With an interval, best.pt and last.pt are written together once it has passed, and at the
+    end; a better epoch in between reaches best.pt with its own weights and number."""
+    model, _ = _frozen_model()
+    now = [0.0]
+    writes = []
+
+    def save(path, snap, extra, state):
+        writes.append((path.name, extra["epoch"]))
+        skincls.save_checkpoint(
+            path, snap, classes=["benign", "malignant"], training_state=state, **extra
+        )
+
+    history = History()
+    trainer = SimpleNamespace(
+        history=history, model=model, state_dict=lambda: {"epoch": history.epochs[-1].epoch}
+    )
+    writer = ModelCheckpoint(
+        tmp_path, save, background=background, interval=10.0, clock=lambda: now[0]
+    )
+    writer.on_fit_start(trainer)
+    weights = {}
+    for epoch, t, improved in [(1, 1.0, True), (2, 5.0, False), (3, 12.0, False), (4, 13.0, True)]:
+        with torch.no_grad():  # each epoch changes the weights
+            for p in model.parameters():
+                p.add_(1.0)
+        weights[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+        now[0] = t
+        record = History.from_dict({"epochs": [_record(epoch)]}).epochs[0]
+        history.epochs.append(record)
+        writer.on_epoch_end(trainer, record, improved)
+        if epoch == 2:
+            writer._wait()
+            assert writes == [] and not (tmp_path / "best.pt").exists()  # not due yet
+    writer._wait()
+    assert writes == [("best.pt", 1), ("last.pt", 3)]  # the interval passed at epoch 3
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert all(torch.equal(best["state_dict"][k], v) for k, v in weights[1].items())
+    writer.on_fit_end(trainer, history)
+    assert writes[2:] == [("best.pt", 4), ("last.pt", 4)]
+    for name in ("best.pt", "last.pt"):
+        raw = torch.load(tmp_path / name, weights_only=True)
+        assert raw["epoch"] == 4
+        assert all(torch.equal(raw["state_dict"][k], v) for k, v in weights[4].items())
