@@ -148,6 +148,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3, help="runs of each process; medians reported")
     ap.add_argument("--precisions", nargs="+", default=["auto", "fp32"])
     ap.add_argument("--skip-original", action="store_true", help="time skincls only")
+    ap.add_argument(
+        "--original-from",
+        type=Path,
+        help="take the original loop's runs from this earlier report.json (same source and "
+        "machine) instead of running them again; implies --skip-original",
+    )
     ap.add_argument("--markdown", type=Path, help="also write the table here")
     args = ap.parse_args(argv)
 
@@ -177,10 +183,15 @@ def main(argv: list[str] | None = None) -> None:
                 f"repeat {rep + 1}: skincls --precision {precision}: {r['wall_s']:.1f} s",
                 flush=True,
             )
-        if not args.skip_original:
+        if not (args.skip_original or args.original_from):
             r = run_original(args.source, work, args.epochs)
             report["original"].append(r)
             print(f"repeat {rep + 1}: original loop: {r['wall_s']:.1f} s", flush=True)
+        (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if args.original_from:
+        earlier = json.loads(args.original_from.read_text())
+        report["original"] = earlier["original"]
+        report["original_from"] = str(args.original_from)
         (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)
     print(table)
@@ -195,7 +206,13 @@ def markdown(r: dict) -> str:
     lines = [
         f"Machine: {r['cpu']}, {r['threads']} torch threads, torch {r['torch']}; "
         f"float32 matmul {gemm:.0f} GFLOP/s. Images: {r['images']['train']} train + "
-        f"{r['images']['val']} val from `{r['source']}`. Medians of {reps} runs of each process.",
+        f"{r['images']['val']} val from `{Path(r['source']).name}` (`make_subset.py`). Medians of {reps} runs of each process"
+        + (
+            f" ({len(r['original'])} of the original loop, from an earlier report on the same "
+            "machine)."
+            if r.get("original_from")
+            else "."
+        ),
         "",
         "| process | phase | seconds (median) |",
         "|---|---|---:|",
