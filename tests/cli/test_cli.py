@@ -156,7 +156,9 @@ def test_train_resume_continues_a_killed_run(runner, tiny_data, tmp_path, monkey
 
     monkeypatch.setattr(HistoryWriter, "on_epoch_end", logged)
     run = tmp_path / "run"
-    r = runner.invoke(main, ["train", "--data-dir", str(tiny_data), "--out", str(run), *TINY_TRAIN])
+    every_epoch = ["--checkpoint-interval", "0"]  # last.pt at each epoch's end
+    args = ["train", "--data-dir", str(tiny_data), "--out", str(run), *TINY_TRAIN, *every_epoch]
+    r = runner.invoke(main, args)
     assert r.exit_code != 0 and load_checkpoint(run / "last.pt").data["epoch"] == 1
     killed = json.loads((run / "history.json").read_text())["epochs"]
 

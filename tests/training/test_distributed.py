@@ -147,6 +147,7 @@ def _epoch_of(path: Path) -> int:
 
 def test_killed_two_process_run_resumes_to_the_uninterrupted_result(ddp_data, runner):
     extra = ("--epochs", "4", "--cache-features", "off", "--image-size", "64")
+    extra += ("--checkpoint-interval", "0")  # last.pt at each epoch's end, to kill after one
     ref, run = ddp_data / "ref", ddp_data / "killed"
     r = runner.invoke(main, _args(ddp_data, ref, *extra))
     assert r.exit_code == 0, r.output
@@ -167,6 +168,7 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_result(ddp_data, ru
 
 def test_a_crashed_rank_ends_the_job_with_one_clear_line(ddp_data):
     extra = ("--epochs", "200", "--cache-features", "off", "--image-size", "64")
+    extra += ("--checkpoint-interval", "0")
     out = ddp_data / "crash"
     proc = subprocess.Popen(
         [*SKINCLS, *_args(ddp_data, out, *extra), "--nproc", "2"],
