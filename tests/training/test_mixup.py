@@ -17,8 +17,8 @@ from skincls import RunConfig, TrainConfig, Trainer
 from skincls.errors import ConfigError
 from skincls.models.checkpoint import load_checkpoint
 from skincls.runtime import seed_everything
+from skincls.training import mixup as mixup_module
 from skincls.training import steps
-from skincls.training import trainer as trainer_module
 from skincls.training.callbacks import Callback
 from skincls.training.mixup import Mix, draw_mixup, rank_rows
 from skincls.training.optim import build_optimizer
@@ -48,7 +48,7 @@ def _order(seed: int, n: int = N) -> torch.Tensor:
 
 def test_training_loss_is_the_mixed_loss_of_the_mixed_batch(monkeypatch):
     lam, perm = 0.3, torch.tensor([5, 3, 0, 9, 12, 1, 15, 2, 7, 4, 14, 6, 11, 13, 10, 8])
-    monkeypatch.setattr(trainer_module, "draw_mixup", _fixed(lam, perm))
+    monkeypatch.setattr(mixup_module, "draw_mixup", _fixed(lam, perm))
     data = _data()
     cfg = TrainConfig(
         epochs=1, batch_size=N, mixup=0.2, label_smoothing=0.1, class_weights="balanced",
@@ -80,7 +80,7 @@ def test_lambda_one_is_plain_training_bit_for_bit(monkeypatch):
         model = nn.Linear(8, 2)
         cfg = TrainConfig(epochs=2, batch_size=8, mixup=mixup, device="cpu", seed=1)
         monkeypatch.setattr(
-            trainer_module,
+            mixup_module,
             "draw_mixup",
             lambda alpha, sizes, g: [Mix(1.0, torch.randperm(n)) for n in sizes],
         )
@@ -124,7 +124,7 @@ def test_mixup_off_never_mixes_and_trains_as_before(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("mixup is off: nothing may be mixed")
 
-    monkeypatch.setattr(trainer_module, "draw_mixup", refuse)
+    monkeypatch.setattr(mixup_module, "draw_mixup", refuse)
     monkeypatch.setattr(steps, "mix_batch", refuse)
     model = _dropout_net()
     history = Trainer(model, cfg).fit(data)
@@ -161,7 +161,7 @@ def test_cached_features_are_mixed_in_feature_space(tiny_data, monkeypatch):
     )
     n = len(train)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(5))
-    monkeypatch.setattr(trainer_module, "draw_mixup", _fixed(0.25, perm))
+    monkeypatch.setattr(mixup_module, "draw_mixup", _fixed(0.25, perm))
     seen = []
     model.head.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].detach()))
     cfg = TrainConfig(
