@@ -72,9 +72,9 @@ def test_training_killed_at_random_moments_resumes_to_the_same_weights(
     argv = ["train", "--data-dir", str(tiny_data), "--arch", "smallcnn", "--weights", "none",
             "--freeze", "none", "--head", "8", "--image-size", "16", "--epochs", str(EPOCHS),
             "--batch-size", "8", "--device", "cpu", "--seed", "3", "--quiet",
-            # Files every ~0.2 s of training, not every epoch: kills land between writes, with a
+            # Files every ~0.1 s of training, not every epoch: kills land between writes, with a
             # better epoch held back in memory, as with the default interval on real runs.
-            "--checkpoint-interval", "0.2"]  # fmt: skip
+            "--checkpoint-interval", "0.1"]  # fmt: skip
 
     def launch(out, extra, kill_after=None) -> tuple[bool, int | None, float]:
         proc = forkserver.Process(target=_cli, args=([*argv, "--out", str(out), *extra], str(log)))
