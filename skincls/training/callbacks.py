@@ -154,7 +154,7 @@ class ModelCheckpoint(Callback):
         self._error: BaseException | None = None
         self._since = clock()
         self._best: tuple[ModelSnapshot, dict[str, Any]] | None = None  # not on disk yet
-        self._unsaved = False  # an epoch ended whose last.pt is not written
+        self._unsaved: dict[str, Any] | None = None  # the ended epoch whose files are not written
 
     def on_fit_start(self, trainer: Trainer) -> None:
         self._since = self.clock()
@@ -166,7 +166,7 @@ class ModelCheckpoint(Callback):
         due = self.interval <= 0 or self.clock() - self._since >= self.interval
         if improved and not due:  # training goes on mutating the weights: keep a copy
             self._best = (snapshot_model(trainer.model, copy_weights=True), extra)
-        self._unsaved = self.last
+        self._unsaved = extra
         if due:
             self._flush(trainer, extra, improved)
 
@@ -185,7 +185,7 @@ class ModelCheckpoint(Callback):
             state = trainer.state_dict()
             state = snapshot_state(state) if self.background else state
             jobs.append((self.run_dir / "last.pt", snapshot, extra, state))
-        self._best, self._unsaved = None, False
+        self._best = self._unsaved = None
         self._since = self.clock()
         if not self.background:
             self._write(jobs)
@@ -211,8 +211,8 @@ class ModelCheckpoint(Callback):
             raise error
 
     def on_fit_end(self, trainer: Trainer, history: History) -> None:
-        if self._unsaved or self._best is not None:  # the last epochs' files, at the end of the run
-            self._flush(trainer, _epoch_fields(history.epochs[-1], history), improved=False)
+        if self._unsaved is not None:  # the last epochs' files (a held-back best), at the end
+            self._flush(trainer, self._unsaved, improved=False)
         self._wait()
 
     def on_fit_error(self, trainer: Trainer, error: BaseException) -> None:
