@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from pathlib import Path
 
 import click
@@ -86,6 +88,7 @@ def serve(
             f"({exc.name} is missing); install them with: {_EXTRA}"
         ) from exc
 
+    _refuse_a_busy_port(host, port)  # before the model loads: uvicorn would end in a raw [Errno 98]
     limits = Limits(
         max_upload_bytes=round(max_upload_mb * 2**20),
         max_files=max_files,
@@ -115,3 +118,25 @@ def serve(
         )
     console.print("research software, not a medical device · Ctrl+C to stop")
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def _refuse_a_busy_port(host: str, port: int) -> None:
+    """One clear line when `host:port` cannot be bound (another server holds it), before anything loads."""
+    if port == 0:  # the system picks a free one
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As uvicorn binds: SO_REUSEADDR, so a port in TIME_WAIT after a stopped server counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            shown = f"[{host}]" if ":" in host else host
+            if exc.errno == errno.EADDRINUSE:
+                raise SkinclsError(
+                    f"port {port} on {shown} is already in use (another server, or an earlier "
+                    "skincls serve?): stop it, or give another --port (--port 0 picks a free one)"
+                ) from None
+            raise SkinclsError(
+                f"cannot listen on {shown}:{port}: {exc.strerror or exc}; give another --host or --port"
+            ) from None

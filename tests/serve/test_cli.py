@@ -84,3 +84,20 @@ def test_serve_without_the_extra_says_what_to_install(untrained_ckpt_file, monke
     r = CliRunner().invoke(main, ["serve", str(untrained_ckpt_file)])
     assert r.exit_code != 0
     assert "pip install 'skincls[serve]'" in r.output and "uvicorn" in r.output
+
+
+def test_serve_on_a_busy_port_is_one_line_before_the_model_loads(untrained_ckpt_file, runs):
+    import socket
+
+    with socket.socket() as other:  # another server holding the port
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        r = CliRunner().invoke(
+            main, ["serve", str(untrained_ckpt_file), "--port", str(port), "--device", "cpu"]
+        )
+    assert r.exit_code == 1 and not runs
+    assert r.output == (
+        f"Error: port {port} on 127.0.0.1 is already in use (another server, or an earlier "
+        "skincls serve?): stop it, or give another --port (--port 0 picks a free one)\n"
+    )
