@@ -232,9 +232,9 @@ def train(config_file, quiet, resume, overwrite, nproc, **options):
         config_file = out / "config.json"
     overrides, names = _overrides(options)
     config = load_config(config_file, overrides, names=names)
-    # With progress lines, the device is said as training starts; quiet, once it has succeeded
-    # (a failure then prints only its one-line error).
-    device_line = _device_line(print_at_start=not quiet)
+    # With progress lines, the trainer's own note says the device as training starts; quiet, the
+    # line is printed once training has succeeded (a failure then prints only its one-line error).
+    device_line = _device_line()
     result = train_from_config(
         config, progress=not quiet, resume=resume, overwrite=overwrite, callbacks=[device_line]
     )
@@ -273,8 +273,8 @@ def _launch_torchrun(nproc: int) -> None:
         )
 
 
-def _device_line(print_at_start: bool):
-    """A trainer callback that keeps (`.line`) and optionally prints the device line at the start."""
+def _device_line():
+    """A trainer callback that keeps the device line (`.line`) for a quiet run to print at the end."""
     from ..runtime import describe_device
     from ..training.callbacks import Callback
 
@@ -283,8 +283,6 @@ def _device_line(print_at_start: bool):
 
         def on_fit_start(self, trainer) -> None:
             self.line = describe_device(trainer.device, trainer.precision)
-            if print_at_start:
-                err_console.print(self.line)
 
     return DeviceLine()
 

@@ -313,10 +313,13 @@ class RichProgress(Callback):
         )
         if record.val_loss is not None:
             line += f" val_loss {record.val_loss:.4f} val_acc {record.val_accuracy:.3f}"
-        self.console.print(line + f" [{record.seconds:.1f}s]" + (" *" if improved else ""))
+        # soft_wrap: one line per epoch off a terminal too (rich would wrap at 80 columns there)
+        self.console.print(
+            line + f" [{record.seconds:.1f}s]" + (" *" if improved else ""), soft_wrap=True
+        )
 
     def on_message(self, trainer: Trainer, message: str) -> None:
-        self.console.print(f"[dim]{message}[/]")
+        self.console.print(f"[dim]{message}[/]", soft_wrap=True)
 
     def on_fit_end(self, trainer: Trainer, history: History) -> None:
         if self.bar is not None:

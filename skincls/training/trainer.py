@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import TrainConfig
 from ..errors import ConfigError, TrainingError
 from ..runtime import (
+    describe_device,
     get_rng_state,
     plan_precision,
     resolve_device,
@@ -161,9 +162,7 @@ class Trainer:
             self._restore(self._resume)
         self.history.monitor = self._best.monitor  # what picks the best epoch, as monitored
         self.history.precision = self.precision.to_dict()
-        self.log(
-            f"{self.device.type}, {torch.get_num_threads()} threads, {self.precision.describe()}"
-        )
+        self.log(describe_device(self.device, self.precision))
         self._emit("on_fit_start")
         try:
             for phase in plan_phases(cfg, self.model):

@@ -52,7 +52,8 @@ def test_train_says_which_device_and_threads(tiny_data, tmp_path):
     assert r.exit_code == 0, r.output
     precision = plan_precision("auto", CPU).describe()  # e.g. "precision auto: fp32"
     line = f"device: cpu ({torch.get_num_threads()} threads), {precision}"
-    assert line in r.stderr.splitlines(), r.stderr
+    assert r.stderr.splitlines().count(line) == 1, r.stderr  # said once, off a terminal too
+    assert not any("threads" in other for other in r.stderr.splitlines() if other != line)
 
 
 def test_predict_and_evaluate_say_which_device(ckpt, tiny_data):
@@ -138,3 +139,54 @@ def test_predict_draws_a_progress_bar_on_a_terminal_for_many_images(ckpt, tiny_d
     # Off a terminal (a log file) the callback is None: nothing but the results.
     with common.progress_bar() as progress:
         assert progress is None
+
+
+def test_an_epoch_line_is_one_line_off_a_terminal():
+    """Rich wraps at 80 columns off a terminal; the epoch line (about 90 characters) must not be."""
+    import io
+
+    from rich.console import Console
+
+    from skincls.training.callbacks import RichProgress
+    from skincls.training.history import EpochRecord
+
+    out = io.StringIO()
+    progress = RichProgress(Console(file=out, width=80))
+    progress.bar = type("Bar", (), {"advance": lambda self, task: None})()
+    progress.epochs = 0
+    record = EpochRecord(12, "finetune", 0.74993, 0.448, 0.65821, 0.667, 1e-3, 3.04)
+    progress.on_epoch_end(None, record, improved=True)
+    assert out.getvalue() == (
+        "epoch 12 (finetune): train_loss 0.7499 train_acc 0.448 val_loss 0.6582 val_acc 0.667 "
+        "[3.0s] *\n"
+    )
+
+
+def test_train_with_progress_says_the_device_once_off_a_terminal(tiny_data, tmp_path):
+    """Progress on (no --quiet) and stderr a pipe: the trainer's note and the CLI once said it twice."""
+    import subprocess
+    import sys
+
+    args = [a for a in TINY_TRAIN if a != "--quiet"]
+    args[args.index("--epochs") + 1] = "1"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "skincls",
+            "train",
+            "--data-dir",
+            str(tiny_data),
+            "--out",
+            str(tmp_path / "r"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    said = [line for line in r.stderr.splitlines() if "threads" in line]
+    assert said == [
+        f"device: cpu ({torch.get_num_threads()} threads), {plan_precision('auto', CPU).describe()}"
+    ], r.stderr
