@@ -18,7 +18,7 @@ from .splits import Manifest, load_manifest
 __all__ = ["FORMAT_VERSION", "inputs_fingerprint", "up_to_date"]
 
 # Bump when the preparation itself changes, so old data dirs are rebuilt rather than trusted.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5  # 5: a labels CSV path names that file only; rows resolve per file
 
 
 def inputs_fingerprint(source: dict, archive, source_dir, options: dict) -> str:
