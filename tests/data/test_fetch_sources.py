@@ -83,6 +83,15 @@ def test_case_variant_class_folders_are_refused_naming_both(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+def test_class_folder_a_spreadsheet_would_run_is_refused(tmp_path):
+    src = _flat(tmp_path / "src", classes=("benign", "=1+2"))
+    r = CliRunner().invoke(
+        main, ["fetch", "--source-dir", str(src), "--data-dir", str(tmp_path / "d")]
+    )
+    _one_line_error(r, "class folder =1+2/ (at the source's top level) starts with '='", "formula")
+    assert not (tmp_path / "d").exists()
+
+
 # --- unreadable folders and files ------------------------------------------------------------
 
 
