@@ -33,7 +33,8 @@ def inputs_fingerprint(source: dict, archive, source_dir, options: dict) -> str:
         # the entries it skips, so the list of skipped entries stays true.
         found = list_source(source_dir)
         for rel, st in sorted(found.stats.items()):
-            h.update(f"{rel.as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            line = f"{rel.as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n"
+            h.update(line.encode("utf-8", "surrogateescape"))  # a name's bytes, even if not UTF-8
         h.update(json.dumps([sorted(found.hidden), sorted(found.unusable.items())]).encode())
     else:
         h.update(str(source.get("n")).encode())
