@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from ..data.cells import printable, safe_path, safe_text
 from ..inference.export import FORMATS
 from ._common import console, err_console, friendly_errors, precision_option, progress_bar
 
@@ -285,10 +286,10 @@ def predict(
             table.add_column(col, overflow="fold")
         for p in preds:
             if p.error:
-                table.add_row(p.path, "[red]error[/]", p.error)
+                table.add_row(printable(p.path), "[red]error[/]", printable(p.error))
             else:
                 table.add_row(
-                    p.path,
+                    printable(p.path),
                     p.label,
                     f"{p.probability:.3f}",
                     *([_top(p.top)] if top else []),
@@ -310,12 +311,17 @@ def _write_predictions_csv(preds, path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     cols = ["path", "label", "probability", "positive_class", "threshold", "top", "cam", "error"]
-    with path.open("w", newline="") as fh:
+    with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
         for p in preds:
             row = p.to_dict()
             row["top"] = "; ".join(f"{c}:{v:.6f}" for c, v in p.top or [])
+            # A spreadsheet runs no cell as a formula; an undecodable file name shows its bytes.
+            for col in ("path", "cam"):
+                row[col] = row[col] and safe_path(row[col])
+            for col in ("label", "positive_class", "top", "error"):
+                row[col] = row[col] and safe_text(row[col])
             writer.writerow(row)
 
 

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from ..data.dedup import DEFAULT_NEAR_DUP_DISTANCE
@@ -289,6 +290,12 @@ def _print_metadata(info: DatasetInfo) -> None:
             )
         if meta.rows_unreadable:
             console.print(f"  [yellow]{len(meta.rows_unreadable)} rows unreadable[/]")
+        if meta.rows_repeating_an_image:
+            console.print(
+                f"  {meta.rows_repeating_an_image} rows repeat an image an earlier row names, with "
+                "the same label: counted once"
+            )
+        _print_lesion_conflicts(meta)
         diagnoses = ", ".join(f"{k} {v}" for k, v in meta.diagnoses.items())
         console.print(f"  diagnoses: {diagnoses}")
     if labels is not None and labels.task == "binary":
@@ -316,6 +323,24 @@ def _print_metadata(info: DatasetInfo) -> None:
                 f"  {g.duplicates_joining_ids} duplicate clusters join images filed under "
                 "different lesion/patient ids; their groups were joined"
             )
+
+
+def _print_lesion_conflicts(meta) -> None:
+    """One warning line for lesions whose photos carry different diagnoses (kept, as labelled)."""
+    n = meta.lesions_with_several_diagnoses
+    if not n:
+        return
+    shown = "; ".join(
+        f"{lesion} ({', '.join(f'{dx} {k}' for dx, k in counts.items())})"
+        for lesion, counts in list(meta.lesion_conflict_examples.items())[:3]
+    )
+    console.print(
+        f"[bold yellow]warning:[/] {n} {'lesion has' if n == 1 else 'lesions have'} photos with "
+        "different diagnoses "
+        f"({meta.lesions_with_several_classes} of them in different classes), e.g. {escape(shown)}; "
+        "each photo keeps its own label and each lesion stays in one split",
+        soft_wrap=True,
+    )
 
 
 def _print_skipped(skipped, listing: Path, first: int = 5) -> None:

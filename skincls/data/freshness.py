@@ -18,7 +18,7 @@ from .splits import Manifest, load_manifest
 __all__ = ["FORMAT_VERSION", "inputs_fingerprint", "up_to_date"]
 
 # Bump when the preparation itself changes, so old data dirs are rebuilt rather than trusted.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5  # 5: a labels CSV path names that file only; rows resolve per file
 
 
 def inputs_fingerprint(source: dict, archive, source_dir, options: dict) -> str:
@@ -33,7 +33,8 @@ def inputs_fingerprint(source: dict, archive, source_dir, options: dict) -> str:
         # the entries it skips, so the list of skipped entries stays true.
         found = list_source(source_dir)
         for rel, st in sorted(found.stats.items()):
-            h.update(f"{rel.as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            line = f"{rel.as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n"
+            h.update(line.encode("utf-8", "surrogateescape"))  # a name's bytes, even if not UTF-8
         h.update(json.dumps([sorted(found.hidden), sorted(found.unusable.items())]).encode())
     else:
         h.update(str(source.get("n")).encode())

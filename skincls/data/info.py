@@ -119,11 +119,17 @@ class MetadataSummary(_Record):
     metadata_files: list[str] = Field(default_factory=list)
     rows: int = 0
     rows_used: int = 0
+    rows_repeating_an_image: int = 0  # rows naming an image an earlier row names, same label
     rows_without_image: int = 0
     rows_without_image_examples: list[str] = Field(default_factory=list)
     rows_unreadable: list[tuple[str, str]] = Field(default_factory=list)  # (image, reason)
     diagnoses: dict[str, int] = Field(default_factory=dict)
     classes: dict[str, int] = Field(default_factory=dict)
+    # Lesions whose photos carry different diagnoses (e.g. mel on one, nv on another), and how many
+    # of them end up in different classes; examples: lesion id → diagnosis → images.
+    lesions_with_several_diagnoses: int = 0
+    lesions_with_several_classes: int = 0
+    lesion_conflict_examples: dict[str, dict[str, int]] = Field(default_factory=dict)
 
 
 class LargestGroup(_Record):

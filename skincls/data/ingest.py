@@ -25,6 +25,7 @@ import numpy as np
 from PIL import UnidentifiedImageError
 
 from ..errors import DataError
+from .cells import formula_start
 from .dedup import perceptual_hashes
 from .guards import CountingReader, check_archive_members, os_error
 from .images import IMAGE_SUFFIXES, ImageTooLarge, decode_image, to_rgb
@@ -151,6 +152,14 @@ def _check_classes(layout: Layout) -> None:
     folded: dict[str, list[str]] = {}
     for label in labels:
         folded.setdefault(label.casefold(), []).append(label)
+    for label in labels:
+        char = formula_start(label)
+        if char:  # no diagnosis starts so; a spreadsheet opening the manifest would run it
+            raise DataError(
+                f"class folder {label}/ ({where}) starts with {char!r}: a spreadsheet opening "
+                "skincls's CSVs would run it as a formula (CSV injection); rename the folder and "
+                "run fetch again"
+            )
     for names in folded.values():
         if len(names) > 1:
             # Two classes or one misspelt? Guessing either way trains on a wrong answer.
@@ -166,7 +175,31 @@ def _check_classes(layout: Layout) -> None:
         )
 
 
-def _check_entry(info: zipfile.ZipInfo) -> PurePosixPath:
+def _one_entry_per_name(
+    archive: Path, checked: list[tuple[PurePosixPath, zipfile.ZipInfo]]
+) -> dict[PurePosixPath, zipfile.ZipInfo]:
+    """The file entries by path. A path held twice with the same bytes (CRC-32 and size) is taken
+    once; with different bytes the archive is refused: which one is the file cannot be told, and
+    tools that pick differently would see different datasets."""
+    entries: dict[PurePosixPath, zipfile.ZipInfo] = {}
+    clashes = set()
+    for path, info in checked:
+        if info.is_dir():
+            continue
+        first = entries.setdefault(path, info)
+        if (first.CRC, first.file_size) != (info.CRC, info.file_size):
+            clashes.add(str(path))
+    if clashes:
+        shown = ", ".join(repr(c) for c in sorted(clashes)[:5])
+        more = f" and {len(clashes) - 5} more" if len(clashes) > 5 else ""
+        raise DataError(
+            f"refusing archive {archive}: it holds different entries under one name ({shown}{more}); "
+            "which one is the file cannot be told: repack it with one entry per name"
+        )
+    return entries
+
+
+def _check_entry(info: zipfile.ZipInfo) -> tuple[PurePosixPath, zipfile.ZipInfo]:
     name = info.filename.replace("\\", "/")
     path = PurePosixPath(name)
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
@@ -175,7 +208,7 @@ def _check_entry(info: zipfile.ZipInfo) -> PurePosixPath:
         raise DataError(f"refusing archive entry {info.filename!r}: '..' leads outside the target")
     if stat.S_ISLNK(info.external_attr >> 16):
         raise DataError(f"refusing archive entry {info.filename!r}: symbolic link")
-    return path
+    return path, info
 
 
 def extract_archive(
@@ -204,9 +237,13 @@ def extract_archive(
         zf = zipfile.ZipFile(archive)
     except (OSError, zipfile.BadZipFile) as exc:
         raise DataError(f"cannot open archive {archive}: {exc}") from exc
+    except UnicodeDecodeError as exc:  # an entry flagged UTF-8 whose name is not
+        raise DataError(
+            f"cannot open archive {archive}: an entry's name is not the UTF-8 its header declares "
+            f"({exc.reason} at byte {exc.start}); repack the archive"
+        ) from None
     with zf:
-        checked = [(_check_entry(i), i) for i in zf.infolist()]
-        entries = {path: i for path, i in checked if not i.is_dir()}
+        entries = _one_entry_per_name(archive, [_check_entry(i) for i in zf.infolist()])
         check_archive_members(archive, entries.values(), max_bytes)
         fingerprints = {p: i.CRC for p, i in entries.items()}
         if select is None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 from ..errors import DataError
+from .cells import formula_start
 from .ingest import IMAGE_SUFFIXES, Candidate, Layout, select_layout
 from .metadata import (
     LabelPolicy,
@@ -40,6 +41,7 @@ Reader = Callable[[PurePosixPath], bytes]
 Selector = Callable[[Iterable[PurePosixPath], "dict | None", "Reader | None"], Layout]
 """`(paths, fingerprints, read) -> Layout`: picks the dataset's files from a source tree."""
 _SHOWN_MISSING = 20
+_SHOWN = 10  # lesions named as examples in dataset.json
 
 
 @dataclass
@@ -203,6 +205,46 @@ def _hidden(parts: Sequence[str]) -> bool:
     return any(p.startswith(".") or p == "__MACOSX" for p in parts)
 
 
+@dataclass
+class _Matches:
+    """Metadata rows matched to files so far (see `_match`)."""
+
+    chosen: dict[PurePosixPath, MetaRow] = field(default_factory=dict)
+    labels: dict[PurePosixPath, str] = field(default_factory=dict)
+    claimed: dict[PurePosixPath, MetaRow] = field(default_factory=dict)  # file → the row naming it
+    copies: Counter = field(default_factory=Counter)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    repeats: int = 0  # rows naming a file an earlier row names the same way
+
+    def add(self, row: MetaRow, found: list[PurePosixPath], fingerprints, policy) -> None:
+        """Take the file(s) one row names (`found`, shallowest first), or say why not."""
+        if len({fingerprints.get(p) for p in found}) > 1:
+            for p in found:
+                self.skipped.append((str(p), f"several different files are image {row.image!r}"))
+            return
+        # A file two rows name (`imgs/x.png` and `x`) gets one label, never the last row's.
+        taken = [p for p in found if p in self.claimed]
+        if taken:
+            earlier = self.claimed[taken[0]]
+            if replace(earlier, image="") == replace(row, image=""):
+                self.repeats += 1
+            else:
+                self.conflicts.append(f"{taken[0]} (rows {earlier.image!r} and {row.image!r})")
+            return
+        self.claimed.update(dict.fromkeys(found, row))
+        first = found[0]
+        for p in found[1:]:  # byte-identical copies elsewhere in the tree
+            self.copies[str(p.parent)] += 1
+        label, why = policy.label(row)
+        if label is None:
+            self.skipped.append((str(first), why or "no class"))
+            return
+        self.chosen[first] = row
+        self.labels[first] = label
+
+
 def _match(
     root: PurePosixPath,
     rows: list[MetaRow],
@@ -224,78 +266,119 @@ def _match(
     for p in images:
         by_stem.setdefault(p.stem, []).append(p)
         by_name.setdefault(p.name, []).append(p)
-    chosen: dict[PurePosixPath, MetaRow] = {}
-    labels: dict[PurePosixPath, str] = {}
-    copies: Counter = Counter()
-    skipped: list[tuple[str, str]] = []
-    missing: list[str] = []
+    m = _Matches()
     seen: dict[str, MetaRow] = {}
-    conflicts = []
     for row in rows:
         if row.image in seen:
             if seen[row.image] != row:
-                conflicts.append(row.image)
+                m.conflicts.append(repr(row.image))
+            else:
+                m.repeats += 1
             continue
         seen[row.image] = row
         found = _lookup(row.image, by_stem, by_name, by_path)
-        if not found:
-            missing.append(row.image)
-            continue
-        found.sort(key=lambda p: (len(p.parts), str(p)))
-        first = found[0]
-        if len({fingerprints.get(p) for p in found}) > 1:
-            for p in found:
-                skipped.append((str(p), f"several different files are image {row.image!r}"))
-            continue
-        for p in found[1:]:  # byte-identical copies elsewhere in the tree
-            copies[str(p.parent)] += 1
-        label, why = policy.label(row)
-        if label is None:
-            skipped.append((str(first), why or "no class"))
-            continue
-        chosen[first] = row
-        labels[first] = label
-    listed = set(chosen) | {PurePosixPath(p) for p, _ in skipped}
-    copy_dirs = set(copies)
+        if found:
+            m.add(row, sorted(found, key=lambda p: (len(p.parts), str(p))), fingerprints, policy)
+        else:
+            m.missing.append(row.image)
+    listed = set(m.chosen) | {PurePosixPath(p) for p, _ in m.skipped}
+    copy_dirs = set(m.copies)
     for p in images:
         if p not in listed and str(p.parent) not in copy_dirs:
-            skipped.append((str(p), f"not listed in {meta_files[0]}"))
-    if conflicts:
+            m.skipped.append((str(p), f"not listed in {meta_files[0]}"))
+    if m.conflicts:
+        shown = "; ".join(sorted(set(m.conflicts))[:5])
+        more = len(set(m.conflicts)) - 5
         raise DataError(
-            f"{meta_files[0]} describes image(s) {sorted(set(conflicts))[:5]} twice, differently; "
-            "fix the file"
+            f"{meta_files[0]} describes image(s) {shown}{f' (and {more} more)' if more > 0 else ''} "
+            "twice, differently; fix the file"
         )
+    _check_labels(m.labels, m.chosen, meta_files[0])
     n_root = len(root.parts)
-    rel = {p: PurePosixPath(*p.parts[n_root:]) for p in chosen}
-    files = sorted(rel.values())
+    rel = {p: PurePosixPath(*p.parts[n_root:]) for p in m.chosen}
     summary = {
         "metadata_files": meta_files,
         "rows": len(rows) + len(bad_rows),
-        "rows_used": len(chosen),
-        "rows_without_image": len(missing),
-        "rows_without_image_examples": missing[:_SHOWN_MISSING],
+        "rows_used": len(m.chosen),
+        "rows_repeating_an_image": m.repeats,
+        "rows_without_image": len(m.missing),
+        "rows_without_image_examples": m.missing[:_SHOWN_MISSING],
         "rows_unreadable": [list(b) for b in bad_rows],
-        "diagnoses": dict(sorted(Counter(r.diagnosis for r in chosen.values()).items())),
-        "classes": dict(sorted(Counter(labels.values()).items())),
+        "diagnoses": dict(sorted(Counter(r.diagnosis for r in m.chosen.values()).items())),
+        "classes": dict(sorted(Counter(m.labels.values()).items())),
+        **_lesion_conflicts(m.chosen, m.labels),
     }
     return MetadataLayout(
         root.parts,
-        files,
-        ignored_copies=dict(sorted(copies.items())),
-        rows={str(rel[p]): r for p, r in chosen.items()},
-        labels={str(rel[p]): labels[p] for p in chosen},
-        skipped=sorted(skipped),
+        sorted(rel.values()),
+        ignored_copies=dict(sorted(m.copies.items())),
+        rows={str(rel[p]): r for p, r in m.chosen.items()},
+        labels={str(rel[p]): m.labels[p] for p in m.chosen},
+        skipped=sorted(m.skipped),
         summary=summary,
     )
 
 
 def _lookup(image: str, by_stem, by_name, by_path: bool) -> list[PurePosixPath]:
-    """Files a row's image value names: a stem (`ISIC_0027419`), a file name or a relative path."""
+    """Files a row's image value names: a stem (`ISIC_0027419`), a file name or a relative path.
+
+    A path names that file only: its folders must match (an absolute path must end with the file's
+    path in the source); its last part is matched as a bare name is: as a file name, else as a stem.
+    """
+    if not by_path:
+        return list(by_stem.get(image, []))
     value = PurePosixPath(image.replace("\\", "/").removeprefix("./"))
-    if by_path and value.suffix:
-        found = [
-            p for p in by_name.get(value.name, []) if p.parts[-len(value.parts) :] == value.parts
-        ]
-        if found:
-            return list(found)
-    return list(by_stem.get(image, by_stem.get(value.stem, []) if by_path else []))
+    if value.is_absolute():
+        return [p for p in by_name.get(value.name, []) if value.parts[-len(p.parts) :] == p.parts]
+    n = len(value.parts)
+    for found in (by_name.get(value.name), by_stem.get(value.name), by_stem.get(value.stem)):
+        here = [p for p in found or [] if p.parts[-n:-1] == value.parts[:-1]]
+        if here:
+            return here
+    return []
+
+
+def _check_labels(labels: dict, rows: dict[PurePosixPath, MetaRow], source: str) -> None:
+    """No two classes whose names differ only in case; no class or id a spreadsheet runs."""
+    counts = Counter(labels.values())
+    folded: dict[str, list[str]] = {}
+    for label in sorted(counts):
+        folded.setdefault(label.casefold(), []).append(label)
+    for names in folded.values():
+        if len(names) > 1:
+            # One class spelt two ways, or two classes? Either guess trains on a wrong answer.
+            shown = " and ".join(f"{n} ({_rows(counts[n])})" for n in names)
+            raise DataError(
+                f"labels {shown} in {source} differ only in case: change them to one spelling to "
+                "merge them, or to clearly different names, and run fetch again"
+            )
+    values = [("label", v) for v in labels.values()]
+    values += [(k, getattr(r, k)) for r in rows.values() for k in ("lesion_id", "patient_id")]
+    for (what, value), n in Counter(values).items():
+        char = formula_start(value)
+        if char:
+            raise DataError(
+                f"{what} {value!r} ({_rows(n)} of {source}) starts with {char!r}: a spreadsheet "
+                "opening skincls's CSVs would run it as a formula (CSV injection); change it in "
+                f"{source} and run fetch again"
+            )
+
+
+def _rows(n: int) -> str:
+    return f"{n} row{'s' * (n != 1)}"
+
+
+def _lesion_conflicts(rows: dict[PurePosixPath, MetaRow], labels: dict) -> dict:
+    """Lesions whose photos carry different diagnoses (a lesion has one): counts and examples."""
+    dx: dict[str, Counter] = {}
+    classes: dict[str, set] = {}
+    for p, r in rows.items():
+        if r.lesion_id:
+            dx.setdefault(r.lesion_id, Counter())[r.diagnosis] += 1
+            classes.setdefault(r.lesion_id, set()).add(labels[p])
+    several = sorted(k for k, v in dx.items() if len(v) > 1)
+    return {
+        "lesions_with_several_diagnoses": len(several),
+        "lesions_with_several_classes": sum(len(classes[k]) > 1 for k in several),
+        "lesion_conflict_examples": {k: dict(sorted(dx[k].items())) for k in several[:_SHOWN]},
+    }

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..errors import DataError
+from .cells import printable
 
 __all__ = ["SourceFiles", "is_hidden", "list_source"]
 
@@ -45,8 +46,8 @@ class SourceFiles:
 def list_source(root: str | Path) -> SourceFiles:
     """List a source folder, following symbolic links to files and folders, each reached once per path.
 
-    A link that leads back to a folder above it (a loop) and a link whose target is missing are
-    listed as unusable; hidden entries are listed, not searched.
+    A link that leads back to a folder above it (a loop), a link whose target is missing and a name
+    that is not valid UTF-8 are listed as unusable; hidden entries are listed, not searched.
 
     Raises:
         DataError: a folder cannot be read (permissions): its images would silently go missing.
@@ -65,6 +66,15 @@ def list_source(root: str | Path) -> SourceFiles:
             ) from exc
         for e in entries:
             r = rel / e.name
+            if not _decodable(e.name):
+                # Python holds such a name with surrogates, which no UTF-8 file (manifest,
+                # dataset.json) can store: listed with its bytes escaped, not taken.
+                what = "folder" if e.is_dir() else "file"
+                out.unusable[printable(str(r)) + "/" * (what == "folder")] = (
+                    f"name not valid UTF-8: rename the {what} (its odd bytes are shown as \\xNN) "
+                    "to take it, and run fetch again"
+                )
+                continue
             if is_hidden([e.name]):
                 out.hidden.append(str(r))
                 continue
@@ -88,6 +98,14 @@ def list_source(root: str | Path) -> SourceFiles:
     st = root.stat()
     walk(root, PurePosixPath(), frozenset({(st.st_dev, st.st_ino)}))
     return out
+
+
+def _decodable(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _stat_failure(exc: OSError, is_link: bool) -> str:

@@ -276,7 +276,7 @@ def _reference_items(
     else:
         try:
             zf = stack.enter_context(zipfile.ZipFile(path))
-        except (OSError, zipfile.BadZipFile) as exc:
+        except (OSError, zipfile.BadZipFile, UnicodeDecodeError) as exc:  # a name not UTF-8
             raise DataError(f"cannot open --reference {path}: {exc}") from None
         entries = {PurePosixPath(i.filename): i for i in zf.infolist() if not i.is_dir()}
         fingerprints = {k: i.CRC for k, i in entries.items()}

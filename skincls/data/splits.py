@@ -15,6 +15,7 @@ import numpy as np
 
 from ..atomic import atomic_write
 from ..errors import DataError
+from .cells import safe_path, safe_text
 from .grouping import carve_groups
 from .info import DATASET_JSON, DatasetInfo
 
@@ -167,7 +168,8 @@ def write_manifest(data_dir: str | Path, records: Iterable[Record], info: Datase
     with atomic_write(data_dir / SKIPPED_NAME, "w", newline="") as fh:
         out = csv.writer(fh)
         out.writerow(("path", "reason"))
-        out.writerows(info.skipped)
+        # For people, often in a spreadsheet: no cell it would run as a formula, no undecodable name.
+        out.writerows((safe_path(path), safe_text(reason)) for path, reason in info.skipped)
     manifest = Manifest(data_dir, list(info.classes), records)
     manifest.info = info.model_copy(update={"counts": manifest.counts()})
     manifest.info.save(data_dir)

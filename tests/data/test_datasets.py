@@ -110,6 +110,31 @@ def test_multiclass_task_has_one_class_per_diagnosis(tmp_path, ham, ham_zip):
     assert report.info.labels.task == "multiclass"
 
 
+def test_ham10000_lesion_with_two_diagnoses_is_a_warning_with_its_id(tmp_path, ham):
+    src = shutil.copytree(ham, tmp_path / "ham")
+    rows = ham_rows(src)
+    lesion = next(r["lesion_id"] for r in rows if r["dx"] == "nv" and sum(
+        o["lesion_id"] == r["lesion_id"] for o in rows) > 1)  # fmt: skip
+    first = next(r for r in rows if r["lesion_id"] == lesion)
+    first["dx"] = "mel"
+    with (src / "HAM10000_metadata.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    r = CliRunner().invoke(
+        main, ["fetch", "--source-dir", str(src), "--data-dir", str(tmp_path / "d"), "--quiet"]
+    )
+    assert r.exit_code == 0, r.output
+    n = sum(o["lesion_id"] == lesion for o in rows)
+    assert (
+        "warning: 1 lesion has photos with different diagnoses (1 of them in different classes), "
+        f"e.g. {lesion} (mel 1, nv {n - 1})"
+    ) in r.output
+    meta = load_manifest(tmp_path / "d").info.metadata
+    assert meta.lesion_conflict_examples == {lesion: {"mel": 1, "nv": n - 1}}
+    assert fetch(tmp_path / "e", source_dir=ham).info.metadata.lesions_with_several_diagnoses == 0
+
+
 # --- ISIC 2019 and 2020 ----------------------------------------------------------------------
 
 

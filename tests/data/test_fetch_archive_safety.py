@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import shutil
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -145,3 +146,46 @@ def test_member_with_less_than_declared_is_damaged_not_fatal(tmp_path, small_tre
     report = fetch(tmp_path / "d", archive=zpath, near_dup_distance=-1)
     assert dict(report.skipped)[name].startswith("damaged in the archive")
     assert report.info.n_kept == 8
+
+
+# --- entry names -----------------------------------------------------------------------------
+
+
+def _add_entry(zpath: Path, name: str, data: bytes) -> None:
+    with warnings.catch_warnings(), zipfile.ZipFile(zpath, "a") as zf:
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name we mean to add
+        zf.writestr(name, data)
+
+
+def test_two_different_entries_of_one_name_are_refused(tmp_path, small_tree):
+    name = "train/benign/0.jpg"
+    zpath = _zip_tree(small_tree, tmp_path / "twice.zip")
+    _add_entry(zpath, "train\\malignant\\2.jpg", b"a different file, Windows separators")
+    _add_entry(zpath, name, (small_tree / "train" / "malignant" / "3.jpg").read_bytes())
+    r = CliRunner().invoke(
+        main, ["fetch", "--archive", str(zpath), "--data-dir", str(tmp_path / "d")]
+    )
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert (
+        f"Error: refusing archive {zpath}: it holds different entries under one name "
+        f"('{name}', 'train/malignant/2.jpg'); which one is the file cannot be told" in r.output
+    )
+    assert not (tmp_path / "d").exists()
+
+
+def test_an_entry_repeated_with_the_same_bytes_is_taken_once(tmp_path, small_tree):
+    name = "train/benign/0.jpg"
+    zpath = _zip_tree(small_tree, tmp_path / "again.zip")
+    _add_entry(zpath, name, (small_tree / name).read_bytes())
+    report = fetch(tmp_path / "d", archive=zpath, near_dup_distance=-1)
+    assert report.info.n_kept == 8 and not report.skipped
+
+
+def test_entry_name_that_is_not_the_utf8_it_claims_is_one_line(tmp_path, small_tree):
+    zpath = _with_member(small_tree, tmp_path / "bad.zip", "train/benign/\u00e9.jpg", b"x")
+    zpath.write_bytes(zpath.read_bytes().replace("\u00e9".encode(), b"\xff\xfe"))
+    r = CliRunner().invoke(
+        main, ["fetch", "--archive", str(zpath), "--data-dir", str(tmp_path / "d")]
+    )
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert f"cannot open archive {zpath}: an entry's name is not the UTF-8" in r.output

@@ -83,6 +83,15 @@ def test_case_variant_class_folders_are_refused_naming_both(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+def test_class_folder_a_spreadsheet_would_run_is_refused(tmp_path):
+    src = _flat(tmp_path / "src", classes=("benign", "=1+2"))
+    r = CliRunner().invoke(
+        main, ["fetch", "--source-dir", str(src), "--data-dir", str(tmp_path / "d")]
+    )
+    _one_line_error(r, "class folder =1+2/ (at the source's top level) starts with '='", "formula")
+    assert not (tmp_path / "d").exists()
+
+
 # --- unreadable folders and files ------------------------------------------------------------
 
 
@@ -249,3 +258,32 @@ def test_os_error_writing_the_manifest_is_fatal_and_not_up_to_date(tmp_path, mon
     )
     monkeypatch.setattr(fetch_module, "write_manifest", real)
     assert fetch(tmp_path / "d", source_dir=src).changed
+
+
+# --- file names ------------------------------------------------------------------------------
+
+
+def test_names_that_are_not_utf8_are_skipped_listed_escaped_and_the_rest_fetched(tmp_path):
+    src = _flat(tmp_path / "src")
+    odd = os.fsdecode(bytes(src / "benign") + b"/\xff\xfe.jpg")  # as Python holds such a name
+    _lesion(70, False).save(odd, format="JPEG")
+    os.mkdir(os.fsdecode(bytes(src) + b"/caf\xe9"))  # a Latin-1 folder name
+    _lesion(71, True).save(tmp_path / "x.jpg")
+    (tmp_path / "x.jpg").rename(os.fsdecode(bytes(src) + b"/caf\xe9/1.jpg"))
+    _lesion(72, True).save(src / "=HYPERLINK(1).jpg")  # outside the layout, listed in skipped.csv
+    data = tmp_path / "d"
+    r = CliRunner().invoke(
+        main, ["fetch", "--source-dir", str(src), "--data-dir", str(data), "--quiet"]
+    )
+    assert r.exit_code == 0, r.output
+    assert "benign/\\xff\\xfe.jpg: name not valid UTF-8: rename the file" in r.output
+    report = fetch(data, source_dir=src)
+    assert not report.changed and len(report.manifest.records) == 8
+    reasons = dict(report.skipped)
+    assert reasons["benign/\\xff\\xfe.jpg"].startswith("name not valid UTF-8: rename the file")
+    assert reasons["caf\\xe9/"].startswith("name not valid UTF-8: rename the folder")
+    # skipped.csv is UTF-8, and no cell of it is a formula to a spreadsheet (a `./` keeps the path).
+    with (data / "skipped.csv").open(encoding="utf-8", newline="") as fh:
+        listed = {row["path"]: row["reason"] for row in csv.DictReader(fh)}
+    assert listed["./=HYPERLINK(1).jpg"] == "outside the split/class/file layout"
+    assert "benign/\\xff\\xfe.jpg" in listed and "caf\\xe9/" in listed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -279,3 +280,24 @@ def test_nan_output_is_an_error_row_not_benign(ckpt, images, monkeypatch):
     first, second = json.loads(r.output)
     assert first["label"] is None and "NaN or infinite" in first["error"]
     assert second["error"] is None and second["label"] in ("benign", "malignant")
+
+
+def test_predict_csv_escapes_undecodable_names_and_cells_a_spreadsheet_would_run(
+    ckpt, tmp_path, monkeypatch
+):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    odd = os.fsdecode(bytes(folder) + b"/\xff\xfe.png")  # as Python holds a name that is not UTF-8
+    Image.new("RGB", (20, 20), (120, 80, 60)).save(odd, format="PNG")
+    Image.new("RGB", (20, 20), (60, 80, 120)).save(tmp_path / "=1+2.png")
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(
+        main,
+        ["predict", str(ckpt), str(folder), "=1+2.png", "--csv", "out.csv", "--device", "cpu",
+         "--quiet"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert f"{folder}/\\xff\\xfe.png" in r.output  # the table shows the bytes too
+    with open("out.csv", encoding="utf-8", newline="") as fh:
+        paths = [row["path"] for row in csv.DictReader(fh)]
+    assert sorted(paths) == ["./=1+2.png", f"{folder}/\\xff\\xfe.png"]
