@@ -23,7 +23,6 @@ needs("starlette", "skincls serve needs: pip install 'skincls[serve]'")
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from skincls.serve import images as serve_images  # noqa: E402
 from skincls.serve.app import LOOPBACK_HOSTS, create_app  # noqa: E402
 from skincls.serve.schemas import (  # noqa: E402
     ErrorResponse,
@@ -306,16 +305,16 @@ def test_decompression_bomb_is_refused_before_decoding(client, side):
     assert err.file == "bomb.png"
 
 
-def test_elongated_image_is_refused_from_its_header(client, monkeypatch):
+def test_elongated_image_is_refused_before_it_is_resized(client, service, monkeypatch):
     # A 375-byte 100000×1 PNG cost +472 MiB per request: its short side was resized to the model's.
     wide = io.BytesIO()
     Image.new("RGB", (100_000, 1), (120, 80, 60)).save(wide, "PNG")
     assert len(wide.getvalue()) < 1000
 
-    def decode(*args, **kwargs):
-        raise AssertionError("the elongated image was decoded")
+    def resize(image):
+        raise AssertionError(f"an image of {image.size} reached the model's transform")
 
-    monkeypatch.setattr(serve_images, "decode_image", decode)
+    monkeypatch.setattr(service.predictor, "transform", resize)
     err = _error(
         client.post("/api/predict", files=_files(("wide.png", wide.getvalue()))),
         422,
