@@ -28,7 +28,7 @@ from ..errors import DataError
 from .cells import formula_start
 from .dedup import perceptual_hashes
 from .guards import CountingReader, check_archive_members, os_error
-from .images import IMAGE_SUFFIXES, ImageTooLarge, decode_image, to_rgb
+from .images import IMAGE_SUFFIXES, UnusableImage, decode_image, to_rgb
 from .listing import is_hidden, list_source
 
 __all__ = [
@@ -391,7 +391,8 @@ def inspect_image(path: str | Path) -> Inspection:
 
     The look is hashed from `images.decode_image`, as every later stage will see the image (upright,
     8-bit RGB): hashing a 16-bit decode directly would clip every pixel to white and make all such
-    images look alike. An image past Pillow's decompression-bomb limit is skipped, not decoded.
+    images look alike. An image past Pillow's decompression-bomb limit is skipped, not decoded; so
+    is any other image every later stage refuses (`images.UnusableImage`: too elongated, NaN pixels…).
 
     Raises:
         OSError: the file cannot be read (fetch treats this as fatal: it wrote the file itself).
@@ -405,7 +406,7 @@ def inspect_image(path: str | Path) -> Inspection:
     digest = hashlib.sha256(data).hexdigest()
     try:
         image = decode_image(data)
-    except ImageTooLarge as exc:
+    except UnusableImage as exc:
         return Inspection(str(exc), digest)
     except UnidentifiedImageError:
         return Inspection("not an image: Pillow cannot identify it", digest)

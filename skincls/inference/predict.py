@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..data.dataset import build_transform, load_image
-from ..data.ingest import IMAGE_SUFFIXES
+from ..data.dataset import build_transform
+from ..data.images import IMAGE_SUFFIXES, UnusableImage, load_image, prepare_image
 from ..errors import ConfigError, DataError
 from ..figures import save_figure
 from ..models.checkpoint import Checkpoint, load_checkpoint
@@ -191,8 +191,7 @@ class Predictor:
         tensors = []
         for name, item in chunk:
             try:
-                image = item if isinstance(item, Image.Image) else load_image(item)
-                tensors.append(self.transform(image.convert("RGB")))
+                tensors.append(self.transform(_read_image(name, item)))
                 rows.append(name)
             except DataError as exc:
                 rows.append(Prediction(name, error=str(exc)))
@@ -247,13 +246,13 @@ class Predictor:
         for i, ((name, item), pred) in enumerate(zip(items, preds)):
             if pred.error:
                 continue
-            image = item if isinstance(item, Image.Image) else load_image(item)
+            image = _read_image(name, item)
             stem = Path(name).stem if not isinstance(item, Image.Image) else f"image_{i}"
             out = _unique(cam_dir, stem, used)
             # Two classes: the map of the positive class; more: of the predicted one.
             k = self.positive if len(self.classes) == 2 else self.classes.index(pred.label)
             fig = explainer.figure(
-                image.convert("RGB"),
+                image,
                 k,
                 label=pred.label,
                 probability=pred.probabilities[self.classes[k]],
@@ -278,6 +277,21 @@ def _check_threshold(threshold: float, classes: list[str]) -> None:
             f"a threshold is a two-class operating point; this checkpoint has {len(classes)} "
             "classes and decides by argmax: leave --threshold out"
         )
+
+
+def _read_image(name: str, item: str | Path | Image.Image) -> Image.Image:
+    """A file through every stage's decoder (`data.images.load_image`: upright RGB), or an image in
+    memory as it is, checked and converted the same way (`prepare_image`).
+
+    Raises:
+        DataError: unreadable or refused (too elongated, NaN pixels, ...).
+    """
+    if not isinstance(item, Image.Image):
+        return load_image(item)
+    try:
+        return prepare_image(item)
+    except UnusableImage as exc:
+        raise DataError(f"cannot read image {name}: {exc}") from None
 
 
 def _expand_items(images: Iterable[str | Path | Image.Image]) -> list[tuple[str, Any]]:

@@ -1,8 +1,10 @@
 """Uploaded bytes → checked PIL images, in memory; and images → data URLs for the page.
 
 Every refusal is an `UploadError` with an HTTP status, a short machine code and a one-line message
-that says what to do. Sizes are checked from the image header, before any pixel is decoded, so a
-decompression bomb (a small file that expands to gigapixels) is refused without being expanded.
+that says what to do. Sizes and shapes are checked from the image headers, before any pixel is
+decoded, so a decompression bomb (a small file that expands to gigapixels) is refused without being
+expanded. The pixels are decoded by `data.images.decode_image`, the reader of every other stage
+(`skincls predict` included), so a file gets the same answer here as there.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from ..data.ingest import to_rgb
+from ..data.images import ImageTooLarge, UnusableImage, check_shape, decode_image
 from ..errors import SkinclsError
 
 __all__ = ["FORMATS", "Upload", "UploadError", "decode_images", "to_data_url"]
@@ -43,20 +45,21 @@ class Upload:
 
 
 def decode_images(uploads: list[Upload], *, max_pixels: int) -> list[Image.Image]:
-    """Open every upload as 8-bit RGB; refuse the request if any of them is not a usable image.
+    """Decode every upload as `skincls predict` does (upright 8-bit RGB); refuse the request if any
+    of them is not a usable image.
 
     Args:
         uploads: The request's files.
         max_pixels: Most pixels all images of one request may hold together (width × height summed).
 
     Raises:
-        UploadError: empty file (422), not an image (415), corrupt or truncated (422), or too many
-            pixels (413) — for the first upload that fails.
+        UploadError: empty file (422), not an image (415), corrupt or truncated (422), too
+            elongated or with unusable pixels (422), or too many pixels (413) — for the first upload
+            that fails.
     """
-    opened = [_open(u) for u in uploads]
+    sizes = [_size(u) for u in uploads]
     total = 0
-    for u, im in zip(uploads, opened):
-        w, h = im.size
+    for u, (w, h) in zip(uploads, sizes):
         total += w * h
         if w * h > max_pixels:
             raise UploadError(
@@ -73,11 +76,11 @@ def decode_images(uploads: list[Upload], *, max_pixels: int) -> list[Image.Image
             status=413,
             code="too_many_pixels",
         )
-    return [_load(u, im) for u, im in zip(uploads, opened)]
+    return [_load(u) for u in uploads]
 
 
-def _open(upload: Upload) -> Image.Image:
-    """Read the header only (lazy): format and size, no pixels yet."""
+def _size(upload: Upload) -> tuple[int, int]:
+    """Read the header only: format, size and shape, no pixels yet."""
     if not upload.data:
         raise UploadError(
             f"{upload.name} is empty (0 bytes)", status=422, code="empty_file", file=upload.name
@@ -86,7 +89,8 @@ def _open(upload: Upload) -> Image.Image:
         with warnings.catch_warnings():
             # Our own pixel limit is the check; PIL's warning would only be noise here.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(upload.data), formats=FORMATS)
+            with Image.open(io.BytesIO(upload.data), formats=FORMATS) as im:
+                size = im.size
     except Image.DecompressionBombError as exc:
         raise UploadError(
             f"{upload.name} is refused as a decompression bomb: {exc}",
@@ -104,19 +108,31 @@ def _open(upload: Upload) -> Image.Image:
         ) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise _corrupt(upload, exc) from exc
-
-
-def _load(upload: Upload, im: Image.Image) -> Image.Image:
-    """Decode the pixels (the header was checked) and convert the way `skincls predict` does."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im.load()
-            return to_rgb(im)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        check_shape(*size)
+    except UnusableImage as exc:
+        raise _unusable(upload, exc) from None
+    return size
+
+
+def _load(upload: Upload) -> Image.Image:
+    """Decode the pixels (the header was checked) with the reader of every stage."""
+    try:
+        return decode_image(upload.data, formats=FORMATS)
+    except ImageTooLarge as exc:  # over PIL's own limit (`--max-megapixels` may be higher)
+        raise UploadError(
+            f"{upload.name} is refused: {exc}", status=413, code="too_many_pixels", file=upload.name
+        ) from None
+    except UnusableImage as exc:
+        raise _unusable(upload, exc) from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise _corrupt(upload, exc) from exc
-    finally:
-        im.close()
+
+
+def _unusable(upload: Upload, exc: UnusableImage) -> UploadError:
+    return UploadError(
+        f"{upload.name} is refused: {exc}", status=422, code="unusable_image", file=upload.name
+    )
 
 
 def _corrupt(upload: Upload, exc: Exception) -> UploadError:

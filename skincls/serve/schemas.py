@@ -119,8 +119,8 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="What went wrong and what to do, in one line.")
     code: str = Field(
         description="Stable short name: too_large, too_many_files, too_many_pixels, not_an_image, "
-        "corrupt_image, empty_file, no_images, bad_request, not_found, method_not_allowed, "
-        "model_error, internal."
+        "corrupt_image, unusable_image, empty_file, no_images, bad_request, not_found, "
+        "method_not_allowed, model_error, internal."
     )
     file: str | None = Field(None, description="The offending file, when one is to blame.")
 
@@ -204,7 +204,10 @@ def openapi_spec() -> dict[str, Any]:
                         "400": error("Not multipart, no image, or too many images."),
                         "413": error("Request too large, or too many pixels (decompression bomb)."),
                         "415": error("A file is not an image skincls reads."),
-                        "422": error("A file is empty, damaged or truncated."),
+                        "422": error(
+                            "A file is empty, damaged or truncated, or refused (too elongated, "
+                            "NaN pixels)."
+                        ),
                     },
                 }
             },

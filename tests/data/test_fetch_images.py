@@ -26,6 +26,7 @@ def _images(tmp_path):
         "cmyk.jpg": rgb.convert("CMYK"),
         "gray16.png": gray16,
         "int32.tif": gray16.convert("I"),
+        "float.tif": Image.fromarray(np.full((16, 24), 0.5, dtype=np.float32)),  # mode F, [0, 1]
     }
     paths = {}
     for name, im in cases.items():
@@ -45,6 +46,7 @@ def _images(tmp_path):
         "cmyk.jpg",
         "gray16.png",
         "int32.tif",
+        "float.tif",
     ],
 )
 def test_modes_load_as_rgb_and_pass_verification(tmp_path, name):
@@ -55,8 +57,12 @@ def test_modes_load_as_rgb_and_pass_verification(tmp_path, name):
     px = np.asarray(im)[0, 0]
     if name == "rgba.png":
         assert tuple(px) == (255, 255, 255)
-    if name in ("gray16.png", "int32.tif"):
-        assert tuple(px) == (128, 128, 128)  # scaled, not clipped to white
+    if name in ("gray16.png", "int32.tif", "float.tif"):
+        assert tuple(px) == (
+            128,
+            128,
+            128,
+        )  # scaled, not clipped to white (16-bit) or black (float)
     if name == "cmyk.jpg":
         assert abs(int(px[0]) - 200) < 20 and abs(int(px[2]) - 50) < 20
 
@@ -85,3 +91,44 @@ def test_16bit_images_are_hashed_as_the_model_sees_them(tmp_path):
     assert [sorted(c.paths) for c in clusters] == [
         ["images/benign/copy16.png", "images/benign/original.png"]
     ]
+
+
+def test_float_images_on_the_0_to_1_scale_round_trip_8_bits(tmp_path):
+    levels = np.arange(256, dtype=np.float32).reshape(16, 16)
+    Image.fromarray(levels / np.float32(255)).save(tmp_path / "float.tif")
+    assert Image.open(tmp_path / "float.tif").mode == "F"
+    im = load_image(tmp_path / "float.tif")
+    assert np.array_equal(np.asarray(im)[..., 0], levels.astype(np.uint8))  # k/255 → k
+
+
+def _float_tif(path, values) -> None:
+    Image.fromarray(np.asarray(values, dtype=np.float32).reshape(8, 6)).save(path)
+
+
+def test_images_no_stage_can_use_are_skipped_by_fetch_with_the_reason(tmp_path):
+    src = tmp_path / "src"
+    for label in ("benign", "malignant"):
+        (src / label).mkdir(parents=True)
+        for i in range(3):
+            make_lesion(label == "malignant", np.random.default_rng([11, i, len(label)]), 32).save(
+                src / label / f"{i}.png"
+            )
+    bad = src / "benign"
+    _float_tif(bad / "nan.tif", [np.nan] * 48)
+    _float_tif(bad / "inf.tif", [0.5] * 46 + [np.inf, -np.inf])
+    _float_tif(bad / "float255.tif", np.linspace(0, 255, 48))  # scale unknown: refused, not guessed
+    Image.new("RGB", (100_000, 1), (120, 80, 60)).save(bad / "wide.png")  # a few hundred bytes
+    Image.new("RGB", (30, 3), (120, 80, 60)).save(bad / "ten_to_one.png")  # at the limit: kept
+    report = fetch(tmp_path / "d", source_dir=src, near_dup_distance=-1)
+    assert dict(report.skipped) == {
+        "benign/nan.tif": "48 of its 48 pixels are NaN or infinite (a 32-bit float image); "
+        "export it again with finite values",
+        "benign/inf.tif": "2 of its 48 pixels are NaN or infinite (a 32-bit float image); "
+        "export it again with finite values",
+        "benign/float255.tif": "a 32-bit float image with values from 0 to 255; skincls reads "
+        "float images on the scale 0 to 1 only: rescale it to [0, 1] or save it as 8 or 16 bits",
+        "benign/wide.png": "too elongated: 100000×1 pixels is 100000:1, over the limit of 10:1 "
+        "(resizing its short side to the model's input would blow up the long one); crop it to "
+        "the lesion",
+    }
+    assert report.info.n_kept == 7

@@ -96,3 +96,61 @@ def test_exif_orientation_is_applied_by_every_stage(ckpt, tmp_path, monkeypatch)
     assert from_file.probability == pytest.approx(from_pil.probability, abs=1e-6)
     assert (cams / "phone_cam.png").is_file() and len(drawn) == 1
     assert drawn[0].size == (64, 40) and np.array_equal(np.asarray(drawn[0]), np.asarray(seen))
+
+
+WIDE = (
+    "too elongated: 100000×1 pixels is 100000:1, over the limit of 10:1 (resizing its short side "
+    "to the model's input would blow up the long one); crop it to the lesion"
+)
+NONFINITE = (
+    "48 of its 48 pixels are NaN or infinite (a 32-bit float image); export it again with finite "
+    "values"
+)
+
+
+def test_predict_gives_float_images_with_nan_or_inf_an_error_row(ckpt, tmp_path):
+    # A plain conversion made NaN black and inf white: "benign 0.413 / 0.399", exit 0.
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name, value in (("nan.tif", np.nan), ("inf.tif", np.inf), ("half.tif", 0.5)):
+        Image.fromarray(np.full((8, 6), value, dtype=np.float32)).save(folder / name)
+    r = CliRunner().invoke(main, ["predict", str(ckpt), str(folder), "--json", "--device", "cpu"])
+    assert r.exit_code == 1, r.output
+    rows = {p["path"].rsplit("/", 1)[-1]: p for p in json.loads(r.output)}
+    for name in ("nan.tif", "inf.tif"):
+        assert rows[name]["error"] == f"cannot read image {folder / name}: {NONFINITE}"
+        assert rows[name]["label"] is None and rows[name]["probabilities"] is None
+    assert rows["half.tif"]["error"] is None
+    # The float image on the 0–1 scale is read as the 8-bit gray it stands for, not as black.
+    Image.new("L", (6, 8), 128).save(tmp_path / "gray.png")
+    Image.new("L", (6, 8), 0).save(tmp_path / "black.png")
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    half, gray, black = predictor.predict(
+        [folder / "half.tif", tmp_path / "gray.png", tmp_path / "black.png"]
+    )
+    assert half.probabilities == gray.probabilities != black.probabilities
+
+
+def test_predict_refuses_elongated_images_before_resizing_them(ckpt, tmp_path):
+    # A 375-byte 100000×1 PNG cost +349 MiB in predict: its short side was resized to the model's.
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (100_000, 1), (120, 80, 60)).save(wide)
+    assert wide.stat().st_size < 1000
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+
+    def resize(image):
+        raise AssertionError(f"an image of {image.size} reached the model's transform")
+
+    in_memory = Image.new("RGB", (100_000, 1))
+    predictor.transform = resize
+    from_file, from_pil = predictor.predict([wide, in_memory])
+    assert from_file.error == f"cannot read image {wide}: {WIDE}"
+    assert from_pil.error == f"cannot read image <image 1>: {WIDE}"
+    r = CliRunner().invoke(main, ["predict", str(ckpt), str(wide), "--device", "cpu"])
+    assert r.exit_code == 1 and "100000×1 pixels is 100000:1, over the limit of 10:1" in r.output
+
+
+def test_images_in_memory_are_checked_as_files_are(ckpt):
+    nan = Image.fromarray(np.full((8, 6), np.nan, dtype=np.float32))
+    (pred,) = Predictor.from_checkpoint(ckpt, device="cpu").predict([nan])
+    assert pred.error == f"cannot read image <image 0>: {NONFINITE}" and pred.label is None

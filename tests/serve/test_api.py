@@ -174,6 +174,30 @@ def test_predict_two_images_matches_the_predictor(client, untrained_ckpt_file, t
         assert np.asarray(_decode(x.heatmap)).std() > 0  # a real map, not a flat colour
 
 
+@pytest.mark.parametrize("orientation", [2, 3, 6])
+def test_exif_orientation_gives_the_probabilities_of_predict(
+    untrained_ckpt_file, tmp_path, orientation
+):
+    # serve did not apply the EXIF orientation: P = 0.437 / 0.431 / 0.429 against predict's 0.439.
+    stored = Image.open(io.BytesIO(image_bytes(7, (48, 40))))
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # 2: mirrored, 3: turned 180°, 6: turned 90° (a phone on its side)
+    buf = io.BytesIO()
+    stored.save(buf, "PNG", exif=exif)
+    (tmp_path / "phone.png").write_bytes(buf.getvalue())
+    # fp32: bf16 rounds the untrained model's outputs so coarsely that a turn can look the same.
+    predictor = Predictor.from_checkpoint(untrained_ckpt_file, "cpu", precision="fp32")
+    want, as_stored = predictor.predict([tmp_path / "phone.png", stored])
+    assert want.probabilities != as_stored.probabilities  # the orientation matters to the model
+
+    service = ModelService.from_checkpoint(untrained_ckpt_file, device="cpu", precision="fp32")
+    with TestClient(create_app(service)) as c:
+        r = c.post("/api/predict?cam=false", files=_files(("phone.png", buf.getvalue())))
+    got = PredictResponse.model_validate(r.json()).results[0]
+    assert got.probabilities == want.probabilities
+    assert (got.width, got.height) == ((40, 48) if orientation == 6 else (48, 40))  # upright
+
+
 def test_large_images_come_back_downscaled_with_a_matching_heatmap(client):
     r = client.post("/api/predict", files=_files(("big.png", image_bytes(3, (1200, 600)))))
     x = PredictResponse.model_validate(r.json()).results[0]
@@ -279,6 +303,45 @@ def test_decompression_bomb_is_refused_before_decoding(client, side):
         client.post("/api/predict", files=_files(("bomb.png", bomb))), 413, "too_many_pixels"
     )
     assert err.file == "bomb.png"
+
+
+def test_elongated_image_is_refused_before_it_is_resized(client, service, monkeypatch):
+    # A 375-byte 100000×1 PNG cost +472 MiB per request: its short side was resized to the model's.
+    wide = io.BytesIO()
+    Image.new("RGB", (100_000, 1), (120, 80, 60)).save(wide, "PNG")
+    assert len(wide.getvalue()) < 1000
+
+    def resize(image):
+        raise AssertionError(f"an image of {image.size} reached the model's transform")
+
+    monkeypatch.setattr(service.predictor, "transform", resize)
+    err = _error(
+        client.post("/api/predict", files=_files(("wide.png", wide.getvalue()))),
+        422,
+        "unusable_image",
+    )
+    assert err.file == "wide.png"
+    assert err.error == (
+        "wide.png is refused: too elongated: 100000×1 pixels is 100000:1, over the limit of 10:1 "
+        "(resizing its short side to the model's input would blow up the long one); crop it to "
+        "the lesion"
+    )
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_float_image_with_nan_or_inf_is_refused(client, value):
+    # A plain conversion made NaN black and inf white, and the model answered "benign".
+    tif = io.BytesIO()
+    Image.fromarray(np.full((8, 6), value, dtype=np.float32)).save(tif, "TIFF")
+    err = _error(
+        client.post("/api/predict", files=_files(("scan.tif", tif.getvalue()))),
+        422,
+        "unusable_image",
+    )
+    assert err.error == (
+        "scan.tif is refused: 48 of its 48 pixels are NaN or infinite (a 32-bit float image); "
+        "export it again with finite values"
+    )
 
 
 def test_total_pixels_of_a_request_are_bounded(untrained_ckpt_file):
