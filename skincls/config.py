@@ -22,8 +22,10 @@ from .config_file import MAX_CONFIG_BYTES, one_line, read_config_file
 from .errors import ConfigError
 
 __all__ = [
+    "LOGGERS",
     "MAX_CONFIG_BYTES",
     "DataConfig",
+    "LoggerConfig",
     "ModelConfig",
     "RunConfig",
     "TrainConfig",
@@ -189,12 +191,39 @@ class TrainConfig(_Config):
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps.")
 
 
+LOGGERS = ("csv", "tensorboard", "mlflow")
+"""What `--logger` takes; csv (history.json/history.csv, read by `skincls runs`) is always on."""
+
+
+class LoggerConfig(_Config):
+    """Where a run's per-epoch metrics go: its history files, and optionally TensorBoard or MLflow."""
+
+    loggers: tuple[Literal["csv", "tensorboard", "mlflow"], ...] = Field(
+        default=("csv",),
+        max_length=16,
+        description="csv (history.json/csv in the run dir; always on), tensorboard (event files "
+        "in RUNDIR/tensorboard) and/or mlflow (an MLflow run: config, metrics, best.pt).",
+    )
+    mlflow_uri: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="MLflow tracking store, e.g. sqlite:///mlflow.db; default: "
+        "$MLFLOW_TRACKING_URI, else an SQLite store in RUNDIR/mlruns.",
+    )
+
+    @field_validator("loggers")
+    @classmethod
+    def _csv_first(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(("csv", *value)))  # always on; each once
+
+
 class RunConfig(_Config):
     """Everything one `skincls train` run needs; written as `config.json` next to its outputs."""
 
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    logging: LoggerConfig = LoggerConfig()
     out: Path | None = Field(
         default=None,
         description="Run directory for checkpoints, history and config; default: a new "

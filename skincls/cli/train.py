@@ -33,6 +33,17 @@ def _freeze_policy(ctx, param, value: str | None) -> str | None:
     raise click.BadParameter(f"{value!r}: give backbone (only the head trains) or none")
 
 
+def _parse_loggers(ctx, param, value: tuple[str, ...]) -> list[str] | None:
+    """`--logger tensorboard --logger mlflow` or `--logger tensorboard,mlflow`; none given: None."""
+    from ..config import LOGGERS
+
+    names = [n.strip() for given in value for n in given.split(",") if n.strip()]
+    for name in names:
+        if name not in LOGGERS:
+            raise click.BadParameter(f"{name!r}: give {', '.join(LOGGERS)} (or several)")
+    return names or None
+
+
 # `skincls train` options: (flag, RunConfig key, click settings). Help text and the default shown in
 # brackets come from the config's own fields, so `--help`, config files and the docs cannot disagree;
 # config key names in that text (backbone_lr_mult) are shown as their options (--backbone-lr-mult).
@@ -109,6 +120,20 @@ _TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
     ("--inference-batch-size", "train.inference_batch_size", {}),
     ("--num-workers", "data.num_workers", {}),
     ("--precision", "train.precision", {"type": click.Choice(["auto", "fp32", "bf16", "fp16"])}),
+    (
+        "--logger",
+        "logging.loggers",
+        {
+            "multiple": True,
+            "callback": _parse_loggers,
+            "metavar": "csv|tensorboard|mlflow",
+            "help": "Where per-epoch metrics go; repeat or comma-separate. csv: history.json/csv "
+            "(always on); tensorboard: RUNDIR/tensorboard (pip install 'skincls[tensorboard]'); "
+            "mlflow: an MLflow run with the config, metrics and best.pt "
+            "(pip install 'skincls[mlflow]').",
+        },
+    ),
+    ("--mlflow-uri", "logging.mlflow_uri", {"metavar": "URI"}),
 )
 
 
@@ -201,7 +226,8 @@ def _overrides(options: dict) -> tuple[dict, dict]:
 @click.option(
     "--overwrite",
     is_flag=True,
-    help="Train into a non-empty --out, deleting the previous run's checkpoints, history and config.",
+    help="Train into a non-empty --out, deleting the previous run's checkpoints, history, config "
+    "and tracker files (tensorboard/, mlruns/).",
 )
 @click.option(
     "--nproc",
@@ -214,6 +240,8 @@ def _overrides(options: dict) -> tuple[dict, dict]:
 @friendly_errors
 def train(config_file, quiet, resume, overwrite, nproc, **options):
     """Train a classifier; writes RUNDIR/best.pt, last.pt, history.json/csv, config.json and a plot.
+
+    --logger tensorboard and --logger mlflow also log each epoch's metrics there.
 
     RUNDIR is --out, or a new runs/ARCH-YYYYMMDD-HHMMSS. A non-empty --out is refused unless
     --resume or --overwrite is given, and one run dir takes one training at a time (locked).

@@ -6,8 +6,11 @@ Each is a small object with some of the `Callback` hooks; the trainer calls them
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..config import TrainConfig
+from ..errors import ConfigError
 from ..models.checkpoint import ModelSnapshot, snapshot_model, snapshot_state
 from .history import EpochRecord, History
 
@@ -28,8 +32,12 @@ __all__ = [
     "ModelCheckpoint",
     "RichProgress",
     "callback_states",
+    "check_state_keys",
     "load_callback_states",
+    "state_key",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class Trainer(Protocol):
@@ -46,7 +54,17 @@ class Trainer(Protocol):
 
 
 class Callback:
-    """Hooks the trainer calls (all optional); `state_dict`/`load_state_dict` make a callback resumable."""
+    """Hooks the trainer calls (all optional); `state_dict`/`load_state_dict` make a callback resumable.
+
+    A resumable callback's state is saved under its `state_key` (default: the class name), so it
+    finds its way back on resume even if the callback list has changed; two resumable callbacks of
+    one trainer need different keys (e.g. a `state_key` property naming what each watches).
+    """
+
+    @property
+    def state_key(self) -> str:
+        """The name this callback's state is saved under in a checkpoint (unique per trainer)."""
+        return type(self).__name__
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
     def on_phase_start(self, trainer: Trainer, phase: str, first: int, last: int) -> None: ...
@@ -59,21 +77,72 @@ class Callback:
     def on_message(self, trainer: Trainer, message: str) -> None: ...
 
 
+def state_key(callback: Any) -> str:
+    """The key a callback's state is saved under: its `state_key`, by default its class name."""
+    return getattr(callback, "state_key", None) or type(callback).__name__
+
+
+def check_state_keys(callbacks: list[Any]) -> list[Any]:
+    """Return `callbacks`; refuse two resumable ones with the same `state_key` (whose state would mix).
+
+    Raises:
+        ConfigError: two callbacks with a `state_dict` share a key.
+    """
+    seen: dict[str, Any] = {}
+    for cb in callbacks:
+        if not hasattr(cb, "state_dict"):
+            continue
+        key = state_key(cb)
+        if key in seen:
+            raise ConfigError(
+                f"two callbacks save their state under the key {key!r} ({type(seen[key]).__name__} "
+                f"and {type(cb).__name__}); give one of them another state_key, so that a resumed "
+                "run gives each its own state"
+            )
+        seen[key] = cb
+    return callbacks
+
+
 def callback_states(callbacks: list[Any]) -> dict[str, Any]:
-    """The resumable callbacks' states, keyed by position and class (a changed list won't match)."""
-    return {
-        f"{i}:{type(cb).__name__}": cb.state_dict()
-        for i, cb in enumerate(callbacks)
-        if hasattr(cb, "state_dict")
-    }
+    """The resumable callbacks' states, each under its `state_key` (a reordered list still matches)."""
+    check_state_keys(callbacks)
+    return {state_key(cb): cb.state_dict() for cb in callbacks if hasattr(cb, "state_dict")}
 
 
 def load_callback_states(callbacks: list[Any], saved: dict[str, Any]) -> None:
-    """Give each callback its state from `callback_states` output, where the key still matches."""
+    """Give each callback its state from `callback_states` output, found by its `state_key`.
+
+    Checkpoints from before state keys saved states as `"{position}:{class}"`: such a state goes to
+    the callback of that class where only one saved state has the class, else to the callback of
+    that class at that position. A saved state that no callback takes is logged as a warning.
+    """
+    legacy = _legacy_keys(saved)
+    taken = set()
     for i, cb in enumerate(callbacks):
-        key = f"{i}:{type(cb).__name__}"
-        if key in saved and hasattr(cb, "load_state_dict"):
-            cb.load_state_dict(saved[key])
+        if not hasattr(cb, "load_state_dict"):
+            continue
+        name = type(cb).__name__
+        for key in (state_key(cb), legacy.get(name), f"{i}:{name}"):
+            if key in saved and key not in taken:
+                cb.load_state_dict(saved[key])
+                taken.add(key)
+                break
+    for key in sorted(saved.keys() - taken):
+        log.warning(
+            "resuming: the saved state of callback %r matches no callback of this run (removed or "
+            "renamed since the checkpoint was written?); it is not used",
+            key,
+        )
+
+
+_POSITIONAL = re.compile(r"(\d+):(.+)")  # the keys of checkpoints from before `state_key`
+
+
+def _legacy_keys(saved: dict[str, Any]) -> dict[str, str]:
+    """Class name → its positional key `"{i}:{class}"`, for each class that has only one."""
+    found = [(m[2], key) for key in saved if (m := _POSITIONAL.fullmatch(key))]
+    counts = Counter(name for name, _ in found)
+    return {name: key for name, key in found if counts[name] == 1}
 
 
 class BestWeights(Callback):

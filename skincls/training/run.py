@@ -31,6 +31,7 @@ from .callbacks import Callback, EarlyStopping, HistoryWriter, ModelCheckpoint, 
 from .distributed import close_distributed, distributed_ready, init_distributed
 from .features import FeatureSet
 from .history import History
+from .loggers import check_loggers, create_loggers, remove_tracking_files
 from .trainer import Trainer
 
 __all__ = ["RUN_FILES", "TrainResult", "default_run_dir", "feature_cache_dir", "train_from_config"]
@@ -113,6 +114,7 @@ def train_from_config(
     # 1. Check everything; nothing is written before the run dir is locked in step 2.
     if backbone is None:
         _check_weights_train(config)
+    check_loggers(config.logging)  # --logger tensorboard/mlflow: their packages are installed
     # Under torchrun: join the process group; each rank gets its own device (GPU LOCAL_RANK).
     owned = not distributed_ready()
     dist, device = init_distributed(config.train.device)
@@ -220,6 +222,7 @@ def train_from_config(
             cbs += [writer, HistoryWriter(run_dir)]
             if progress:
                 cbs.append(RichProgress())
+            cbs += create_loggers(config, run_dir)  # after the files they may log
         trainer.callbacks = cbs + list(callbacks or [])
         try:
             history = trainer.fit(train_ds, val_ds)
@@ -326,6 +329,7 @@ def _remove_run_files(run_dir: Path) -> None:
         if path.is_file():
             path.unlink()
             removed.append(name)
+    removed += remove_tracking_files(run_dir)
     if removed:
         log.warning("replacing the run in %s: removed its %s", run_dir, ", ".join(removed))
 

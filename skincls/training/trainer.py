@@ -27,7 +27,13 @@ from ..runtime import (
     seed_everything,
     set_rng_state,
 )
-from .callbacks import BestWeights, Callback, callback_states, load_callback_states
+from .callbacks import (
+    BestWeights,
+    Callback,
+    callback_states,
+    check_state_keys,
+    load_callback_states,
+)
 from .distributed import Dist, shard_bounds
 from .divergence import diverged, nonfinite_weight
 from .features import (
@@ -62,7 +68,8 @@ class Trainer:
             `features` and `head`) also gets the feature cache and the fine-tuning phase.
         config: The optimisation recipe.
         callbacks: Objects with any of the `Callback` hooks, called in order. Default: keep the
-            best weights in memory (`BestWeights`).
+            best weights in memory (`BestWeights`). Two resumable callbacks (with a `state_dict`)
+            must have different `state_key`s (ConfigError).
         cache_dir: Where `cache_features="disk"` (or "auto" with large features) keeps features.
         num_workers: DataLoader worker processes (seeded from the run's seed).
         feature_pool: Where cached features come from, called like `load_or_extract` (default);
@@ -108,6 +115,14 @@ class Trainer:
         # The EpochRecord field that decides `improved` and steps a plateau schedule (set by `fit`).
         self._best = BestTracker(self.config.monitor)
         self._backbone_fp: str | None = None  # the current phase's, computed when first needed
+
+    @property
+    def callbacks(self) -> list[Callback]:
+        return self._callbacks
+
+    @callbacks.setter
+    def callbacks(self, callbacks: Sequence[Callback]) -> None:
+        self._callbacks = check_state_keys(list(callbacks))  # each state needs its own key
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
