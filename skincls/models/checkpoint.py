@@ -269,7 +269,9 @@ def load_checkpoint(path: str | Path, *, for_update: bool = False) -> Checkpoint
     Raises:
         CheckpointError: missing, empty or damaged file, not a skincls checkpoint, a file that would
             need arbitrary unpickling, a malformed field (missing key, wrong type, absurd preprocessing
-            size, threshold outside [0, 1], temperature <= 0), or weights that hold NaN or inf.
+            size or normalisation, threshold outside [0, 1], temperature outside [0.01, 100],
+            metrics that are not numbers, metadata that is not small plain data), or weights that
+            hold NaN or inf.
     """
     path = resolve_checkpoint_path(path)
     try:  # before reading: a change after this moment shows in `update_checkpoint`
