@@ -36,8 +36,10 @@ from ..preprocessing import Preprocessing
 __all__ = [
     "STD_LIMITS",
     "TEMPERATURE_LIMITS",
+    "MetricNumber",
     "check_metadata",
     "check_weights",
+    "describe_validation_error",
     "first_nonfinite",
     "read_checkpoint_file",
     "resolve_checkpoint_path",
@@ -178,7 +180,9 @@ def _finite_or_nan(value: float) -> float:
     return value
 
 
-_Number = Annotated[float, AfterValidator(_finite_or_nan)]  # strict: an int is fine, a bool is not
+MetricNumber = Annotated[float, AfterValidator(_finite_or_nan)]
+"""A metric's value: a finite number or NaN (in strict mode an int is fine, a bool is not)."""
+_Number = MetricNumber
 _Count = Annotated[int, Field(ge=0)]
 
 
@@ -235,6 +239,7 @@ class _Metadata(BaseModel):
         default=None, ge=TEMPERATURE_LIMITS[0], le=TEMPERATURE_LIMITS[1], allow_inf_nan=False
     )
     metrics: dict[str, _SplitMetrics] | None = None  # by split: train, val, test, oof...
+    epoch: int | None = Field(default=None, ge=0)  # the epoch of a training run's checkpoint
     state_dict: dict[str, Any]
 
     @field_validator("classes")
@@ -272,7 +277,7 @@ def check_metadata(path: Path, data: Mapping[str, Any], *, writing: bool = False
     try:
         meta = _Metadata.model_validate(dict(data))
     except ValidationError as exc:
-        raise _error(path, _describe(exc), writing) from exc
+        raise _error(path, describe_validation_error(exc), writing) from exc
     n = meta.model.num_classes
     if n is not None and n != len(meta.classes):
         problem = f"model.num_classes is {n} but {len(meta.classes)} classes are listed"
@@ -316,7 +321,8 @@ def _oversized_or_odd(data: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_validation_error(exc: ValidationError) -> str:
+    """The first error as `field.path: should be ... (found ...)`, in a user's words."""
     error = exc.errors()[0]
     # Union and validator tags ("literal[...]", "function-plain[...]") are not field names.
     loc = ".".join(str(p) for p in error["loc"] if re.fullmatch(r"\w+", str(p))) or "metadata"
