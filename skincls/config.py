@@ -286,7 +286,11 @@ def _validate(
     raw: dict[str, Any], source: Path | None, labels: Mapping[str, str] | None = None
 ) -> RunConfig:
     try:
-        return RunConfig.model_validate(raw)
+        # Strict types: a config holds JSON values (YAML gives real numbers and booleans), and one
+        # of the wrong type is a mistake, never converted (`batch_size: true` is not a batch of 1).
+        # JSON mode, so paths may be text and lists stand for tuples (Click's values are typed).
+        text = json.dumps(raw, default=str)
+        return RunConfig.model_validate_json(text, strict=True)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source, labels or {})) from exc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,15 @@ class _NoAliasLoader(yaml.SafeLoader):
                 problem_mark=event.start_mark,
             )
         return super().compose_node(parent, index)
+
+
+# YAML 1.1 (PyYAML) reads `1e-3` and `1.0e3` as text: it wants a dot and a signed exponent. Read
+# them as the numbers YAML 1.2 and JSON make of them, since config values are strictly typed.
+_NoAliasLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def one_line(exc: BaseException) -> str:

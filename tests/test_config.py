@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from skincls.cli import main
-from skincls.config import MAX_CONFIG_BYTES, load_config
+from skincls.config import MAX_CONFIG_BYTES, load_config, save_config
 from skincls.errors import ConfigError
 
 # Nested aliases (billion laughs): each level repeats the one before 9 times. Six levels expand to
@@ -154,3 +154,39 @@ def test_an_option_overrides_a_bad_file_value_and_is_named(tmp_path):
             {"train.epochs": 2, "train.batch_size": 10**6},
             names={"train.batch_size": "--batch-size"},
         )
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "says"),
+    [
+        ("train:\n  batch_size: true\n", "train.batch_size must be a whole number (got True)"),
+        ("train:\n  epochs: '3'\n", "train.epochs must be a whole number (got '3')"),
+        ("train:\n  epochs: 3.0\n", "train.epochs must be a whole number (got 3.0)"),
+        ("train:\n  lr: '0.01'\n", "train.lr must be a number (got '0.01')"),
+        ("data:\n  augment: 'yes'\n", "data.augment must be true or false (got 'yes')"),
+        ("data:\n  augment: 1\n", "data.augment must be true or false (got 1)"),
+    ],
+)
+def test_config_file_values_of_the_wrong_type_are_refused_not_converted(tmp_path, yaml_text, says):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert says in str(info.value) and str(cfg) in str(info.value)
+
+
+def test_config_file_numbers_and_paths_still_load(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    # `1e-3` is text to YAML 1.1; it is read as the number it means (as in JSON and YAML 1.2).
+    cfg.write_text(
+        "data:\n  data_dir: d\n  augment: true\nmodel:\n  head: [8, 4]\n  freeze: 2\n"
+        "train:\n  epochs: 10\n  lr: 1e-3\n  weight_decay: 1.0e-4\n  warmup_epochs: 1\n"
+    )
+    config = load_config(cfg, {"train.batch_size": 8, "out": tmp_path / "r"})
+    assert config.train.lr == 1e-3 and config.train.weight_decay == 1e-4
+    assert config.train.epochs == 10 and config.train.warmup_epochs == 1.0
+    assert config.model.head == (8, 4) and config.model.freeze == 2 and config.data.augment
+    assert str(config.data.data_dir) == "d" and config.out == tmp_path / "r"
+    saved = tmp_path / "config.json"  # what a run writes is read back as it was (--resume)
+    save_config(config, saved)
+    assert load_config(saved) == config

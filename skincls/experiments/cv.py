@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import io
 import json
 import statistics
@@ -30,6 +31,7 @@ from ..data.splits import load_manifest
 from ..errors import ConfigError
 from ..evaluation.evaluator import Evaluator, Outputs
 from ..inference.decision import positive_index, softmax
+from ..locks import DirLock
 from ..models.checkpoint import atomic_save, load_checkpoint
 from ..preprocessing import Preprocessing
 from ..training.callbacks import Callback
@@ -58,6 +60,21 @@ class CVResult:
     refit: Path | None
 
 
+def _locking_out(fn: Callable[..., CVResult]) -> Callable[..., CVResult]:
+    """Run `fn` holding the CV folder's lock (as `train` holds its run dir): one writer at a time."""
+
+    @functools.wraps(fn)
+    def locked(config: RunConfig, *args: Any, **kwargs: Any) -> CVResult:
+        cv_dir = Path(config.out or "runs/cv")
+        advice = "wait for it to finish, or give another --out"
+        with DirLock(cv_dir, "skincls cv", advice=advice) as lock:
+            lock.clean_stale_temps()
+            return fn(config, *args, **kwargs)
+
+    return locked
+
+
+@_locking_out
 def cross_validate(
     config: RunConfig,
     folds: int = 5,
@@ -99,6 +116,7 @@ def cross_validate(
         ConfigError: `resume` without a CV to resume, a CV directory that holds another CV, or an
             existing CV without `resume`.
         DataError: no manifest, or too few groups for K folds.
+        LockError: another process writes into `config.out` (a CV or a training run).
     """
     start = time.perf_counter()
     if target_sensitivity is not None and threshold is not None:

@@ -49,9 +49,33 @@ log = logging.getLogger(__name__)
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """`torch.save` to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    """`torch.save` to a temp file in the same folder, then rename: a crash never leaves half a file.
+
+    Raises:
+        OSError: the write failed (e.g. `ENOSPC`, disk full), naming `path`; `path` is unchanged.
+    """
     with atomic_write(path) as fh:
-        torch.save(obj, fh)
+        try:
+            torch.save(obj, fh)
+        except RuntimeError as exc:
+            # A failed write (disk full) surfaces from torch as "[enforce fail at
+            # inline_container.cc:...] unexpected pos"; the OS error behind it is what to report.
+            cause = _os_error_behind(exc)
+            if cause is None:
+                raise
+            raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from exc
+
+
+def _os_error_behind(exc: BaseException) -> OSError | None:
+    """The `OSError` an exception was raised while handling (or from), if any."""
+    seen = 0
+    error: BaseException | None = exc
+    while error is not None and seen < 10:
+        if isinstance(error, OSError):
+            return error
+        error = error.__cause__ or error.__context__
+        seen += 1
+    return None
 
 
 @dataclass
@@ -269,7 +293,9 @@ def load_checkpoint(path: str | Path, *, for_update: bool = False) -> Checkpoint
     Raises:
         CheckpointError: missing, empty or damaged file, not a skincls checkpoint, a file that would
             need arbitrary unpickling, a malformed field (missing key, wrong type, absurd preprocessing
-            size, threshold outside [0, 1], temperature <= 0), or weights that hold NaN or inf.
+            size or normalisation, threshold outside [0, 1], temperature outside [0.01, 100],
+            metrics that are not numbers, metadata that is not small plain data), or weights that
+            hold NaN or inf.
     """
     path = resolve_checkpoint_path(path)
     try:  # before reading: a change after this moment shows in `update_checkpoint`

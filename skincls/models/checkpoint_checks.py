@@ -9,6 +9,7 @@ answers "benign" for every image).
 
 from __future__ import annotations
 
+import math
 import pickle
 import re
 import warnings
@@ -18,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -32,8 +34,12 @@ from ..errors import CheckpointError
 from ..preprocessing import Preprocessing
 
 __all__ = [
+    "STD_LIMITS",
+    "TEMPERATURE_LIMITS",
+    "MetricNumber",
     "check_metadata",
     "check_weights",
+    "describe_validation_error",
     "first_nonfinite",
     "read_checkpoint_file",
     "resolve_checkpoint_path",
@@ -43,6 +49,18 @@ RUN_CHECKPOINT = "best.pt"  # what a run directory stands for
 _DAMAGED = (
     "the file is damaged or was edited; use the checkpoint a training run wrote, or train again"
 )
+# A model is usable within these; outside them every image gets the same answer (a temperature of
+# 1e-300 makes every probability 0 or 1). The calibration fit stays within (0.05, 20).
+TEMPERATURE_LIMITS = (0.01, 100.0)
+STD_LIMITS = (1e-3, 1e3)  # images are scaled to 0–1 (ImageNet: 0.23; 0–255 models: 1/255)
+MEAN_LIMITS = (-10.0, 10.0)
+# Metadata is small JSON. A field that takes more values and characters than this (each reference
+# counted again: a pickle repeats one list a million times in a few bytes, which JSON then writes
+# out in full) is damaged or hostile, and is refused before anything expands it.
+_FIELD_BUDGET = 1_000_000
+_FIELD_BUDGETS = {"training_data": 50_000_000}  # ~17 per training image: its content hash
+_MAX_DEPTH = 32
+_MAX_INT = 2**64
 # What `torch.save` files start with: a zip archive (torch >= 1.6) or a pickle protocol marker (older).
 _TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
 
@@ -152,6 +170,58 @@ def _kind(value: Any) -> str:
     return "ensemble-model" if arch == "ensemble" else "single-model"  # tags: not field names
 
 
+_Mean = Annotated[float, Field(ge=MEAN_LIMITS[0], le=MEAN_LIMITS[1], allow_inf_nan=False)]
+_Std = Annotated[float, Field(ge=STD_LIMITS[0], le=STD_LIMITS[1], allow_inf_nan=False)]
+
+
+def _finite_or_nan(value: float) -> float:
+    if math.isinf(value):
+        raise ValueError("should be a finite number or NaN")
+    return value
+
+
+MetricNumber = Annotated[float, AfterValidator(_finite_or_nan)]
+"""A metric's value: a finite number or NaN (in strict mode an int is fine, a bool is not)."""
+_Number = MetricNumber
+_Count = Annotated[int, Field(ge=0)]
+
+
+class _SplitMetrics(BaseModel):
+    """One split's stored metrics (`skincls evaluate --save`, an epoch's train/val): numbers."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    loss: _Number | None = None
+    accuracy: _Number | None = None
+    sensitivity: _Number | None = None
+    specificity: _Number | None = None
+    ppv: _Number | None = None
+    npv: _Number | None = None
+    balanced_accuracy: _Number | None = None
+    roc_auc: _Number | None = None
+    pr_auc: _Number | None = None
+    brier: _Number | None = None
+    nll: _Number | None = None
+    ece: _Number | None = None
+    ece_uncalibrated: _Number | None = None
+    threshold: _Number | None = None
+    temperature: _Number | None = None
+    ci_level: _Number | None = None
+    n_images: _Count | None = None
+    roc_auc_classes: _Count | None = None
+    ece_bins: _Count | None = None
+    bootstrap_resamples: _Count | None = None
+    confusion_matrix: list[list[_Count]] | None = None
+    ci: dict[str, Annotated[list[_Number], Field(min_length=2, max_length=2)]] | None = None
+
+
+class _StoredPreprocessing(Preprocessing):
+    """`Preprocessing` within what 0–1 scaled images can sensibly be normalised with."""
+
+    mean: tuple[_Mean, _Mean, _Mean]
+    std: tuple[_Std, _Std, _Std]
+
+
 class _Metadata(BaseModel):
     """Every checkpoint field that is read later, with its type and range."""
 
@@ -163,10 +233,13 @@ class _Metadata(BaseModel):
         | Annotated[_EnsembleFields, Tag("ensemble-model")],
         Discriminator(_kind),
     ]
-    preprocessing: Preprocessing  # its own (lax) validation: JSON lists become tuples
+    preprocessing: _StoredPreprocessing  # its own (lax) validation: JSON lists become tuples
     threshold: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
-    temperature: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    metrics: dict[str, Any] | None = None
+    temperature: float | None = Field(
+        default=None, ge=TEMPERATURE_LIMITS[0], le=TEMPERATURE_LIMITS[1], allow_inf_nan=False
+    )
+    metrics: dict[str, _SplitMetrics] | None = None  # by split: train, val, test, oof...
+    epoch: int | None = Field(default=None, ge=0)  # the epoch of a training run's checkpoint
     state_dict: dict[str, Any]
 
     @field_validator("classes")
@@ -198,17 +271,58 @@ def check_metadata(path: Path, data: Mapping[str, Any], *, writing: bool = False
     Raises:
         CheckpointError: one line naming the first bad field.
     """
+    problem = _oversized_or_odd(data)  # first: nothing below may expand a hostile structure
+    if problem is not None:
+        raise _error(path, problem, writing)
     try:
         meta = _Metadata.model_validate(dict(data))
     except ValidationError as exc:
-        raise _error(path, _describe(exc), writing) from exc
+        raise _error(path, describe_validation_error(exc), writing) from exc
     n = meta.model.num_classes
     if n is not None and n != len(meta.classes):
         problem = f"model.num_classes is {n} but {len(meta.classes)} classes are listed"
         raise _error(path, problem, writing)
 
 
-def _describe(exc: ValidationError) -> str:
+def _oversized_or_odd(data: Mapping[str, Any]) -> str | None:
+    """Why a metadata field is not plain JSON data of sensible size; None when all are.
+
+    Walks each field (not the weights or the resume state) counting every value and character it
+    meets, and stops at its budget: shared references are never expanded. Metrics may not be ±inf.
+    """
+    for key, value in data.items():
+        if key in ("state_dict", "training_state"):
+            continue
+        budget = _FIELD_BUDGETS.get(key, _FIELD_BUDGET)
+        used, stack = 0, [(value, str(key), 0)]
+        while stack:
+            node, loc, depth = stack.pop()
+            used += 1 + (len(node) if isinstance(node, (str, list, tuple, dict)) else 0)
+            if used > budget:
+                return (
+                    f"{key} is far larger than checkpoint metadata can be (over {budget:,} values)"
+                )
+            if isinstance(node, float):
+                if key == "metrics" and math.isinf(node):
+                    return f"{loc}: should be a finite number or NaN (found {node})"
+            elif isinstance(node, int):  # bool included
+                if abs(node) > _MAX_INT:
+                    return f"{loc}: should be a number of sensible size (found a huge integer)"
+            elif isinstance(node, (list, tuple, dict)):
+                if depth >= _MAX_DEPTH:
+                    return f"{key} is nested too deeply to be checkpoint metadata"
+                items = node.items() if isinstance(node, dict) else enumerate(node)
+                for k, v in items:
+                    if isinstance(node, dict) and not isinstance(k, str):
+                        return f"{loc}: keys should be text (found a {type(k).__name__})"
+                    stack.append((v, f"{loc}.{k}", depth + 1))
+            elif node is not None and not isinstance(node, str):
+                return f"{loc}: should be plain data (found a {type(node).__name__})"
+    return None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The first error as `field.path: should be ... (found ...)`, in a user's words."""
     error = exc.errors()[0]
     # Union and validator tags ("literal[...]", "function-plain[...]") are not field names.
     loc = ".".join(str(p) for p in error["loc"] if re.fullmatch(r"\w+", str(p))) or "metadata"
@@ -250,6 +364,13 @@ def check_weights(
     if bad is not None:
         problem = f"the weights hold NaN or inf ({bad}), so the training that made them diverged"
         raise _error(path, problem, writing, "train again with a lower --lr")
+    temps = state.get("temperatures")  # an ensemble's: one per member
+    if torch.is_tensor(temps) and temps.numel() and temps.is_floating_point():
+        lo, hi = TEMPERATURE_LIMITS
+        if not bool(((temps >= lo) & (temps <= hi)).all()):
+            found = ", ".join(f"{t:.3g}" for t in temps.tolist()[:4])
+            problem = f"member temperatures should be within [{lo:g}, {hi:g}] (found {found})"
+            raise _error(path, problem, writing)
     # The head's last Linear layer has one output per class.
     heads = [k for k, v in state.items() if re.fullmatch(r"head\.\d+\.weight", k) and v.dim() == 2]
     if heads:

@@ -170,7 +170,7 @@ def train_from_config(
                 f"distributed: {n} processes, global batch {bs} ({bs // n}–{-(-bs // n)} per "
                 "process)"
             )
-        resume_from = _check_resume(trainer, run_dir) if resume else None
+        resume_from = _check_resume(trainer, run_dir, record) if resume else None
         if not resume and not overwrite:
             _refuse_nonempty(run_dir)
         dist.barrier()  # every rank has checked before rank 0 writes
@@ -334,8 +334,12 @@ def _remove_run_files(run_dir: Path) -> None:
         log.warning("replacing the run in %s: removed its %s", run_dir, ", ".join(removed))
 
 
-def _check_resume(trainer: Trainer, run_dir: Path):
-    """Load `last.pt` into the trainer; its stamp, or None to start over (no epoch had ended)."""
+def _check_resume(trainer: Trainer, run_dir: Path, record: dict[str, Any]):
+    """Load `last.pt` into the trainer; its stamp, or None to start over (no epoch had ended).
+
+    `record` is the `training_record` of the data about to be trained on: it must be the data
+    last.pt was trained on, so that the run's record (and every overlap check) stays true.
+    """
     last = run_dir / "last.pt"
     if not last.is_file():
         if (run_dir / "config.json").is_file():
@@ -354,6 +358,7 @@ def _check_resume(trainer: Trainer, run_dir: Path):
     state = ckpt.data.get("training_state")
     if state is None:
         raise CheckpointError(f"cannot resume from {last}: it holds no training state")
+    _check_same_data(last, ckpt.data.get("training_data"), record)
     try:
         trainer.model.load_state_dict(ckpt.data["state_dict"])
     except RuntimeError as exc:
@@ -363,6 +368,34 @@ def _check_resume(trainer: Trainer, run_dir: Path):
         ) from exc
     trainer.load_state_dict(state)
     return stamp
+
+
+def _check_same_data(last: Path, trained: Any, now: dict[str, Any]) -> None:
+    """Refuse to resume on other train/val images than `last.pt` trained on (a re-split data dir).
+
+    Otherwise the new test split may hold images the first epochs trained on, while the record
+    (and `evaluate`'s overlap check) would describe only the new split.
+    """
+    if not isinstance(trained, dict) or "train" not in trained:
+        log.warning("%s records no training data: cannot check it is the same data", last)
+        return
+    old_train, new_train = set(trained.get("train") or ()), set(now["train"])
+    old_val, new_val = set(trained.get("val") or ()), set(now["val"])
+    if old_train == new_train and old_val == new_val:
+        return
+    if old_train != new_train:
+        what = (
+            f"{len(old_train - new_train)} of the {len(old_train)} images it trained on are not "
+            f"training images now, and {len(new_train - old_train)} training images are new"
+        )
+    else:
+        what = f"its {len(old_val)} validation images changed ({len(old_val ^ new_val)} differ)"
+    raise CheckpointError(
+        f"cannot resume from {last}: the data is not the split it was trained on ({what}; was the "
+        "data dir fetched again?), and resuming could test it on images it trained on; train "
+        "into a new --out, or fetch back the split the run used (the same source, options and "
+        "--seed)"
+    )
 
 
 def _first_mismatch(exc: RuntimeError) -> str:

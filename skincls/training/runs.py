@@ -1,8 +1,10 @@
 """Run directories: find them and summarise each from its files, without loading any weights.
 
 A run dir is what `skincls train` writes: `config.json`, `history.json`, `best.pt`, `last.pt`. Its
-summary comes from the two JSON files and from the checkpoint's metadata (test metrics, once
-`skincls evaluate` stored them), read with `torch.load(mmap=True)` so the weights stay on disk.
+summary comes from the two JSON files and from the checkpoint's metadata (its epoch and val metrics,
+test metrics once `skincls evaluate` stored them), read with `torch.load(mmap=True)` so the weights
+stay on disk. The best epoch is best.pt's own: history.json is written every epoch, the checkpoints
+only every `--checkpoint-interval`, so after a kill the history may name a best epoch never written.
 """
 
 from __future__ import annotations
@@ -13,13 +15,35 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
+from ..models.checkpoint import FORMAT
+from ..models.checkpoint_checks import MetricNumber, check_metadata, describe_validation_error
 
 __all__ = ["RunSummary", "find_runs", "list_runs", "summarize_run"]
 
 _MARKERS = ("config.json", "history.json", "best.pt")
 _JSON_LIMIT = 10_000_000  # a run's JSON files are kilobytes; refuse to parse anything huge
+
+
+class _Epoch(BaseModel):
+    """What is read of one `history.json` epoch record (strict: a number is a number)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    epoch: int = Field(ge=1)
+    train_loss: MetricNumber | None = None
+    train_accuracy: MetricNumber | None = None
+    val_loss: MetricNumber | None = None
+    val_accuracy: MetricNumber | None = None
+
+
+class _History(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    epochs: list[_Epoch]
+    best_epoch: int | None = None
 
 
 @dataclass
@@ -63,38 +87,55 @@ def list_runs(root: str | Path) -> list[RunSummary]:
 def summarize_run(run_dir: str | Path) -> RunSummary:
     """Summarise one run dir from config.json, history.json and best.pt's metadata.
 
-    Unreadable or malformed files are noted in `problems`, never raised: one broken run must not
+    The best epoch and its val metrics are best.pt's own. Unreadable or malformed files are noted
+    in `problems` (and what they would say is left out), never raised: one broken run must not
     hide the others.
     """
     run_dir = Path(run_dir)
     s = RunSummary(run_dir, size_bytes=_size(run_dir))
     config = _read_json(run_dir / "config.json", s)
     if isinstance(config, dict):
-        s.arch = _get(config, "model", "arch")
-        s.data_dir = _get(config, "data", "data_dir")
+        s.arch = _text(_get(config, "model", "arch"))
+        s.data_dir = _text(_get(config, "data", "data_dir"))
         epochs, finetune = _get(config, "train", "epochs"), _get(config, "train", "finetune_epochs")
-        if isinstance(epochs, int):
-            s.epochs_planned = epochs + (finetune if isinstance(finetune, int) else 0)
-    history = _read_json(run_dir / "history.json", s)
-    if isinstance(history, dict) and isinstance(history.get("epochs"), list):
-        records = [e for e in history["epochs"] if isinstance(e, dict)]
-        s.epochs_run = len(records)
-        s.best_epoch = history.get("best_epoch")
-        best = next((e for e in records if e.get("epoch") == s.best_epoch), None)
-        if best is not None:
-            s.val_loss, s.val_accuracy = best.get("val_loss"), best.get("val_accuracy")
+        if _whole(epochs):
+            s.epochs_planned = epochs + (finetune if _whole(finetune) else 0)
+    history = _read_history(run_dir / "history.json", s)
+    if history is not None:
+        s.epochs_run = len(history.epochs)
     meta = _checkpoint_metadata(run_dir / "best.pt", s)
     if meta is not None:
-        s.arch = s.arch or _get(meta, "model", "arch")
-        if s.best_epoch is None:  # no history.json: best.pt knows its own epoch and val metrics
-            s.best_epoch = meta.get("epoch")
-            s.val_loss = _get(meta, "metrics", "val", "loss")
-            s.val_accuracy = _get(meta, "metrics", "val", "accuracy")
+        s.arch = s.arch or _text(_get(meta, "model", "arch"))
+        s.best_epoch = meta.get("epoch")
+        s.val_loss = _get(meta, "metrics", "val", "loss")
+        s.val_accuracy = _get(meta, "metrics", "val", "accuracy")
         test = _get(meta, "metrics", "test")
         if isinstance(test, dict):
             keys = ("accuracy", "sensitivity", "specificity", "roc_auc", "n_images")
             s.test = {k: test.get(k) for k in keys}
+    _compare_best(s, history, run_dir / "best.pt", meta)
     return s
+
+
+def _compare_best(s: RunSummary, history: _History | None, best: Path, meta: Any) -> None:
+    """Note a best epoch in history.json that best.pt does not hold (its weights are not on disk)."""
+    named = history.best_epoch if history is not None else None
+    if named is None or named == s.best_epoch or (meta is None and best.is_file()):
+        return
+    holds = f"best.pt holds epoch {s.best_epoch}" if meta is not None else "there is no best.pt"
+    s.problems.append(
+        f"history.json is ahead of the checkpoints: it names epoch {named} the best, but {holds} "
+        "(the run stopped before writing that epoch); the table shows what best.pt holds, and "
+        "`skincls train --resume` continues from last.pt"
+    )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _get(data: Any, *keys: str) -> Any:
@@ -128,8 +169,23 @@ def _read_json(path: Path, summary: RunSummary) -> Any:
         return None
 
 
+def _read_history(path: Path, summary: RunSummary) -> _History | None:
+    data = _read_json(path, summary)
+    if data is None:
+        return None
+    try:
+        return _History.model_validate(data)
+    except ValidationError as exc:
+        summary.problems.append(f"{path.name}: {describe_validation_error(exc)}")
+        return None
+
+
 def _checkpoint_metadata(path: Path, summary: RunSummary) -> dict[str, Any] | None:
-    """The checkpoint's dict with its tensors memory-mapped, not read (no weights in memory)."""
+    """The checkpoint's checked metadata, its tensors memory-mapped, not read (no weights in memory).
+
+    Checked as `load_checkpoint` checks it (types, ranges, size), so a checkpoint that no command
+    would load shows as a problem, not as numbers (or a crash, or gigabytes of JSON).
+    """
     if not path.is_file():
         return None
     try:
@@ -137,8 +193,13 @@ def _checkpoint_metadata(path: Path, summary: RunSummary) -> dict[str, Any] | No
     except Exception as exc:
         summary.problems.append(f"{path.name}: not a readable checkpoint ({type(exc).__name__})")
         return None
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
         summary.problems.append(f"{path.name}: not a skincls checkpoint")
+        return None
+    try:
+        check_metadata(path, data)
+    except CheckpointError as exc:
+        summary.problems.append(f"{path.name}: unreadable: {str(exc).removeprefix(f'{path}: ')}")
         return None
     data.pop("state_dict", None)
     data.pop("training_state", None)

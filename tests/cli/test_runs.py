@@ -90,3 +90,82 @@ def test_runs_on_a_missing_folder_is_one_line(tmp_path):
     assert r.exit_code == 1 and "is not a folder" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["runs", str(tmp_path)])
     assert r.exit_code == 0 and "no runs under" in r.output
+
+
+def _rows(stdout):
+    rows = [ln for ln in stdout.splitlines() if ln.count("│") > 5]
+    cells = [[c.strip() for c in ln.split("│")[1:-1]] for ln in rows]
+    return {c[0].removesuffix(" (!)"): c for c in cells if c[0] != "run"}
+
+
+def test_runs_shows_the_best_epoch_best_pt_holds_not_one_history_names(two_runs, tmp_path):
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(two_runs, root)
+    # Killed with a better epoch held in memory: history.json (written every epoch) names it,
+    # best.pt (written every --checkpoint-interval) holds an earlier one.
+    best = torch.load(root / "a" / "best.pt", weights_only=True)
+    history_path = root / "a" / "history.json"
+    history = json.loads(history_path.read_text())
+    other = next(e for e in history["epochs"] if e["epoch"] != best["epoch"])
+    history["best_epoch"] = other["epoch"]
+    history_path.write_text(json.dumps(history))
+    r = CliRunner().invoke(main, ["runs", str(root)])
+    assert r.exit_code == 0, r.output
+    a = _rows(r.stdout)["a"]
+    assert a[4] == str(best["epoch"]) and a[5] == f"{best['metrics']['val']['loss']:.4f}"
+    out = " ".join(r.stdout.split())
+    assert (
+        f"it names epoch {other['epoch']} the best, but best.pt holds epoch {best['epoch']}" in out
+    )
+    [summary] = [s for s in list_runs(root) if s.path.name == "a"]
+    assert summary.best_epoch == best["epoch"] and summary.problems
+
+
+@pytest.mark.parametrize(
+    ("where", "says"),
+    [
+        ("checkpoint list", "best.pt: unreadable: metrics.test.accuracy: should be a valid number"),
+        ("checkpoint shared", "best.pt: unreadable: metrics is far larger than"),
+        (
+            "history text",
+            "history.json: epochs.0.val_loss: should be a valid number (found 'oops')",
+        ),
+        ("config list", None),
+    ],
+)
+def test_one_bad_run_is_shown_as_unreadable_and_the_others_listed(two_runs, tmp_path, where, says):
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(two_runs, root)
+    bad = root / "b"
+    if where.startswith("checkpoint"):
+        data = torch.load(bad / "best.pt", weights_only=True)
+        accuracy = [0.9]
+        if where == "checkpoint shared":  # a few hundred bytes; written out, billions of numbers
+            for _ in range(15):
+                accuracy = [accuracy] * 4
+        data["metrics"]["test"] = {"accuracy": accuracy, "n_images": 12}
+        torch.save(data, bad / "best.pt")
+    elif where == "history text":
+        history = json.loads((bad / "history.json").read_text())
+        history["epochs"][0]["val_loss"] = "oops"
+        (bad / "history.json").write_text(json.dumps(history))
+    else:
+        config = json.loads((bad / "config.json").read_text())
+        config["model"]["arch"] = ["smallcnn"]
+        (bad / "config.json").write_text(json.dumps(config))
+    r = CliRunner().invoke(main, ["runs", str(root)])
+    assert r.exit_code == 0 and r.exception is None, r.output
+    rows = _rows(r.stdout)
+    assert set(rows) == {"a", "b"} and rows["a"][1] == "smallcnn" and rows["a"][7] != "-"
+    out = " ".join(r.stdout.split())
+    if says is not None:
+        assert "(!)" in r.stdout and says in out
+    r = CliRunner().invoke(main, ["runs", str(root), "--json"])
+    assert r.exit_code == 0 and r.exception is None, r.output
+    data = json.loads(r.stdout)
+    assert len(r.stdout) < 20_000 and [d["path"].rsplit("/", 1)[1] for d in data] == ["a", "b"]
+    assert data[0]["test"]["accuracy"] is not None and data[0]["problems"] == []

@@ -340,3 +340,42 @@ def test_ensemble_training_record_is_the_union_of_its_members():
     assert (merged["train"], merged["val"]) == (["a", "b", "c"], ["d"])
     assert (merged["groups"]["train"], merged["groups"]["val"]) == (["L1", "L2"], ["L3"])
     assert merged["data_fingerprint"] == "fp"
+
+
+def test_cv_into_a_folder_another_process_writes_is_refused(cv_run, tmp_path):
+    from skincls.errors import LockError
+    from tests.conftest import lock_held_elsewhere
+
+    out = tmp_path / "cv"
+    for command in ("skincls cv", "skincls train"):
+        with lock_held_elsewhere(out, command) as pid:
+            with pytest.raises(LockError, match=f"in use by pid {pid} .*{command}.*--out"):
+                _run(_config(cv_run.data, out), n_bootstrap=0)
+            assert not (out / cv_mod.CV_STATE).exists()
+
+
+class TrainIntoTheCV(Callback):
+    """While the first fold trains, `skincls train --out CV_DIR` (that CV's own folder)."""
+
+    def __init__(self, data, cv_dir):
+        self.data, self.cv_dir, self.result = data, cv_dir, None
+
+    def on_epoch_end(self, trainer, record, improved):
+        from click.testing import CliRunner
+
+        from skincls.cli import main
+        from tests.conftest import TINY_TRAIN
+
+        args = ["train", "--data-dir", str(self.data), "--out", str(self.cv_dir), *TINY_TRAIN]
+        self.result = CliRunner().invoke(main, [*args, "--overwrite"])
+        raise Killed
+
+
+def test_a_running_cv_holds_its_folder(cv_run, tmp_path):
+    out = tmp_path / "cv"
+    intruder = TrainIntoTheCV(cv_run.data, out)
+    with pytest.raises(Killed):
+        _run(_config(cv_run.data, out), callbacks=[intruder], n_bootstrap=0)
+    r = intruder.result
+    assert r.exit_code == 1 and f"{out} is in use by pid" in r.output and "skincls cv" in r.output
+    assert (out / cv_mod.CV_STATE).is_file() and "smallcnn" not in (out / "config.json").read_text()

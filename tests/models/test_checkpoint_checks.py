@@ -39,6 +39,14 @@ def _poison(value):
     return edit
 
 
+def _shared(depth, width=2):
+    """Nested lists of shared references: bytes in a pickle, width**depth numbers written out."""
+    node = [0.5]
+    for _ in range(depth):
+        node = [node] * width
+    return node
+
+
 # (id, edit of a valid checkpoint dict, text the one-line error must hold)
 MALFORMED = [
     ("no classes", _drop("classes"), "classes is missing"),
@@ -68,6 +76,22 @@ MALFORMED = [
     ("infinite temperature", _set("temperature", math.inf), "temperature"),
     ("NaN temperature", _set("temperature", math.nan), "temperature"),
     ("metrics as list", _set("metrics", [1, 2]), "metrics"),
+    ("metric as a list", _set("metrics", {"test": {"accuracy": [0.9]}}), "metrics.test.accuracy"),
+    ("metric as text", _set("metrics", {"val": {"loss": "oops"}}), "metrics.val.loss"),
+    ("infinite metric", _set("metrics", {"test": {"loss": math.inf}}), "metrics.test.loss"),
+    (
+        "metric of shared lists",
+        _set("metrics", {"test": {"accuracy": _shared(12, 4)}}),
+        "far larger",
+    ),
+    ("metric as a bool", _set("metrics", {"test": {"n_images": True}}), "metrics.test.n_images"),
+    ("tensor in metadata", _set("calibration", torch.zeros(3)), "calibration: should be plain"),
+    ("deep metadata", _set("threshold_info", _shared(40, 1)), "threshold_info is nested"),
+    ("huge integer", _set("metrics", {"test": {"n_images": 10**600}}), "sensible size"),
+    ("tiny temperature", _set("temperature", 1e-300), "temperature"),
+    ("huge temperature", _set("temperature", 1e4), "temperature"),
+    ("tiny std", _set("preprocessing.std", [1e-30, 0.2, 0.2]), "preprocessing.std.0"),
+    ("huge mean", _set("preprocessing.mean", [0.5, 1e30, 0.5]), "preprocessing.mean.1"),
     ("no weights", _drop("state_dict"), "state_dict is missing"),
     ("weights not tensors", _set("state_dict", {"w": 1}), "state_dict"),
     ("NaN weights", _poison(math.nan), "NaN or inf"),
@@ -179,4 +203,25 @@ def test_ensemble_members_are_checked_too(tmp_path):
     data["model"]["members"][1]["dropout"] = 2.0
     torch.save(data, path)
     with pytest.raises(CheckpointError, match=r"model\.members\.1\.dropout"):
+        load_checkpoint(path)
+
+
+def test_temperature_limits_hold_every_temperature_calibration_can_fit(tmp_path):
+    from skincls.evaluation.calibration import TEMPERATURE_BOUNDS
+    from skincls.models.checkpoint_checks import TEMPERATURE_LIMITS
+    from skincls.models.ensemble import EnsembleClassifier
+
+    lo, hi = TEMPERATURE_LIMITS
+    assert lo <= TEMPERATURE_BOUNDS[0] and TEMPERATURE_BOUNDS[1] <= hi
+    members = [create_model("smallcnn", weights="none", head=(8,), freeze="none") for _ in "ab"]
+    path = tmp_path / "ens.pt"
+    for temps in ([TEMPERATURE_BOUNDS[0], TEMPERATURE_BOUNDS[1]], [lo, hi]):
+        save_checkpoint(path, EnsembleClassifier(members, temps), classes=["benign", "malignant"])
+        assert load_checkpoint(path).is_ensemble
+    data = torch.load(path, weights_only=True)
+    data["state_dict"]["temperatures"] = torch.tensor([1.0, 1e-30])
+    torch.save(data, path)
+    with pytest.raises(
+        CheckpointError, match=r"member temperatures should be within \[0\.01, 100\]"
+    ):
         load_checkpoint(path)

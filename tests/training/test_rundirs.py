@@ -146,3 +146,34 @@ def test_checkpoint_records_its_training_images_by_content_hash(tiny_data, train
     assert record["data_fingerprint"] == manifest.info.fingerprint
     assert set(record) == {"data_fingerprint", "hash", "train", "val", "groups"}  # no paths
     assert record["groups"]["train"] == record["groups"]["val"] == []  # no lesion/patient ids
+
+
+def test_resume_on_a_re_split_data_dir_is_refused(tiny_data, tmp_path):
+    import shutil
+
+    from skincls.data.fetch import fetch
+
+    source = tmp_path / "source"  # class/file: fetch carves train/val/test with its --seed
+    for image in (tiny_data / "images").rglob("*.*"):
+        target = source / image.parent.name / image.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, target)
+    data, run = tmp_path / "data", tmp_path / "run"
+    fetch(data, source_dir=source, seed=0, val_fraction=0.2)
+    r = _train(data, "--out", str(run), "--epochs", "1")
+    assert r.exit_code == 0, r.output
+    trained = set(load_checkpoint(run / "last.pt").data["training_data"]["train"])
+    fetch(data, source_dir=source, seed=3, val_fraction=0.2)  # the same images, another split
+    test_now = {x.sha256[:HASH_DIGITS] for x in load_manifest(data).select("test")}
+    assert test_now & trained  # what a resumed run would be tested on, in part
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    r = _train(data, "--out", str(run), "--resume", "--epochs", "2")
+    line = _one_line_error(r, "cannot resume", "not the split it was trained on", "--out", "--seed")
+    moved = len(trained - {x.sha256[:HASH_DIGITS] for x in load_manifest(data).select("train")})
+    assert f"{moved} of the {len(trained)} images it trained on are not training images" in line
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name in before} == before
+
+    fetch(data, source_dir=source, seed=0, val_fraction=0.2)  # the run's own split again
+    r = _train(data, "--out", str(run), "--resume", "--epochs", "2")
+    assert r.exit_code == 0, r.output
+    assert load_checkpoint(run / "last.pt").data["training_data"]["train"] == sorted(trained)
