@@ -7,6 +7,7 @@ and AUC stay the same; only the probabilities move.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from .outputs import Outputs
 
 __all__ = ["TEMPERATURE_BOUNDS", "fit_calibration", "fit_temperature", "nll"]
+
+log = logging.getLogger(__name__)
 
 # Beyond these the data say "infinitely sharp" or "uninformative"; clipping keeps T usable.
 TEMPERATURE_BOUNDS = (0.05, 20.0)
@@ -70,7 +73,8 @@ def fit_calibration(
     """Fit a temperature on `out` (validation) and measure what it does there to NLL and ECE.
 
     Before is temperature 1. A temperature that makes NLL or ECE worse is marked `kept=False` (with
-    what got worse in `worse`) unless `keep_worse`.
+    what got worse in `worse`) unless `keep_worse`. A fit at one of the `bounds` is kept as it is,
+    with a warning: the split is probably separable or too small to say.
 
     Args:
         out: Logits and labels of the split to fit on.
@@ -80,6 +84,7 @@ def fit_calibration(
         bounds: Smallest and largest temperature allowed.
     """
     t = fit_temperature(out.logits, out.labels, bounds)
+    _warn_at_bound(t, bounds, out.split, len(out.labels))
     nll_before, nll_after = nll(out.logits, out.labels), nll(out.logits, out.labels, t)
     ece_before = M.expected_calibration_error(out.labels, out.probs(), ECE_BINS, positive)
     ece_after = M.expected_calibration_error(out.labels, out.probs(t), ECE_BINS, positive)
@@ -100,3 +105,14 @@ def fit_calibration(
         worse=worse,
         kept=keep_worse or not worse,
     )
+
+
+def _warn_at_bound(t: float, bounds: tuple[float, float], split: str, n: int) -> None:
+    """A fit at a bound is no optimum, only where the search stopped: say so, with the value."""
+    if abs(np.log(t / bounds[0])) < 1e-3:
+        why = "the smallest allowed): the split is probably separable or too small"
+    elif abs(np.log(t / bounds[1])) < 1e-3:
+        why = "the largest allowed): the logits say next to nothing on it, or it is too small"
+    else:
+        return
+    log.warning(f"the temperature fit on {split} hit its bound (T = {t:.3g}, {why} ({n} images)")

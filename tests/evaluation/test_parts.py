@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -65,6 +67,34 @@ def test_temperature_fit_recovers_a_known_temperature():
     assert result.kept and result.worse == [] and result.tta
     assert result.nll_after < result.nll_before and result.ece_after < result.ece_before
     assert (result.split, result.n_images) == ("val", 20000)
+
+
+@pytest.mark.parametrize(
+    ("logits", "labels", "value", "why"),
+    [
+        # Every image on the right side of the boundary: sharper is always better.
+        ([[0, 2.0], [0, 1.0], [0, -1.0], [0, -3.0]], [1, 1, 0, 0], 0.05, "separable"),
+        # Logits that say nothing: the flattest temperature allowed.
+        ([[0, 0.01], [0, -0.01], [0, 0.01], [0, -0.01]], [0, 1, 1, 0], 20, "nothing"),
+    ],
+)
+def test_a_temperature_fit_at_its_bound_is_flagged(caplog, logits, labels, value, why):
+    out = Outputs("val", np.array(logits), np.array(labels))
+    with caplog.at_level(logging.WARNING, logger="skincls"):
+        result = fit_calibration(out)
+    [record] = caplog.records
+    line = record.getMessage()
+    assert f"fit on val hit its bound (T = {value}" in line and why in line and "(4 images)" in line
+    assert "too small" in line and result.temperature == pytest.approx(value, rel=1e-3)
+
+
+def test_a_fit_inside_its_bounds_is_not_flagged(caplog):
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(500, 2))
+    y = (rng.random(500) < softmax(z)[:, 1]).astype(int)
+    with caplog.at_level(logging.WARNING, logger="skincls"):
+        fit_calibration(Outputs("val", z, y))
+    assert caplog.records == []
 
 
 def test_a_worse_calibration_is_marked_and_described(monkeypatch):
