@@ -178,8 +178,9 @@ class EvalReport(BaseModel):
         out = []
         pos = self.positive_class
         rule = "argmax" if self.threshold is None else f"P({pos}) >= {self.threshold:.4f}"
+        source = "" if self.threshold_source == rule else f" ({self.threshold_source})"
         out.append(
-            f"Decision: {rule} ({self.threshold_source}); temperature {self.temperature:.3f}"
+            f"Decision: {rule}{source}; temperature {self.temperature:.3f}"
             + (", TTA (8 flips/turns)" if self.tta else "")
             + ("" if self.precision == "fp32" else f"; model run in {self.precision}")
         )

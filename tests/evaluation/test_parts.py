@@ -112,5 +112,8 @@ def test_measure_outputs_at_an_operating_point():
     assert report.confusion_matrix == [[1, 1], [1, 2]]
     assert report.sensitivity == pytest.approx(2 / 3) and report.specificity == 0.5
     assert report.threshold_source == "from checkpoint" and report.ci == {}
+    argmax = measure(out, CLASSES, OperatingPoint(), n_bootstrap=0)
+    [decision] = [ln for ln in argmax.metric_lines() if ln.startswith("Decision:")]
+    assert decision == "Decision: argmax; temperature 1.000"  # not "argmax (argmax)"
     [decision] = [ln for ln in report.metric_lines() if ln.startswith("Decision:")]
     assert decision == "Decision: P(malignant) >= 0.5000 (from checkpoint); temperature 1.000"
