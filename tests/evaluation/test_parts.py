@@ -102,7 +102,11 @@ def test_a_worse_calibration_is_marked_and_described(monkeypatch):
     out = _binary("val", [0.4, 0.6, 0.45, 0.55], [1, 0, 0, 1])
     result = fit_calibration(out)
     assert not result.kept and result.worse == ["NLL", "ECE"]
-    assert fit_calibration(out, keep_worse=True).kept
+    line = result.worse_notice(1.0, "--keep-worse-calibration")
+    assert line.startswith("calibration made val NLL ") and "(worse): temperature 0.010" in line
+    assert line.endswith("discarded, keeping 1.000 (give --keep-worse-calibration to use it)")
+    kept = fit_calibration(out, keep_worse=True)
+    assert kept.kept and kept.worse_notice(0.01).endswith("(worse): kept as asked")
 
 
 def test_measure_outputs_at_an_operating_point():
