@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 OOF_SPLIT = "out-of-fold"
+
+log = logging.getLogger(__name__)
 
 
 def heldout_logits(
@@ -120,13 +123,16 @@ def fit_operating_point(
 ) -> OperatingPoint:
     """Temperature, then threshold, chosen on the out-of-fold predictions (as `evaluate` does on val).
 
-    A temperature that makes their NLL or ECE worse is discarded.
+    A temperature that makes their NLL or ECE worse is discarded, and a warning says so in the
+    words `evaluate` uses.
     """
     positive = positive_index(classes)
     point = OperatingPoint()
     if calibrate:
         cal = fit_calibration(oof, positive, tta=tta)
         point = OperatingPoint(cal.temperature if cal.kept else 1.0, calibration=cal)
+        if not cal.kept:
+            log.warning(cal.worse_notice(point.temperature))
     if target_sensitivity is None and threshold is None:
         return point
     if len(classes) != 2:

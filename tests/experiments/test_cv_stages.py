@@ -4,6 +4,7 @@ decision, out-of-fold aggregation, the operating point chosen on it, and what it
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -116,6 +117,21 @@ def test_operating_point_calibrates_then_chooses_the_threshold_on_oof():
         fit_operating_point(
             Outputs(OOF_SPLIT, np.zeros((3, 3)), np.arange(3)), ["a", "b", "c"], threshold=0.5
         )
+
+
+def test_a_worse_oof_calibration_is_discarded_and_said_in_evaluates_words(monkeypatch, caplog):
+    monkeypatch.setattr("skincls.evaluation.calibration.fit_temperature", lambda *a: 0.01)
+    oof = _overconfident(n=200, factor=0.5)
+    with caplog.at_level(logging.WARNING, logger="skincls"):
+        point = fit_operating_point(oof, CLASSES)
+    assert point.temperature == 1.0 and not point.calibration.kept
+    [line] = [r.getMessage() for r in caplog.records]
+    c = point.calibration
+    assert line == (
+        f"calibration made out-of-fold NLL {c.nll_before:.4f} → {c.nll_after:.4f}, "
+        f"ECE {c.ece_before:.4f} → {c.ece_after:.4f} (worse): temperature 0.010 discarded, "
+        "keeping 1.000"
+    )
 
 
 def test_measure_oof_gives_the_oof_report_and_each_folds_share():
