@@ -158,8 +158,9 @@ class CVPlan:
 
     @property
     def precision(self) -> str:
-        """What the out-of-fold report says the model ran in (what "auto" picks on a CPU)."""
-        return plan_precision("auto", resolve_device("cpu")).inference
+        """What the recipe runs inference in (the held-out predictions' precision)."""
+        t = self.config.train
+        return plan_precision(t.precision, resolve_device(t.device)).inference
 
     def completed(self) -> dict[int, dict[str, Any]]:
         """The finished folds' entries in the state, by fold."""

@@ -53,6 +53,7 @@ def test_plan_decides_per_fold_what_a_resume_does(tiny_data, tmp_path):
     assert sorted(set(plan.fold.tolist())) == [0, 1, 2] and len(plan.fold) == len(plan.records)
     assert (cv_dir / "folds.csv").is_file() and (cv_dir / "config.json").is_file()
     assert plan.fold_run(1).out == cv_dir / "fold1" and plan.fold_run(1).train.seed == 3
+    assert plan.precision == "fp32"
     with pytest.raises(ConfigError, match="already holds a cross-validation; add --resume"):
         plan_cv(_config(tiny_data, cv_dir), 3)
 
