@@ -180,14 +180,7 @@ def _notices(report, path: Path, *, save: bool, fitted: bool, as_json: bool) -> 
     """One stderr line each: a worse calibration, a split seen in training, nothing stored."""
     c = report.calibration
     if c is not None and c.worse:
-        if c.kept:
-            what = "kept as asked (--keep-worse-calibration)"
-        else:
-            what = (
-                f"temperature {c.temperature:.3f} discarded, keeping {report.temperature:.3f} "
-                "(give --keep-worse-calibration to use it)"
-            )
-        click.echo(f"calibration made {c.split} {c.describe_worse()} (worse): {what}", err=True)
+        click.echo(c.worse_notice(report.temperature, "--keep-worse-calibration"), err=True)
     overlap = report.training_overlap
     if as_json and overlap is not None and overlap.message:  # text output has it in the report
         click.echo(f"WARNING: {overlap.message}", err=True)

@@ -7,12 +7,22 @@ and AUC stay the same; only the probabilities move.
 
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy.optimize import minimize_scalar
 
 from ..inference.decision import softmax
+from . import metrics as M
+from .report import ECE_BINS, CalibrationResult
 
-__all__ = ["TEMPERATURE_BOUNDS", "fit_temperature", "nll"]
+if TYPE_CHECKING:
+    from .outputs import Outputs
+
+__all__ = ["TEMPERATURE_BOUNDS", "fit_calibration", "fit_temperature", "nll"]
+
+log = logging.getLogger(__name__)
 
 # Beyond these the data say "infinitely sharp" or "uninformative"; clipping keeps T usable.
 TEMPERATURE_BOUNDS = (0.05, 20.0)
@@ -50,3 +60,59 @@ def fit_temperature(
         options={"xatol": 1e-4},
     )
     return float(np.exp(res.x))
+
+
+def fit_calibration(
+    out: Outputs,
+    positive: int = 1,
+    *,
+    tta: bool = False,
+    keep_worse: bool = False,
+    bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+) -> CalibrationResult:
+    """Fit a temperature on `out` (validation) and measure what it does there to NLL and ECE.
+
+    Before is temperature 1. A temperature that makes NLL or ECE worse is marked `kept=False` (with
+    what got worse in `worse`) unless `keep_worse`. A fit at one of the `bounds` is kept as it is,
+    with a warning: the split is probably separable or too small to say.
+
+    Args:
+        out: Logits and labels of the split to fit on.
+        positive: The class index ECE's confidence refers to with two classes.
+        tta: Whether the logits are test-time-augmentation views (recorded in the result).
+        keep_worse: Keep a temperature even if it makes calibration worse.
+        bounds: Smallest and largest temperature allowed.
+    """
+    t = fit_temperature(out.logits, out.labels, bounds)
+    _warn_at_bound(t, bounds, out.split, len(out.labels))
+    nll_before, nll_after = nll(out.logits, out.labels), nll(out.logits, out.labels, t)
+    ece_before = M.expected_calibration_error(out.labels, out.probs(), ECE_BINS, positive)
+    ece_after = M.expected_calibration_error(out.labels, out.probs(t), ECE_BINS, positive)
+    worse = [
+        name
+        for name, b, a in (("NLL", nll_before, nll_after), ("ECE", ece_before, ece_after))
+        if a > b + 1e-9
+    ]
+    return CalibrationResult(
+        temperature=t,
+        split=out.split,
+        n_images=len(out.labels),
+        tta=tta,
+        nll_before=nll_before,
+        nll_after=nll_after,
+        ece_before=ece_before,
+        ece_after=ece_after,
+        worse=worse,
+        kept=keep_worse or not worse,
+    )
+
+
+def _warn_at_bound(t: float, bounds: tuple[float, float], split: str, n: int) -> None:
+    """A fit at a bound is no optimum, only where the search stopped: say so, with the value."""
+    if abs(np.log(t / bounds[0])) < 1e-3:
+        why = "the smallest allowed): the split is probably separable or too small"
+    elif abs(np.log(t / bounds[1])) < 1e-3:
+        why = "the largest allowed): the logits say next to nothing on it, or it is too small"
+    else:
+        return
+    log.warning(f"the temperature fit on {split} hit its bound (T = {t:.3g}, {why} ({n} images)")

@@ -1,7 +1,10 @@
 """Evaluate: measure a trained model on one split, choose its operating point and calibrate it on val.
 
 The model runs once per split (logits are collected, then cached); every number after that comes from
-arrays through `skincls.metrics`. Threshold and temperature are fitted on the validation split only.
+arrays, through functions over `Outputs`: `calibration.fit_calibration`, `threshold.choose_threshold`,
+`measure.measure`, `plots.plot_report`, `store.store_in_checkpoint`. The `Evaluator` composes them
+around one model and its current operating point. Threshold and temperature are fitted on the
+validation split only.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -19,31 +21,39 @@ from ..data.dataset import ManifestDataset, build_transform
 from ..data.provenance import Overlap, find_overlap
 from ..data.splits import load_manifest
 from ..errors import ConfigError, DataError
-from ..inference.decision import positive_index, predict_labels
-from ..models.checkpoint import Checkpoint, load_checkpoint, update_checkpoint
+from ..inference.decision import positive_index
+from ..models.checkpoint import Checkpoint, load_checkpoint
 from ..preprocessing import Preprocessing
 from ..runtime import plan_precision, resolve_device
-from . import metrics as M
-from .calibration import fit_temperature, nll
+from .calibration import fit_calibration
+from .measure import OperatingPoint, measure
 from .outputs import Outputs, collect_outputs
 from .report import (
-    ECE_BINS,
     CalibrationResult,
     ClassResult,
     EvalReport,
     ThresholdChoice,
     TrainingOverlap,
 )
+from .store import store_in_checkpoint
+from .threshold import choose_threshold, fixed_threshold, rescale_choice
 
 __all__ = [
     "CalibrationResult",
     "ClassResult",
     "EvalReport",
     "Evaluator",
+    "OperatingPoint",
     "Outputs",
     "ThresholdChoice",
     "TrainingOverlap",
 ]
+
+
+def _point_field(name: str) -> property:
+    return property(
+        lambda self: getattr(self.point, name), lambda self, v: setattr(self.point, name, v)
+    )
 
 
 class Evaluator:
@@ -74,10 +84,7 @@ class Evaluator:
     ):
         self.checkpoint: Checkpoint | None = None
         self.progress = progress
-        self.threshold: float | None = None
-        self.threshold_choice: ThresholdChoice | None = None
-        self.temperature = 1.0
-        self.calibration: CalibrationResult | None = None
+        self.point = OperatingPoint()  # temperature, threshold and how they were set
         self.training_data: dict[str, Any] | None = None  # what the checkpoint was trained on
         if isinstance(model, (str, Path)):
             model = load_checkpoint(model)
@@ -85,10 +92,12 @@ class Evaluator:
             self.checkpoint = model
             classes = classes or model.classes
             preprocessing = preprocessing or model.preprocessing
-            self.temperature = model.temperature
-            self.threshold = model.threshold
             info = model.data.get("threshold_info")
-            self.threshold_choice = ThresholdChoice.model_validate(info) if info else None
+            self.point = OperatingPoint(
+                model.temperature,
+                model.threshold,
+                ThresholdChoice.model_validate(info) if info else None,
+            )
             self.training_data = model.data.get("training_data")
             model = model.build_model(backbone=backbone)
         if classes is None or preprocessing is None:
@@ -108,6 +117,12 @@ class Evaluator:
     @property
     def binary(self) -> bool:
         return len(self.classes) == 2
+
+    # The operating point's parts, as attributes of the evaluator (read and set through `point`).
+    temperature = _point_field("temperature")
+    threshold = _point_field("threshold")
+    threshold_choice = _point_field("threshold_choice")
+    calibration = _point_field("calibration")
 
     def outputs(self, data: str | Path | Dataset | Outputs, split: str = "test") -> Outputs:
         """Run the model once over a split (cached): a data dir plus split name, or a `Dataset`.
@@ -161,45 +176,26 @@ class Evaluator:
         """
         split = _not_test(data, split, "calibrate")
         self._refuse_training_images(data, split, "calibrate")
-        out = self.outputs(data, split)
-        t = fit_temperature(out.logits, out.labels)
-        before = (self.temperature, self.threshold, self.threshold_choice)
-        old_t, self.temperature = self.temperature, t
-        choice = self.threshold_choice
-        if self.threshold is not None and self.binary:
-            if choice is not None and choice.method == "target_sensitivity":
-                self.choose_threshold(
-                    data, choice.split or split, target_sensitivity=choice.target_sensitivity
-                )
-            else:
-                self.threshold = M.rescale_threshold(self.threshold, old_t, t)
-                if choice is not None:
-                    self.threshold_choice = choice.model_copy(
-                        update={"threshold": self.threshold, "temperature": t}
-                    )
-        nll_before, nll_after = nll(out.logits, out.labels), nll(out.logits, out.labels, t)
-        ece_before = M.expected_calibration_error(out.labels, out.probs(), ECE_BINS, self.positive)
-        ece_after = M.expected_calibration_error(out.labels, out.probs(t), ECE_BINS, self.positive)
-        worse = [
-            name
-            for name, b, a in (("NLL", nll_before, nll_after), ("ECE", ece_before, ece_after))
-            if a > b + 1e-9
-        ]
-        if worse and not keep_worse:  # leave the model as it was
-            self.temperature, self.threshold, self.threshold_choice = before
-        self.calibration = CalibrationResult(
-            temperature=t,
-            split=out.split,
-            n_images=len(out.labels),
-            tta=self.tta,
-            nll_before=nll_before,
-            nll_after=nll_after,
-            ece_before=ece_before,
-            ece_after=ece_after,
-            worse=worse,
-            kept=keep_worse or not worse,
+        result = fit_calibration(
+            self.outputs(data, split), self.positive, tta=self.tta, keep_worse=keep_worse
         )
-        return self.calibration
+        if result.kept:  # else the model stays as it was
+            self._use_temperature(result.temperature, data, split)
+        self.point.calibration = result
+        return result
+
+    def _use_temperature(self, t: float, data: str | Path | Dataset, split: str) -> None:
+        """Apply temperature `t`; a threshold in use is chosen again at it, or moved to it."""
+        p = self.point
+        threshold, choice = p.threshold, p.threshold_choice
+        if threshold is not None and self.binary:
+            if choice is not None and choice.method == "target_sensitivity":
+                target = choice.target_sensitivity
+                choice = self._choose_on(data, choice.split or split, target, t)
+                threshold = choice.threshold
+            else:
+                threshold, choice = rescale_choice(threshold, choice, p.temperature, t)
+        self.point = OperatingPoint(t, threshold, choice, p.calibration)
 
     def choose_threshold(
         self,
@@ -219,38 +215,22 @@ class Evaluator:
         if (target_sensitivity is None) == (threshold is None):
             raise ConfigError("give either a target sensitivity or a fixed threshold")
         if threshold is not None:
-            if not 0 <= threshold <= 1:
-                raise ConfigError(f"threshold must be in [0, 1], not {threshold}")
-            choice = ThresholdChoice(
-                threshold=threshold, method="fixed", temperature=self.temperature, tta=self.tta
-            )
+            choice = fixed_threshold(threshold, temperature=self.temperature, tta=self.tta)
         else:
             if data is None:
                 raise ConfigError("a target sensitivity needs data to choose the threshold on")
-            split = _not_test(data, split, "choose a threshold")
-            self._refuse_training_images(data, split, "choose a threshold")
-            out = self.outputs(data, split)
-            y_val = (out.labels == self.positive).astype(int)
-            p_val = out.probs(self.temperature)[:, self.positive]
-            try:
-                t = M.select_threshold(y_val, p_val, target_sensitivity)
-            except ValueError as exc:
-                raise DataError(f"cannot choose a threshold on {out.split}: {exc}") from exc
-            at = M.binary_metrics(y_val, p_val, t)
-            choice = ThresholdChoice(
-                threshold=t,
-                method="target_sensitivity",
-                target_sensitivity=target_sensitivity,
-                split=out.split,
-                n_images=len(y_val),
-                n_positive=int(y_val.sum()),
-                sensitivity=at["sensitivity"],
-                specificity=at["specificity"],
-                temperature=self.temperature,
-                tta=self.tta,
-            )
-        self.threshold, self.threshold_choice = choice.threshold, choice
+            choice = self._choose_on(data, split, target_sensitivity, self.temperature)
+        self.point.threshold, self.point.threshold_choice = choice.threshold, choice
         return choice
+
+    def _choose_on(
+        self, data: str | Path | Dataset, split: str, target: float, temperature: float
+    ) -> ThresholdChoice:
+        """The threshold reaching `target` on `split` (not test, nor images trained on)."""
+        split = _not_test(data, split, "choose a threshold")
+        self._refuse_training_images(data, split, "choose a threshold")
+        out = self.outputs(data, split)
+        return choose_threshold(out, target, self.positive, temperature=temperature, tta=self.tta)
 
     def evaluate(
         self,
@@ -271,48 +251,20 @@ class Evaluator:
             plots_dir: If given, write ROC, PR, confusion and reliability PNGs there.
         """
         out = self.outputs(data, split)
-        y, probs, probs_raw = out.labels, out.probs(self.temperature), out.probs()
-        pred = predict_labels(probs, self.threshold if self.binary else None, self.positive)
-        cm = np.zeros((len(self.classes),) * 2, dtype=int)
-        np.add.at(cm, (y, pred), 1)
-        report: dict[str, Any] = {
-            "split": out.split,
-            "n_images": len(y),
-            "classes": self.classes,
-            "positive_class": self.classes[self.positive],
-            "loss": nll(out.logits, y),
-            "accuracy": float((pred == y).mean()),
-            "per_class": [
-                ClassResult(
-                    name=c,
-                    correct=int(cm[k, k]),
-                    total=int(cm[k].sum()),
-                    predicted=int(cm[:, k].sum()),
-                )
-                for k, c in enumerate(self.classes)
-            ],
-            "confusion_matrix": cm.tolist(),
-            "threshold": self.threshold if self.binary else None,
-            "threshold_source": self._threshold_source(),
-            "temperature": self.temperature,
-            "tta": self.tta,
-            "precision": self.precision,
-            "nll": nll(out.logits, y, self.temperature),
-            "ece": M.expected_calibration_error(y, probs, ECE_BINS, self.positive),
-            "ece_uncalibrated": M.expected_calibration_error(y, probs_raw, ECE_BINS, self.positive),
-            "calibration": self.calibration,
-            "threshold_choice": self.threshold_choice,
-            "training_overlap": self._overlap_report(data, out.split),
-        }
-        by_task = M.task_metrics(
-            y, probs, self.positive, self.threshold, n_bootstrap=n_bootstrap, seed=seed
+        result = measure(
+            out,
+            self.classes,
+            self.point,
+            tta=self.tta,
+            precision=self.precision,
+            overlap=self._overlap_report(data, out.split),
+            n_bootstrap=n_bootstrap,
+            seed=seed,
         )
-        for row, auc in zip(report["per_class"], by_task.pop("class_roc_auc", ())):
-            row.roc_auc = auc if np.isfinite(auc) else None
-        report.update(by_task)
-        result = EvalReport.model_validate(_nan_to_none(report))
         if plots_dir is not None:
-            result.plots = self._plots(out, result, Path(plots_dir))
+            from .plots import plot_report  # matplotlib: only when plots are asked for
+
+            result.plots = plot_report(out, result, plots_dir)
         return result
 
     def training_overlap(self, data: str | Path | Dataset, split: str) -> Overlap | None:
@@ -342,27 +294,6 @@ class Evaluator:
         if reason:
             raise DataError(reason)
 
-    def _threshold_source(self) -> str:
-        if not self.binary or self.threshold is None:
-            return "argmax"
-        return self.threshold_choice.describe() if self.threshold_choice else "from checkpoint"
-
-    def _plots(self, out: Outputs, report: EvalReport, folder: Path) -> list[str]:
-        from .plots import plot_split
-
-        return plot_split(
-            out.labels,
-            out.probs(),
-            out.probs(self.temperature),
-            report.confusion_matrix,
-            self.classes,
-            Path(folder) / out.split,
-            f"{out.split} split, n={len(out.labels)}" + (", TTA" if self.tta else ""),
-            temperature=self.temperature,
-            threshold=self.threshold if self.binary else None,
-            positive=self.positive,
-        )
-
     def save_to_checkpoint(self, report: EvalReport | None = None) -> Path:
         """Store threshold, temperature, their provenance and `report`'s summary in the checkpoint.
 
@@ -371,20 +302,7 @@ class Evaluator:
         """
         if self.checkpoint is None:
             raise ConfigError("this Evaluator was built from a module, not a checkpoint file")
-        fields: dict[str, Any] = {
-            "threshold": self.threshold,
-            "threshold_info": self.threshold_choice.model_dump() if self.threshold_choice else None,
-            "temperature": self.temperature,
-        }
-        if self.calibration is not None and self.calibration.kept:
-            fields["calibration"] = self.calibration.model_dump()
-        if report is not None:
-            summary = report.model_dump(
-                exclude={"per_class", "plots", "calibration", "threshold_choice"}
-            )
-            fields["metrics"] = {**self.checkpoint.metrics, report.split: summary}
-        update_checkpoint(self.checkpoint, **fields)
-        return self.checkpoint.path
+        return store_in_checkpoint(self.checkpoint, self.point, report)
 
 
 def _not_test(data: Any, split: str, what: str) -> str:
@@ -394,8 +312,3 @@ def _not_test(data: Any, split: str, what: str) -> str:
             f"refusing to {what} on the test split: fit it on val, then measure test at it"
         )
     return split
-
-
-def _nan_to_none(d: dict[str, Any]) -> dict[str, Any]:
-    """Undefined metrics are NaN in the arrays and None (null in JSON) in the report."""
-    return {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in d.items()}

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..figures import integer_ticks, new_figure, save_figure, set_title
+
+if TYPE_CHECKING:
+    from .outputs import Outputs
+    from .report import EvalReport
 
 # --- evaluation plots (ROC, PR, confusion matrix, reliability) -------------------------------------
 
@@ -12,6 +17,7 @@ __all__ = [
     "plot_confusion",
     "plot_pr",
     "plot_reliability",
+    "plot_report",
     "plot_roc",
     "plot_split",
     "reliability_figure",
@@ -199,6 +205,26 @@ def plot_split(
         )
     )
     return [str(p) for p in written]
+
+
+def plot_report(out: Outputs, report: EvalReport, folder: str | Path) -> list[str]:
+    """The plots of an evaluated split (`plot_split`) at its report's temperature and threshold.
+
+    Written as `<folder>/<split>_<kind>.png`; the paths written.
+    """
+    tag = f"{out.split} split, n={len(out.labels)}" + (", TTA" if report.tta else "")
+    return plot_split(
+        out.labels,
+        out.probs(),
+        out.probs(report.temperature),
+        report.confusion_matrix,
+        report.classes,
+        Path(folder) / out.split,
+        tag,
+        temperature=report.temperature,
+        threshold=report.threshold,
+        positive=report.classes.index(report.positive_class),
+    )
 
 
 def _saved(fig, path):

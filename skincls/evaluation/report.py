@@ -91,6 +91,20 @@ class CalibrationResult(BaseModel):
             parts.append(f"ECE {self.ece_before:.4f} → {self.ece_after:.4f}")
         return ", ".join(parts)
 
+    def worse_notice(self, in_use: float, option: str | None = None) -> str:
+        """The one line saying what this fit made worse and what became of it.
+
+        Args:
+            in_use: The temperature in use after the fit (the fitted one, or the one kept).
+            option: The option that keeps a worse fit (e.g. "--keep-worse-calibration"), if any.
+        """
+        if self.kept:
+            what = "kept as asked" + (f" ({option})" if option else "")
+        else:
+            what = f"temperature {self.temperature:.3f} discarded, keeping {in_use:.3f}"
+            what += f" (give {option} to use it)" if option else ""
+        return f"calibration made {self.split} {self.describe_worse()} (worse): {what}"
+
 
 class TrainingOverlap(BaseModel):
     """What of the measured split the model saw in training: images (by content hash), or lesions.
@@ -178,8 +192,9 @@ class EvalReport(BaseModel):
         out = []
         pos = self.positive_class
         rule = "argmax" if self.threshold is None else f"P({pos}) >= {self.threshold:.4f}"
+        source = "" if self.threshold_source == rule else f" ({self.threshold_source})"
         out.append(
-            f"Decision: {rule} ({self.threshold_source}); temperature {self.temperature:.3f}"
+            f"Decision: {rule}{source}; temperature {self.temperature:.3f}"
             + (", TTA (8 flips/turns)" if self.tta else "")
             + ("" if self.precision == "fp32" else f"; model run in {self.precision}")
         )

@@ -17,7 +17,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,25 +27,33 @@ from torch import nn
 from ..atomic import atomic_write
 from ..config import RunConfig, save_config
 from ..data.dataset import ManifestDataset, build_transform
-from ..data.splits import load_manifest
+from ..data.splits import Manifest, load_manifest
 from ..errors import ConfigError
-from ..evaluation.evaluator import Evaluator, Outputs
-from ..inference.decision import positive_index, softmax
+from ..evaluation.measure import OperatingPoint
+from ..evaluation.store import report_summary
 from ..locks import DirLock
-from ..models.checkpoint import atomic_save, load_checkpoint
+from ..models.checkpoint import Checkpoint, atomic_save, load_checkpoint
 from ..preprocessing import Preprocessing
+from ..runtime import plan_precision, resolve_device
 from ..training.callbacks import Callback
 from ..training.pool import FeaturePool
 from ..training.run import train_from_config
 from .ensemble import create_ensemble, file_sha256
 from .folds import assign_folds, fold_manifest, folds_fingerprint, pool_records, record_group
-from .oof import heldout_logits
-from .report import CVReport, FoldResult, summarise_folds
+from .oof import (
+    OOF_SPLIT,
+    OOFMeasured,
+    fit_operating_point,
+    gather_oof,
+    heldout_logits,
+    measure_oof,
+    write_oof_csv,
+)
+from .report import CVReport, FoldResult
 
-__all__ = ["CV_STATE", "OOF_SPLIT", "CVResult", "cross_validate"]
+__all__ = ["CV_STATE", "OOF_SPLIT", "CVPlan", "CVResult", "FoldTraining", "cross_validate"]
 
 CV_STATE = "cv_state.json"
-OOF_SPLIT = "out-of-fold"
 _FORMAT = "skincls-cv-v1"
 
 
@@ -94,6 +102,10 @@ def cross_validate(
 ) -> CVResult:
     """K-fold cross-validation of the recipe in `config`, written to `config.out`.
 
+    A chain of stages, each handing a record to the next: plan (folds, state, resume) → train the
+    folds → gather their out-of-fold predictions → choose temperature and threshold on them →
+    measure → ensemble → refit → report.
+
     Args:
         config: The same recipe `skincls train` takes; `out` is the CV directory. Fold k trains with
             seed `config.train.seed + k`.
@@ -121,6 +133,81 @@ def cross_validate(
     start = time.perf_counter()
     if target_sensitivity is not None and threshold is not None:
         raise ConfigError("give a target sensitivity or a fixed threshold, not both")
+    plan = plan_cv(config, folds, resume=resume, tta=tta)
+    training = FoldTraining(progress, backbone, preprocessing, callbacks, log)
+    completed = train_folds(plan, training)
+    oof = gather_oof(plan.cv_dir, completed, len(plan.records))
+    point = fit_operating_point(
+        oof, plan.classes, calibrate=calibrate, target_sensitivity=target_sensitivity,
+        threshold=threshold, tta=tta,
+    )  # fmt: skip
+    measured = measure_oof(
+        oof, plan.fold, plan.classes, point, tta=tta, precision=plan.precision,
+        n_bootstrap=n_bootstrap, seed=config.train.seed,
+    )  # fmt: skip
+    write_oof_csv(plan.cv_dir / "oof.csv", plan.records, plan.fold, oof, plan.classes, point)
+    ensemble = build_ensemble(plan, completed, point, measured, backbone)
+    refitted = refit_model(plan, completed, point, training) if refit else None
+    return write_report(plan, completed, measured, point, ensemble, refitted, start)
+
+
+# -- plan -----------------------------------------------------------------------------------------
+@dataclass
+class CVPlan:
+    """Where the CV stands: its pool of non-test images, their folds, and its saved state."""
+
+    config: RunConfig
+    folds: int
+    cv_dir: Path
+    manifest: Manifest
+    records: list  # the pool's `Record`s, in pool order
+    fold: np.ndarray  # each record's fold
+    state: dict[str, Any]  # what cv_state.json holds
+    resume: bool = False
+    tta: bool = False
+    pool: FeaturePool = field(init=False)
+
+    def __post_init__(self):
+        self.pool = FeaturePool(self.manifest.root, self.manifest.classes, self.records)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.manifest.classes
+
+    @property
+    def precision(self) -> str:
+        """What the recipe runs inference in (the held-out predictions' precision)."""
+        t = self.config.train
+        return plan_precision(t.precision, resolve_device(t.device)).inference
+
+    def completed(self) -> dict[int, dict[str, Any]]:
+        """The finished folds' entries in the state, by fold."""
+        return {int(r["fold"]): r for r in self.state["completed"]}
+
+    def fold_run(self, k: int) -> RunConfig:
+        """Fold k's recipe: its own run directory and seed."""
+        c = self.config
+        train = c.train.model_copy(update={"seed": c.train.seed + k})
+        return c.model_copy(update={"out": self.cv_dir / f"fold{k}", "train": train})
+
+    def fold_action(self, k: int) -> str:
+        """What fold k needs: "done" (finished earlier), "resume" (from its last.pt) or "train"."""
+        if k in self.completed():
+            return "done"
+        return "resume" if self.resume and (self.fold_run(k).out / "last.pt").is_file() else "train"
+
+    def finish_fold(self, entry: dict[str, Any]) -> None:
+        """Record a finished fold in the state file (atomically rewritten)."""
+        done = {**self.completed(), int(entry["fold"]): entry}
+        self.state["completed"] = [done[i] for i in sorted(done)]
+        self.save_state()
+
+    def save_state(self) -> None:
+        _save_state(self.cv_dir, self.state)
+
+
+def plan_cv(config: RunConfig, folds: int, *, resume: bool = False, tta: bool = False) -> CVPlan:
+    """Assign the folds, open (or, with `resume`, check) the state, write folds.csv and config.json."""
     manifest = load_manifest(config.data.data_dir)
     records = pool_records(manifest)
     fold = assign_folds(records, manifest.classes, folds, seed=config.train.seed)
@@ -135,142 +222,205 @@ def cross_validate(
     state = _open_state(cv_dir, signature, resume)
     _write_folds_csv(cv_dir / "folds.csv", records, fold)
     save_config(config, cv_dir / "config.json")
-    pool = FeaturePool(manifest.root, manifest.classes, records)
-    done: dict[int, dict[str, Any]] = {int(r["fold"]): r for r in state["completed"]}
-    for k in range(folds):
-        if k in done:
-            _check_fold_file(cv_dir, done[k])
-            log(f"fold {k + 1}/{folds}: done earlier (best epoch {done[k]['best_epoch']}), kept")
-            continue
-        fm = fold_manifest(manifest, records, fold, k)
-        run = config.model_copy(
-            update={
-                "out": cv_dir / f"fold{k}",
-                "train": config.train.model_copy(update={"seed": config.train.seed + k}),
-            }
-        )
-        again = resume and (run.out / "last.pt").is_file()
-        log(
-            f"fold {k + 1}/{folds}: training on {int((fold != k).sum())} images, holding out "
-            f"{int((fold == k).sum())}" + (" (resuming from its last.pt)" if again else "")
-        )
-        t0 = time.perf_counter()
-        result = train_from_config(
+    return CVPlan(config, folds, cv_dir, manifest, records, fold, state, resume, tta)
+
+
+# -- training the folds ---------------------------------------------------------------------------
+@dataclass
+class FoldTraining:
+    """How every fold and the refit train, beyond the recipe: shared by the training stages."""
+
+    progress: bool = True
+    backbone: nn.Module | None = None
+    preprocessing: Preprocessing | None = None
+    callbacks: list[Callback] | None = None
+    log: Callable[[str], None] = lambda _: None
+
+    def train(self, run: RunConfig, manifest: Manifest, pool: FeaturePool, resume: bool):
+        """`train_from_config` on `manifest`; a run not resumed starts over in its folder."""
+        return train_from_config(
             run,
-            progress=progress,
-            resume=again,
-            overwrite=not again,  # a fold without last.pt starts over (its CV is resumed or new)
-            backbone=copy.deepcopy(backbone) if backbone is not None else None,
-            preprocessing=preprocessing,
-            callbacks=callbacks,
-            manifest=fm,
+            progress=self.progress,
+            resume=resume,
+            overwrite=not resume,
+            backbone=copy.deepcopy(self.backbone) if self.backbone is not None else None,
+            preprocessing=self.preprocessing,
+            callbacks=self.callbacks,
+            manifest=manifest,
             feature_pool=pool,
         )
-        ckpt = load_checkpoint(result.best_checkpoint)
-        held_out = ManifestDataset(fm, "val", build_transform(ckpt.preprocessing))
-        logits, source = heldout_logits(
-            ckpt, held_out, pool, config.train, tta=tta, backbone=backbone
-        )
-        rows = np.flatnonzero(fold == k)
-        with atomic_write(run.out / "oof.npz") as fh:
-            np.savez(fh, rows=rows, logits=logits, labels=np.asarray(held_out.targets))
-        done[k] = {
-            "fold": k,
-            "best_epoch": result.history.best_epoch,
-            "checkpoint": f"fold{k}/best.pt",
-            "sha256": file_sha256(result.best_checkpoint),
-            "oof": f"fold{k}/oof.npz",
-            "seconds": time.perf_counter() - t0,
-            "n_train": int((fold != k).sum()),
-            "n_heldout": len(rows),
-            "oof_source": source,
-        }
-        state["completed"] = [done[i] for i in sorted(done)]
-        _save_state(cv_dir, state)
-        log(f"fold {k + 1}/{folds}: best epoch {result.history.best_epoch}; held-out {source}")
 
-    logits, labels = _gather_oof(cv_dir, done, len(records))
-    pre = load_checkpoint(cv_dir / done[0]["checkpoint"]).preprocessing
-    # The evaluator's model is never run: every split below is given as precomputed logits.
-    ev = Evaluator(
-        nn.Identity(), classes=manifest.classes, preprocessing=pre, device="cpu", tta=tta
-    )
-    oof = Outputs(OOF_SPLIT, logits, labels)
-    if calibrate:
-        ev.calibrate(oof, OOF_SPLIT)
-    if target_sensitivity is not None or threshold is not None:
-        ev.choose_threshold(
-            oof, OOF_SPLIT, target_sensitivity=target_sensitivity, threshold=threshold
-        )
-    oof_report = ev.evaluate(oof, OOF_SPLIT, n_bootstrap=n_bootstrap, seed=config.train.seed)
-    per_fold = []
-    for k in range(folds):
-        sel = fold == k
-        r = ev.evaluate(Outputs(f"fold {k}", logits[sel], labels[sel]), n_bootstrap=0)
-        per_fold.append(r.model_dump())
-    mean, std = summarise_folds(per_fold)
 
-    oof_csv = cv_dir / "oof.csv"
-    _write_oof_csv(oof_csv, records, fold, ev, logits, manifest.classes)
-    members = [cv_dir / done[k]["checkpoint"] for k in range(folds)]
-    for k in range(folds):
-        _check_fold_file(cv_dir, done[k])
-    summary = oof_report.model_dump(
-        exclude={"per_class", "plots", "calibration", "threshold_choice"}
+def train_folds(plan: CVPlan, training: FoldTraining) -> list[dict[str, Any]]:
+    """Train every fold not finished yet (each entry saved as it ends); all folds' entries, in order."""
+    n = plan.folds
+    for k in range(n):
+        action = plan.fold_action(k)
+        if action == "done":
+            entry = plan.completed()[k]
+            _check_fold_file(plan.cv_dir, entry)
+            training.log(f"fold {k + 1}/{n}: done earlier (best epoch {entry['best_epoch']}), kept")
+            continue
+        n_train, n_out = int((plan.fold != k).sum()), int((plan.fold == k).sum())
+        training.log(
+            f"fold {k + 1}/{n}: training on {n_train} images, holding out {n_out}"
+            + (" (resuming from its last.pt)" if action == "resume" else "")
+        )
+        entry = _train_fold(plan, k, training, resume=action == "resume")
+        plan.finish_fold(entry)
+        training.log(
+            f"fold {k + 1}/{n}: best epoch {entry['best_epoch']}; held-out {entry['oof_source']}"
+        )
+    completed = plan.completed()
+    return [completed[k] for k in range(n)]
+
+
+def _train_fold(plan: CVPlan, k: int, training: FoldTraining, *, resume: bool) -> dict[str, Any]:
+    """Train fold k, save its held-out logits (`oof.npz`); its entry for the state file."""
+    t0 = time.perf_counter()
+    fm = fold_manifest(plan.manifest, plan.records, plan.fold, k)
+    run = plan.fold_run(k)
+    result = training.train(run, fm, plan.pool, resume)
+    ckpt = load_checkpoint(result.best_checkpoint)
+    held_out = ManifestDataset(fm, "val", build_transform(ckpt.preprocessing))
+    logits, source = heldout_logits(
+        ckpt, held_out, plan.pool, plan.config.train, tta=plan.tta, backbone=training.backbone
     )
-    cv_info = {
-        "folds": folds,
-        "seed": config.train.seed,
-        "best_epochs": [done[k]["best_epoch"] for k in range(folds)],
-        "n_images": len(records),
+    rows = np.flatnonzero(plan.fold == k)
+    with atomic_write(run.out / "oof.npz") as fh:
+        np.savez(fh, rows=rows, logits=logits, labels=np.asarray(held_out.targets))
+    return {
+        "fold": k,
+        "best_epoch": result.history.best_epoch,
+        "checkpoint": f"fold{k}/best.pt",
+        "sha256": file_sha256(result.best_checkpoint),
+        "oof": f"fold{k}/oof.npz",
+        "seconds": time.perf_counter() - t0,
+        "n_train": int((plan.fold != k).sum()),
+        "n_heldout": len(rows),
+        "oof_source": source,
     }
-    ensemble = create_ensemble(
-        members,
-        cv_dir / "ensemble.pt",
-        temperatures=[ev.temperature] * folds,
+
+
+# -- ensemble, refit, report ----------------------------------------------------------------------
+def build_ensemble(
+    plan: CVPlan,
+    completed: list[dict[str, Any]],
+    point: OperatingPoint,
+    measured: OOFMeasured,
+    backbone: nn.Module | None = None,
+) -> Checkpoint:
+    """The fold models as one checkpoint (ensemble.pt), every member at the out-of-fold temperature."""
+    for entry in completed:
+        _check_fold_file(plan.cv_dir, entry)
+    choice = point.threshold_choice
+    return create_ensemble(
+        [plan.cv_dir / e["checkpoint"] for e in completed],
+        plan.cv_dir / "ensemble.pt",
+        temperatures=[point.temperature] * len(completed),
         backbone=backbone,
-        threshold=ev.threshold if ev.binary else None,
-        threshold_info=_choice_for_ensemble(ev),
-        calibration=ev.calibration.model_dump() if ev.calibration else None,
-        metrics={OOF_SPLIT: summary},
-        train_config=config.model_dump(mode="json"),
-        ensemble={"cv": cv_info},
+        threshold=point.threshold if len(plan.classes) == 2 else None,
+        # The OOF threshold choice, restated for the ensemble's (already calibrated) output: T = 1.
+        threshold_info=choice.model_copy(update={"temperature": 1.0}).model_dump()
+        if choice
+        else None,
+        calibration=point.calibration.model_dump() if point.calibration else None,
+        metrics={OOF_SPLIT: report_summary(measured.report)},
+        train_config=plan.config.model_dump(mode="json"),
+        ensemble={"cv": _cv_info(plan, completed)},
     )
-    refit_path, refit_epochs = None, None
-    if refit:
-        refit_epochs = max(1, round(statistics.median(e or 1 for e in cv_info["best_epochs"])))
-        log(f"refit: training on all {len(records)} non-test images for {refit_epochs} epochs")
-        refit_path = _refit(
-            config, cv_dir, manifest, records, fold, pool, refit_epochs, state, ev, backbone,
-            preprocessing, callbacks, progress,
-        )  # fmt: skip
+
+
+@dataclass
+class Refit:
+    """The model refitted on every non-test image, and for how many epochs."""
+
+    path: Path
+    epochs: int
+
+
+def refit_model(
+    plan: CVPlan, completed: list[dict[str, Any]], point: OperatingPoint, training: FoldTraining
+) -> Refit:
+    """One model on all non-test images for the folds' median best epoch (refit.pt), at `point`."""
+    epochs = max(1, round(statistics.median(e["best_epoch"] or 1 for e in completed)))
+    training.log(f"refit: training on all {len(plan.records)} non-test images for {epochs} epochs")
+    t = plan.config.train
+    head = min(epochs, t.epochs)
+    train = t.model_copy(
+        update={"epochs": head, "finetune_epochs": max(0, epochs - t.epochs), "patience": None}
+    )
+    run = plan.config.model_copy(update={"out": plan.cv_dir / "refit", "train": train})
+    again = (run.out / "last.pt").is_file() and plan.state.get("refit_started")
+    plan.state["refit_started"] = True
+    plan.save_state()
+    everything = fold_manifest(plan.manifest, plan.records, plan.fold, None)
+    training.train(run, everything, plan.pool, bool(again))
+    # The last epoch's weights (no validation data: "best" would be the lowest training loss).
+    data = dict(load_checkpoint(run.out / "last.pt").data)
+    data.pop("training_state", None)
+    choice = point.threshold_choice
+    extra = {
+        "threshold": point.threshold if len(plan.classes) == 2 else None,
+        "threshold_info": choice.model_dump() if choice else None,
+        "temperature": point.temperature,
+        "calibration": point.calibration.model_dump() if point.calibration else None,
+        "refit": {"epochs": epochs, "n_images": len(plan.records), "from_cv": str(plan.cv_dir)},
+    }
+    data.update(json.loads(json.dumps(extra)))
+    atomic_save(data, plan.cv_dir / "refit.pt")
+    return Refit(plan.cv_dir / "refit.pt", epochs)
+
+
+def write_report(
+    plan: CVPlan,
+    completed: list[dict[str, Any]],
+    measured: OOFMeasured,
+    point: OperatingPoint,
+    ensemble: Checkpoint,
+    refit: Refit | None,
+    start: float,
+) -> CVResult:
+    """cv_report.json (and the state marked finished); `start` is when the CV began (perf_counter)."""
+    info = _cv_info(plan, completed)
     report = CVReport(
-        folds=folds,
-        seed=config.train.seed,
-        n_images=len(records),
-        n_groups=len({record_group(r) for r in records}),
-        grouping=_grouping(records),
+        folds=plan.folds,
+        seed=info["seed"],
+        n_images=info["n_images"],
+        n_groups=len({record_group(r) for r in plan.records}),
+        grouping=_grouping(plan.records),
         fold_results=[
-            FoldResult(metrics={m: per_fold[k].get(m) for m in mean}, **_fold_fields(done[k]))
-            for k in range(folds)
+            FoldResult(metrics={m: fold.get(m) for m in measured.mean}, **_fold_fields(entry))
+            for entry, fold in zip(completed, measured.per_fold)
         ],
-        mean=mean,
-        std=std,
-        oof=oof_report,
-        member_temperature=ev.temperature,
+        mean=measured.mean,
+        std=measured.std,
+        oof=measured.report,
+        member_temperature=point.temperature,
         ensemble=str(ensemble.path),
-        refit=str(refit_path) if refit_path else None,
-        refit_epochs=refit_epochs,
-        oof_csv=str(oof_csv),
+        refit=str(refit.path) if refit else None,
+        refit_epochs=refit.epochs if refit else None,
+        oof_csv=str(plan.cv_dir / "oof.csv"),
         wall_seconds=time.perf_counter() - start,
     )
-    with atomic_write(cv_dir / "cv_report.json", "w") as fh:
+    with atomic_write(plan.cv_dir / "cv_report.json", "w") as fh:
         fh.write(report.model_dump_json(indent=2) + "\n")
-    state["finished"] = True
-    _save_state(cv_dir, state)
-    return CVResult(cv_dir, report, ensemble.path, oof_csv, refit_path)
+    plan.state["finished"] = True
+    plan.save_state()
+    path = refit.path if refit else None
+    return CVResult(plan.cv_dir, report, ensemble.path, plan.cv_dir / "oof.csv", path)
 
 
+def _cv_info(plan: CVPlan, completed: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "folds": plan.folds,
+        "seed": plan.config.train.seed,
+        "best_epochs": [e["best_epoch"] for e in completed],
+        "n_images": len(plan.records),
+    }
+
+
+# -- files ----------------------------------------------------------------------------------------
 def _open_state(cv_dir: Path, signature: dict[str, Any], resume: bool) -> dict[str, Any]:
     """The CV's state: a new one, or (with `resume`) the saved one after checking it is this CV."""
     path = cv_dir / CV_STATE
@@ -310,32 +460,6 @@ def _check_fold_file(cv_dir: Path, entry: dict[str, Any]) -> None:
         )
 
 
-def _gather_oof(
-    cv_dir: Path, done: dict[int, dict[str, Any]], n: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Every fold's held-out logits put back in pool order: each image exactly once."""
-    logits: np.ndarray | None = None
-    labels = np.full(n, -1, dtype=np.int64)
-    seen = np.zeros(n, dtype=np.int64)
-    for k in sorted(done):
-        with np.load(cv_dir / done[k]["oof"]) as z:
-            rows, lg, lb = z["rows"], z["logits"], z["labels"]
-        if logits is None:
-            logits = np.zeros((n, *lg.shape[1:]), dtype=np.float32)
-        logits[rows], labels[rows] = lg, lb
-        seen[rows] += 1
-    if logits is None or not (seen == 1).all():
-        raise ConfigError(f"{cv_dir}: out-of-fold predictions do not cover every image once")
-    return logits, labels
-
-
-def _choice_for_ensemble(ev: Evaluator) -> dict[str, Any] | None:
-    """The OOF threshold choice, restated for the ensemble's output (already calibrated: T = 1)."""
-    if ev.threshold_choice is None:
-        return None
-    return ev.threshold_choice.model_copy(update={"temperature": 1.0}).model_dump()
-
-
 def _fold_fields(entry: dict[str, Any]) -> dict[str, Any]:
     keys = ("fold", "n_train", "n_heldout", "best_epoch", "checkpoint", "sha256", "seconds")
     return {k: entry[k] for k in keys}
@@ -355,61 +479,3 @@ def _write_folds_csv(path: Path, records, fold: np.ndarray) -> None:
         writer.writerow([r.path, r.label, record_group(r), int(k)])
     with atomic_write(path, "w", newline="") as fh:
         fh.write(buf.getvalue())
-
-
-def _write_oof_csv(path: Path, records, fold, ev: Evaluator, logits, classes) -> None:
-    """One row per non-test image: its fold, calibrated probabilities and the decision at the threshold."""
-    from ..inference.decision import predict_labels
-
-    probs = softmax(logits, ev.temperature)
-    pred = predict_labels(probs, ev.threshold if ev.binary else None, positive_index(classes))
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["path", "label", "group", "fold", *(f"p_{c}" for c in classes), "predicted"])
-    for r, k, p, y in zip(records, fold, probs, pred):
-        writer.writerow(
-            [r.path, r.label, record_group(r), int(k), *(f"{v:.6f}" for v in p), classes[y]]
-        )
-    with atomic_write(path, "w", newline="") as fh:
-        fh.write(buf.getvalue())
-
-
-def _refit(
-    config, cv_dir, manifest, records, fold, pool, epochs, state, ev, backbone, preprocessing,
-    callbacks, progress,
-) -> Path:  # fmt: skip
-    """One model on all non-test images for `epochs` (head + fine-tuning as the recipe splits them)."""
-    t = config.train
-    head = min(epochs, t.epochs)
-    train = t.model_copy(
-        update={"epochs": head, "finetune_epochs": max(0, epochs - t.epochs), "patience": None}
-    )
-    run = config.model_copy(update={"out": cv_dir / "refit", "train": train})
-    again = (run.out / "last.pt").is_file() and state.get("refit_started")
-    state["refit_started"] = True
-    _save_state(cv_dir, state)
-    train_from_config(
-        run,
-        progress=progress,
-        resume=bool(again),
-        overwrite=not again,
-        backbone=copy.deepcopy(backbone) if backbone is not None else None,
-        preprocessing=preprocessing,
-        callbacks=callbacks,
-        manifest=fold_manifest(manifest, records, fold, None),
-        feature_pool=pool,
-    )
-    # The last epoch's weights (no validation data: "best" would be the lowest training loss).
-    data = dict(load_checkpoint(run.out / "last.pt").data)
-    data.pop("training_state", None)
-    extra = {
-        "threshold": ev.threshold if ev.binary else None,
-        "threshold_info": ev.threshold_choice.model_dump() if ev.threshold_choice else None,
-        "temperature": ev.temperature,
-        "calibration": ev.calibration.model_dump() if ev.calibration else None,
-        "refit": {"epochs": epochs, "n_images": len(records), "from_cv": str(cv_dir)},
-    }
-    data.update(json.loads(json.dumps(extra)))
-    path = cv_dir / "refit.pt"
-    atomic_save(data, path)
-    return path

@@ -98,7 +98,7 @@ def test_save_is_refused_while_a_training_run_holds_the_folder(ckpt, tiny_data):
 
 def test_a_calibration_that_makes_val_worse_is_discarded_unless_asked(ckpt, tiny_data, monkeypatch):
     # Temperature 0.01 makes an untrained model certain of every answer: far worse NLL and ECE.
-    monkeypatch.setattr("skincls.evaluation.evaluator.fit_temperature", lambda *a: 0.01)
+    monkeypatch.setattr("skincls.evaluation.calibration.fit_temperature", lambda *a: 0.01)
     r = _evaluate(ckpt, tiny_data, "--calibrate", "--save")
     assert r.exit_code == 0, r.output
     [line] = [ln for ln in r.output.splitlines() if ln.startswith("calibration made val")]

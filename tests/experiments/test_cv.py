@@ -182,6 +182,12 @@ def test_every_non_test_image_gets_one_oof_prediction_from_the_model_that_held_i
     assert res.report.std["accuracy"] == pytest.approx(np.std(accs, ddof=1))
 
 
+def test_oof_report_records_the_precision_the_recipe_ran_in(cv_run):
+    # The recipe runs in fp32; "auto" on a CPU with native bf16 would have said bf16.
+    oof = cv_run.result.report.oof
+    assert oof.precision == "fp32" and "model run in" not in " ".join(oof.metric_lines())
+
+
 def test_frozen_backbone_features_are_extracted_once_for_all_folds_and_the_refit(cv_run):
     n_pool = sum(r.split != "test" for r in load_manifest(cv_run.data).records)
     assert cv_run.extractions == [n_pool]  # one pass over the pooled images, not one per fold
