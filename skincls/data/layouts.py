@@ -261,6 +261,41 @@ def _match(
         for p in paths
         if p.suffix.lower() in IMAGE_SUFFIXES and root in (p.parent, *p.parents) and p != root
     ]
+    m = _match_rows(rows, images, fingerprints, policy, by_path)
+    listed = set(m.chosen) | {PurePosixPath(p) for p, _ in m.skipped}
+    copy_dirs = set(m.copies)
+    for p in images:
+        if p not in listed and str(p.parent) not in copy_dirs:
+            m.skipped.append((str(p), f"not listed in {meta_files[0]}"))
+    if m.conflicts:
+        shown = "; ".join(sorted(set(m.conflicts))[:5])
+        more = len(set(m.conflicts)) - 5
+        raise DataError(
+            f"{meta_files[0]} describes image(s) {shown}{f' (and {more} more)' if more > 0 else ''} "
+            "twice, differently; fix the file"
+        )
+    _check_labels(m.labels, m.chosen, meta_files[0])
+    n_root = len(root.parts)
+    rel = {p: PurePosixPath(*p.parts[n_root:]) for p in m.chosen}
+    return MetadataLayout(
+        root.parts,
+        sorted(rel.values()),
+        ignored_copies=dict(sorted(m.copies.items())),
+        rows={str(rel[p]): r for p, r in m.chosen.items()},
+        labels={str(rel[p]): m.labels[p] for p in m.chosen},
+        skipped=sorted(m.skipped),
+        summary=_summary(m, len(rows) + len(bad_rows), bad_rows, meta_files),
+    )
+
+
+def _match_rows(
+    rows: list[MetaRow],
+    images: list[PurePosixPath],
+    fingerprints: dict,
+    policy: LabelPolicy,
+    by_path: bool,
+) -> _Matches:
+    """Each row's file(s) among `images` (see `_lookup`), taken with a class or skipped with why."""
     by_stem: dict[str, list[PurePosixPath]] = {}
     by_name: dict[str, list[PurePosixPath]] = {}
     for p in images:
@@ -281,24 +316,16 @@ def _match(
             m.add(row, sorted(found, key=lambda p: (len(p.parts), str(p))), fingerprints, policy)
         else:
             m.missing.append(row.image)
-    listed = set(m.chosen) | {PurePosixPath(p) for p, _ in m.skipped}
-    copy_dirs = set(m.copies)
-    for p in images:
-        if p not in listed and str(p.parent) not in copy_dirs:
-            m.skipped.append((str(p), f"not listed in {meta_files[0]}"))
-    if m.conflicts:
-        shown = "; ".join(sorted(set(m.conflicts))[:5])
-        more = len(set(m.conflicts)) - 5
-        raise DataError(
-            f"{meta_files[0]} describes image(s) {shown}{f' (and {more} more)' if more > 0 else ''} "
-            "twice, differently; fix the file"
-        )
-    _check_labels(m.labels, m.chosen, meta_files[0])
-    n_root = len(root.parts)
-    rel = {p: PurePosixPath(*p.parts[n_root:]) for p in m.chosen}
-    summary = {
+    return m
+
+
+def _summary(
+    m: _Matches, n_rows: int, bad_rows: list[tuple[str, str]], meta_files: list[str]
+) -> dict:
+    """What the metadata held and how its rows matched (`MetadataSummary`, less the layout)."""
+    return {
         "metadata_files": meta_files,
-        "rows": len(rows) + len(bad_rows),
+        "rows": n_rows,
         "rows_used": len(m.chosen),
         "rows_repeating_an_image": m.repeats,
         "rows_without_image": len(m.missing),
@@ -308,15 +335,6 @@ def _match(
         "classes": dict(sorted(Counter(m.labels.values()).items())),
         **_lesion_conflicts(m.chosen, m.labels),
     }
-    return MetadataLayout(
-        root.parts,
-        sorted(rel.values()),
-        ignored_copies=dict(sorted(m.copies.items())),
-        rows={str(rel[p]): r for p, r in m.chosen.items()},
-        labels={str(rel[p]): m.labels[p] for p in m.chosen},
-        skipped=sorted(m.skipped),
-        summary=summary,
-    )
 
 
 def _lookup(image: str, by_stem, by_name, by_path: bool) -> list[PurePosixPath]:

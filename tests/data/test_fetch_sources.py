@@ -18,8 +18,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from skincls.cli import main
-from skincls.data import fetch as fetch_module
 from skincls.data.fetch import fetch
+from skincls.data.fetch import verify as verify_stage
+from skincls.data.fetch import write as write_stage
 from skincls.errors import DataError
 from tests.data.test_fetch import FakeKaggle, _lesion, _tree, _zip_tree
 
@@ -223,7 +224,7 @@ def test_fetch_interrupted_after_replacing_the_images_is_never_up_to_date(tmp_pa
     for old, new in zip(sorted(b.rglob("*.jpg")), sorted(a.rglob("*.jpg"))):
         old.rename(b / new.relative_to(a))
     fetch(tmp_path / "d", source_dir=a)
-    real, calls = fetch_module.inspect_image, []
+    real, calls = verify_stage.inspect_image, []
 
     def interrupted(path):  # Ctrl-C (or a kill) while B's images are being checked
         calls.append(path)
@@ -231,10 +232,10 @@ def test_fetch_interrupted_after_replacing_the_images_is_never_up_to_date(tmp_pa
             raise KeyboardInterrupt
         return real(path)
 
-    monkeypatch.setattr(fetch_module, "inspect_image", interrupted)
+    monkeypatch.setattr(verify_stage, "inspect_image", interrupted)
     with pytest.raises(KeyboardInterrupt):
         fetch(tmp_path / "d", source_dir=b)
-    monkeypatch.setattr(fetch_module, "inspect_image", real)
+    monkeypatch.setattr(verify_stage, "inspect_image", real)
     # images/ now holds B's files under A's names: fetching A again must rebuild, not trust them.
     report = fetch(tmp_path / "d", source_dir=a)
     assert report.changed
@@ -245,18 +246,18 @@ def test_fetch_interrupted_after_replacing_the_images_is_never_up_to_date(tmp_pa
 
 def test_os_error_writing_the_manifest_is_fatal_and_not_up_to_date(tmp_path, monkeypatch):
     src = _flat(tmp_path / "src")
-    real = fetch_module.write_manifest
+    real = write_stage.write_manifest
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "d" / "manifest.csv"))
 
-    monkeypatch.setattr(fetch_module, "write_manifest", full)
+    monkeypatch.setattr(write_stage, "write_manifest", full)
     with pytest.raises(DataError) as err:
         fetch(tmp_path / "d", source_dir=src)
     assert "No space left on device (ENOSPC)" in str(err.value) and "free disk space" in str(
         err.value
     )
-    monkeypatch.setattr(fetch_module, "write_manifest", real)
+    monkeypatch.setattr(write_stage, "write_manifest", real)
     assert fetch(tmp_path / "d", source_dir=src).changed
 
 

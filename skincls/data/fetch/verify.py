@@ -1,0 +1,55 @@
+"""Verify: decode every staged image and hash it; what does not decode is skipped with its reason.
+
+What the layout left out (hidden files, files outside it, damaged archive members, metadata rows
+without a class) is listed with the images that failed here, so nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from ...errors import DataError
+from ..ingest import inspect_image
+from ..layouts import layout_skipped
+from ..sources import row_of
+from .records import ProgressCallback, StagedFiles, VerifiedImage, VerifiedImages
+
+__all__ = ["verify_images"]
+
+
+def verify_images(
+    staged: StagedFiles, on_progress: ProgressCallback | None = None
+) -> VerifiedImages:
+    """Inspect each file the layout chose (damaged ones aside) and keep the images that decode.
+
+    Raises:
+        DataError: no image is usable, or only one class has usable images.
+        OSError: a staged file cannot be read (fetch wrote it itself: that is fatal).
+    """
+    layout = staged.layout
+    # Damaged archive members and unreadable files were never written: skipped with their reason.
+    candidates = [c for c in layout.candidates() if c.rel not in layout.damaged]
+    skipped = layout_skipped(layout)
+    n_files = len(layout.files) + len(skipped)
+    skipped += sorted(layout.damaged.items())
+    kept = []
+    for n, c in enumerate(candidates, 1):
+        result = inspect_image(staged.images / c.rel)
+        if result.reason:
+            skipped.append((c.rel, result.reason))
+        else:
+            row = row_of(layout, c.rel)
+            kept.append(VerifiedImage(c.rel, c.label, c.split, result.sha256, result.hashes, row))
+        if on_progress:
+            on_progress("verify", n, len(candidates))
+    if not kept:
+        raise DataError(
+            f"no readable images found under {staged.images} (expected split/class/*.jpg)"
+        )
+    classes = sorted({im.label for im in kept})
+    if len(classes) < 2:
+        lost = sorted({c.label for c in layout.candidates()} - set(classes))
+        raise DataError(
+            f"only one class ({classes[0]}) has usable images"
+            + (f"; every image of {', '.join(lost)} was skipped" if lost else "")
+            + ": a classifier needs at least two classes, e.g. benign/ and malignant/"
+        )
+    return VerifiedImages(kept, classes, skipped, n_files, layout)

@@ -1,0 +1,52 @@
+"""Write: the data dir's record of the fetch, `manifest.csv`, `skipped.csv` and `dataset.json` (last).
+
+`dataset.json` holds the fingerprint that makes the next identical fetch a no-op, so it is written
+only once everything else is in place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..freshness import FORMAT_VERSION
+from ..info import DatasetInfo, DatasetSource
+from ..splits import Manifest, write_manifest
+from .records import Curated, FetchPlan, VerifiedImages
+
+__all__ = ["dataset_info", "write_dataset"]
+
+
+def write_dataset(
+    data_dir: Path, plan: FetchPlan, verified: VerifiedImages, curated: Curated
+) -> Manifest:
+    """Write `manifest.csv` (curated records), `skipped.csv` and `dataset.json` into `data_dir`;
+    return the manifest as written."""
+    return write_manifest(data_dir, curated.records, dataset_info(plan, verified, curated))
+
+
+def dataset_info(plan: FetchPlan, verified: VerifiedImages, curated: Curated) -> DatasetInfo:
+    """`dataset.json`'s content: where the images came from, how they were read and curated."""
+    layout = verified.layout
+    return DatasetInfo(
+        classes=verified.classes,
+        format=FORMAT_VERSION,
+        fingerprint=plan.fingerprint,
+        source=DatasetSource(
+            **plan.source,
+            layout_root="/".join(layout.prefix) or ".",
+            ignored_copies=layout.ignored_copies,
+        ),
+        **{k: v for k, v in plan.settings.items() if k != "labels"},
+        class_order="sorted class names; label id = position in classes",
+        dataset=plan.reading.describe(layout),
+        # What the classes are (the settings hold the policy asked for).
+        labels=plan.reading.labels_info(layout),
+        metadata=getattr(layout, "summary", None),
+        n_files=verified.n_files,
+        n_kept=len(verified.images),
+        skipped=verified.skipped,
+        duplicates=curated.duplicates,
+        groups=curated.groups,
+        provenance=curated.provenance,
+        moved=curated.moved,
+    )
