@@ -1,31 +1,64 @@
 """skincls: benign-vs-malignant skin-lesion classification by transfer learning, reproducible and leak-free.
 
 Research software, not a medical device.
+
+`import skincls` is fast and changes nothing: each public name below is imported from its module the
+first time it is used (PEP 562), so torch, scikit-learn and matplotlib load only when needed.
 """
 
-import os
+from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_getattr
 from ._version import __version__
 
-# Large CPU tensors (e.g. a VGG head's 400 MB gradient, allocated every step) on transparent huge
-# pages: far fewer page faults. PyTorch reads this once, so it only helps when set before torch loads.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+if TYPE_CHECKING:  # what type checkers and editors see; at run time `__getattr__` imports on demand
+    from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config
+    from .data.fetch import fetch
+    from .data.splits import Manifest, load_manifest
+    from .errors import SkinclsError
+    from .evaluation.evaluator import EvalReport, Evaluator
+    from .evaluation.run import evaluate_checkpoint
+    from .experiments.cv import CVResult, cross_validate
+    from .experiments.ensemble import create_ensemble
+    from .inference.predict import Prediction, Predictor
+    from .models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from .models.classifier import (
+        SkinClassifier,
+        create_model,
+        list_models,
+        register_model,
+        set_freeze,
+    )
+    from .models.ensemble import EnsembleClassifier
+    from .preprocessing import Preprocessing
+    from .training.run import train_from_config
+    from .training.trainer import History, Trainer
 
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config
-from .data.fetch import fetch
-from .data.splits import Manifest, load_manifest
-from .errors import SkinclsError
-from .evaluation.evaluator import EvalReport, Evaluator
-from .evaluation.run import evaluate_checkpoint
-from .experiments.cv import CVResult, cross_validate
-from .experiments.ensemble import create_ensemble
-from .inference.predict import Prediction, Predictor
-from .models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .models.classifier import SkinClassifier, create_model, list_models, register_model, set_freeze
-from .models.ensemble import EnsembleClassifier
-from .preprocessing import Preprocessing
-from .training.run import train_from_config
-from .training.trainer import History, Trainer
+# Public name → the module that defines it.
+_LAZY = {
+    **dict.fromkeys(
+        ("DataConfig", "ModelConfig", "RunConfig", "TrainConfig", "load_config"), ".config"
+    ),
+    "fetch": ".data.fetch",
+    **dict.fromkeys(("Manifest", "load_manifest"), ".data.splits"),
+    "SkinclsError": ".errors",
+    **dict.fromkeys(("EvalReport", "Evaluator"), ".evaluation.evaluator"),
+    "evaluate_checkpoint": ".evaluation.run",
+    **dict.fromkeys(("CVResult", "cross_validate"), ".experiments.cv"),
+    "create_ensemble": ".experiments.ensemble",
+    **dict.fromkeys(("Prediction", "Predictor"), ".inference.predict"),
+    **dict.fromkeys(("Checkpoint", "load_checkpoint", "save_checkpoint"), ".models.checkpoint"),
+    **dict.fromkeys(
+        ("SkinClassifier", "create_model", "list_models", "register_model", "set_freeze"),
+        ".models.classifier",
+    ),
+    "EnsembleClassifier": ".models.ensemble",
+    "Preprocessing": ".preprocessing",
+    "train_from_config": ".training.run",
+    **dict.fromkeys(("History", "Trainer"), ".training.trainer"),
+}
 
 __all__ = [
     "CVResult",
@@ -60,3 +93,10 @@ __all__ = [
     "set_freeze",
     "train_from_config",
 ]
+
+
+__getattr__ = lazy_getattr(__name__, _LAZY)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

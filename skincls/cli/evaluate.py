@@ -10,8 +10,11 @@ import click
 from rich.table import Table
 
 from ..data.cells import printable, safe_path, safe_text
-from ..inference.export import FORMATS
 from ._common import console, err_console, friendly_errors, precision_option, progress_bar
+
+# skincls.inference.export's FORMATS, written out: importing it loads torch, which `--help` must not
+# wait for (tests/cli/test_lazy_imports.py checks that the two agree).
+EXPORT_FORMATS = ("onnx", "torchscript")
 
 
 @click.command()
@@ -323,7 +326,7 @@ def _write_predictions_csv(preds, path: Path) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(FORMATS),
+    type=click.Choice(EXPORT_FORMATS),
     default="onnx",
     show_default=True,
     help="ONNX (checked with ONNX Runtime) or TorchScript (checked with torch.jit.load).",

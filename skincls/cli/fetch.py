@@ -5,16 +5,25 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
-from ..data.dedup import DEFAULT_NEAR_DUP_DISTANCE
 from ..data.download import DEFAULT_DATASET, default_cache_dir
-from ..data.info import DATASET_JSON, DatasetInfo
-from ..data.splits import MANIFEST_NAME, SKIPPED_NAME
 from ._common import console, friendly_errors
+
+if TYPE_CHECKING:
+    from ..data.info import DatasetInfo
+
+# Constants of skincls.data.dedup, .info and .splits, written out: those modules load numpy,
+# scikit-learn and pydantic, which `--help` must not wait for (tests/cli/test_lazy_imports.py checks
+# that they agree).
+DEFAULT_NEAR_DUP_DISTANCE = 2
+DATASET_JSON = "dataset.json"
+MANIFEST_NAME = "manifest.csv"
+SKIPPED_NAME = "skipped.csv"
 
 
 def _default_cache_dir_shown() -> str:

@@ -13,6 +13,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
@@ -60,21 +61,33 @@ class Body:
     head_prefix: nn.Linear | None = None
 
 
+Acc1 = float | Callable[[], float | None] | None
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registered architecture: `build(weights)` → `Body`, weights being "imagenet", "none" or a file."""
+    """A registered architecture: `build(weights)` → `Body`, weights being "imagenet", "none" or a file.
+
+    `acc1` is the ImageNet top-1 accuracy, or a function returning it when asked (`imagenet_acc1`).
+    """
 
     name: str
     build: Callable[[str], Body]
     description: str = ""
-    imagenet_acc1: float | None = None
+    acc1: Acc1 = None
+
+    @property
+    def imagenet_acc1(self) -> float | None:
+        return self.acc1() if callable(self.acc1) else self.acc1
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, *, description: str = "", imagenet_acc1: float | None = None):
+def register_model(name: str, *, description: str = "", imagenet_acc1: Acc1 = None):
     """Decorator registering a body builder `fn(weights: str) -> Body` under `name`.
+
+    `imagenet_acc1` may be a function, called only when the accuracy is shown (`skincls models`).
 
     Raises:
         ModelError: `name` is already registered (or is the reserved "custom").
@@ -332,17 +345,19 @@ def _some(keys: Sequence[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def _register_torchvision() -> None:
-    from functools import partial
-
+def _torchvision_acc1(arch: str) -> float | None:
     from torchvision.models import get_model_weights
 
+    meta = get_model_weights(arch).DEFAULT.meta
+    return meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
+
+
+def _register_torchvision() -> None:
+    # Names only: torchvision and its weights' metadata load when a model is built or described.
     for arch, family in _FAMILIES.items():
-        meta = get_model_weights(arch).DEFAULT.meta
-        acc = meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
-        register_model(arch, description=f"torchvision {arch}", imagenet_acc1=acc)(
-            partial(_build_torchvision, arch, family)
-        )
+        register_model(
+            arch, description=f"torchvision {arch}", imagenet_acc1=partial(_torchvision_acc1, arch)
+        )(partial(_build_torchvision, arch, family))
 
 
 _register_torchvision()
