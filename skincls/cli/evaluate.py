@@ -15,6 +15,8 @@ from ._common import console, err_console, friendly_errors, precision_option, pr
 # skincls.inference.export's FORMATS, written out: importing it loads torch, which `--help` must not
 # wait for (tests/cli/test_lazy_imports.py checks that the two agree).
 EXPORT_FORMATS = ("onnx", "torchscript")
+# skincls.evaluation.challenge's CHALLENGES, written out for the same reason (checked in its tests).
+CHALLENGES = ("isic2018", "isic2019", "isic2020", "isic2024")
 
 
 @click.command()
@@ -85,6 +87,13 @@ EXPORT_FORMATS = ("onnx", "torchscript")
     show_default=True,
     help="Worker processes decoding images while the model runs.",
 )
+@click.option(
+    "--challenge",
+    type=click.Choice(CHALLENGES),
+    default=None,
+    help="Also report what this ISIC challenge ranked by (2018/2019: balanced multiclass accuracy; "
+    "2020: ROC-AUC; 2024: partial AUC above 80% sensitivity), and sensitivity at 90/95% specificity.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
@@ -110,6 +119,7 @@ def evaluate(
     device,
     precision,
     num_workers,
+    challenge,
     as_json,
     model_card,
     quiet,
@@ -148,6 +158,7 @@ def evaluate(
             keep_worse_calibration=keep_worse_calibration,
             n_bootstrap=bootstrap,
             seed=seed,
+            challenge=challenge,
             precision=precision,
             num_workers=num_workers,
             progress=progress,

@@ -26,6 +26,7 @@ from ..models.checkpoint import Checkpoint, load_checkpoint
 from ..preprocessing import Preprocessing
 from ..runtime import plan_precision, resolve_device
 from .calibration import fit_calibration
+from .challenge import challenge_metrics
 from .measure import OperatingPoint, measure
 from .outputs import Outputs, collect_outputs
 from .report import (
@@ -240,6 +241,7 @@ class Evaluator:
         n_bootstrap: int = 1000,
         seed: int = 0,
         plots_dir: str | Path | None = None,
+        challenge: str | None = None,
     ) -> EvalReport:
         """All metrics of `split` at the current threshold and temperature.
 
@@ -249,6 +251,7 @@ class Evaluator:
             n_bootstrap: Bootstrap resamples for the 95% confidence intervals (0: none).
             seed: Bootstrap seed; the same seed gives the same intervals.
             plots_dir: If given, write ROC, PR, confusion and reliability PNGs there.
+            challenge: Also compute this ISIC challenge's ranking metric (`challenge.CHALLENGES`).
         """
         out = self.outputs(data, split)
         result = measure(
@@ -261,6 +264,11 @@ class Evaluator:
             n_bootstrap=n_bootstrap,
             seed=seed,
         )
+        if challenge is not None:
+            probs = out.probs(self.temperature)
+            result.challenge = challenge_metrics(
+                challenge, out.labels, probs, self.classes, self.positive
+            )
         if plots_dir is not None:
             from .plots import plot_report  # matplotlib: only when plots are asked for
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, computed_field
 
 from ..data.provenance import Overlap
+from .challenge import ChallengeResult
 
 __all__ = [
     "ECE_BINS",
@@ -169,6 +170,7 @@ class EvalReport(BaseModel):
     threshold_choice: ThresholdChoice | None = None
     training_overlap: TrainingOverlap | None = None  # None: the checkpoint has no training record
     plots: list[str] = []
+    challenge: ChallengeResult | None = None  # a challenge's own ranking metric (`challenge=`)
 
     def lines(self) -> list[str]:
         """Loss and accuracy lines in the original script's format ("Test Accuracy of Benign: ...")."""
@@ -212,6 +214,8 @@ class EvalReport(BaseModel):
                 f" (uncalibrated {self.ece_uncalibrated:.3f})" if self.temperature != 1.0 else ""
             )
             out.append(f"{name} ECE ({self.ece_bins} bins): {self.ece:.3f}{before}")
+        if self.challenge is not None:
+            out.append(self.challenge.line(self.split))
         if self.ci:
             out.append(
                 f"CIs: percentile bootstrap, {self.bootstrap_resamples} resamples, "

@@ -30,6 +30,7 @@ def evaluate_checkpoint(
     keep_worse_calibration: bool = False,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    challenge: str | None = None,
     precision: str = "auto",
     num_workers: int = 0,
     progress: Callable[[int, int, str], None] | None = None,
@@ -40,6 +41,7 @@ def evaluate_checkpoint(
     shows; a temperature that makes val NLL or ECE worse is discarded unless
     `keep_worse_calibration`. Only with `save` is the checkpoint file changed: what was fitted or
     set and this report's summary are stored (refused if the file changed since it was read).
+    `challenge` adds that ISIC challenge's own ranking metric (`skincls.evaluation.challenge`).
     """
     if save and isinstance(checkpoint, (str, Path)):
         checkpoint = load_checkpoint(checkpoint, for_update=True)
@@ -58,7 +60,14 @@ def evaluate_checkpoint(
         ev.choose_threshold(
             data_dir, "val", target_sensitivity=target_sensitivity, threshold=threshold
         )
-    report = ev.evaluate(data_dir, split, n_bootstrap=n_bootstrap, seed=seed, plots_dir=plots_dir)
+    report = ev.evaluate(
+        data_dir,
+        split,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        plots_dir=plots_dir,
+        challenge=challenge,
+    )
     if save:
         ev.save_to_checkpoint(report)
     return report
