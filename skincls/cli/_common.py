@@ -60,6 +60,35 @@ precision_option = click.option(
 )
 
 
+def _columns(ctx, param, value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    cols = [c.strip() for c in value.split(",") if c.strip()]
+    if not cols:
+        raise click.BadParameter("name at least one manifest column, e.g. sex,age_band")
+    return cols
+
+
+def by_options(fn):
+    """`--by COLUMNS` and `--min-group-n N`: subgroup reports (evaluate, cv)."""
+    fn = click.option(
+        "--min-group-n",
+        type=click.IntRange(min=1),
+        default=30,
+        show_default=True,
+        help="Flag groups with fewer images (shown, left out of the largest gap).",
+    )(fn)
+    return click.option(
+        "--by",
+        callback=_columns,
+        default=None,
+        metavar="COLUMNS",
+        help="Report each group of these manifest columns (comma-separated, e.g. "
+        "sex,age_band,site,skin_tone): n, ROC-AUC, sensitivity, specificity at the one threshold, "
+        "with CIs, and the largest gap. age_band is <30/30-49/50-69/>=70 from age.",
+    )(fn)
+
+
 class _EchoHandler(logging.Handler):
     """Library messages (a stale lock taken over, a checkpoint updated...) as one stderr line."""
 

@@ -10,7 +10,14 @@ import click
 from rich.table import Table
 
 from ..data.cells import printable, safe_path, safe_text
-from ._common import console, err_console, friendly_errors, precision_option, progress_bar
+from ._common import (
+    by_options,
+    console,
+    err_console,
+    friendly_errors,
+    precision_option,
+    progress_bar,
+)
 
 # skincls.inference.export's FORMATS, written out: importing it loads torch, which `--help` must not
 # wait for (tests/cli/test_lazy_imports.py checks that the two agree).
@@ -94,6 +101,7 @@ CHALLENGES = ("isic2018", "isic2019", "isic2020", "isic2024")
     help="Also report what this ISIC challenge ranked by (2018/2019: balanced multiclass accuracy; "
     "2020: ROC-AUC; 2024: partial AUC above 80% sensitivity), and sensitivity at 90/95% specificity.",
 )
+@by_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
@@ -120,6 +128,8 @@ def evaluate(
     precision,
     num_workers,
     challenge,
+    by,
+    min_group_n,
     as_json,
     model_card,
     quiet,
@@ -159,6 +169,8 @@ def evaluate(
             n_bootstrap=bootstrap,
             seed=seed,
             challenge=challenge,
+            by=by,
+            min_group_n=min_group_n,
             precision=precision,
             num_workers=num_workers,
             progress=progress,

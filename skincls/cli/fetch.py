@@ -274,6 +274,7 @@ def _print_fetch_details(report) -> None:
         for c in d.label_conflicts:
             console.print(f"  [red]label conflict[/] cluster {c.id}: {', '.join(c.paths)}")
     _print_metadata(info)
+    _print_skin_tones(info)
     _print_provenance(info.provenance)
     if info.moved:
         console.print(f"moved {len(info.moved)} duplicates of held-out images out of train:")
@@ -281,6 +282,14 @@ def _print_fetch_details(report) -> None:
             console.print(f"  {m.path}: {m.from_split} → {m.to} (cluster {m.cluster})")
     console.print(f"manifest: {data_dir / MANIFEST_NAME}\ndetails:  {data_dir / DATASET_JSON}")
     console.print(f"images:   {data_dir / 'images'}")
+
+
+def _print_skin_tones(info: DatasetInfo) -> None:
+    from ..data.skintone import describe_skin_tones
+
+    line = describe_skin_tones(info.skin_tone)
+    if line:
+        console.print(escape(line))
 
 
 def _print_metadata(info: DatasetInfo) -> None:

@@ -202,6 +202,7 @@ class DatasetInfo(_Record):
     groups: GroupsSummary | None = None
     provenance: ProvenanceSummary | None = None
     moved: list[MovedImage] = Field(default_factory=list)
+    skin_tone: dict | None = None  # `skintone.skin_tone_summary`: ITA categories per split
 
     @property
     def dataset_name(self) -> str | None:

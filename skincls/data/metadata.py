@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from ..errors import DataError
 
 __all__ = [
+    "ATTRIBUTE_COLUMNS",
     "BENIGN",
     "DEFAULT_BINARY_MAP",
     "DIAGNOSES",
@@ -30,6 +31,7 @@ __all__ = [
     "parse_isic2020",
     "parse_labels_csv",
     "read_csv_rows",
+    "row_attributes",
 ]
 
 BENIGN, MALIGNANT = "benign", "malignant"
@@ -120,6 +122,8 @@ class MetaRow:
         patient_id: The patient ("" when not recorded).
         malignant: The dataset's own benign/malignant label where it has one (ISIC 2020), else None.
         groups: Further grouping keys (`--labels-csv --group-column`), as `column:value`.
+        attributes: What the file says of the image and patient besides, `(column, value)` under
+            the manifest's names (`ATTRIBUTE_COLUMNS`): sex, age, site, dx_type, fitzpatrick.
     """
 
     image: str
@@ -128,6 +132,7 @@ class MetaRow:
     patient_id: str = ""
     malignant: bool | None = None
     groups: tuple[str, ...] = ()
+    attributes: tuple[tuple[str, str], ...] = ()
 
     def keys(self) -> list[str]:
         """Grouping keys: `patient:…`, `lesion:…` and the extra columns' `column:value`."""
@@ -184,6 +189,31 @@ class LabelPolicy:
         }
 
 
+# Manifest column ← the names datasets give it (HAM10000, ISIC 2019/2020, Fitzpatrick17k, a labels CSV).
+ATTRIBUTE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "sex": ("sex",),
+    "age": ("age", "age_approx"),
+    "site": (
+        "site",
+        "localization",
+        "anatom_site_general",
+        "anatom_site_general_challenge",
+    ),
+    "dx_type": ("dx_type",),
+    "fitzpatrick": ("fitzpatrick", "fitzpatrick_scale", "fitzpatrick_skin_type"),
+}
+
+
+def row_attributes(row: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """A metadata row's `ATTRIBUTE_COLUMNS`, under the manifest's names, where it has a value."""
+    out = []
+    for name, aliases in ATTRIBUTE_COLUMNS.items():
+        value = next((row[a] for a in aliases if row.get(a)), "")
+        if value and value.lower() not in ("unknown", "nan", "na"):
+            out.append((name, value))
+    return tuple(out)
+
+
 def read_csv_rows(
     data: bytes | str, name: str, required: Sequence[str]
 ) -> tuple[list[str], list[dict[str, str]]]:
@@ -221,6 +251,7 @@ def parse_ham10000(data: bytes | str, name: str = "HAM10000_metadata.csv") -> li
             normalise_diagnosis(r["dx"]),
             lesion_id=r["lesion_id"],
             patient_id=r["patient_id"] if has_patient else "",
+            attributes=row_attributes(r),
         )
         for r in rows
         if r["image_id"]
@@ -247,9 +278,11 @@ def parse_isic2019(
     if not columns:
         raise DataError(f"{gt_name} has no diagnosis columns")
     lesions: dict[str, str] = {}
+    attributes: dict[str, tuple[tuple[str, str], ...]] = {}
     if metadata is not None:
         _, meta_rows = read_csv_rows(metadata, meta_name, ("image", "lesion_id"))
         lesions = {r["image"]: r["lesion_id"] for r in meta_rows}
+        attributes = {r["image"]: row_attributes(r) for r in meta_rows}
     out, bad = [], []
     for r in rows:
         try:
@@ -260,7 +293,12 @@ def parse_isic2019(
             bad.append((r["image"], f"{gt_name}: not exactly one diagnosis ({hot or 'none'})"))
             continue
         out.append(
-            MetaRow(r["image"], normalise_diagnosis(hot[0]), lesion_id=lesions.get(r["image"], ""))
+            MetaRow(
+                r["image"],
+                normalise_diagnosis(hot[0]),
+                lesion_id=lesions.get(r["image"], ""),
+                attributes=attributes.get(r["image"], ()),
+            )
         )
     return out, bad
 
@@ -290,6 +328,7 @@ def parse_isic2020(data: bytes | str, name: str = "train.csv") -> list[MetaRow]:
                 normalise_diagnosis(r["diagnosis"]),
                 patient_id=r["patient_id"] if r["patient_id"] not in ("", "-1") else "",
                 malignant=malignant,
+                attributes=row_attributes(r),
             )
         )
     return out
@@ -324,6 +363,7 @@ def parse_labels_csv(
             lesion_id=r["lesion_id"] if "lesion_id" in group_columns else "",
             patient_id=r["patient_id"] if "patient_id" in group_columns else "",
             groups=tuple(f"{c}:{r[c]}" for c in others if r[c]),
+            attributes=row_attributes(r),
         )
         for r in rows
         if r[image_column]

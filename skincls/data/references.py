@@ -172,7 +172,16 @@ def load_reference(
         if cached.is_file():
             with np.load(cached, allow_pickle=False) as npz:
                 meta = json.loads(str(npz["meta"]))
-                rows = [MetaRow(**{**r, "groups": tuple(r["groups"])}) for r in meta["rows"]]
+                rows = [
+                    MetaRow(
+                        **{
+                            **r,
+                            "groups": tuple(r["groups"]),
+                            "attributes": tuple(map(tuple, r.get("attributes", ()))),
+                        }
+                    )
+                    for r in meta["rows"]
+                ]
                 return Reference(meta["name"], str(path), rows, npz["hashes"], meta["skipped"])
     rows, hashes, skipped = [], [], 0
     with contextlib.ExitStack() as stack:

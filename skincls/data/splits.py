@@ -44,7 +44,9 @@ class Record:
 
     `group` names what must stay in one split with it (its patient, lesion or duplicate cluster,
     joined: `skincls.data.grouping`); `lesion_id` and `patient_id` are the dataset's own, "" when
-    not recorded.
+    not recorded. `attributes` are further manifest columns, `(column, value)` pairs: what the
+    dataset's metadata says of the image (sex, age, site, dx_type, fitzpatrick) and its estimated
+    skin tone (`ita`, `skin_tone`: `skincls.data.skintone`).
     """
 
     path: str
@@ -55,6 +57,13 @@ class Record:
     group: str = ""
     lesion_id: str = ""
     patient_id: str = ""
+    attributes: tuple[tuple[str, str], ...] = ()
+
+    def column(self, name: str) -> str:
+        """The value of manifest column `name` ("" where this image has none)."""
+        if name in _COLUMNS:
+            return str(getattr(self, name))
+        return dict(self.attributes).get(name, "")
 
 
 @dataclass
@@ -160,11 +169,14 @@ def write_manifest(data_dir: str | Path, records: Iterable[Record], info: Datase
     data_dir = Path(data_dir)
     records = list(records)
     path = data_dir / MANIFEST_NAME
+    extra = list(dict.fromkeys(k for r in records for k, _ in r.attributes))
     with atomic_write(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=_COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=[*_COLUMNS, *extra])
         writer.writeheader()
         for r in records:
-            writer.writerow(asdict(r))
+            row = asdict(r)
+            row.pop("attributes")
+            writer.writerow({**row, **dict(r.attributes)})
     with atomic_write(data_dir / SKIPPED_NAME, "w", newline="") as fh:
         out = csv.writer(fh)
         out.writerow(("path", "reason"))
@@ -196,6 +208,7 @@ def load_manifest(data_dir: str | Path) -> Manifest:
         missing = set(_COLUMNS[:3]) - set(reader.fieldnames or ())
         if missing:
             raise DataError(f"{path} lacks columns {sorted(missing)}; run fetch again")
+        extra = [c for c in reader.fieldnames or () if c not in _COLUMNS]
         records = [
             Record(
                 path=row["path"],
@@ -206,6 +219,7 @@ def load_manifest(data_dir: str | Path) -> Manifest:
                 group=row.get("group") or "",
                 lesion_id=row.get("lesion_id") or "",
                 patient_id=row.get("patient_id") or "",
+                attributes=tuple((c, row[c] or "") for c in extra if row[c]),
             )
             for row in reader
         ]

@@ -37,6 +37,7 @@ from .report import (
     TrainingOverlap,
 )
 from .store import store_in_checkpoint
+from .subgroups import MIN_GROUP_N, column_values, subgroup_tables
 from .threshold import choose_threshold, fixed_threshold, rescale_choice
 
 __all__ = [
@@ -242,6 +243,8 @@ class Evaluator:
         seed: int = 0,
         plots_dir: str | Path | None = None,
         challenge: str | None = None,
+        by: list[str] | None = None,
+        min_group_n: int = MIN_GROUP_N,
     ) -> EvalReport:
         """All metrics of `split` at the current threshold and temperature.
 
@@ -252,6 +255,8 @@ class Evaluator:
             seed: Bootstrap seed; the same seed gives the same intervals.
             plots_dir: If given, write ROC, PR, confusion and reliability PNGs there.
             challenge: Also compute this ISIC challenge's ranking metric (`challenge.CHALLENGES`).
+            by: Manifest columns to report subgroups of (`subgroups`; `age_band` from `age`).
+            min_group_n: Groups with fewer images are flagged and left out of the largest gap.
         """
         out = self.outputs(data, split)
         result = measure(
@@ -269,11 +274,39 @@ class Evaluator:
             result.challenge = challenge_metrics(
                 challenge, out.labels, probs, self.classes, self.positive
             )
+        if by:
+            records = self._records(data, out.split)
+            result.subgroups = self._subgroups(out, records, by, min_group_n, n_bootstrap, seed)
         if plots_dir is not None:
             from .plots import plot_report  # matplotlib: only when plots are asked for
 
             result.plots = plot_report(out, result, plots_dir)
         return result
+
+    def _subgroups(self, out, records, by, min_group_n, n_bootstrap, seed) -> list:
+        if not self.binary:
+            raise ConfigError("by= (subgroup reports) needs a two-class model")
+        columns = {c: column_values(records, c) for c in by}
+        y = (out.labels == self.positive).astype(int)
+        p = out.probs(self.temperature)[:, self.positive]
+        return subgroup_tables(
+            y,
+            p,
+            self.threshold,
+            columns,
+            min_group_n=min_group_n,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+        )
+
+    def _records(self, data: str | Path | Dataset, split: str) -> list:
+        """The manifest records of `split`, in the order the outputs hold them."""
+        if isinstance(data, (str, Path)):
+            return load_manifest(data).select(split)
+        records = getattr(data, "records", None)
+        if records is None:
+            raise ConfigError("by= needs a data dir or a ManifestDataset (a manifest to group by)")
+        return records
 
     def training_overlap(self, data: str | Path | Dataset, split: str) -> Overlap | None:
         """Images of `split` the model saw in training, by content hash (None: nothing to compare).

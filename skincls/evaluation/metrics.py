@@ -24,9 +24,11 @@ from ..inference.decision import predict_labels
 __all__ = [
     "binary_metrics",
     "bootstrap_ci",
+    "bootstrap_samples",
     "calibration_bins",
     "expected_calibration_error",
     "multiclass_metrics",
+    "percentile_interval",
     "rescale_threshold",
     "select_threshold",
     "task_metrics",
@@ -188,6 +190,29 @@ def bootstrap_ci(
     the same intervals. Resamples where a metric is undefined (e.g. no positive image, so no
     sensitivity or AUC) are left out of that metric's interval.
     """
+    samples = bootstrap_samples(y, p, threshold, n_resamples=n_resamples, seed=seed)
+    return {m: percentile_interval(s, level) for m, s in samples.items()}
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` percentile interval of bootstrap samples, NaN ones left out."""
+    s = samples[np.isfinite(samples)]
+    if not len(s):
+        return float("nan"), float("nan")
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(s, tail)), float(np.percentile(s, 100 - tail))
+
+
+def bootstrap_samples(
+    y: np.ndarray,
+    p: np.ndarray,
+    threshold: float | None = None,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Accuracy, ROC-AUC, sensitivity and specificity of `n_resamples` bootstrap resamples, each
+    (B,); NaN where a resample leaves a metric undefined. Seeded, as `bootstrap_ci`."""
     y = np.asarray(y).astype(int)
     p = np.asarray(p, dtype=np.float64)
     rng = np.random.default_rng(seed)
@@ -208,16 +233,7 @@ def bootstrap_ci(
             "sensitivity": (hit & (yb == 1)).sum(axis=1) / pos,
             "specificity": (hit & (yb == 0)).sum(axis=1) / neg,
         }
-    tail = 100 * (1 - level) / 2
-    out = {}
-    for m, s in samples.items():
-        s = s[np.isfinite(s)]
-        out[m] = (
-            (float(np.percentile(s, tail)), float(np.percentile(s, 100 - tail)))
-            if len(s)
-            else (float("nan"), float("nan"))
-        )
-    return out
+    return samples
 
 
 def task_metrics(

@@ -10,6 +10,7 @@ from ..figures import integer_ticks, new_figure, save_figure, set_title
 if TYPE_CHECKING:
     from .outputs import Outputs
     from .report import EvalReport
+    from .subgroups import SubgroupTable
 
 # --- evaluation plots (ROC, PR, confusion matrix, reliability) -------------------------------------
 
@@ -20,6 +21,7 @@ __all__ = [
     "plot_report",
     "plot_roc",
     "plot_split",
+    "plot_subgroups",
     "reliability_figure",
 ]
 
@@ -213,7 +215,7 @@ def plot_report(out: Outputs, report: EvalReport, folder: str | Path) -> list[st
     Written as `<folder>/<split>_<kind>.png`; the paths written.
     """
     tag = f"{out.split} split, n={len(out.labels)}" + (", TTA" if report.tta else "")
-    return plot_split(
+    paths = plot_split(
         out.labels,
         out.probs(),
         out.probs(report.temperature),
@@ -225,6 +227,15 @@ def plot_report(out: Outputs, report: EvalReport, folder: str | Path) -> list[st
         threshold=report.threshold,
         positive=report.classes.index(report.positive_class),
     )
+    for t in report.subgroups:  # forest plots, next to the others
+        name = f"{out.split}_subgroups_{_file_part(t.column)}.png"
+        paths.append(str(plot_subgroups(t, Path(folder) / name, tag)))
+    return paths
+
+
+def _file_part(column: str) -> str:
+    """A column name as a safe part of a file name."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in column)
 
 
 def _saved(fig, path):
@@ -232,3 +243,29 @@ def _saved(fig, path):
 
     save_figure(fig, path)
     return Path(path)
+
+
+def plot_subgroups(table: SubgroupTable, path, tag: str):
+    """Forest plot of one subgroup table: ROC-AUC, sensitivity and specificity per group with
+    their CIs, small groups (n < min_group_n) as hollow markers; returns the path."""
+    from .subgroups import SUBGROUP_METRICS
+
+    rows = table.rows[::-1]  # the first group at the top
+    fig, axes = new_figure(
+        1, len(SUBGROUP_METRICS), figsize=(9, 1.2 + 0.35 * len(rows)), sharey=True
+    )
+    names = [f"{r.value} (n={r.n}{', small' if r.small else ''})" for r in rows]
+    for ax, m in zip(axes, SUBGROUP_METRICS):
+        for i, r in enumerate(rows):
+            v, ci = getattr(r, m), r.ci.get(m)
+            if v is None:
+                continue
+            if ci:
+                ax.plot(ci, [i, i], c="C0", lw=1.5)
+            face = "white" if r.small else "C0"
+            ax.plot(v, i, "o", mfc=face, mec="C0")
+        ax.set(xlim=(-0.02, 1.02), xlabel=m.replace("_", "-"), yticks=range(len(rows)))
+        ax.grid(axis="x", lw=0.4, alpha=0.5)
+    axes[0].set_yticklabels(names, fontsize=7)
+    set_title(fig, f"Subgroups by {table.column} ({tag}); hollow: n < {table.min_group_n}")
+    return _saved(fig, path)

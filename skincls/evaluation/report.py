@@ -6,6 +6,7 @@ from pydantic import BaseModel, computed_field
 
 from ..data.provenance import Overlap
 from .challenge import ChallengeResult
+from .subgroups import SubgroupTable
 
 __all__ = [
     "ECE_BINS",
@@ -171,6 +172,7 @@ class EvalReport(BaseModel):
     training_overlap: TrainingOverlap | None = None  # None: the checkpoint has no training record
     plots: list[str] = []
     challenge: ChallengeResult | None = None  # a challenge's own ranking metric (`challenge=`)
+    subgroups: list[SubgroupTable] = []  # per manifest column asked for (`by=`)
 
     def lines(self) -> list[str]:
         """Loss and accuracy lines in the original script's format ("Test Accuracy of Benign: ...")."""
@@ -216,6 +218,8 @@ class EvalReport(BaseModel):
             out.append(f"{name} ECE ({self.ece_bins} bins): {self.ece:.3f}{before}")
         if self.challenge is not None:
             out.append(self.challenge.line(self.split))
+        for table in self.subgroups:
+            out += table.lines(rule, self.ci_level)
         if self.ci:
             out.append(
                 f"CIs: percentile bootstrap, {self.bootstrap_resamples} resamples, "

@@ -31,6 +31,8 @@ def evaluate_checkpoint(
     n_bootstrap: int = 1000,
     seed: int = 0,
     challenge: str | None = None,
+    by: list[str] | None = None,
+    min_group_n: int = 30,
     precision: str = "auto",
     num_workers: int = 0,
     progress: Callable[[int, int, str], None] | None = None,
@@ -41,7 +43,8 @@ def evaluate_checkpoint(
     shows; a temperature that makes val NLL or ECE worse is discarded unless
     `keep_worse_calibration`. Only with `save` is the checkpoint file changed: what was fitted or
     set and this report's summary are stored (refused if the file changed since it was read).
-    `challenge` adds that ISIC challenge's own ranking metric (`skincls.evaluation.challenge`).
+    `challenge` adds that ISIC challenge's own ranking metric (`skincls.evaluation.challenge`);
+    `by` adds subgroup tables of those manifest columns (`skincls.evaluation.subgroups`).
     """
     if save and isinstance(checkpoint, (str, Path)):
         checkpoint = load_checkpoint(checkpoint, for_update=True)
@@ -67,6 +70,8 @@ def evaluate_checkpoint(
         seed=seed,
         plots_dir=plots_dir,
         challenge=challenge,
+        by=by,
+        min_group_n=min_group_n,
     )
     if save:
         ev.save_to_checkpoint(report)

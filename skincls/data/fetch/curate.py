@@ -71,6 +71,7 @@ def curate(
             grouping.names[i],
             lesion[i],
             patient[i],
+            (im.row.attributes if im.row else ()) + im.skin,
         )
         for i, im in enumerate(images)
     ]

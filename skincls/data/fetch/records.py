@@ -121,6 +121,7 @@ class VerifiedImage:
         sha256: Hash of its bytes.
         hashes: (2, 8) perceptual hashes (`dedup.perceptual_hashes`).
         row: Its metadata row (lesion and patient ids), or None in a class-folder layout.
+        skin: Its estimated skin tone, `(("ita", "…"), ("skin_tone", "…"))` (`data.skintone`).
     """
 
     rel: str
@@ -129,6 +130,7 @@ class VerifiedImage:
     sha256: str
     hashes: np.ndarray
     row: MetaRow | None = None
+    skin: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass

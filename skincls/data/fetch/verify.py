@@ -1,4 +1,5 @@
-"""Verify: decode every staged image and hash it; what does not decode is skipped with its reason.
+"""Verify: decode every staged image, hash it and estimate its skin tone (ITA); what does not
+decode is skipped with its reason.
 
 What the layout left out (hidden files, files outside it, damaged archive members, metadata rows
 without a class) is listed with the images that failed here, so nothing is dropped silently.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from ...errors import DataError
 from ..ingest import inspect_image
 from ..layouts import layout_skipped
+from ..skintone import skin_tone_attributes
 from ..sources import row_of
 from .records import ProgressCallback, StagedFiles, VerifiedImage, VerifiedImages
 
@@ -37,7 +39,10 @@ def verify_images(
             skipped.append((c.rel, result.reason))
         else:
             row = row_of(layout, c.rel)
-            kept.append(VerifiedImage(c.rel, c.label, c.split, result.sha256, result.hashes, row))
+            skin = skin_tone_attributes(staged.images / c.rel)
+            kept.append(
+                VerifiedImage(c.rel, c.label, c.split, result.sha256, result.hashes, row, skin)
+            )
         if on_progress:
             on_progress("verify", n, len(candidates))
     if not kept:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..freshness import FORMAT_VERSION
 from ..info import DatasetInfo, DatasetSource
+from ..skintone import skin_tone_summary
 from ..splits import Manifest, write_manifest
 from .records import Curated, FetchPlan, VerifiedImages
 
@@ -49,4 +50,5 @@ def dataset_info(plan: FetchPlan, verified: VerifiedImages, curated: Curated) ->
         groups=curated.groups,
         provenance=curated.provenance,
         moved=curated.moved,
+        skin_tone=skin_tone_summary(curated.records),
     )
