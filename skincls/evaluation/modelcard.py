@@ -7,15 +7,17 @@ skin-lesion classifier needs. Every value comes from the checkpoint, the report 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .._version import __version__
 from ..data.info import DATASET_JSON, DatasetInfo
+from ..data.splits import MANIFEST_NAME, load_manifest
 from ..inference.decision import positive_index
 from ..models.checkpoint import Checkpoint, load_checkpoint
+from .modelcard_clear import clear_derm_lines
 from .modelcard_data import (
     NOT_RECORDED,
     class_lines,
@@ -39,6 +41,7 @@ SECTIONS = (
     "Decision threshold",
     "Calibration",
     "Limitations",
+    "CLEAR Derm checklist",
     "Ethical considerations",
 )
 
@@ -88,16 +91,25 @@ def write_model_card(
         The path written.
     """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    records = None
+    if isinstance(dataset, (str, Path)) and (Path(dataset) / MANIFEST_NAME).is_file():
+        records = load_manifest(dataset).records  # label provenance, split unit (CLEAR Derm)
     if isinstance(dataset, (str, Path)):
         file = Path(dataset) / DATASET_JSON if Path(dataset).is_dir() else Path(dataset)
         dataset = DatasetInfo.read(file) if file.is_file() else None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_model_card(ckpt, report, dataset=dataset))
+    path.write_text(render_model_card(ckpt, report, dataset=dataset, records=records))
     return path
 
 
-def render_model_card(ckpt: Checkpoint, report: Any, *, dataset: DatasetInfo | None = None) -> str:
+def render_model_card(
+    ckpt: Checkpoint,
+    report: Any,
+    *,
+    dataset: DatasetInfo | None = None,
+    records: Sequence | None = None,
+) -> str:
     """The model card as a Markdown string; see `write_model_card`.
 
     Known biases of the data (Data, Limitations and Ethical considerations) come from the data's
@@ -142,6 +154,7 @@ def render_model_card(ckpt: Checkpoint, report: Any, *, dataset: DatasetInfo | N
     out += _section("Decision threshold", threshold_lines(ckpt, rep, positive))
     out += _section("Calibration", calibration_lines(ckpt, rep))
     out += _section("Limitations", limitation_lines(rep, dataset, multiclass))
+    out += _section("CLEAR Derm checklist", clear_derm_lines(rep, dataset, records))
     out += _section(
         "Ethical considerations",
         [

@@ -110,3 +110,17 @@ def test_evaluate_by_sex_through_the_cli(ckpt, ham_data, tmp_path):
     r = CliRunner().invoke(main, [*args, "--by", "colour"])
     assert r.exit_code != 0
     assert "Error: by='colour': no image of this split has a 'colour' value" in r.output
+
+
+def test_model_card_has_the_clear_derm_section(ckpt, ham_data, tmp_path):
+    card = tmp_path / "card.md"
+    args = ["evaluate", str(ckpt), "--data-dir", str(ham_data), "--bootstrap", "20"]
+    r = CliRunner().invoke(main, [*args, "--by", "sex", "--model-card", str(card)])
+    assert r.exit_code == 0, r.output
+    text = card.read_text().split("## CLEAR Derm checklist")[1]
+    manifest = (ham_data / "manifest.csv").read_text()
+    n_histo = manifest.count(",histo,")
+    assert f"{n_histo} of 60 images" in text and "confirmed by histopathology" in text
+    assert "**Split unit:** patient" in text
+    assert "  - train: " in text and "  - test: " in text
+    assert "By `sex` (* = under 30 images):" in text and "| female * |" in text
