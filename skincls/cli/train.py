@@ -348,9 +348,19 @@ def _print_history(history) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+@click.option(
+    "--timm",
+    "timm_pattern",
+    metavar="PATTERN",
+    help="List instead the timm models with pretrained weights matching PATTERN (e.g. "
+    "'*efficientnet_lite*'); use one as --arch timm/NAME (needs skincls[timm]).",
+)
 @friendly_errors
-def models(as_json):
+def models(as_json, timm_pattern):
     """List the backbones `--arch` accepts, with parameter counts and default input size."""
+    if timm_pattern is not None:
+        _list_timm(timm_pattern, as_json)
+        return
     from ..models.classifier import describe_models
 
     rows = describe_models()
@@ -370,6 +380,22 @@ def models(as_json):
     console.print(
         "params/trainable: default head 4096,512, 2 classes, --freeze backbone; "
         "stages: what --train-stages N counts; px: default input size; top-1: ImageNet accuracy"
+    )
+
+
+def _list_timm(pattern: str, as_json: bool) -> None:
+    from ..models.timm_backbones import list_timm_models
+
+    names = [f"timm/{n}" for n in list_timm_models(pattern)]
+    if as_json:
+        click.echo(json.dumps(names, indent=2))
+        return
+    for name in names:
+        click.echo(name)
+    click.echo(
+        f"{len(names)} timm models with pretrained weights match {pattern!r}; "
+        "pass one as --arch (weights come from the Hugging Face Hub cache)",
+        err=True,
     )
 
 

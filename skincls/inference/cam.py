@@ -7,6 +7,9 @@ layer for any backbone and mapping the map from the model's centre crop back ont
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -29,10 +32,15 @@ def find_target_layer(model: nn.Module, crop_size: int) -> nn.Module:
     returns a map, the container itself), whose output nothing modifies in place afterwards — the
     usual Grad-CAM choice of the last convolutional stage.
 
+    A vision transformer's target is its last block instead (see `token_grid`).
+
     Raises:
         ModelError: the backbone never produces a spatial map (e.g. a transformer's token vector).
     """
     backbone = getattr(model, "backbone", model)
+    token_layer = _last_token_block(backbone)
+    if token_layer is not None:  # its patch embedding is a map too, but not the one to explain
+        return token_layer
     order: list[nn.Module] = []
 
     def hook(module, _inputs, output):
@@ -50,6 +58,38 @@ def find_target_layer(model: nn.Module, crop_size: int) -> nn.Module:
     if not order:
         raise ModelError("Grad-CAM needs a backbone with a spatial feature map; this one has none")
     return order[-1]
+
+
+def _last_token_block(backbone: nn.Module) -> nn.Module | None:
+    """A vision transformer's (timm's ViT family) last block's first norm: its tokens, pre-attention.
+
+    The tokens (N, prefix + h·w, C) are turned back into a (N, C, h, w) map by `token_grid`.
+    """
+    blocks = getattr(backbone, "blocks", None)
+    if getattr(backbone, "num_prefix_tokens", None) is None or not isinstance(
+        blocks, nn.Sequential
+    ):
+        return None
+    last = blocks[-1]
+    return getattr(last, "norm1", last)
+
+
+def token_grid(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """For a token backbone, Grad-CAM's `reshape_transform`: drop prefix tokens, tokens → grid."""
+    prefix = getattr(getattr(model, "backbone", model), "num_prefix_tokens", None)
+    if prefix is None:
+        return None
+
+    def reshape(tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.dim() != 3:  # already a map (a layer that keeps the spatial layout)
+            return tokens
+        patches = tokens[:, prefix:, :]
+        side = math.isqrt(patches.shape[1])
+        if side * side != patches.shape[1]:
+            raise ModelError(f"cannot lay {patches.shape[1]} patch tokens out as a square grid")
+        return patches.reshape(patches.shape[0], side, side, -1).permute(0, 3, 1, 2)
+
+    return reshape
 
 
 def find_target_layers(model: nn.Module, crop_size: int) -> list[nn.Module]:
@@ -93,7 +133,11 @@ class GradCamExplainer:
         # A frozen backbone has no parameter gradients; an input that requires grad still gives
         # the feature map a gradient, which is all Grad-CAM needs.
         x = self.transform(image).unsqueeze(0).to(device).requires_grad_(True)
-        with torch.enable_grad(), GradCAM(model=self.model, target_layers=self.layers) as cam:
+        reshape = token_grid(self.model)
+        with (
+            torch.enable_grad(),
+            GradCAM(model=self.model, target_layers=self.layers, reshape_transform=reshape) as cam,
+        ):
             return cam(input_tensor=x, targets=[ClassifierOutputTarget(target_class)])[0]
 
     def heatmap_on_image(

@@ -123,6 +123,7 @@ def export_model(
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     model = ckpt.build_model(backbone=backbone)
     pre = ckpt.preprocessing
+    _fix_input_size(model, pre.crop_size)
     wrapper = ExportWrapper(model.cpu().eval(), pre.mean, pre.std, ckpt.temperature).eval()
     size = pre.crop_size
     metadata = _metadata(ckpt)
@@ -159,6 +160,17 @@ def export_model(
         batch_sizes=PARITY_BATCHES,
         metadata=metadata,
     )
+
+
+def _fix_input_size(model: nn.Module, size: int) -> None:
+    """Vision transformers built for any input size (timm's `dynamic_img_size`) fixed to `size`.
+
+    Their position embedding is resampled here, once, instead of in every forward pass: ONNX has
+    no antialiased bicubic resize, and the exported graph is for one input size anyway.
+    """
+    for m in model.modules():
+        if getattr(m, "dynamic_img_size", False) is True and hasattr(m, "set_input_size"):
+            m.set_input_size(img_size=(size, size))
 
 
 def _metadata(ckpt: Checkpoint) -> dict[str, Any]:

@@ -8,6 +8,7 @@ head on a body; nothing here knows about heads except VGG's reusable first class
 from __future__ import annotations
 
 import itertools
+import logging
 import pickle
 import re
 from collections import OrderedDict
@@ -33,10 +34,13 @@ __all__ = [
     "Preprocessing",
     "get_spec",
     "list_models",
+    "load_plugins",
     "register_model",
 ]
 
 Stage = tuple[nn.Module, ...]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -103,16 +107,58 @@ def register_model(name: str, *, description: str = "", imagenet_acc1: Acc1 = No
 
 
 def list_models() -> list[str]:
-    """Names accepted by `create_model(arch=...)`."""
+    """Names accepted by `create_model(arch=...)`: registered ones and plugins' (any `timm/NAME` too)."""
+    load_plugins()
     return sorted(_REGISTRY)
 
 
 def get_spec(arch: str) -> ModelSpec:
     """The registry entry of `arch`, or a ModelError listing what exists."""
     if arch not in _REGISTRY:
+        load_plugins()
+    if arch not in _REGISTRY:
         hint = " (pass backbone=module for a custom backbone)" if arch == "custom" else ""
-        raise ModelError(f"unknown arch {arch!r}{hint}; available: {', '.join(list_models())}")
+        raise ModelError(
+            f"unknown arch {arch!r}{hint}; available: {', '.join(list_models())}, or timm/NAME "
+            "for any timm model (skincls models --timm PATTERN)"
+        )
     return _REGISTRY[arch]
+
+
+PLUGIN_GROUP = "skincls.models"
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Import the backbones of installed plugins (entry points of group `skincls.models`), once.
+
+    An entry point names a module whose import registers backbones with `register_model`, or a
+    builder `fn(weights) -> Body`, registered under the entry point's name. A plugin that fails is
+    reported in one log line and skipped: it never breaks `list_models`.
+    """
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            obj = ep.load()
+            if callable(obj) and not isinstance(obj, type) and ep.name not in _REGISTRY:
+                doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+                register_model(ep.name, description=doc[0] if doc else f"plugin {ep.value}")(obj)
+        except Exception as exc:  # a third party's code: whatever it raises, skip it
+            dist = getattr(ep.dist, "name", None) or "?"
+            why = " ".join(str(exc).split())[:200]
+            log.warning(
+                "skipped the backbone plugin %r (%s, from %s): %s: %s",
+                ep.name,
+                ep.value,
+                dist,
+                type(exc).__name__,
+                why,
+            )
 
 
 # --- torchvision families: where the backbone ends and what the replaced classifier was ---------------

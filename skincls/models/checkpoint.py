@@ -7,6 +7,7 @@ field or non-finite weights (`checkpoint_checks`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -157,7 +158,9 @@ class Checkpoint:
                 model.load_state_dict(state)
             else:
                 # Built on the meta device: no time spent initialising weights that are replaced.
-                with torch.device("meta"):
+                # Not timm's: some keep non-persistent buffers (index tables) the state dict lacks.
+                timm = str(cfg["arch"]).startswith("timm/")
+                with contextlib.nullcontext() if timm else torch.device("meta"):
                     model = create_model(cfg["arch"], weights="none", **kwargs)
                 model.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)
                 if any(t.is_meta for t in (*model.parameters(), *model.buffers())):

@@ -8,6 +8,7 @@ stages; a frozen stage stays in eval mode during training, so its BatchNorm stat
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..errors import ModelError
 from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .backbones import Body, ModelSpec, Stage, get_spec, list_models, register_model
+from .timm_backbones import is_timm_arch, timm_spec
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -187,10 +189,14 @@ def create_model(
     Linear(512, num_classes).
 
     Args:
-        arch: A name from `list_models()`; default "vgg16". Leave it out with `backbone=`.
+        arch: A name from `list_models()`, or "timm/NAME" for any timm model (its classifier
+            removed, its stages and preprocessing its own); default "vgg16". Leave it out with
+            `backbone=`.
         num_classes: Output classes.
-        weights: "imagenet" (default; torchvision's, via the torch hub cache), "none" (random init) or a
-            state-dict file saved from the torchvision model of `arch`. Leave it out with `backbone=`.
+        weights: "imagenet" (default; torchvision's, via the torch hub cache; timm's via the Hugging
+            Face Hub cache), "none" (random init) or a state-dict file saved from the torchvision
+            model of `arch` (for timm: a state-dict or .safetensors file of that model). Leave it
+            out with `backbone=`.
         head: Hidden layer widths of the head; () for a linear head. For VGG a first width of 4096
             reuses the pretrained 25088→4096 layer.
         dropout: Dropout probability after each hidden layer.
@@ -230,7 +236,8 @@ def create_model(
     else:
         arch = arch or "vgg16"
         weights = "imagenet" if weights is None else str(weights)
-        body = get_spec(arch).build(weights)
+        spec = timm_spec(arch) if is_timm_arch(arch) else get_spec(arch)
+        body = spec.build(weights)
         config = {"arch": arch, "weights": weights}
     pre = pre or body.preprocessing
     config.update(head=list(head), dropout=dropout, freeze=freeze, num_classes=num_classes)
@@ -325,9 +332,13 @@ def describe_models(num_classes: int = 2, head: Sequence[int] = (4096, 512)) -> 
     """
     rows = []
     for name in list_models():
-        with torch.device("meta"):
-            model = create_model(name, num_classes=num_classes, weights="none", head=head)
-            pre = model.preprocessing
+        try:
+            with torch.device("meta"):
+                model = create_model(name, num_classes=num_classes, weights="none", head=head)
+                pre = model.preprocessing
+        except Exception as exc:  # a plugin's builder: report it, list the others
+            logging.getLogger(__name__).warning("skipped the backbone %r: %s", name, exc)
+            continue
         spec = get_spec(name)
         rows.append(
             ModelInfo(

@@ -1,0 +1,254 @@
+"""timm backbones: `--arch timm/NAME` builds any timm model, without its classifier, as a `Body`.
+
+The stages come from the model's own `group_matcher` (a CNN's stem and stages, a ViT's blocks), the
+preprocessing from its `pretrained_cfg`, and the weights from the Hugging Face Hub cache (timm's own
+loading), a local `.safetensors` / state-dict file, or nowhere. timm is imported only here, and only
+when a `timm/` name is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from ..preprocessing import Preprocessing
+from .backbones import Body, ModelSpec, Stage
+
+__all__ = ["PREFIX", "is_timm_arch", "list_timm_models", "load_weights_file", "timm_spec"]
+
+PREFIX = "timm/"
+PRETRAINED = ("imagenet", "pretrained")
+# Below this share of the model's tensors found in a weights file, the file is for another model.
+MIN_FIT = 0.5
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+log = logging.getLogger(__name__)
+
+
+def is_timm_arch(arch: str) -> bool:
+    return arch.startswith(PREFIX)
+
+
+def _import_timm() -> Any:
+    try:
+        import timm
+    except ImportError as exc:
+        raise ModelError(
+            f"timm backbones need the optional packages timm, huggingface_hub and safetensors "
+            f"({exc.name} is missing); install them with: pip install 'skincls[timm]'"
+        ) from exc
+    return timm
+
+
+def timm_spec(arch: str) -> ModelSpec:
+    """The registry entry of `timm/NAME` (NAME as timm spells it, optionally with a `.tag`)."""
+    timm = _import_timm()
+    name = arch[len(PREFIX) :]
+    if not name or not timm.is_model(name):
+        raise ModelError(
+            f"timm has no model {name!r}; list what it offers with: skincls models --timm "
+            f"'*{name.split('.')[0][:12]}*'"
+        )
+    return ModelSpec(arch, partial(_build, name), description=f"timm {name}")
+
+
+def list_timm_models(pattern: str = "*", pretrained: bool = True) -> list[str]:
+    """timm's model names matching `pattern` (with their weight tags when `pretrained`)."""
+    return list(_import_timm().list_models(pattern or "*", pretrained=pretrained))
+
+
+def _build(name: str, weights: str) -> Body:
+    if weights in PRETRAINED:
+        net = _pretrained(name)
+    else:
+        net = _create(name, pretrained=False)
+        if weights != "none":
+            load_weights_file(net, weights, f"timm's {name}")
+    dim = getattr(net, "head_hidden_size", None) or net.num_features
+    return Body(net, int(dim), None, timm_stages(net), timm_preprocessing(net))
+
+
+def _create(name: str, pretrained: bool) -> nn.Module:
+    """The model with its classifier removed: `forward` gives pooled (N, D) features.
+
+    Vision transformers are built with `dynamic_img_size`, so `--image-size` may differ from the
+    size they were trained at (the position embedding is resampled); other families take any size.
+    """
+    timm = _import_timm()
+    try:
+        try:
+            return timm.create_model(
+                name, pretrained=pretrained, num_classes=0, dynamic_img_size=True
+            )
+        except TypeError:  # families without the option (CNNs)
+            return timm.create_model(name, pretrained=pretrained, num_classes=0)
+    except RuntimeError as exc:  # e.g. "Invalid pretrained tag (x) for resnet50."
+        raise ModelError(f"timm cannot build {name!r}: {exc}") from exc
+
+
+def _pretrained(name: str) -> nn.Module:
+    """timm's pretrained weights via the Hugging Face Hub cache (HF_HOME, HF_HUB_OFFLINE apply)."""
+    try:
+        return _create(name, pretrained=True)
+    except (OSError, ValueError) as exc:  # LocalEntryNotFoundError and URLError are OSErrors
+        raise ModelError(_offline_message(name, exc)) from exc
+
+
+def _offline_message(name: str, exc: Exception) -> str:
+    from huggingface_hub import constants
+
+    cfg = _import_timm().models.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if not hub_id:  # weights published at a plain URL: timm fetches them with torch.hub
+        dest = Path(torch.hub.get_dir()) / "checkpoints"
+        where = f"download {getattr(cfg, 'url', None)} elsewhere and put it in {dest} (TORCH_HOME)"
+    else:
+        where = (
+            f"run `hf download {hub_id}` (or `huggingface-cli download {hub_id}`) where there is "
+            f"network and copy the cache to {constants.HF_HUB_CACHE} (set HF_HOME to move it)"
+        )
+    reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else type(exc).__name__
+    return (
+        f"could not get the pretrained weights for timm/{name} ({reason}; they are not in the "
+        f"cache). Offline options: {where}; or pass a .safetensors or state-dict file with "
+        "--weights FILE (weights=FILE in Python); or train from scratch with --weights none "
+        "--freeze none"
+    )
+
+
+def load_weights_file(net: nn.Module, path: str | Path, what: str) -> None:
+    """Load a `.safetensors` or PyTorch state-dict file into `net`, naming what does not fit.
+
+    Nothing is unpickled beyond tensors (`safetensors`, or `torch.load(weights_only=True)`). Tensors
+    whose name and shape match are loaded; the rest are named in one log line, and the model's own
+    tensors the file lacks stay as initialised (a warning). A file that fits less than half of the
+    model is refused.
+
+    Raises:
+        ModelError: the file is missing, unreadable, not a state dict, or for another model.
+    """
+    path = Path(path)
+    state = _read_state(path)
+    expected = net.state_dict()
+    fits = {k: v for k, v in state.items() if k in expected and v.shape == expected[k].shape}
+    unused = [k for k in state if k not in fits]
+    missing = [k for k in expected if k not in fits and not k.endswith(".num_batches_tracked")]
+    counted = [k for k in expected if not k.endswith(".num_batches_tracked")]
+    if len([k for k in fits if not k.endswith(".num_batches_tracked")]) < MIN_FIT * len(counted):
+        raise ModelError(
+            f"weights file {path} does not fit {what}: only {len(fits)} of its {len(state)} "
+            f"tensors match by name and shape (the model has {len(counted)}; e.g. the file has "
+            f"{_some(unused)}). It must be a state dict saved from that model"
+        )
+    net.load_state_dict(fits, strict=False)
+    note = f"loaded {len(fits)} of {len(state)} tensors from {path}"
+    note += f"; not used: {_some(unused)}" if unused else ""
+    if missing:
+        log.warning("%s; not in the file (left as initialised): %s", note, _some(missing))
+    else:
+        log.info("%s", note)
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelError(
+            f"weights must be 'imagenet', 'none' or an existing .safetensors or state-dict file; "
+            f"{path} is none of these"
+        )
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError as exc:
+        raise ModelError(
+            "reading .safetensors files needs the optional package safetensors; install it with: "
+            "pip install 'skincls[timm]'"
+        ) from exc
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        why = " ".join(str(exc).split())[:200]
+        raise ModelError(f"cannot read weights file {path} as a state dict: {why}") from exc
+    if isinstance(state, Mapping) and "state_dict" in state and "format" in state:
+        raise ModelError(
+            f"{path} is a skincls checkpoint, not a state dict; evaluate or predict with it directly"
+        )
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise ModelError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return dict(state)
+
+
+def _some(keys: list[str], n: int = 5) -> str:
+    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def timm_preprocessing(net: nn.Module) -> Preprocessing:
+    """Size, crop fraction, mean/std and interpolation from the model's `pretrained_cfg`."""
+    cfg = _import_timm().data.resolve_model_data_config(net)
+    crop = int(cfg["input_size"][-1])
+    resize = max(crop, math.floor(crop / (cfg.get("crop_pct") or 1.0)))
+    interpolation = cfg.get("interpolation")
+    return Preprocessing(
+        resize_size=resize,
+        crop_size=crop,
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        # timm's "random" / "lanczos" / "hamming" are not tensor resizes: bicubic is the closest.
+        interpolation=interpolation if interpolation in _INTERPOLATIONS else "bicubic",
+    )
+
+
+class _Params(nn.Module):
+    """Parameters a model holds directly (a ViT's cls_token, pos_embed), as a freezable stage part."""
+
+    def __init__(self, params: list[nn.Parameter]):
+        super().__init__()
+        self.params = nn.ParameterList(params)
+
+
+def timm_stages(net: nn.Module) -> tuple[Stage, ...]:
+    """The model's coarse parameter groups (timm's `group_matcher`), input to output, as stages.
+
+    Each stage is the largest submodules whose parameters all belong to the group (so a frozen
+    block's dropout stays off too), plus any loose parameters of a parent module.
+    """
+    if not hasattr(net, "group_matcher"):
+        return ((net,),)
+    from timm.models import group_parameters
+
+    groups = group_parameters(net, net.group_matcher(coarse=True))
+    names = {id(p): n for n, p in net.named_parameters()}
+    owned = {
+        mod_name: {names[id(p)] for p in mod.parameters()} for mod_name, mod in net.named_modules()
+    }
+    params = dict(net.named_parameters())
+    modules = dict(net.named_modules())
+    stages = []
+    for gid in sorted(groups):
+        group = set(groups[gid])
+        chosen: list[str] = []
+        for mod_name, own in owned.items():
+            if own and own <= group and not any(_inside(mod_name, c) for c in chosen):
+                chosen.append(mod_name)
+        covered = set().union(*(owned[c] for c in chosen)) if chosen else set()
+        loose = [params[n] for n in groups[gid] if n not in covered]
+        stage = tuple(modules[c] for c in chosen) + ((_Params(loose),) if loose else ())
+        stages.append(stage)
+    return tuple(stages)
+
+
+def _inside(name: str, parent: str) -> bool:
+    return parent == "" or name == parent or name.startswith(parent + ".")
