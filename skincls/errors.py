@@ -3,10 +3,9 @@
 A message names an option the way a Python caller spells it, with `opt`: `opt("data_dir")`,
 `opt("resume=True")`, `opt("weights=FILE")`, and a call with `call`: `call("fetch", data_dir="d")`.
 Such text reads as written (`data_dir`, `resume=True`, `skincls.fetch(data_dir='d')`); while the
-command line runs a command, it reads as that command's flags (`--data-dir`, `--resume`,
-`skincls fetch --data-dir d`), by the one table the CLI installs with `option_spelling`. So the
-library never names a flag its Python caller did not type, and the CLI's messages keep naming the
-flags its user did. Text that leaves the library other than as an error's message (a per-image
+command line runs a command, it reads as that command and its flags, by the one table the CLI
+installs with `option_spelling` (`skincls.cli._flags`). So the library never names a flag its
+Python caller did not type, and the CLI's messages keep naming the flags its user did. Text that leaves the library other than as an error's message (a per-image
 error, a note) is spelled when it is made, with `spell_options`.
 """
 
@@ -38,7 +37,7 @@ Spelling = Callable[["str | None", Options], str]
 _STRING = r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\""
 # {opt:ARGS} or {call:FUNCTION:ARGS}, ARGS being `name` or `name=value` items joined by ", " (a
 # value: a Python literal, whose quoted strings may hold anything, or a placeholder such as FILE).
-_MARKER = re.compile(r"\{(?:opt|call:(\w+)):((?:" + _STRING + r"|[^{}'\"])*)\}")
+_MARKER = re.compile(r"\{(?:opt|call:(\w+)):((?:" + _STRING + r"|[^{}'\"])+)\}")
 _ITEM = re.compile(r"\s*([A-Za-z_][\w.]*|\.\.\.)(?:=(" + _STRING + r"|[^,]*))?\s*(?:,|$)")
 _NO_VALUE = object()
 
@@ -49,7 +48,7 @@ def opt(*spellings: str, value: object = _NO_VALUE) -> str:
     spells a str, number, bool or None by its repr (`device='cuda:1'`).
 
     The text reads as written (several joined by ", "), or as the CLI's flags while it runs a
-    command (`--synthetic N --dataset ham10000`).
+    command.
     """
     if value is not _NO_VALUE:
         (name,) = spellings
@@ -59,9 +58,9 @@ def opt(*spellings: str, value: object = _NO_VALUE) -> str:
 
 def call(function: str, *spellings: str, **values: object) -> str:
     """Name a call of a public skincls function: `call("fetch", data_dir="data")` reads
-    `skincls.fetch(data_dir='data')`, or as its command while the CLI runs one
-    (`skincls fetch --data-dir data`). Spellings as for `opt`; "..." stands for the rest."""
-    items = [*spellings, *(f"{name}={v!r}" for name, v in values.items())]
+    `skincls.fetch(data_dir='data')`, or as its command and flags while the CLI runs one.
+    Spellings as for `opt`; "..." stands for the rest."""
+    items = [*spellings, *(f"{name}={v!r}" for name, v in values.items())] or ["..."]
     return f"{{call:{function}:" + ", ".join(items) + "}"
 
 

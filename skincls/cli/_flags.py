@@ -26,13 +26,11 @@ FLAGS: dict[str, str] = {
     "dataset": "--dataset",
     "cache_dir": "--cache-dir",
     "labels_csv": "--labels-csv",
-    "group_columns": "--group-column",
     "task": "--task",
     "malignant": "--malignant",
     "reference": "--reference",
     "seed": "--seed",
     # train and cv (RunConfig keys)
-    "data.data_dir": "--data-dir",
     "model.weights": "--weights",
     "model.freeze": "--freeze",
     "model.freeze=<int>": "--train-stages",
@@ -54,7 +52,6 @@ FLAGS: dict[str, str] = {
     "precision": "--precision",
     "threshold": "--threshold",
     "tolerance": "--tolerance",
-    "keep_worse_calibration": "--keep-worse-calibration",
     "grad_cam=False": "--no-grad-cam",
 }
 
