@@ -192,7 +192,7 @@ class TrainConfig(_Config):
 
 
 LOGGERS = ("csv", "tensorboard", "mlflow")
-"""What `LoggerConfig.loggers` takes; csv (history.json/history.csv, read by `skincls runs`) is always on."""
+"""What `LoggerConfig.loggers` takes; csv (history.json/csv, read by `skincls runs`) is always on."""
 
 
 class LoggerConfig(_Config):

@@ -5,8 +5,9 @@ A message names an option the way a Python caller spells it, with `opt`: `opt("d
 Such text reads as written (`data_dir`, `resume=True`, `skincls.fetch(data_dir='d')`); while the
 command line runs a command, it reads as that command and its flags, by the one table the CLI
 installs with `option_spelling` (`skincls.cli._flags`). So the library never names a flag its
-Python caller did not type, and the CLI's messages keep naming the flags its user did. Text that leaves the library other than as an error's message (a per-image
-error, a note) is spelled when it is made, with `spell_options`.
+Python caller did not type, and the CLI's messages keep naming the flags its user did. Text that
+leaves the library other than as an error's message (a per-image error, a note) is spelled when it
+is made, with `spell_options`.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def option_spelling(spelling: Spelling) -> Iterator[None]:
 class SkinclsError(Exception):
     """Base class: the message says what went wrong and what to do about it.
 
-    Its text may name options with `opt` and `call`; `str()` spells them (see the module's docstring).
+    Its text may name options with `opt` and `call`; `str()` spells them (see the module docs).
     """
 
     def __str__(self) -> str:

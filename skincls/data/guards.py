@@ -41,7 +41,8 @@ _RATIO_FLOOR = 1 << 20
 _METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
 
 _ADVICE = {
-    errno.ENOSPC: f"free disk space there (or choose another {opt('data_dir')}) and run fetch again",
+    errno.ENOSPC: f"free disk space there (or choose another {opt('data_dir')}) and run fetch "
+    "again",
     errno.EDQUOT: "free space in your disk quota and run fetch again",
     errno.EACCES: "fix the permissions there (or choose another folder) and run fetch again",
     errno.EPERM: "fix the permissions there (or choose another folder) and run fetch again",
@@ -140,7 +141,8 @@ def check_archive_members(archive: Path, infos: Iterable[zipfile.ZipInfo], max_b
         name = info.filename
         if info.flag_bits & 0x41:  # bit 0: encrypted, bit 6: strong encryption
             raise DataError(
-                f"{refuse}: entry {name!r} is encrypted; unpack it yourself and use {opt('source_dir')}"
+                f"{refuse}: entry {name!r} is encrypted; unpack it yourself and use "
+                f"{opt('source_dir')}"
             )
         if info.compress_type not in _METHODS:
             raise DataError(

@@ -284,8 +284,8 @@ def _reference_items(
         readers = {k: (lambda i=i: _read_member(zf, i)) for k, i in entries.items()}
     if not isinstance(layout, MetadataLayout):
         raise DataError(
-            f"{opt('reference')} {path} has no metadata file with lesion or patient ids (HAM10000, ISIC "
-            "2019 or 2020, or a data dir prepared by skincls fetch)"
+            f"{opt('reference')} {path} has no metadata file with lesion or patient ids "
+            "(HAM10000, ISIC 2019 or 2020, or a data dir prepared by skincls fetch)"
         )
     name = _layout_title(layout.summary.get("layout")) or path.stem
     items = []

@@ -67,6 +67,7 @@ def collect_outputs(
     if bad:  # metrics on NaN would be a traceback or, worse, a number
         raise ModelError(
             f"the model's outputs are NaN or infinite on {bad} of {len(out.labels)} "
-            f"{split} images, so nothing was measured (an overflow: try {opt('precision', value='fp32')})"
+            f"{split} images, so nothing was measured (an overflow: try "
+            f"{opt('precision', value='fp32')})"
         )
     return out

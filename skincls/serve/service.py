@@ -245,7 +245,7 @@ def _display_size(size: tuple[int, int]) -> tuple[int, int]:
 
 
 def _colourise(cam: np.ndarray) -> Image.Image:
-    """(h, w) map in [0, 1] → RGB image in the jet colour map, as `Predictor.predict(cam_dir=...)` blends it."""
+    """(h, w) map in [0, 1] → RGB image in the jet colour map, as `Predictor.predict` blends it."""
     from matplotlib import colormaps
 
     rgb = colormaps["jet"](np.clip(cam, 0, 1))[..., :3]

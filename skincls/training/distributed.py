@@ -81,8 +81,8 @@ class Dist:
         if self.enabled and 0 < last < self.world_size:
             raise ConfigError(
                 f"the last batch of {n} training images has {last} image(s) for "
-                f"{self.world_size} processes; choose a {opt('train.batch_size')} that leaves at least one "
-                "per process, or use fewer processes"
+                f"{self.world_size} processes; choose a {opt('train.batch_size')} that leaves at "
+                "least one per process, or use fewer processes"
             )
 
     def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:

@@ -4,7 +4,8 @@ A run dir is what `skincls train` writes: `config.json`, `history.json`, `best.p
 summary comes from the two JSON files and from the checkpoint's metadata (its epoch and val metrics,
 test metrics once `skincls evaluate` stored them), read with `torch.load(mmap=True)` so the weights
 stay on disk. The best epoch is best.pt's own: history.json is written every epoch, the checkpoints
-only every `train.checkpoint_interval` seconds, so after a kill the history may name a best epoch never written.
+only every `train.checkpoint_interval` seconds, so after a kill the history may name a best epoch
+never written.
 """
 
 from __future__ import annotations
