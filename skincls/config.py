@@ -192,7 +192,7 @@ class TrainConfig(_Config):
 
 
 LOGGERS = ("csv", "tensorboard", "mlflow")
-"""What `--logger` takes; csv (history.json/history.csv, read by `skincls runs`) is always on."""
+"""What `LoggerConfig.loggers` takes; csv (history.json/csv, read by `skincls runs`) is always on."""
 
 
 class LoggerConfig(_Config):
@@ -247,7 +247,7 @@ def load_config(
     Args:
         path: A `.yaml`, `.yml` or `.json` file with `RunConfig`'s nested layout, or None.
         overrides: e.g. `{"train.epochs": 3}`; `None` values are skipped (option not given).
-        names: What to call an overridden key in messages, e.g. `{"train.epochs": "--epochs"}`.
+        names: What to call an overridden key in messages (the CLI: the flag that set it).
 
     Raises:
         ConfigError: unreadable, oversized or malformed file, or invalid values; one line naming
@@ -298,15 +298,12 @@ def _validate(
 def _describe(exc: ValidationError, source: Path | None, labels: Mapping[str, str]) -> str:
     """One line in the user's words: the option or key, what it must be, and what was given."""
     errors = exc.errors(include_url=False)
+    unknown = [_field_loc(e["loc"]) for e in errors if e["type"] == "extra_forbidden"]
+    if unknown:
+        return _describe_unknown(unknown, source)
     first = errors[0]
     loc = _field_loc(first["loc"])
     key = ".".join(map(str, loc)) or "config"
-    if first["type"] == "extra_forbidden":
-        parent = _model_at(loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), list(parent.model_fields) if parent else [])
-        hint = f" (did you mean {'.'.join(map(str, (*loc[:-1], close[0])))}?)" if close else ""
-        where = f" in config file {source}" if source else " in the config"
-        return f"unknown key {key}{where}{hint}"
     # A field with a union type (e.g. freeze: 'backbone', 'none' or N) fails once per member.
     same = [e for e in errors if _field_loc(e["loc"]) == loc]
     if first["type"] == "value_error":  # our own validators' messages are already plain
@@ -320,6 +317,26 @@ def _describe(exc: ValidationError, source: Path | None, labels: Mapping[str, st
         return f"{labels.get(key, labels.get(top))}: {problem} (got {got})"
     where = f"invalid config in {source}" if source else "invalid config"
     return f"{where}: {key} {problem} (got {got})"
+
+
+def _describe_unknown(locs: list[tuple], source: Path | None) -> str:
+    """Every unknown key, each with the known key it most likely means (difflib), if any."""
+    keys = [".".join(map(str, loc)) for loc in locs]
+    meant: list[str | None] = []
+    for loc in locs:
+        parent = _model_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), list(parent.model_fields) if parent else [])
+        meant.append(".".join(map(str, (*loc[:-1], close[0]))) if close else None)
+    if all(meant):
+        hint = f" (did you mean {', '.join(map(str, meant))}?)"
+    elif any(meant):  # some have no likely meaning: say which guess is for which key
+        pairs = [f"{m} for {k}" for k, m in zip(keys, meant) if m]
+        hint = f" (did you mean {', '.join(pairs)}?)"
+    else:
+        hint = ""
+    where = f" in config file {source}" if source else " in the config"
+    what = "unknown key" if len(keys) == 1 else "unknown keys"
+    return f"{what} {', '.join(keys)}{where}{hint}"
 
 
 def _field_loc(loc: tuple) -> tuple:
@@ -388,6 +405,6 @@ def _wanted(error: dict[str, Any]) -> str:
 
 
 def save_config(config: BaseModel, path: str | Path) -> None:
-    """Write a resolved config as pretty JSON, atomically (`--resume` reads it back)."""
+    """Write a resolved config as pretty JSON, atomically (`resume=True` reads it back)."""
     with atomic_write(path, "w") as fh:
         fh.write(config.model_dump_json(indent=2) + "\n")

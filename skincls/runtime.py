@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, opt
 
 __all__ = [
     "PRECISIONS",
@@ -43,18 +43,20 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(
-                f"--device {name} was asked for, but this PyTorch sees no CUDA GPU "
-                f"(torch {torch.__version__}); use --device cpu or auto"
+                f"{opt('device', value=name)} was asked for, but this PyTorch sees no CUDA GPU "
+                f"(torch {torch.__version__}); use {opt('device', value='cpu')} or auto"
             )
         dev = torch.device(name)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(
-                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) exist"
+                f"{opt('device', value=name)}: only {torch.cuda.device_count()} CUDA device(s) exist"
             )
         return dev
     if name == "mps":
         if not torch.backends.mps.is_available():
-            raise ConfigError("--device mps was asked for, but MPS is not available here")
+            raise ConfigError(
+                f"{opt('device', value='mps')} was asked for, but MPS is not available here"
+            )
         return torch.device("mps")
     raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
 
@@ -111,12 +113,15 @@ def plan_precision(precision: str, device: torch.device) -> PrecisionPlan:
     if device.type == "cuda":
         bf16 = torch.cuda.is_bf16_supported()
         if name == "bf16" and not bf16:
-            raise ConfigError("--precision bf16: this GPU has no bf16; use fp16, fp32 or auto")
+            raise ConfigError(
+                f"{opt('precision', value='bf16')}: this GPU has no bf16; use fp16, fp32 or auto"
+            )
         chosen = ("bf16" if bf16 else "fp16") if name == "auto" else name
         return PrecisionPlan(name, chosen, chosen, chosen)
     if name == "fp16":
         raise ConfigError(
-            f"--precision fp16 needs a CUDA device, not {device.type}; use bf16, fp32 or auto"
+            f"{opt('precision', value='fp16')} needs a CUDA device, not {device.type}; "
+            "use bf16, fp32 or auto"
         )
     if name == "auto":
         fast = "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"

@@ -124,6 +124,30 @@ def test_unknown_key_suggests_the_right_one(tmp_path):
         load_config(cfg)
 
 
+def test_every_unknown_key_is_named_with_the_key_it_likely_means(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    # A typo in a key hides behind another: fixing one at a time would take a run per typo.
+    cfg.write_text("train:\n  lrr: 0.1\n  epochs: 0\ndata:\n  dat_dir: x\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert str(info.value) == (
+        f"unknown keys data.dat_dir, train.lrr in config file {cfg} "
+        "(did you mean data.data_dir, train.lr?)"
+    )
+    r = CliRunner().invoke(main, ["train", "--config", str(cfg)])
+    assert _one_line_cli_error(r) == f"Error: {info.value}"
+
+    # A key without a likely meaning: each guess says which key it is for.
+    cfg.write_text("train:\n  lrr: 0.1\nzzzqq: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert str(info.value) == (
+        f"unknown keys train.lrr, zzzqq in config file {cfg} (did you mean train.lr for train.lrr?)"
+    )
+    with pytest.raises(ConfigError, match=r"^unknown keys train\.qqqq, zzzqq in the config$"):
+        load_config(None, {"train.qqqq": 1, "zzzqq": 2})
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [

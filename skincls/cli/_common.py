@@ -13,7 +13,8 @@ import click
 from rich.console import Console, ConsoleDimensions
 from rich.rule import Rule
 
-from ..errors import SkinclsError
+from ..errors import SkinclsError, option_spelling
+from ._flags import spell_flags
 
 __all__ = ["PIPE_WIDTH", "console", "err_console", "friendly_errors", "progress_bar"]
 
@@ -155,21 +156,23 @@ def progress_bar(
 def friendly_errors(fn):
     """Turn library and OS errors into one-line Click errors (no traceback).
 
-    Errors raised in DataLoader worker processes arrive re-raised with the worker's whole traceback
-    as their message; only the original error's own line is shown. Other exceptions are bugs and
-    keep their traceback.
+    While the command runs, the options that library messages name read as this CLI's flags
+    (`skincls.errors.opt`, `_flags.FLAGS`). Errors raised in DataLoader worker processes arrive
+    re-raised with the worker's whole traceback as their message; only the original error's own
+    line is shown. Other exceptions are bugs and keep their traceback.
     """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except SkinclsError as exc:
-            raise click.ClickException(_unwrap_worker(str(exc))[1]) from exc
-        except OSError as exc:
-            raise click.ClickException(os_error_message(exc)) from exc
-        except KeyboardInterrupt:
-            raise click.ClickException("interrupted") from None
+        with option_spelling(spell_flags):  # str(exc) below too: it spells the flags
+            try:
+                return fn(*args, **kwargs)
+            except SkinclsError as exc:
+                raise click.ClickException(_unwrap_worker(str(exc))[1]) from exc
+            except OSError as exc:
+                raise click.ClickException(os_error_message(exc)) from exc
+            except KeyboardInterrupt:
+                raise click.ClickException("interrupted") from None
 
     return wrapper
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import DataError
+from ..errors import DataError, opt
 from .guards import check_writable_dir, os_error
 
 __all__ = [
@@ -34,7 +34,8 @@ DEFAULT_DATASET = "fanconic/skin-cancer-malignant-vs-benign"
 CREDENTIALS_HELP = (
     "Give Kaggle credentials one of three ways: set KAGGLE_API_TOKEN, save the token to "
     "~/.kaggle/access_token, or put the legacy key file at ~/.kaggle/kaggle.json "
-    "(tokens: https://www.kaggle.com/settings/api). Offline? Use --archive FILE.zip or --source-dir DIR."
+    "(tokens: https://www.kaggle.com/settings/api). Offline? Use "
+    f"{opt('archive=FILE.zip')} or {opt('source_dir=DIR')}."
 )
 ByteProgress = Callable[[int, "int | None"], None]
 # OWNER/NAME as Kaggle spells them: each part starts with a letter or digit, so neither can be `.`,
@@ -161,18 +162,18 @@ def download_dataset(
     """
     if not _DATASET_RE.fullmatch(dataset):
         raise DataError(
-            f"--dataset must look like OWNER/NAME (letters, digits, '-', '_', '.'; each part "
+            f"{opt('dataset')} must look like OWNER/NAME (letters, digits, '-', '_', '.'; each part "
             f"starting with a letter or digit), got {dataset!r}"
         )
     owner, name = dataset.split("/")
     cache = Path(cache_dir or default_cache_dir())
     folder = cache / owner / name
     if not folder.resolve().is_relative_to(cache.resolve()):  # belt and braces after the pattern
-        raise DataError(f"--dataset {dataset!r} leads outside the cache folder {cache}")
+        raise DataError(f"{opt('dataset')} {dataset!r} leads outside the cache folder {cache}")
     archive = folder / f"{name}.zip"
     if archive.is_file() and not force and zipfile.is_zipfile(archive):
         return archive, False
-    check_writable_dir(cache, "--cache-dir")
+    check_writable_dir(cache, opt("cache_dir"))
     partial = folder / ".partial"
     shutil.rmtree(partial, ignore_errors=True)
     try:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import DataError
+from ..errors import DataError, opt
 
 __all__ = [
     "MAX_COMPRESSION_RATIO",
@@ -41,7 +41,8 @@ _RATIO_FLOOR = 1 << 20
 _METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
 
 _ADVICE = {
-    errno.ENOSPC: "free disk space there (or choose another --data-dir) and run fetch again",
+    errno.ENOSPC: f"free disk space there (or choose another {opt('data_dir')}) and run fetch "
+    "again",
     errno.EDQUOT: "free space in your disk quota and run fetch again",
     errno.EACCES: "fix the permissions there (or choose another folder) and run fetch again",
     errno.EPERM: "fix the permissions there (or choose another folder) and run fetch again",
@@ -54,7 +55,7 @@ def os_error(exc: OSError, doing: str) -> DataError:
     """A one-line `DataError` for an OS error: what failed, on which file, and what to do.
 
     Example: `cannot write data/images/train/benign/3.jpg: No space left on device (ENOSPC); free
-    disk space there (or choose another --data-dir) and run fetch again`.
+    disk space there (or choose another data_dir) and run fetch again`.
     """
     code = errno.errorcode.get(exc.errno or 0)
     what = exc.strerror or str(exc) or type(exc).__name__
@@ -88,7 +89,7 @@ def check_writable_dir(path: str | Path, option: str) -> None:
     The folder need not exist: its nearest existing ancestor must be a folder we may write into.
 
     Raises:
-        DataError: e.g. `--data-dir /dev/null/x cannot be created: /dev/null is not a folder`.
+        DataError: e.g. `data_dir /dev/null/x cannot be created: /dev/null is not a folder`.
     """
     path = Path(path)
     probe = path
@@ -113,7 +114,7 @@ def check_inputs_outside(replaced: Iterable[Path], inputs: dict) -> None:
     """Refuse inputs (`{option: path or None}`) inside folders fetch replaces: they would be deleted.
 
     Raises:
-        DataError: e.g. `--source-dir data/images/mine lies inside data/images, which fetch replaces`.
+        DataError: e.g. `source_dir data/images/mine lies inside data/images, which fetch replaces`.
     """
     folders = [Path(f).resolve() for f in replaced]
     for option, path in inputs.items():
@@ -140,13 +141,15 @@ def check_archive_members(archive: Path, infos: Iterable[zipfile.ZipInfo], max_b
         name = info.filename
         if info.flag_bits & 0x41:  # bit 0: encrypted, bit 6: strong encryption
             raise DataError(
-                f"{refuse}: entry {name!r} is encrypted; unpack it yourself and use --source-dir"
+                f"{refuse}: entry {name!r} is encrypted; unpack it yourself and use "
+                f"{opt('source_dir')}"
             )
         if info.compress_type not in _METHODS:
             raise DataError(
                 f"{refuse}: entry {name!r} uses compression method "
                 f"{zipfile.compressor_names.get(info.compress_type, info.compress_type)}; only "
-                "stored and deflate are accepted (their memory use is bounded): re-zip it or use --source-dir"
+                "stored and deflate are accepted (their memory use is bounded): re-zip it or use "
+                f"{opt('source_dir')}"
             )
         if info.file_size > MAX_MEMBER_BYTES:
             raise DataError(

@@ -105,7 +105,7 @@ class LabelsInfo(_Record):
 
 
 class LabelsCsvOption(_Record):
-    """The `--labels-csv` file a data dir was prepared with (its hash is in the fingerprint)."""
+    """The `labels_csv` file a data dir was prepared with (its hash is in the fingerprint)."""
 
     name: str
     sha256: str
@@ -155,7 +155,7 @@ class GroupsSummary(_Record):
 
 
 class ReferenceInfo(_Record):
-    """A reference dataset given to `fetch --reference` (`skincls.data.references`)."""
+    """A reference dataset given to `fetch(reference=...)` (`skincls.data.references`)."""
 
     name: str
     path: str
@@ -188,9 +188,9 @@ class DatasetInfo(_Record):
     seed: int | None = None
     near_dup_distance: int | None = None
     near_dup_confirm: int | None = None
-    layout: str | None = None  # the layout asked for: a dataset's (--dataset NAME) or "auto"
+    layout: str | None = None  # the layout asked for: a dataset's (dataset=NAME) or "auto"
     labels_csv: LabelsCsvOption | None = None
-    reference: list[str] | None = None  # fingerprints of the --reference datasets
+    reference: list[str] | None = None  # fingerprints of the reference datasets
     class_order: str | None = None
     dataset: DatasetIdentity | None = None
     labels: LabelsInfo | None = None
@@ -207,7 +207,7 @@ class DatasetInfo(_Record):
     @property
     def dataset_name(self) -> str | None:
         """The named dataset these images are: the one downloaded by name, or the one an offline
-        source was read as by name (`--dataset NAME`). None for synthetic data, a labels CSV and a
+        source was read as by name (`dataset=NAME`). None for synthetic data, a labels CSV and a
         source whose layout was only detected (a folder of class folders is not thereby the Kaggle
         dataset)."""
         if self.source is None or self.source.kind == "synthetic":

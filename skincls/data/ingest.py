@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import UnidentifiedImageError
 
-from ..errors import DataError
+from ..errors import DataError, opt
 from .cells import formula_start
 from .dedup import perceptual_hashes
 from .guards import CountingReader, check_archive_members, os_error
@@ -137,7 +137,7 @@ def select_layout(paths: Iterable[PurePosixPath], fingerprints: dict | None = No
         if same < 0.9 * len(files):
             raise DataError(
                 f"the source holds several dataset roots ({'/'.join(chosen) or '.'} and {name}) "
-                "that are not copies of each other; point --source-dir at one of them"
+                f"that are not copies of each other; point {opt('source_dir')} at one of them"
             )
         ignored[name] = len(files)
     layout = Layout(chosen, sorted(mine), ignored, sorted(outside))

@@ -1,7 +1,7 @@
 """Layouts: find a dataset's metadata file in a source tree and match its rows to image files.
 
 Class-folder sources (`split/class/file`) are read by `ingest.select_layout`. Metadata sources name
-each image by id in a CSV (HAM10000, ISIC 2019, ISIC 2020, or any `--labels-csv`): here the CSV is
+each image by id in a CSV (HAM10000, ISIC 2019, ISIC 2020, or any `labels_csv`): here the CSV is
 found and parsed before anything is unpacked, each row is matched to one file, and only the files
 that get a class are taken. A file found twice (the HAM10000 archive holds a lower-case copy of
 both image folders) is taken once and the copy reported.
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
-from ..errors import DataError
+from ..errors import DataError, opt
 from .cells import formula_start
 from .ingest import IMAGE_SUFFIXES, Candidate, Layout, select_layout
 from .metadata import (
@@ -46,7 +46,7 @@ _SHOWN = 10  # lesions named as examples in dataset.json
 
 @dataclass
 class LabelsCsv:
-    """A `--labels-csv` file: its bytes, name and the columns to read."""
+    """A `labels_csv` file: its bytes, name and the columns to read."""
 
     data: bytes
     name: str
@@ -152,7 +152,7 @@ def make_selector(
             (a known metadata file if there is one, else class folders). With `labels_csv` the
             layout is that file's.
         policy: How diagnoses become classes (binary by default).
-        labels_csv: A `--labels-csv` file.
+        labels_csv: A labels CSV file (`fetch(labels_csv=...)`).
         task_given: The user chose the task: a class-folder source then is an error, since its
             classes are its folder names.
     """
@@ -178,9 +178,9 @@ def make_selector(
         if name == "folders":
             if task_given:
                 raise DataError(
-                    "--task and --malignant apply to datasets with diagnoses (HAM10000, ISIC, "
-                    "--labels-csv); this source is in class-folder layout, whose classes are its "
-                    "folder names"
+                    f"{opt('task')} and {opt('malignant')} apply to datasets with diagnoses "
+                    f"(HAM10000, ISIC, {opt('labels_csv')}); this source is in class-folder "
+                    "layout, whose classes are its folder names"
                 )
             return select_layout(paths, fingerprints)
         finder, wanted = _FINDERS[name]

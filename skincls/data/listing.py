@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from ..errors import DataError
+from ..errors import DataError, opt
 from .cells import printable
 
 __all__ = ["SourceFiles", "is_hidden", "list_source"]
@@ -62,7 +62,7 @@ def list_source(root: str | Path) -> SourceFiles:
         except OSError as exc:
             raise DataError(
                 f"cannot read folder {folder}: {exc.strerror or exc}; fix its permissions (e.g. "
-                "chmod -R u+rX) or move it out of --source-dir, then run fetch again"
+                f"chmod -R u+rX) or move it out of {opt('source_dir')}, then run fetch again"
             ) from exc
         for e in entries:
             r = rel / e.name

@@ -13,7 +13,7 @@ import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ..errors import DataError
+from ..errors import DataError, opt
 
 __all__ = [
     "ATTRIBUTE_COLUMNS",
@@ -102,7 +102,7 @@ def binary_map(malignant: Iterable[str] | None = None) -> dict[str, str]:
     unknown = sorted(codes - set(DIAGNOSES))
     if unknown or not codes:
         raise DataError(
-            f"--malignant: unknown diagnosis codes {unknown or '(none given)'}; "
+            f"{opt('malignant')}: unknown diagnosis codes {unknown or '(none given)'}; "
             f"choose from {', '.join(DIAGNOSES)}"
         )
     out = {c: (MALIGNANT if c in codes else BENIGN) for c in DEFAULT_BINARY_MAP}
@@ -115,13 +115,13 @@ class MetaRow:
     """One image as a metadata file describes it.
 
     Attributes:
-        image: Image id (the file's stem, e.g. `ISIC_0027419`) or, for `--labels-csv`, a file name
+        image: Image id (the file's stem, e.g. `ISIC_0027419`) or, for a `labels_csv`, a file name
             or relative path.
-        diagnosis: Canonical diagnosis code, or for `--labels-csv` the label column's value.
+        diagnosis: Canonical diagnosis code, or for a `labels_csv` the label column's value.
         lesion_id: The lesion it shows ("" when not recorded).
         patient_id: The patient ("" when not recorded).
         malignant: The dataset's own benign/malignant label where it has one (ISIC 2020), else None.
-        groups: Further grouping keys (`--labels-csv --group-column`), as `column:value`.
+        groups: Further grouping keys (a `labels_csv`'s `group_columns`), as `column:value`.
         attributes: What the file says of the image and patient besides, `(column, value)` under
             the manifest's names (`ATTRIBUTE_COLUMNS`): sex, age, site, dx_type, fitzpatrick.
     """
@@ -148,7 +148,7 @@ class LabelPolicy:
     Attributes:
         task: `binary` (through `mapping`) or `multiclass` (one class per diagnosis code).
         mapping: Diagnosis code → class for `binary`; ignored for `multiclass`.
-        as_given: Take the label column as the class unchanged (`--labels-csv` without `--task`).
+        as_given: Take the label column as the class unchanged (a `labels_csv` without `task`).
     """
 
     task: str = "binary"

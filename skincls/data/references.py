@@ -1,7 +1,7 @@
 """References: which images of a dataset are copies of a reference dataset that has metadata.
 
 The default Kaggle dataset dropped HAM10000's lesion ids, but its benign images are HAM10000 images,
-resized. Given the reference (`fetch(reference=...)`, `--reference DIR|ARCHIVE`), every fetched image
+resized. Given the reference (`fetch(reference=[DIR or ARCHIVE, ...])`), every fetched image
 that is a copy of a reference image (resized, recompressed, flipped or turned: the perceptual-hash
 test of `dedup`, confirmed by a dHash) inherits that image's lesion and patient ids, so another photo
 of the same lesion lands in the same split. The report says, per class, which source its images came
@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..atomic import atomic_write
-from ..errors import DataError
+from ..errors import DataError, opt
 from .dedup import match_hashes, perceptual_hashes
 from .ingest import to_rgb
 from .layouts import MetadataLayout, make_selector
@@ -165,7 +165,7 @@ def load_reference(
     """
     path = Path(path)
     if not path.exists():
-        raise DataError(f"--reference {path} does not exist")
+        raise DataError(f"{opt('reference')} {path} does not exist")
     cached = None
     if cache_dir is not None:
         cached = cache_dir / f"reference-{reference_fingerprint([path])[0][:24]}.npz"
@@ -196,7 +196,7 @@ def load_reference(
             if on_progress:
                 on_progress("reference", n, len(items))
     if not rows:
-        raise DataError(f"--reference {path}: no readable image with lesion or patient ids")
+        raise DataError(f"{opt('reference')} {path}: no readable image with lesion or patient ids")
     ref = Reference(name, str(path), rows, np.stack(hashes), skipped)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -286,15 +286,15 @@ def _reference_items(
         try:
             zf = stack.enter_context(zipfile.ZipFile(path))
         except (OSError, zipfile.BadZipFile, UnicodeDecodeError) as exc:  # a name not UTF-8
-            raise DataError(f"cannot open --reference {path}: {exc}") from None
+            raise DataError(f"cannot open {opt('reference')} {path}: {exc}") from None
         entries = {PurePosixPath(i.filename): i for i in zf.infolist() if not i.is_dir()}
         fingerprints = {k: i.CRC for k, i in entries.items()}
         layout = select(list(entries), fingerprints, lambda k: _read_member(zf, entries[k]))
         readers = {k: (lambda i=i: _read_member(zf, i)) for k, i in entries.items()}
     if not isinstance(layout, MetadataLayout):
         raise DataError(
-            f"--reference {path} has no metadata file with lesion or patient ids (HAM10000, ISIC "
-            "2019 or 2020, or a data dir prepared by skincls fetch)"
+            f"{opt('reference')} {path} has no metadata file with lesion or patient ids "
+            "(HAM10000, ISIC 2019 or 2020, or a data dir prepared by skincls fetch)"
         )
     name = _layout_title(layout.summary.get("layout")) or path.stem
     items = []

@@ -1,6 +1,6 @@
 """Registry: the datasets skincls knows by name, each with the layout (parser) that reads it.
 
-`skincls fetch --dataset NAME` looks the name up here: the Kaggle slug to download, and how to read
+`skincls.fetch(dataset=NAME)` looks the name up here: the Kaggle slug to download, and how to read
 what arrives (class folders, or a metadata CSV with images named by id). An unknown OWNER/NAME is
 still downloaded; its layout is then detected from the files (`skincls.data.layouts.detect_layout`).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import DataError
+from ..errors import DataError, call, opt
 
 __all__ = [
     "LAYOUTS",
@@ -32,11 +32,12 @@ class DatasetSpec:
             cannot serve (a competition).
         title: What people call it.
         layout: How its files are read (one of `LAYOUTS`).
-        kaggle: Whether `skincls fetch --dataset NAME` can download it through the Kaggle API.
+        kaggle: Whether `fetch(dataset=NAME)` can download it through the Kaggle API.
         aliases: Short names that mean the same (`ham10000`).
         url: Where it is described.
-        notes: What to know (size, licence, how to get it when `kaggle` is False).
-        synthetic: Whether `--synthetic N --dataset NAME` can generate an offline look-alike.
+        notes: What to know (size, licence, how to get it when `kaggle` is False); it may name
+            options (`skincls.errors.opt`), which `skincls.errors.spell_options(notes)` spells.
+        synthetic: Whether `fetch(synthetic=N, dataset=NAME)` can generate an offline look-alike.
     """
 
     name: str
@@ -98,7 +99,7 @@ register_dataset(
         "folders",
         url="https://www.kaggle.com/datasets/fanconic/skin-cancer-malignant-vs-benign",
         notes="train/ and test/ with benign/ and malignant/ folders (2,637 images, no metadata; "
-        "every benign image is a HAM10000 copy: see --reference). The default.",
+        f"every benign image is a HAM10000 copy: see {opt('reference')}). The default.",
         synthetic=True,
     )
 )
@@ -148,8 +149,8 @@ register_dataset(
         url="https://www.kaggle.com/competitions/siim-isic-melanoma-classification",
         notes="a Kaggle competition, not a dataset: accept its rules on kaggle.com, download it "
         "(`kaggle competitions download -c siim-isic-melanoma-classification`; ~100 GB with the "
-        "DICOM copies), unpack train.csv and jpeg/train/, and run `skincls fetch --source-dir DIR "
-        "--dataset siim-isic-melanoma-classification`; or use --dataset isic2020 (the same "
-        "images, resized)",
+        "DICOM copies), unpack train.csv and jpeg/train/, and run "
+        f"`{call('fetch', 'source_dir=DIR', dataset='siim-isic-melanoma-classification')}`; or "
+        f"use {opt('dataset', value='isic2020')} (the same images, resized)",
     )
 )

@@ -1,6 +1,6 @@
 """Sources: what `fetch` is asked to read, resolved once: the dataset's layout, task and label map.
 
-`plan_source` turns the options (`--dataset`, `--task`, `--malignant`, `--labels-csv` …) into a
+`plan_source` turns the options (`dataset`, `task`, `malignant`, `labels_csv` …) into a
 `SourcePlan` that fetch hands to ingest as a selector, fingerprints, and records in `dataset.json`.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, opt
 from .ingest import Layout
 from .layouts import LabelsCsv, MetadataLayout, Selector, make_selector
 from .metadata import LabelPolicy, MetaRow, binary_map
@@ -28,7 +28,7 @@ class SourcePlan:
     policy: LabelPolicy
     labels_csv: LabelsCsv | None = None
     task_given: bool = False
-    forced: bool = False  # the layout was named (--dataset NAME), not detected
+    forced: bool = False  # the layout was named (dataset=NAME), not detected
 
     def selector(self) -> Selector:
         """The `select` callable for `ingest.extract_archive` / `copy_source`."""
@@ -61,16 +61,18 @@ class SourcePlan:
         layout = self.spec.layout if self.forced else "folders"
         if layout == "folders":
             if self.task_given:
+                ham = opt("synthetic=N", "dataset='ham10000'")
                 raise DataError(
-                    "--task and --malignant need diagnoses: use --synthetic N --dataset ham10000 "
-                    "for a HAM10000-like synthetic dataset"
+                    f"{opt('task')} and {opt('malignant')} need diagnoses: use {ham} for a "
+                    "HAM10000-like synthetic dataset"
                 )
             generate_synthetic(root, n, seed=seed)
         elif layout == "ham10000":
             generate_synthetic_metadata(root, n, seed=seed)
         else:
             raise DataError(
-                f"no synthetic generator for the {layout} layout; use --dataset ham10000 or the default"
+                f"no synthetic generator for the {layout} layout; use "
+                f"{opt('dataset', value='ham10000')} or the default"
             )
 
     def describe(self, layout: Layout) -> dict:
@@ -120,11 +122,14 @@ def plan_source(
         forced: Read the source in `dataset`'s layout rather than detecting it.
 
     Raises:
-        DataError: unknown dataset or codes, `--malignant` with the multiclass task, unreadable CSV.
+        DataError: unknown dataset or codes, `malignant` with the multiclass task, unreadable CSV.
     """
     spec = get_dataset(dataset)
     if malignant is not None and task == "multiclass":
-        raise DataError("--malignant applies to the binary task, not to --task multiclass")
+        raise DataError(
+            f"{opt('malignant')} applies to the binary task, not to "
+            f"{opt('task', value='multiclass')}"
+        )
     policy = LabelPolicy(task or "binary", binary_map(malignant))
     csv = None
     if labels_csv is not None:
@@ -132,7 +137,9 @@ def plan_source(
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise DataError(f"cannot read --labels-csv {path}: {exc.strerror or exc}") from None
+            raise DataError(
+                f"cannot read {opt('labels_csv')} {path}: {exc.strerror or exc}"
+            ) from None
         csv = LabelsCsv(
             data,
             path.name,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write
-from ..errors import DataError
+from ..errors import DataError, call, opt
 from .cells import safe_path, safe_text
 from .grouping import carve_groups
 from .info import DATASET_JSON, DatasetInfo
@@ -199,7 +199,8 @@ def load_manifest(data_dir: str | Path) -> Manifest:
     if not path.is_file():
         raise DataError(
             f"no {MANIFEST_NAME} in {data_dir}: prepare the data first, e.g. "
-            f"`skincls fetch --data-dir {data_dir}` (or `--synthetic 500` for offline data)"
+            f"`{call('fetch', data_dir=str(data_dir))}` (or `{opt('synthetic=500')}` for offline "
+            "data)"
         )
     info = DatasetInfo.load(data_dir)
     classes = list(info.classes)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import DataError, ModelError
+from ..errors import DataError, ModelError, opt
 from ..inference.decision import softmax
 from ..inference.tta import model_logits
 
@@ -67,6 +67,7 @@ def collect_outputs(
     if bad:  # metrics on NaN would be a traceback or, worse, a number
         raise ModelError(
             f"the model's outputs are NaN or infinite on {bad} of {len(out.labels)} "
-            f"{split} images, so nothing was measured (an overflow: try --precision fp32)"
+            f"{split} images, so nothing was measured (an overflow: try "
+            f"{opt('precision', value='fp32')})"
         )
     return out

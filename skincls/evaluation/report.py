@@ -98,7 +98,7 @@ class CalibrationResult(BaseModel):
 
         Args:
             in_use: The temperature in use after the fit (the fitted one, or the one kept).
-            option: The option that keeps a worse fit (e.g. "--keep-worse-calibration"), if any.
+            option: How the caller asks to keep a worse fit, in its own words, if any.
         """
         if self.kept:
             what = "kept as asked" + (f" ({option})" if option else "")

@@ -28,7 +28,7 @@ from ..atomic import atomic_write
 from ..config import RunConfig, save_config
 from ..data.dataset import ManifestDataset, build_transform
 from ..data.splits import Manifest, load_manifest
-from ..errors import ConfigError
+from ..errors import ConfigError, opt
 from ..evaluation.measure import OperatingPoint
 from ..evaluation.store import report_summary
 from ..locks import DirLock
@@ -74,7 +74,7 @@ def _locking_out(fn: Callable[..., CVResult]) -> Callable[..., CVResult]:
     @functools.wraps(fn)
     def locked(config: RunConfig, *args: Any, **kwargs: Any) -> CVResult:
         cv_dir = Path(config.out or "runs/cv")
-        advice = "wait for it to finish, or give another --out"
+        advice = f"wait for it to finish, or give another {opt('out')}"
         with DirLock(cv_dir, "skincls cv", advice=advice) as lock:
             lock.clean_stale_temps()
             return fn(config, *args, **kwargs)
@@ -427,21 +427,23 @@ def _open_state(cv_dir: Path, signature: dict[str, Any], resume: bool) -> dict[s
     if not resume:
         if path.exists():
             raise ConfigError(
-                f"{cv_dir} already holds a cross-validation; add --resume to continue it, or "
-                "choose another --out"
+                f"{cv_dir} already holds a cross-validation; add {opt('resume=True')} to "
+                f"continue it, or choose another {opt('out')}"
             )
         state = {**signature, "completed": [], "finished": False}
         _save_state(cv_dir, state)
         return state
     if not path.is_file():
-        raise ConfigError(f"nothing to resume: {path} does not exist; run without --resume")
+        raise ConfigError(
+            f"nothing to resume: {path} does not exist; run without {opt('resume=True')}"
+        )
     state = json.loads(path.read_text())
     for key, value in signature.items():
         if state.get(key) != value:
             what = {"assignment": "fold assignment (data or seed changed)"}.get(key, key)
             raise ConfigError(
                 f"cannot resume the cross-validation in {cv_dir}: its {what} differs from this "
-                "run's; resume with the same options, or choose another --out"
+                f"run's; resume with the same options, or choose another {opt('out')}"
             )
     return state
 

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from ..data.splits import Manifest, Record
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, opt
 
 __all__ = ["assign_folds", "fold_manifest", "folds_fingerprint", "pool_records", "record_group"]
 
@@ -56,7 +56,7 @@ def assign_folds(
         if n < folds:
             raise DataError(
                 f"class {name!r} has only {n} independent images/groups outside the test split, "
-                f"fewer than {folds} folds; use --folds {max(n, 2)} or fewer"
+                f"fewer than {folds} folds; use {opt('folds', value=max(n, 2))} or fewer"
             )
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     fold = np.full(len(records), -1, dtype=np.int64)

@@ -22,7 +22,7 @@ from torch import nn
 
 from .._version import __version__
 from ..atomic import atomic_path
-from ..errors import SkinclsError
+from ..errors import SkinclsError, opt
 from ..models.checkpoint import Checkpoint, load_checkpoint
 
 __all__ = ["FORMATS", "ExportError", "ExportResult", "ExportWrapper", "export_model"]
@@ -147,7 +147,7 @@ def export_model(
             raise ExportError(
                 f"parity check failed: the exported {format} model differs from PyTorch by up to "
                 f"{diff:.3g} (tolerance {tolerance:g}); nothing was written to {out}. "
-                "Raise --tolerance only if you understand where the difference comes from."
+                f"Raise {opt('tolerance')} only if you understand where the difference comes from."
             )
     return ExportResult(
         path=out,
@@ -275,7 +275,7 @@ def _parity(wrapper: nn.Module, path: Path, format: str, size: int, seed: int) -
         if not np.isfinite(expected).all():
             raise ExportError(
                 "the model's own (PyTorch) probabilities are NaN or infinite, so there is nothing "
-                "to export; train again (with a lower --lr if training diverged)"
+                f"to export; train again (with a lower {opt('train.lr')} if training diverged)"
             )
         got = np.asarray(run(images.numpy()))
         if got.shape != expected.shape:

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..data.dataset import build_transform
 from ..data.images import IMAGE_SUFFIXES, UnusableImage, load_image, prepare_image
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, opt, spell_options
 from ..figures import save_figure
 from ..models.checkpoint import Checkpoint, load_checkpoint
 from ..runtime import plan_precision, resolve_device
@@ -214,7 +214,7 @@ class Predictor:
                 continue
             p, k = next(it)
             if not np.isfinite(p).all():  # never a plausible label from NaN (argmax says class 0)
-                out.append(Prediction(row, error=NONFINITE_OUTPUT))
+                out.append(Prediction(row, error=spell_options(NONFINITE_OUTPUT)))
                 continue
             binary = len(self.classes) == 2
             best = sorted(range(len(p)), key=lambda j: -p[j])[: self.top_k]
@@ -265,7 +265,8 @@ class Predictor:
 
 
 NONFINITE_OUTPUT = (
-    "the model's output is NaN or infinite for this image (an overflow: try --precision fp32)"
+    "the model's output is NaN or infinite for this image (an overflow: try "
+    f"{opt('precision', value='fp32')})"
 )
 
 
@@ -275,7 +276,7 @@ def _check_threshold(threshold: float, classes: list[str]) -> None:
     if len(classes) != 2:
         raise ConfigError(
             f"a threshold is a two-class operating point; this checkpoint has {len(classes)} "
-            "classes and decides by argmax: leave --threshold out"
+            f"classes and decides by argmax: leave {opt('threshold')} out"
         )
 
 

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, opt
 from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 __all__ = [
@@ -86,6 +86,7 @@ class ModelSpec:
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+_FROM_SCRATCH = opt("weights='none'", "freeze='none'")
 
 
 def register_model(name: str, *, description: str = "", imagenet_acc1: Acc1 = None):
@@ -319,13 +320,13 @@ def _download(arch: str, weights: Any) -> nn.Module:
         if dest.is_file():
             raise ModelError(
                 f"the cached ImageNet weights for {arch} at {dest} are unreadable ({reason}); "
-                "delete the file and retry, or pass a state-dict file with --weights FILE"
+                f"delete the file and retry, or pass a state-dict file with {opt('weights=FILE')}"
             ) from exc
         raise ModelError(
             f"could not download the ImageNet weights for {arch} ({reason}). Offline options: "
             f"download {weights.url} elsewhere and put it at {dest} (the torch hub cache; set "
-            "TORCH_HOME to move it); or pass that or another state-dict file with --weights FILE "
-            "(weights=FILE in Python); or train from scratch with --weights none --freeze none"
+            f"TORCH_HOME to move it); or pass that or another state-dict file with "
+            f"{opt('weights=FILE')}; or train from scratch with {_FROM_SCRATCH}"
         ) from exc
 
 
@@ -413,8 +414,7 @@ _register_torchvision()
 def _smallcnn(weights: str) -> Body:
     if weights != "none":
         raise ModelError(
-            "smallcnn has no pretrained weights; train it from scratch with --weights none "
-            "--freeze none"
+            f"smallcnn has no pretrained weights; train it from scratch with {_FROM_SCRATCH}"
         )
     chans = (3, 16, 32, 64, 96)
     layers: list[nn.Module] = []

@@ -254,7 +254,7 @@ def save_checkpoint(
 
     `model` is a model or a `snapshot_model` of one. `model_config` and `preprocessing` default to
     its own (`model.config`, `model.preprocessing`, set by `create_model`). `training_state` (a
-    `Trainer.state_dict()`) is stored as is, for `skincls train --resume`.
+    `Trainer.state_dict()`) is stored as is, for `train_from_config(..., resume=True)`.
     """
     model_config = model.config if model_config is None else model_config
     preprocessing = model.preprocessing if preprocessing is None else preprocessing

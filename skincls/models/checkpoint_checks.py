@@ -30,7 +30,7 @@ from pydantic import (
     field_validator,
 )
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, opt
 from ..preprocessing import Preprocessing
 
 __all__ = [
@@ -187,7 +187,7 @@ _Count = Annotated[int, Field(ge=0)]
 
 
 class _SplitMetrics(BaseModel):
-    """One split's stored metrics (`skincls evaluate --save`, an epoch's train/val): numbers."""
+    """One split's stored metrics (`evaluate_checkpoint(save=True)`, an epoch's train/val): numbers."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 
@@ -363,7 +363,7 @@ def check_weights(
     bad = first_nonfinite(state.items())
     if bad is not None:
         problem = f"the weights hold NaN or inf ({bad}), so the training that made them diverged"
-        raise _error(path, problem, writing, "train again with a lower --lr")
+        raise _error(path, problem, writing, f"train again with a lower {opt('train.lr')}")
     temps = state.get("temperatures")  # an ensemble's: one per member
     if torch.is_tensor(temps) and temps.numel() and temps.is_floating_point():
         lo, hi = TEMPERATURE_LIMITS

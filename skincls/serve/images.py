@@ -119,7 +119,7 @@ def _load(upload: Upload) -> Image.Image:
     """Decode the pixels (the header was checked) with the reader of every stage."""
     try:
         return decode_image(upload.data, formats=FORMATS)
-    except ImageTooLarge as exc:  # over PIL's own limit (`--max-megapixels` may be higher)
+    except ImageTooLarge as exc:  # over PIL's own limit (`Limits.max_pixels` may be higher)
         raise UploadError(
             f"{upload.name} is refused: {exc}", status=413, code="too_many_pixels", file=upload.name
         ) from None

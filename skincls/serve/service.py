@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import ConfigError, SkinclsError
+from ..errors import ConfigError, SkinclsError, opt, spell_options
 from ..inference.predict import Prediction, Predictor
 from .images import to_data_url
 from .schemas import ImageResult, Limits, ModelInfo
@@ -25,6 +25,7 @@ __all__ = ["DISPLAY_SIZE", "ModelService", "decide"]
 
 DISPLAY_SIZE = 512  # longest side of the image and heat map sent back to the page
 _DATASET_JSON = "dataset.json"  # written by `skincls fetch` into the data dir
+_CAM_OFF = f"Grad-CAM is off ({opt('grad_cam=False')})"
 
 
 def decide(
@@ -150,7 +151,7 @@ class ModelService:
                 result.heatmap = to_data_url(_colourise(heatmap), "PNG")
                 result.cam_class = self.predictor.classes[self._cam_target(pred)]
             else:
-                result.cam_error = self._cam_error or "Grad-CAM is off (--no-grad-cam)"
+                result.cam_error = self._cam_error or spell_options(_CAM_OFF)
         return result
 
     def _heatmap(self, image: Image.Image, target: int, size: tuple[int, int]) -> np.ndarray | None:
@@ -244,7 +245,7 @@ def _display_size(size: tuple[int, int]) -> tuple[int, int]:
 
 
 def _colourise(cam: np.ndarray) -> Image.Image:
-    """(h, w) map in [0, 1] → RGB image in the jet colour map, as `skincls predict --cam` blends it."""
+    """(h, w) map in [0, 1] → RGB image in the jet colour map, as `Predictor.predict` blends it."""
     from matplotlib import colormaps
 
     rgb = colormaps["jet"](np.clip(cam, 0, 1))[..., :3]

@@ -190,7 +190,7 @@ class ModelCheckpoint(Callback):
             with `save_checkpoint`; `snapshot` is the model's `ModelSnapshot` (CPU weights, config,
             preprocessing) taken at the epoch's end, `extra` holds the epoch and its metrics,
             `training_state` the trainer's state (None for best.pt).
-        last: Also write `last.pt`, so that `--resume` can continue the run.
+        last: Also write `last.pt`, so that `resume=True` can continue the run.
         background: Write from a thread while the next epoch trains (the next write, the end of
             `fit` and a crash all wait for it); the snapshot and training state are then CPU copies
             that training cannot change. Writing a VGG head's 1.4 GB `last.pt` otherwise costs

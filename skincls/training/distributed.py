@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from ..errors import ConfigError
+from ..errors import ConfigError, opt
 
 __all__ = [
     "Dist",
@@ -81,8 +81,8 @@ class Dist:
         if self.enabled and 0 < last < self.world_size:
             raise ConfigError(
                 f"the last batch of {n} training images has {last} image(s) for "
-                f"{self.world_size} processes; choose a --batch-size that leaves at least one "
-                "per process, or use fewer processes"
+                f"{self.world_size} processes; choose a {opt('train.batch_size')} that leaves at "
+                "least one per process, or use fewer processes"
             )
 
     def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
@@ -146,7 +146,8 @@ def init_distributed(device: str = "auto") -> tuple[Dist, str]:
         if not torch.cuda.is_available() or local >= torch.cuda.device_count():
             raise ConfigError(
                 f"rank {rank} needs GPU {local}, but this PyTorch sees "
-                f"{torch.cuda.device_count()}; use fewer processes per node or --device cpu"
+                f"{torch.cuda.device_count()}; use fewer processes per node or "
+                f"{opt('train.device', value='cpu')}"
             )
         torch.cuda.set_device(local)
         name = f"cuda:{local}"

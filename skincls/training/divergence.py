@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..errors import TrainingError
+from ..errors import TrainingError, opt
 from ..models.checkpoint_checks import first_nonfinite
 
 __all__ = ["diverged", "nonfinite_weight"]
@@ -29,8 +29,8 @@ def nonfinite_weight(model: nn.Module) -> str | None:
 
 def diverged(epoch: int, phase: str, what: str, *, lr: float, fp16: bool) -> TrainingError:
     """The one-line error for a run whose loss or weights became NaN or infinite."""
-    amp = ", or --precision fp32" if fp16 else ""
+    amp = f", or {opt('train.precision', value='fp32')}" if fp16 else ""
     return TrainingError(
         f"training diverged in epoch {epoch} ({phase} phase): {what}; nothing of this epoch was "
-        f"saved. Train again with a lower --lr (this run: {lr:g}){amp}"
+        f"saved. Train again with a lower {opt('train.lr')} (this run: {lr:g}){amp}"
     )

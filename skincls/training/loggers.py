@@ -1,7 +1,7 @@
 """Loggers: a run's per-epoch metrics for experiment trackers (TensorBoard, MLflow), as callbacks.
 
 The run dir's own history files (`history.json`/`history.csv`, the `csv` logger: `HistoryWriter`)
-are always written; `create_loggers` adds the trackers that `--logger` names. Their packages are
+are always written; `create_loggers` adds the trackers that `logging.loggers` names. Their packages are
 optional extras, imported only when chosen. A tracker opens at the first epoch's end, so a run that
 fails before any epoch ended leaves nothing behind; a resumed run continues what it started.
 """
@@ -22,7 +22,7 @@ import torch
 from ..atomic import atomic_write
 from ..config import LoggerConfig, RunConfig
 from ..config_file import one_line
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError, TrainingError, opt
 from .callbacks import Callback, HistoryWriter, Trainer
 from .history import EpochRecord, History
 
@@ -42,9 +42,9 @@ __all__ = [
 CSVLogger = HistoryWriter
 """The `csv` logger: history.json/history.csv in the run dir (what `skincls runs` reads)."""
 
-MLFLOW_RUN = "mlflow_run.json"  # which MLflow run a run dir's metrics go to (for --resume)
+MLFLOW_RUN = "mlflow_run.json"  # which MLflow run a run dir's metrics go to (for resume=True)
 TRACKING_FILES = ("tensorboard", "mlruns", MLFLOW_RUN)
-"""What the trackers write into a run dir by default (what `--overwrite` removes with the run)."""
+"""What the trackers write into a run dir by default (what `overwrite=True` removes with the run)."""
 
 
 def epoch_metrics(record: EpochRecord) -> dict[str, float]:
@@ -334,7 +334,8 @@ def _import_mlflow():
 
 def _missing(name: str, exc: ImportError) -> ConfigError:
     return ConfigError(
-        f"--logger {name} needs the {name} package ({one_line(exc)}): pip install 'skincls[{name}]'"
+        f"{opt('logging.loggers')} {name} needs the {name} package ({one_line(exc)}): "
+        f"pip install 'skincls[{name}]'"
     )
 
 

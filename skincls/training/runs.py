@@ -4,7 +4,8 @@ A run dir is what `skincls train` writes: `config.json`, `history.json`, `best.p
 summary comes from the two JSON files and from the checkpoint's metadata (its epoch and val metrics,
 test metrics once `skincls evaluate` stored them), read with `torch.load(mmap=True)` so the weights
 stay on disk. The best epoch is best.pt's own: history.json is written every epoch, the checkpoints
-only every `--checkpoint-interval`, so after a kill the history may name a best epoch never written.
+only every `train.checkpoint_interval` seconds, so after a kill the history may name a best epoch
+never written.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, call, spell_options
 from ..models.checkpoint import FORMAT
 from ..models.checkpoint_checks import MetricNumber, check_metadata, describe_validation_error
 
@@ -123,10 +124,13 @@ def _compare_best(s: RunSummary, history: _History | None, best: Path, meta: Any
     if named is None or named == s.best_epoch or (meta is None and best.is_file()):
         return
     holds = f"best.pt holds epoch {s.best_epoch}" if meta is not None else "there is no best.pt"
+    resume = call("train_from_config", "...", resume=True)
     s.problems.append(
-        f"history.json is ahead of the checkpoints: it names epoch {named} the best, but {holds} "
-        "(the run stopped before writing that epoch); the table shows what best.pt holds, and "
-        "`skincls train --resume` continues from last.pt"
+        spell_options(
+            f"history.json is ahead of the checkpoints: it names epoch {named} the best, but "
+            f"{holds} (the run stopped before writing that epoch); the table shows what best.pt "
+            f"holds, and `{resume}` continues from last.pt"
+        )
     )
 
 

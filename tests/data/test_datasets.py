@@ -180,7 +180,11 @@ def test_isic2020_patients_and_own_benign_malignant(tmp_path, ham, competition):
 def test_competition_name_without_files_says_how_to_get_them(tmp_path):
     with pytest.raises(DataError, match="competition, not a dataset") as err:
         fetch(tmp_path / "d", dataset="siim-isic-melanoma-classification", cache_dir=tmp_path)
-    assert "--source-dir" in str(err.value)
+    # Python names the call to make (the CLI its command: tests/cli/test_option_names.py)
+    assert "`skincls.fetch(source_dir=DIR, dataset='siim-isic-melanoma-classification')`" in str(
+        err.value
+    )
+    assert "--" not in str(err.value)
 
 
 # --- any dataset: --labels-csv ---------------------------------------------------------------

@@ -181,7 +181,7 @@ def archive_for_kaggle(tmp_path_factory):
 def test_dataset_names_cannot_leave_the_cache(tmp_path, archive_for_kaggle, name):
     cache = tmp_path / "box" / "cache"
     client = FakeKaggle(archive_for_kaggle)
-    with pytest.raises(DataError, match=r"--dataset must look like OWNER/NAME|unknown dataset"):
+    with pytest.raises(DataError, match=r"^dataset must look like OWNER/NAME|unknown dataset"):
         fetch(tmp_path / "box" / "d", client=client, cache_dir=cache, dataset=name)
     assert client.calls == 0
     assert list(tmp_path.rglob("*")) == []  # nothing written, inside the cache or outside it

@@ -149,7 +149,7 @@ def test_group_column_wins_over_duplicate_clusters_and_too_few_groups_is_loud():
     # Two malignant groups (of several images each) cannot fill three folds.
     records = [Record(f"b{i}", "benign", "train", cluster=i) for i in range(6)]
     records += [Record(f"m{i}", "malignant", "train", cluster=100 + i % 2) for i in range(6)]
-    with pytest.raises(DataError, match=r"'malignant' has only 2 .*--folds 2"):
+    with pytest.raises(DataError, match=r"'malignant' has only 2 .*use folds=2 or fewer"):
         assign_folds(records, ["benign", "malignant"], 3)
 
 
@@ -306,7 +306,7 @@ def test_killed_cv_resumes_in_the_fold_it_was_in(cv_run, tmp_path, monkeypatch):
     fold0 = tmp_path / "cv" / "fold0" / "best.pt"
     before = (fold0.read_bytes(), fold0.stat().st_mtime_ns)
     assert (tmp_path / "cv" / "fold1" / "last.pt").is_file()
-    with pytest.raises(ConfigError, match="already holds a cross-validation; add --resume"):
+    with pytest.raises(ConfigError, match="already holds a cross-validation; add resume=True"):
         _run(config, n_bootstrap=0)
 
     calls = []
@@ -355,7 +355,9 @@ def test_cv_into_a_folder_another_process_writes_is_refused(cv_run, tmp_path):
     out = tmp_path / "cv"
     for command in ("skincls cv", "skincls train"):
         with lock_held_elsewhere(out, command) as pid:
-            with pytest.raises(LockError, match=f"in use by pid {pid} .*{command}.*--out"):
+            with pytest.raises(
+                LockError, match=f"in use by pid {pid} .*{command}.*give another out$"
+            ):
                 _run(_config(cv_run.data, out), n_bootstrap=0)
             assert not (out / cv_mod.CV_STATE).exists()
 

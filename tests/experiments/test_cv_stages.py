@@ -54,7 +54,7 @@ def test_plan_decides_per_fold_what_a_resume_does(tiny_data, tmp_path):
     assert (cv_dir / "folds.csv").is_file() and (cv_dir / "config.json").is_file()
     assert plan.fold_run(1).out == cv_dir / "fold1" and plan.fold_run(1).train.seed == 3
     assert plan.precision == "fp32"
-    with pytest.raises(ConfigError, match="already holds a cross-validation; add --resume"):
+    with pytest.raises(ConfigError, match="already holds a cross-validation; add resume=True"):
         plan_cv(_config(tiny_data, cv_dir), 3)
 
     # A run killed in fold 1: fold 0 in the state file, fold 1 with its last.pt.

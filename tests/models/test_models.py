@@ -259,6 +259,24 @@ def test_imagenet_download_failure_is_one_clear_cli_error(monkeypatch, tiny_data
     assert torch.equal(model.backbone.conv1.weight, net.conv1.weight)
 
 
+def test_imagenet_download_failure_names_python_options(monkeypatch):
+    def offline(url, dst, *args, **kwargs):
+        raise URLError("no route to host")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(ModelError) as err:
+        create_model("resnet18", weights="imagenet")
+    msg = str(err.value)
+    assert "another state-dict file with weights=FILE; or train from scratch with " in msg
+    assert msg.endswith("weights='none', freeze='none'") and "--" not in msg
+    with pytest.raises(ModelError) as err:
+        create_model("smallcnn", weights="imagenet")
+    assert str(err.value) == (
+        "smallcnn has no pretrained weights; train it from scratch with weights='none', "
+        "freeze='none'"
+    )
+
+
 class TinyCNN(nn.Module):
     """A custom backbone returning a (N, 16, h, w) feature map."""
 
