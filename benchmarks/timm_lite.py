@@ -24,7 +24,6 @@ import sys
 
 import torch
 
-
 NATIVE_SIZE = {0: 224, 1: 240, 2: 260}
 
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time `__getattr_
         set_freeze,
     )
     from .models.ensemble import EnsembleClassifier
+    from .models.timm_backbones import list_timm_models
     from .preprocessing import Preprocessing
     from .training.run import train_from_config
     from .training.trainer import History, Trainer
@@ -55,6 +56,7 @@ _LAZY = {
         ".models.classifier",
     ),
     "EnsembleClassifier": ".models.ensemble",
+    "list_timm_models": ".models.timm_backbones",
     "Preprocessing": ".preprocessing",
     "train_from_config": ".training.run",
     **dict.fromkeys(("History", "Trainer"), ".training.trainer"),
@@ -85,6 +87,7 @@ __all__ = [
     "evaluate_checkpoint",
     "fetch",
     "list_models",
+    "list_timm_models",
     "load_checkpoint",
     "load_config",
     "load_manifest",

@@ -46,6 +46,8 @@ FLAGS: dict[str, str] = {
     "overwrite": "--overwrite",
     "folds": "--folds",
     # models, evaluate, predict, export, serve
+    "arch": "--arch",
+    "pattern": "--timm",
     "weights": "--weights",
     "freeze": "--freeze",
     "device": "--device",
@@ -62,6 +64,7 @@ COMMANDS: dict[str, str] = {
     "train_from_config": "skincls train",
     "cross_validate": "skincls cv",
     "evaluate_checkpoint": "skincls evaluate",
+    "list_timm_models": "skincls models",
 }
 
 

@@ -63,7 +63,7 @@ _BINARY_ONLY = ("sensitivity", "specificity", "ppv", "npv", "pr_auc")
 # Said of data whose biases skincls does not know (a named dataset's caveats say more).
 _UNKNOWN_POPULATION = (
     "- Performance per skin tone, age, sex or body site is measured only where the data records it "
-    "(`skincls evaluate --by COLUMNS`; skin tone is an ITA estimate from the image, see the CLEAR Derm "
+    "(evaluate's subgroup option `by`; skin tone is an ITA estimate from the image, see the CLEAR Derm "
     "section). Check whom the training images show before any use.",
 )
 # Training options named in the recipe when set (None, "none" and 0 are left out).

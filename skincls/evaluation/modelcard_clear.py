@@ -28,7 +28,8 @@ def clear_derm_lines(
             out += subgroup_table_lines(t)
     else:
         out.append(
-            "- **Subgroups:** not measured (`skincls evaluate --by sex,age_band,skin_tone`)."
+            "- **Subgroups:** not measured (evaluate with the subgroup option `by`, e.g. "
+            "sex,age_band,skin_tone)."
         )
     return out
 

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from ..errors import ModelError, opt
+from ..errors import ModelError, call, opt
 from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 __all__ = [
@@ -87,6 +87,7 @@ class ModelSpec:
 
 _REGISTRY: dict[str, ModelSpec] = {}
 _FROM_SCRATCH = opt("weights='none'", "freeze='none'")
+_ANY_TIMM = opt("arch='timm/NAME'")
 
 
 def register_model(name: str, *, description: str = "", imagenet_acc1: Acc1 = None):
@@ -120,8 +121,9 @@ def get_spec(arch: str) -> ModelSpec:
     if arch not in _REGISTRY:
         hint = " (pass backbone=module for a custom backbone)" if arch == "custom" else ""
         raise ModelError(
-            f"unknown arch {arch!r}{hint}; available: {', '.join(list_models())}, or timm/NAME "
-            "for any timm model (skincls models --timm PATTERN)"
+            f"unknown arch {arch!r}{hint}; available: {', '.join(list_models())}, or "
+            f"{_ANY_TIMM} for any timm model "
+            f"({call('list_timm_models', pattern='PATTERN')})"
         )
     return _REGISTRY[arch]
 

@@ -1,4 +1,4 @@
-"""timm backbones: `--arch timm/NAME` builds any timm model, without its classifier, as a `Body`.
+"""timm backbones: `arch="timm/NAME"` builds any timm model, without its classifier, as a `Body`.
 
 The stages come from the model's own `group_matcher` (a CNN's stem and stages, a ViT's blocks), the
 preprocessing from its `pretrained_cfg`, and the weights from the Hugging Face Hub cache (timm's own
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, call, opt
 from ..preprocessing import Preprocessing
 from .backbones import Body, ModelSpec, Stage
 
@@ -49,14 +49,17 @@ def _import_timm() -> Any:
     return timm
 
 
+_FROM_SCRATCH = opt("weights='none'", "freeze='none'")
+
+
 def timm_spec(arch: str) -> ModelSpec:
     """The registry entry of `timm/NAME` (NAME as timm spells it, optionally with a `.tag`)."""
     timm = _import_timm()
     name = arch[len(PREFIX) :]
     if not name or not timm.is_model(name):
         raise ModelError(
-            f"timm has no model {name!r}; list what it offers with: skincls models --timm "
-            f"'*{name.split('.')[0][:12]}*'"
+            f"timm has no model {name!r}; list what it offers with: "
+            + call("list_timm_models", pattern=f"*{name.split('.')[0][:12]}*")
         )
     return ModelSpec(arch, partial(_build, name), description=f"timm {name}")
 
@@ -80,7 +83,7 @@ def _build(name: str, weights: str) -> Body:
 def _create(name: str, pretrained: bool) -> nn.Module:
     """The model with its classifier removed: `forward` gives pooled (N, D) features.
 
-    Vision transformers are built with `dynamic_img_size`, so `--image-size` may differ from the
+    Vision transformers are built with `dynamic_img_size`, so `data.image_size` may differ from the
     size they were trained at (the position embedding is resampled); other families take any size.
     """
     timm = _import_timm()
@@ -120,8 +123,7 @@ def _offline_message(name: str, exc: Exception) -> str:
     return (
         f"could not get the pretrained weights for timm/{name} ({reason}; they are not in the "
         f"cache). Offline options: {where}; or pass a .safetensors or state-dict file with "
-        "--weights FILE (weights=FILE in Python); or train from scratch with --weights none "
-        "--freeze none"
+        f"{opt('weights=FILE')}; or train from scratch with {_FROM_SCRATCH}"
     )
 
 

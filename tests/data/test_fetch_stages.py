@@ -91,7 +91,7 @@ def test_plan_downloads_a_kaggle_source_into_the_cache(tmp_path):
 
 
 def test_plan_refuses_two_sources(tmp_path):
-    with pytest.raises(DataError, match="give one source, not --source-dir and --synthetic"):
+    with pytest.raises(DataError, match="give one source, not source_dir and synthetic"):
         plan_fetch(tmp_path / "d", FetchOptions(source_dir=_flat(tmp_path / "s"), synthetic=8))
 
 

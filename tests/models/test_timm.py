@@ -118,7 +118,16 @@ def test_pretrained_weights_offline_and_not_cached_is_one_clear_error(monkeypatc
     msg = str(info.value)
     assert "\n" not in msg
     assert "hf download timm/test_vit.r160_in1k" in msg and str(cache) in msg
-    assert "--weights FILE" in msg and "HF_HUB_OFFLINE is set" in msg
+    assert "weights=FILE" in msg and "HF_HUB_OFFLINE is set" in msg and "--" not in msg
+    from skincls.cli._flags import spell_flags
+    from skincls.errors import option_spelling
+
+    with option_spelling(spell_flags):  # as the CLI prints it
+        cli = str(info.value)
+    assert cli.endswith(
+        "or pass a .safetensors or state-dict file with --weights FILE; or train from scratch "
+        "with --weights none --freeze none"
+    ), cli
 
 
 def test_pretrained_weights_come_from_the_hub_cache_offline(monkeypatch, tmp_path):
@@ -143,8 +152,18 @@ def test_missing_timm_names_the_extra(monkeypatch):
 
 
 def test_unknown_timm_name_says_how_to_list():
-    with pytest.raises(ModelError, match="skincls models --timm"):
+    with pytest.raises(ModelError) as info:
         create_model("timm/no_such_net", weights="none")
+    assert str(info.value).endswith(
+        "list what it offers with: skincls.list_timm_models(pattern='*no_such_net*')"
+    )
+    from skincls.cli._flags import spell_flags
+    from skincls.errors import option_spelling
+
+    with option_spelling(spell_flags):  # as the CLI prints it
+        assert str(info.value).endswith(
+            "list what it offers with: skincls models --timm *no_such_net*"
+        )
 
 
 def test_checkpoint_of_a_timm_model_rebuilds_to_the_same_outputs(tmp_path):

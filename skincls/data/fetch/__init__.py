@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from ...errors import opt
 from ...locks import lock_dir
 from ..dedup import DEFAULT_CONFIRM_DISTANCE, DEFAULT_NEAR_DUP_DISTANCE
 from ..download import DEFAULT_DATASET, DatasetClient
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 
-_BUSY_ADVICE = "wait for it to finish, or give another --data-dir"
+_BUSY_ADVICE = f"wait for it to finish, or give another {opt('data_dir')}"
 
 
 def _one_writer(fn):
@@ -55,7 +56,7 @@ def _one_writer(fn):
     return locked
 
 
-@output_dir_checked("--data-dir", "fetch failed")
+@output_dir_checked(opt("data_dir"), "fetch failed")
 @_one_writer
 def fetch(
     data_dir: str | Path,

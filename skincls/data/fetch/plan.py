@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...errors import DataError
+from ...errors import DataError, opt
 from ..download import DEFAULT_DATASET, download_dataset
 from ..freshness import inputs_fingerprint, up_to_date
 from ..guards import check_inputs_outside
@@ -31,14 +31,14 @@ def plan_fetch(data_dir: Path, options: FetchOptions) -> FetchPlan:
     check_inputs_outside(
         [data_dir / "images", data_dir / ".images.partial"],
         {
-            "--source-dir": o.source_dir,
-            "--archive": o.archive,
-            "--cache-dir": o.cache_dir,
-            "--labels-csv": o.labels_csv,
+            opt("source_dir"): o.source_dir,
+            opt("archive"): o.archive,
+            opt("cache_dir"): o.cache_dir,
+            opt("labels_csv"): o.labels_csv,
         },
     )
-    given = [name for name, v in (("--source-dir", o.source_dir), ("--archive", o.archive),
-                                  ("--synthetic", o.synthetic)) if v is not None]  # fmt: skip
+    given = [name for name, v in ((opt("source_dir"), o.source_dir), (opt("archive"), o.archive),
+                                  (opt("synthetic"), o.synthetic)) if v is not None]  # fmt: skip
     if len(given) > 1:
         raise DataError(f"give one source, not {' and '.join(given)}")
     reading = plan_source(
@@ -78,7 +78,8 @@ def _locate(data_dir: Path, o: FetchOptions, reading: SourcePlan) -> FetchPlan:
             raise DataError(f"source dir {o.source_dir} does not exist")
         if data_dir.resolve().is_relative_to(Path(o.source_dir).resolve()):
             raise DataError(
-                f"--data-dir {data_dir} must not lie inside --source-dir {o.source_dir}"
+                f"{opt('data_dir')} {data_dir} must not lie inside {opt('source_dir')} "
+                f"{o.source_dir}"
             )
         source = {"kind": "source_dir", "path": str(Path(o.source_dir).resolve())}
         return FetchPlan("source_dir", reading, source, source_dir=o.source_dir)
