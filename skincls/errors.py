@@ -6,6 +6,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "Interrupted",
     "LockError",
     "ModelError",
     "SkinclsError",
@@ -39,3 +40,10 @@ class TrainingError(SkinclsError):
 
 class LockError(SkinclsError):
     """A data dir or run dir is in use by another skincls process."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run was interrupted (Ctrl-C); the message says what was kept and how to go on.
+
+    A `KeyboardInterrupt`, not a `SkinclsError`: `except Exception` must not swallow an interruption.
+    """
