@@ -14,7 +14,7 @@ from ..atomic import is_temp_name
 from ..config import RunConfig, save_config
 from ..errors import CheckpointError, ConfigError
 from ..locks import LOCK_FILES, DirLock, FileStamp, clean_stale_temps, file_stamp
-from ..models.checkpoint import load_checkpoint
+from ..models.checkpoint import Checkpoint, load_checkpoint
 from .loggers import remove_tracking_files
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ __all__ = [
     "load_resume",
     "lock_run_dir",
     "prepare_run_dir",
+    "recorded_data_dir",
     "refuse_nonempty",
     "remove_run_files",
     "run_entries",
@@ -230,3 +231,25 @@ def _first_mismatch(exc: RuntimeError) -> str:
     first = (named or lines or ["unknown difference"])[0].rstrip(".")
     more = len(named) - 1
     return first + (f"; {more} more" if more > 0 else "")
+
+
+def recorded_data_dir(ckpt: Checkpoint) -> Path | None:
+    """The data dir `ckpt` was trained on, from its recorded config (None when it records none).
+
+    Runs record it absolute. An older checkpoint's relative one was relative to the folder training
+    ran in: found from the run dir's recorded (relative) `out`, which the checkpoint's folder ends
+    with; failing that, it is taken relative to the current folder.
+    """
+    recorded = ckpt.data.get("train_config")
+    data = recorded.get("data") if isinstance(recorded, dict) else None
+    data_dir = data.get("data_dir") if isinstance(data, dict) else None
+    if not isinstance(data_dir, str) or not data_dir:
+        return None
+    path = Path(data_dir)
+    out = recorded.get("out")
+    if path.is_absolute() or not isinstance(out, str) or Path(out).is_absolute():
+        return path
+    folder, parts = ckpt.path.resolve().parent, Path(out).parts
+    if ".." not in parts and folder.parts[-len(parts) :] == parts:
+        return Path(*folder.parts[: -len(parts)]) / path
+    return path

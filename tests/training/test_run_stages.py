@@ -4,6 +4,7 @@ own; an interrupted run keeps what --resume needs and says so; evaluate finds th
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import skincls
 from skincls import RunConfig
 from skincls.cli import main
 from skincls.errors import CheckpointError, ConfigError, Interrupted
-from skincls.models.checkpoint import load_checkpoint, snapshot_model
+from skincls.models.checkpoint import load_checkpoint, snapshot_model, update_checkpoint
 from skincls.training import run as run_module
 from skincls.training.callbacks import Callback, HistoryWriter
 from skincls.training.distributed import Dist
@@ -25,7 +26,7 @@ from skincls.training.run import (
     open_run_dir,
     plan_run,
 )
-from skincls.training.rundir import run_entries
+from skincls.training.rundir import recorded_data_dir, run_entries
 from tests.conftest import TINY_TRAIN
 
 
@@ -228,3 +229,33 @@ def test_a_failure_in_the_first_epoch_still_removes_what_was_written(tiny_data, 
     with pytest.raises(RuntimeError, match="a bug"):
         skincls.train_from_config(_config(tiny_data, out), progress=False, callbacks=[Broken()])
     assert not out.exists()
+
+
+def _evaluate(checkpoint):
+    args = ["evaluate", str(checkpoint), "--device", "cpu", "--bootstrap", "0", "--json"]
+    return CliRunner().invoke(main, args)
+
+
+def test_evaluate_finds_the_run_s_data_dir_from_another_folder(tiny_data, tmp_path, monkeypatch):
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    shutil.copytree(tiny_data, project / "data")
+    elsewhere.mkdir()
+    monkeypatch.chdir(project)  # trained with relative paths
+    cfg = _config(Path("data"), Path("runs/r"), epochs=1)
+    skincls.train_from_config(cfg, progress=False)
+    saved = json.loads((project / "runs/r/config.json").read_text())
+    assert saved["data"]["data_dir"] == str(project / "data") and saved["out"] == "runs/r"
+    monkeypatch.chdir(elsewhere)
+    r = _evaluate(project / "runs/r")
+    assert r.exit_code == 0, r.output
+    assert f"data dir: {project / 'data'} (the one it was trained on)" in r.stderr
+    assert json.loads(r.stdout)["split"] == "test"
+
+    # An older checkpoint recorded the data dir relative to where training ran: still found.
+    best = project / "runs/r/best.pt"
+    old = {**saved, "data": {**saved["data"], "data_dir": "data"}}
+    update_checkpoint(best, train_config=old)
+    assert recorded_data_dir(load_checkpoint(best)) == project / "data"
+    r = _evaluate(best)
+    assert r.exit_code == 0, r.output
+    assert f"data dir: {project / 'data'}" in r.stderr
