@@ -152,6 +152,9 @@ class RunPlan:
     train: Dataset
     val: Dataset | None
     record: dict[str, Any]  # the training data, as its checkpoints record it
+    own_manifest: bool = (
+        False  # the caller's manifest (a cross-validation fold), not the data dir's
+    )
 
 
 def plan_run(
@@ -173,6 +176,7 @@ def plan_run(
     resolve_device(device)
     arch = config.model.arch if backbone is None else "custom"
     run_dir, auto_arch = _plan_run_dir(config, arch, resume=resume, overwrite=overwrite)
+    own_manifest = manifest is not None
     data = config.data.model_copy(update={"data_dir": Path(config.data.data_dir).resolve()})
     config = config.model_copy(update={"data": data})  # found from anywhere (evaluate, resume)
     if manifest is None:
@@ -182,7 +186,7 @@ def plan_run(
     model, train, val = _build_model_and_data(config, manifest, backbone, preprocessing)
     return RunPlan(
         config, run_dir, auto_arch, resume, overwrite, manifest, model, train, val,
-        training_record(manifest),
+        training_record(manifest), own_manifest,
     )  # fmt: skip
 
 
@@ -373,7 +377,7 @@ def fit_run(
         dist.barrier()  # rank 0's checkpoints are complete before any rank returns
     except KeyboardInterrupt as exc:
         if dist.is_main and not isinstance(exc, Interrupted):
-            raise Interrupted(_interrupted(run, trainer, writer.last_epoch)) from exc
+            raise Interrupted(_interrupted(plan, run, trainer, writer.last_epoch)) from exc
         raise
     except BaseException:
         if dist.is_main:
@@ -382,12 +386,15 @@ def fit_run(
     return history
 
 
-def _interrupted(run: RunDir, trainer: Trainer, last_epoch: int | None) -> str:
-    """What an interrupted run kept, and the command that goes on with it."""
+def _interrupted(plan: RunPlan, run: RunDir, trainer: Trainer, last_epoch: int | None) -> str:
+    """What an interrupted run kept, and the command that goes on with it (a run on the caller's
+    manifest, e.g. a cross-validation fold, is resumed by the command that started it)."""
     cfg = trainer.config
     planned = cfg.epochs + cfg.finetune_epochs
     when = f"in epoch {trainer.epoch + 1}" if trainer.epoch < planned else "after its last epoch"
     command = f"skincls train --resume --out {shlex.quote(str(run.path))}"
+    if plan.own_manifest:
+        command = "the command that started it, with --resume,"
     if last_epoch is not None:
         return (
             f"interrupted {when}: {run.path / 'last.pt'} holds epoch {last_epoch}; {command} "

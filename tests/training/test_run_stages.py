@@ -188,6 +188,19 @@ def test_an_interrupted_later_epoch_names_the_checkpoint_it_resumes_from(tiny_da
         )  # fmt: skip
 
 
+def test_an_interrupted_fold_says_its_own_command_resumes_it(tiny_data, tmp_path):
+    """A run on the caller's manifest (a cross-validation fold) is not resumed by `skincls train`."""
+    out = tmp_path / "fold-1"
+    with pytest.raises(Interrupted) as info:
+        skincls.train_from_config(
+            _config(tiny_data, out), progress=False, callbacks=[_Interrupt(1)],
+            manifest=skincls.load_manifest(tiny_data),
+        )  # fmt: skip
+    assert str(info.value).endswith(
+        f"{out} keeps its config.json: the command that started it, with --resume, starts it again"
+    )
+
+
 def test_an_interrupted_run_before_its_first_checkpoint_says_so(tiny_data, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(Interrupted) as info:
