@@ -98,12 +98,13 @@ def _extract(data_dir: Path, manifest: Manifest, precision: str) -> tuple[dict, 
     )  # fmt: skip
     device = resolve_device("cpu")
     dtype = plan_precision(precision, device).dtype("features")
-    fp = backbone_fingerprint(model)
+    extractor, _ = model.split_for_cache()  # the frozen backbone + pool, as the trainer caches it
+    fp = backbone_fingerprint(extractor)
     t = time.perf_counter()
     splits = _datasets(manifest, model.preprocessing.with_size(None))
     options = {"mode": "disk", "backbone_fp": fp, "cache_dir": feature_cache_dir(data_dir)}
     options |= {"device": device, "batch_size": 32, "autocast_dtype": dtype, "log": print}
-    features = {split: load_or_extract(model, ds, **options) for split, ds in splits.items()}
+    features = {split: load_or_extract(extractor, ds, **options) for split, ds in splits.items()}
     return features, time.perf_counter() - t
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "Interrupted",
     "LockError",
     "ModelError",
     "SkinclsError",
@@ -141,3 +142,10 @@ class TrainingError(SkinclsError):
 
 class LockError(SkinclsError):
     """A data dir or run dir is in use by another skincls process."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run was interrupted (Ctrl-C); the message says what was kept and how to go on.
+
+    A `KeyboardInterrupt`, not a `SkinclsError`: `except Exception` must not swallow an interruption.
+    """

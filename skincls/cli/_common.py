@@ -13,7 +13,7 @@ import click
 from rich.console import Console, ConsoleDimensions
 from rich.rule import Rule
 
-from ..errors import SkinclsError, option_spelling
+from ..errors import Interrupted, SkinclsError, option_spelling
 from ._flags import spell_flags
 
 __all__ = ["PIPE_WIDTH", "console", "err_console", "friendly_errors", "progress_bar"]
@@ -171,8 +171,9 @@ def friendly_errors(fn):
                 raise click.ClickException(_unwrap_worker(str(exc))[1]) from exc
             except OSError as exc:
                 raise click.ClickException(os_error_message(exc)) from exc
-            except KeyboardInterrupt:
-                raise click.ClickException("interrupted") from None
+            except KeyboardInterrupt as exc:  # an `Interrupted` run says what it kept
+                message = str(exc) if isinstance(exc, Interrupted) else "interrupted"
+                raise click.ClickException(message) from None
 
     return wrapper
 

@@ -31,9 +31,9 @@ CHALLENGES = ("isic2018", "isic2019", "isic2020", "isic2024")
 @click.option(
     "--data-dir",
     type=click.Path(path_type=Path),
-    default=Path("data"),
-    show_default=True,
-    help="Prepared data dir.",
+    default=None,
+    help="Prepared data dir. Default: the one CHECKPOINT was trained on (recorded in it), if it "
+    "is still there, else ./data.",
 )
 @click.option(
     "--split",
@@ -152,6 +152,8 @@ def evaluate(
         raise click.UsageError("give --target-sensitivity or --threshold, not both")
     # Read once: evaluate, store and the model card share it (hashed when it may be written back).
     ckpt = load_checkpoint(checkpoint, for_update=save)
+    if data_dir is None:
+        data_dir = _default_data_dir(ckpt)
     fitted = calibrate or target_sensitivity is not None or threshold is not None
     with progress_bar(not quiet) as progress:
         report = evaluate_checkpoint(
@@ -200,6 +202,19 @@ def evaluate(
     _print_confusion(report)
     for path in report.plots:
         console.print(f"plot: {path}")
+
+
+def _default_data_dir(ckpt) -> Path:
+    """The data dir the checkpoint was trained on, when it is still there (said on stderr); else
+    ./data."""
+    from ..data.splits import MANIFEST_NAME
+    from ..training.rundir import recorded_data_dir
+
+    recorded = recorded_data_dir(ckpt)
+    if recorded is None or not (recorded / MANIFEST_NAME).is_file():
+        return Path("data")
+    click.echo(f"data dir: {printable(str(recorded))} (the one it was trained on)", err=True)
+    return recorded
 
 
 def _notices(report, path: Path, *, save: bool, fitted: bool, as_json: bool) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Body",
+    "FeatureExtractor",
     "ModelInfo",
     "ModelSpec",
     "Preprocessing",
@@ -44,6 +45,10 @@ Freeze = str | int  # "backbone" | "none" | number of trailing backbone stages t
 
 class SkinClassifier(nn.Module):
     """`backbone` (images → features) + `pool` + `head` (features → logits).
+
+    It answers the trainer's questions (`skincls.training.contract`): its parameter groups (the
+    backbone at a lower learning rate while fine-tuning), what each phase freezes, and the
+    backbone/head split that the feature cache uses.
 
     Attributes:
         stages: Groups of backbone submodules, input to output, that `set_freeze` freezes or trains.
@@ -101,6 +106,39 @@ class SkinClassifier(nn.Module):
     def head_parameters(self) -> Iterator[nn.Parameter]:
         """All parameters after the backbone (pool and head)."""
         return itertools.chain(self.pool.parameters(), self.head.parameters())
+
+    # What the trainer asks of a model (the contract in `skincls.training.contract`).
+    def param_groups(self, phase: Any) -> list[dict[str, Any]]:
+        """Trainable parameters as optimizer groups: "head" (pool and head) at `phase.lr`, and
+        "backbone" at `phase.lr * phase.backbone_lr_mult` when some of it trains."""
+        head = [p for p in self.head_parameters() if p.requires_grad]
+        body = [p for p in self.backbone.parameters() if p.requires_grad]
+        groups = [{"params": head, "lr": phase.lr, "name": "head"}]
+        if body:
+            groups.append(
+                {"params": body, "lr": phase.lr * phase.backbone_lr_mult, "name": "backbone"}
+            )
+        return [g for g in groups if g["params"]]
+
+    def freeze(self, phase: Any) -> None:
+        """Apply the phase's freeze policy (`set_freeze`), if it has one."""
+        if phase.freeze is not None:
+            set_freeze(self, phase.freeze)
+
+    def split_for_cache(self) -> tuple[nn.Module, nn.Module]:
+        """(backbone + pool: images → features, head): what a frozen backbone's feature cache splits."""
+        return FeatureExtractor(self.backbone, self.pool), self.head
+
+
+class FeatureExtractor(nn.Module):
+    """`backbone` then `pool`, flattened: (N, 3, H, W) images → (N, D) features (shares their weights)."""
+
+    def __init__(self, backbone: nn.Module, pool: nn.Module):
+        super().__init__()
+        self.backbone, self.pool = backbone, pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.backbone(x)), 1)
 
 
 def _frozen(modules: Sequence[nn.Module]) -> bool:

@@ -1,7 +1,8 @@
-"""Feature cache: run a frozen backbone once per image and keep its features in memory or on disk.
+"""Feature cache: run a frozen feature extractor once per image and keep its features in memory or on disk.
 
-With a frozen backbone and a deterministic transform, every epoch would recompute the same features;
-the cache computes them once (batched, inference mode, channels_last) so that only the head trains.
+With a frozen extractor (a model's `split_for_cache()`: a frozen backbone) and a deterministic
+transform, every epoch would recompute the same features; the cache computes them once (batched,
+inference mode, channels_last) so that only the rest of the model (the head) trains.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,13 +22,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ..atomic import atomic_path, atomic_write
+from .contract import Inputs, call, inputs_to_device, split_batch
 from .distributed import Dist, shard_bounds
 
 __all__ = [
     "FeatureSet",
     "backbone_fingerprint",
     "cache_refusal",
-    "can_cache",
     "dataset_fingerprint",
     "extract_features",
     "load_or_extract",
@@ -56,23 +58,16 @@ class FeatureSet:
         )
 
 
-def can_cache(model: nn.Module) -> str | None:
-    """Why `model`'s backbone can't be cached, or None when it can."""
-    if not (hasattr(model, "features") and hasattr(model, "head") and hasattr(model, "backbone")):
-        return "the model has no backbone/features/head split"
-    if any(p.requires_grad for p in model.backbone.parameters()):
-        return "the backbone has trainable parameters"
-    return None
-
-
-def cache_refusal(model: nn.Module, dataset: Dataset, mode: str) -> str | None:
-    """Why `dataset`'s features can't be cached for `model` under `mode` ("auto", "memory", "disk",
-    "off"), or None when they can."""
+def cache_refusal(extractor: nn.Module | None, dataset: Dataset, mode: str) -> str | None:
+    """Why `dataset`'s features can't be cached through `extractor` (a model's `split_for_cache()`
+    feature extractor, None when it has none) under `mode` ("auto", "memory", "disk", "off"), or
+    None when they can."""
     if mode == "off":
         return "--cache-features off"
-    why = can_cache(model)
-    if why is not None:
-        return why
+    if extractor is None:
+        return "the model has no frozen feature extractor to cache (no split_for_cache())"
+    if any(p.requires_grad for p in extractor.parameters()):
+        return "the feature extractor has trainable parameters"
     det = getattr(dataset, "deterministic", True if isinstance(dataset, TensorDataset) else None)
     if det is False:
         return "augmentation needs the backbone in the loop"
@@ -87,10 +82,11 @@ def dataset_fingerprint(dataset: Dataset) -> str | None:
     return fp() if callable(fp) else None
 
 
-def backbone_fingerprint(model: nn.Module) -> str:
-    """Hash of the backbone's (and pool's) architecture and every weight and buffer."""
+def backbone_fingerprint(extractor: nn.Module) -> str:
+    """Hash of a feature extractor's architecture and every weight and buffer, part by part (its
+    children: a `SkinClassifier`'s backbone and pool)."""
     h = hashlib.sha256()
-    for part in (model.backbone, getattr(model, "pool", nn.Identity())):
+    for part in list(extractor.children()) or [extractor]:
         h.update(repr(part).encode())
         for name, t in part.state_dict().items():
             h.update(name.encode())
@@ -101,7 +97,7 @@ def backbone_fingerprint(model: nn.Module) -> str:
 
 @torch.inference_mode()
 def extract_features(
-    model: nn.Module,
+    extractor: nn.Module,
     dataset: Dataset,
     *,
     device: torch.device,
@@ -110,15 +106,18 @@ def extract_features(
     autocast_dtype: torch.dtype | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     allocate: Callable[[tuple[int, int]], np.ndarray] | None = None,
+    split_batch: Callable[[Any], tuple[Inputs, torch.Tensor]] = split_batch,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`model.features` over the whole dataset in order: (N, D) float32 features and (N,) targets.
+    """`extractor` over the whole dataset in order: (N, D) float32 features and (N,) targets.
 
-    The backbone runs in eval mode (BatchNorm statistics, no dropout/stochastic depth); the caller's
-    train/eval modes are restored afterwards. `allocate(shape)` makes the output array (default:
-    in memory; a memory map lets features larger than RAM stream to disk).
+    The extractor (a model's `split_for_cache()[0]`) runs in eval mode (BatchNorm statistics, no
+    dropout/stochastic depth); the caller's train/eval modes are restored afterwards.
+    `allocate(shape)` makes the output array (default: in memory; a memory map lets features larger
+    than RAM stream to disk). `split_batch` maps a batch to the extractor's inputs and the targets
+    (see `contract`).
     """
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    modes = [(m, m.training) for m in extractor.modules()]
+    extractor.eval()
     # Our own generator: a loader without one would draw from the global torch RNG and shift the
     # dropout masks of the training that follows (cached and uncached runs must match).
     loader = DataLoader(
@@ -132,14 +131,12 @@ def extract_features(
     targets = np.empty(len(dataset), dtype=np.int64)
     done = 0
     try:
-        for x, y in loader:
-            x = x.to(device, non_blocking=True)
-            if x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
+        for batch in loader:
+            inputs, y = split_batch(batch)
             with torch.autocast(
                 device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
             ):
-                f = model.features(x)
+                f = call(extractor, inputs_to_device(inputs, device))
             f = f.float().cpu().numpy()
             if feats is None:
                 shape = (len(dataset), f.shape[1])
@@ -181,7 +178,7 @@ def _fits_in_memory(n_bytes: int) -> bool:
 
 
 def load_or_extract(
-    model: nn.Module,
+    extractor: nn.Module,
     dataset: Dataset,
     *,
     mode: str,
@@ -194,15 +191,18 @@ def load_or_extract(
     log: Callable[[str], None] = lambda _: None,
     backbone_fp: str | None = None,
     dist: Dist | None = None,
+    split_batch: Callable[[Any], tuple[Inputs, torch.Tensor]] = split_batch,
 ) -> FeatureSet:
-    """Features of `dataset` under `mode` ('memory', 'disk' or 'auto'), reusing a disk entry if any.
+    """`extractor`'s features of `dataset` under `mode` ('memory', 'disk' or 'auto'), reusing a disk
+    entry if any. `extractor` is a model's frozen feature extractor (`split_for_cache()[0]`).
 
     Disk entries live in `cache_dir/<key>.npy` (+ `<key>.targets.npy` and `<key>.json`, which says
     the precision that made them), keyed by the dataset's fingerprint (records and transform), the
-    backbone's architecture and weights, and the autocast dtype; they are written atomically and
+    extractor's architecture and weights, and the autocast dtype; they are written atomically and
     memory-mapped when read. `auto` reuses an entry when one
     exists, else keeps features in memory when they fit comfortably, else writes them to disk.
-    `backbone_fp` is `backbone_fingerprint(model)` when the caller has it already (computed if needed).
+    `backbone_fp` is `backbone_fingerprint(extractor)` when the caller has it already (computed if
+    needed). `split_batch` maps a batch to the extractor's inputs and the targets (see `contract`).
     With `dist` (a distributed run) each rank extracts its share of the images, the shares are
     gathered into one array on every rank, and rank 0 writes the disk entry that later runs reuse.
     """
@@ -214,7 +214,7 @@ def load_or_extract(
         mode = "memory"
     key = None
     if mode != "memory":
-        key = _cache_key(backbone_fp or backbone_fingerprint(model), data_fp, autocast_dtype)
+        key = _cache_key(backbone_fp or backbone_fingerprint(extractor), data_fp, autocast_dtype)
     feat_path = targ_path = None
     if key is not None and cache_dir is not None:
         feat_path = Path(cache_dir) / f"{key}.npy"
@@ -227,8 +227,9 @@ def load_or_extract(
                 return FeatureSet(feats, targets, "disk", precision=precision)
     if dist is not None and dist.enabled and len(dataset) >= dist.world_size:
         return _extract_sharded(
-            model, dataset, dist, mode, feat_path, device=device, batch_size=batch_size,
+            extractor, dataset, dist, mode, feat_path, device=device, batch_size=batch_size,
             num_workers=num_workers, autocast_dtype=autocast_dtype, log=log,
+            split_batch=split_batch,
         )  # fmt: skip
     start = time.perf_counter()
     # The features file is written in place as a memory map and only renamed to its real name
@@ -245,7 +246,7 @@ def load_or_extract(
             return np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
 
         feats, targets = extract_features(
-            model,
+            extractor,
             dataset,
             device=device,
             batch_size=batch_size,
@@ -253,6 +254,7 @@ def load_or_extract(
             autocast_dtype=autocast_dtype,
             on_progress=on_progress,
             allocate=allocate,
+            split_batch=split_batch,
         )
         seconds = time.perf_counter() - start
         if not on_disk:
@@ -272,7 +274,7 @@ def load_or_extract(
 
 
 def _extract_sharded(
-    model: nn.Module,
+    extractor: nn.Module,
     dataset: Dataset,
     dist: Dist,
     mode: str,
@@ -285,7 +287,7 @@ def _extract_sharded(
     """Each rank's share of `dataset` through the backbone, gathered in order on every rank."""
     start = time.perf_counter()
     share = Subset(dataset, range(*shard_bounds(len(dataset), dist.rank, dist.world_size)))
-    local, local_targets = extract_features(model, share, device=device, **options)
+    local, local_targets = extract_features(extractor, share, device=device, **options)
     feats = dist.gather_rows(local, len(dataset), device)
     targets = dist.gather_rows(local_targets, len(dataset), device)
     seconds = time.perf_counter() - start

@@ -19,7 +19,6 @@ __all__ = [
     "build_optimizer",
     "build_phase_optimization",
     "build_scheduler",
-    "param_groups",
 ]
 
 
@@ -56,21 +55,6 @@ def build_losses(
         if config.sampler == "balanced"
         else None,
     )
-
-
-def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float) -> list[dict]:
-    """Trainable parameters as optimizer groups: the backbone's at `lr * backbone_lr_mult`, the rest at `lr`.
-
-    Models without a `backbone` attribute get a single group.
-    """
-    backbone = getattr(model, "backbone", None)
-    in_backbone = {id(p) for p in backbone.parameters()} if backbone is not None else set()
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_backbone]
-    body = [p for p in model.parameters() if p.requires_grad and id(p) in in_backbone]
-    groups = [{"params": rest, "lr": lr, "name": "head"}]
-    if body:
-        groups.append({"params": body, "lr": lr * backbone_lr_mult, "name": "backbone"})
-    return [g for g in groups if g["params"]]
 
 
 def build_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
@@ -160,19 +144,19 @@ class PhaseOptimization:
 
 
 def build_phase_optimization(
-    model: nn.Module,
+    groups: list[dict],
     config: TrainConfig,
     *,
-    backbone_lr_mult: float,
     epochs: int,
     steps_per_epoch: int,
     maximise: bool,
     fp16_on: torch.device | None = None,
     resume: dict | None = None,
 ) -> PhaseOptimization:
-    """Optimizer, schedule and scaler for a phase of `epochs` epochs; `resume` (a trainer's saved
-    state in this phase) restores their state. `fp16_on` is the device of fp16 training, if any."""
-    optimizer = build_optimizer(param_groups(model, config.lr, backbone_lr_mult), config)
+    """Optimizer over parameter `groups` (the model's answer, see `contract`), schedule and scaler
+    for a phase of `epochs` epochs; `resume` (a trainer's saved state in this phase) restores their
+    state. `fp16_on` is the device of fp16 training, if any."""
+    optimizer = build_optimizer(groups, config)
     scheduler, when = build_scheduler(
         optimizer, config, epochs=epochs, steps_per_epoch=steps_per_epoch, maximise=maximise
     )

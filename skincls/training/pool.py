@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from ..data.dataset import ManifestDataset
 from ..data.splits import Manifest, Record
+from .contract import cache_split
 from .features import FeatureSet, backbone_fingerprint, load_or_extract
 
 __all__ = ["FeaturePool"]
@@ -32,7 +33,7 @@ class FeaturePool:
         classes: Class names, index = label id.
         records: The pooled images (e.g. every non-test record of a manifest).
 
-    Call it like `load_or_extract(model, dataset, **options)` (the trainer's `feature_pool=`); a
+    Call it like `load_or_extract(extractor, dataset, **options)` (the trainer's `feature_pool=`); a
     dataset that is not a subset, or has another transform, goes to `load_or_extract` unchanged.
     With `mode="auto"` and a cache folder, the pool's features are written to disk (not only kept in
     memory), so that a resumed cross-validation reads them back instead of running the backbone again.
@@ -69,21 +70,23 @@ class FeaturePool:
         return np.asarray(rows, dtype=np.int64)
 
     def lookup(self, model: nn.Module, dataset: Dataset) -> FeatureSet | None:
-        """`dataset`'s features if the pool holds them already for `model`'s backbone, else None.
+        """`dataset`'s features if the pool holds them already for `model`'s feature extractor (its
+        `split_for_cache()`: a frozen backbone), else None.
 
         Whatever precision they were extracted in (see the trainer's autocast).
         """
         rows = self.rows(dataset)
-        if rows is None or self._memo is None:
+        split = cache_split(model)
+        if rows is None or self._memo is None or split is None:
             return None
-        key = (backbone_fingerprint(model), repr(dataset.transform))
+        key = (backbone_fingerprint(split[0]), repr(dataset.transform))
         return self._take(self._memo[2], rows) if self._memo[0] == key else None
 
-    def __call__(self, model: nn.Module, dataset: Dataset, **options) -> FeatureSet:
+    def __call__(self, extractor: nn.Module, dataset: Dataset, **options) -> FeatureSet:
         rows = self.rows(dataset)
         if rows is None:
-            return load_or_extract(model, dataset, **options)
-        backbone_fp = options.get("backbone_fp") or backbone_fingerprint(model)
+            return load_or_extract(extractor, dataset, **options)
+        backbone_fp = options.get("backbone_fp") or backbone_fingerprint(extractor)
         key = (backbone_fp, repr(dataset.transform))
         dtype = str(options.get("autocast_dtype"))
         if self._memo is not None and self._memo[:2] == (key, dtype):
@@ -93,7 +96,7 @@ class FeaturePool:
         if options.get("mode") == "auto" and options.get("cache_dir") is not None:
             # A cross-validation runs long and resumes: keep the pool on disk for the next process.
             options["mode"] = "disk"
-        full = load_or_extract(model, whole, **options)
+        full = load_or_extract(extractor, whole, **options)
         self.extractions += 1
         if full.seconds:
             options.get("log", lambda _: None)(

@@ -1,52 +1,66 @@
-"""Pipeline: compose config → data → model → Trainer → checkpoints; what `skincls train` and the demo call.
+"""Pipeline: config → plan (data, model) → Trainer → run dir → training and checkpoints; what `skincls
+train` and the demo call.
 
-Everything is checked before anything is written (device, data, model, resume state, run dir); the run
-dir is then created and locked for the whole run, so a second writer is refused.
+Each stage is a function handing a record to the next (`RunPlan`, `Resumed`, `RunDir`). Everything
+is checked before anything is written (device, run dir, data, model, resume state); the run dir is
+then created and locked for the whole run, so a second writer is refused.
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
-import time
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+from torch.utils.data import Dataset
 
-from ..atomic import is_temp_name
-from ..config import RunConfig, save_config
+from ..config import RunConfig
 from ..data.dataset import ManifestDataset, build_transform
 from ..data.provenance import training_record
 from ..data.splits import Manifest, load_manifest
-from ..errors import CheckpointError, ConfigError, DataError, SkinclsError
-from ..locks import LOCK_FILES, DirLock, clean_stale_temps, file_stamp
-from ..models.checkpoint import ModelSnapshot, load_checkpoint, save_checkpoint
+from ..errors import ConfigError, DataError, Interrupted, SkinclsError
+from ..locks import DirLock
+from ..models.checkpoint import ModelSnapshot, save_checkpoint
 from ..models.classifier import create_model
 from ..preprocessing import Preprocessing
 from ..runtime import resolve_device, seed_everything
 from .callbacks import Callback, EarlyStopping, HistoryWriter, ModelCheckpoint, RichProgress
-from .distributed import close_distributed, distributed_ready, init_distributed
+from .distributed import Dist, close_distributed, distributed_ready, init_distributed
 from .features import FeatureSet
 from .history import History
-from .loggers import check_loggers, create_loggers, remove_tracking_files
+from .loggers import check_loggers, create_loggers
+from .rundir import (
+    RUN_FILES,
+    Resumed,
+    check_run_to_resume,
+    default_run_dir,
+    drop_unresumable,
+    feature_cache_dir,
+    load_resume,
+    lock_run_dir,
+    prepare_run_dir,
+    refuse_nonempty,
+)
 from .trainer import Trainer
 
-__all__ = ["RUN_FILES", "TrainResult", "default_run_dir", "feature_cache_dir", "train_from_config"]
-
-RUN_FILES = (
-    "last.pt",  # first: a half-removed run must never look resumable from an old epoch
-    "best.pt",
-    "history.json",
-    "history.csv",
-    "training_curves.png",
-    "config.json",  # last: while any of it is left, --resume starts the run over
-)
-"""What a run writes into its run dir (what `overwrite` removes)."""
-
-log = logging.getLogger(__name__)
+__all__ = [
+    "RUN_FILES",
+    "CheckpointWriter",
+    "Resumed",
+    "RunDir",
+    "RunPlan",
+    "TrainResult",
+    "build_trainer",
+    "default_run_dir",
+    "feature_cache_dir",
+    "fit_run",
+    "open_run_dir",
+    "plan_run",
+    "train_from_config",
+]
 
 
 @dataclass
@@ -55,21 +69,6 @@ class TrainResult:
     history: History
     best_checkpoint: Path
     classes: list[str]
-
-
-def feature_cache_dir(data_dir: str | Path) -> Path:
-    """Where disk-cached backbone features of a data dir live (safe to delete)."""
-    return Path(data_dir) / ".cache" / "features"
-
-
-def default_run_dir(arch: str, root: str | Path = "runs") -> Path:
-    """A new run dir name, `runs/ARCH-YYYYMMDD-HHMMSS` (`-2`, `-3`... when taken): never reused."""
-    base = Path(root) / f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for n in itertools.count(1):
-        candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
-        if not candidate.exists():
-            return candidate
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def train_from_config(
@@ -86,9 +85,13 @@ def train_from_config(
 ) -> TrainResult:
     """Train the model that `config` describes on its data dir; write checkpoints, history and config.
 
+    A chain of stages, each handing a record to the next: `plan_run` (check everything, build the
+    model and datasets) → `build_trainer` (and load a run to resume) → `open_run_dir` (create and
+    lock it, write config.json) → `fit_run` (callbacks, checkpoints, training) → `TrainResult`.
+
     Args:
         config: Data, model and training recipe plus the run directory (`out`; None: a new
-            `runs/ARCH-YYYYMMDD-HHMMSS`).
+            `runs/ARCH-YYYYMMDD-HHMMSS`). The data dir is recorded absolute (resolved).
         progress: Show progress bars and per-epoch lines.
         resume: Continue from `out/last.pt` (weights, optimizer, scheduler, RNG, early stopping);
             a run stopped before its first epoch ended (config.json, no last.pt) starts over.
@@ -106,138 +109,307 @@ def train_from_config(
             values, `out` not empty (without `resume`/`overwrite`), or a device, model or option
             that cannot work; nothing is written then.
         DataError: no manifest or no training images.
-        CheckpointError: `resume` without a resumable `last.pt`; the run dir is left as it was.
+        CheckpointError: `resume` without a run in `out` (checked before the model is built), or
+            without a resumable `last.pt`; the run dir is left as it was.
         LockError: another process trains into `out`.
+        Interrupted: the run was interrupted (Ctrl-C); the message says what its run dir kept and
+            how to resume it.
     """
     if resume and overwrite:
         raise ConfigError("give --resume or --overwrite, not both")
-    # 1. Check everything; nothing is written before the run dir is locked in step 2.
-    if backbone is None:
-        _check_weights_train(config)
-    check_loggers(config.logging)  # --logger tensorboard/mlflow: their packages are installed
-    # Under torchrun: join the process group; each rank gets its own device (GPU LOCAL_RANK).
     owned = not distributed_ready()
+    # Under torchrun: join the process group; each rank gets its own device (GPU LOCAL_RANK).
     dist, device = init_distributed(config.train.device)
     try:
-        resolve_device(device)
-        train_config_run = config.train.model_copy(update={"device": device})
-        if manifest is None:
-            manifest = load_manifest(config.data.data_dir)
-        if not manifest.select("train"):
-            raise DataError(f"{config.data.data_dir}: the manifest has no training images")
-        m = config.model
-        seed_everything(config.train.seed)  # the head's initial weights depend on it
-        common = {
-            "num_classes": len(manifest.classes),
-            "head": m.head,
-            "dropout": m.dropout,
-            "freeze": m.freeze,
-        }
-        if backbone is not None:
-            model = create_model(backbone=backbone, preprocessing=preprocessing, **common)
-        else:
-            model = create_model(m.arch, weights=m.weights, **common)
-        pre = model.preprocessing.with_size(config.data.image_size)
-        model.preprocessing = pre  # what its checkpoints record
-        train_ds = ManifestDataset(
-            manifest, "train", build_transform(pre, train=True, augment=config.data.augment)
-        )
-        val_ds = (
-            ManifestDataset(manifest, "val", build_transform(pre))
-            if manifest.select("val")
-            else None
-        )
-        auto_name = config.out is None
-        if auto_name and resume:
-            raise ConfigError("--resume needs --out RUN_DIR: the run to continue")
-        arch = m.arch if backbone is None else "custom"
-        run_dir = default_run_dir(arch) if auto_name else Path(config.out)
-        if run_dir.exists() and not run_dir.is_dir():
-            raise ConfigError(f"--out {run_dir} is a file, not a folder; give a folder for the run")
-        record = training_record(manifest)
-        trainer = Trainer(  # checks the device and precision options; callbacks follow below
-            model,
-            train_config_run,
-            callbacks=[],
-            cache_dir=feature_cache_dir(config.data.data_dir),
-            num_workers=config.data.num_workers,
-            feature_pool=feature_pool,
-            dist=dist,
-        )
-        if dist.enabled:
-            bs, n = config.train.batch_size, dist.world_size
-            trainer.log(
-                f"distributed: {n} processes, global batch {bs} ({bs // n}–{-(-bs // n)} per "
-                "process)"
-            )
-        resume_from = _check_resume(trainer, run_dir, record) if resume else None
-        if not resume and not overwrite:
-            _refuse_nonempty(run_dir)
-        dist.barrier()  # every rank has checked before rank 0 writes
-
-        # 2. Rank 0 creates and locks the run dir and writes in it; the other ranks only train.
-        lock = None
-        if dist.is_main:
-            try:
-                lock = _lock_run_dir(run_dir, arch if auto_name else None)
-                run_dir = lock.folder
-                config = config.model_copy(update={"out": run_dir})
-                _prepare_run_dir(lock, config, resume=resume, overwrite=overwrite, last=resume_from)
-            except BaseException as exc:
-                dist.broadcast((str(run_dir), f"{exc}"))  # the other ranks stop too
-                if lock is not None:
-                    lock.release()
-                raise
-        started, failed = dist.broadcast((str(run_dir), None))
-        if failed is not None:
-            raise SkinclsError(f"rank 0 could not start the run: {failed}")
-        run_dir = Path(started)
-        config = config.model_copy(update={"out": run_dir})
-        train_config = config.model_dump(mode="json")
-
-        def save(
-            path: Path,
-            snapshot: ModelSnapshot,
-            extra: dict[str, Any],
-            training_state: dict[str, Any] | None,
-        ) -> None:
-            save_checkpoint(
-                path,
-                snapshot,
-                classes=manifest.classes,
-                # How the classes were made (task, diagnosis map): read by the model card and export.
-                labels=manifest.info.labels.model_dump() if manifest.info.labels else None,
-                train_config=train_config,
-                training_data=record,
-                training_state=training_state,
-                **extra,
-            )
-
-        cbs: list[Callback] = []
-        if config.train.patience:
-            cbs.append(EarlyStopping(config.train.patience))
-        if dist.is_main:  # early stopping decides on every rank (same metrics); only rank 0 writes
-            interval = config.train.checkpoint_interval
-            writer = ModelCheckpoint(run_dir, save, background=True, interval=interval)
-            cbs += [writer, HistoryWriter(run_dir)]
-            if progress:
-                cbs.append(RichProgress())
-            cbs += create_loggers(config, run_dir)  # after the files they may log
-        trainer.callbacks = cbs + list(callbacks or [])
+        plan = plan_run(
+            config, device=device, resume=resume, overwrite=overwrite, backbone=backbone,
+            preprocessing=preprocessing, manifest=manifest,
+        )  # fmt: skip
+        trainer, resumed = build_trainer(plan, device=device, dist=dist, feature_pool=feature_pool)
+        run = open_run_dir(plan, resumed, dist)
         try:
-            history = trainer.fit(train_ds, val_ds)
-            dist.barrier()  # rank 0's checkpoints are complete before any rank returns
-        except BaseException:
-            if dist.is_main:
-                _drop_unresumable(run_dir)
-            raise
+            history = fit_run(plan, run, trainer, resumed, callbacks or [], progress=progress)
         finally:
-            if lock is not None:
-                lock.release()
+            run.release()
     finally:
         if owned:
             close_distributed()
-    return TrainResult(run_dir, history, run_dir / "best.pt", manifest.classes)
+    return TrainResult(run.path, history, run.path / "best.pt", plan.manifest.classes)
+
+
+# -- stage 1: the plan ----------------------------------------------------------------------------
+@dataclass
+class RunPlan:
+    """What `plan_run` checked and built; nothing is written yet."""
+
+    config: RunConfig  # data dir absolute; `out` as given (None: an automatic name)
+    run_dir: Path  # the run dir to create (an automatic name moves on if taken meanwhile)
+    auto_arch: str | None  # the arch of an automatic run-dir name; None with `out`
+    resume: bool
+    overwrite: bool
+    manifest: Manifest
+    model: nn.Module
+    train: Dataset
+    val: Dataset | None
+    record: dict[str, Any]  # the training data, as its checkpoints record it
+    own_manifest: bool = (
+        False  # the caller's manifest (a cross-validation fold), not the data dir's
+    )
+
+
+def plan_run(
+    config: RunConfig,
+    *,
+    device: str,
+    resume: bool = False,
+    overwrite: bool = False,
+    backbone: nn.Module | None = None,
+    preprocessing: Preprocessing | None = None,
+    manifest: Manifest | None = None,
+) -> RunPlan:
+    """Check the options, the device, the run dir (a run to resume, or room for a new one) and the
+    data, then build the model and datasets: in that order, so that a refused run builds (and
+    downloads) no model."""
+    if backbone is None:
+        _check_weights_train(config)
+    check_loggers(config.logging)  # --logger tensorboard/mlflow: their packages are installed
+    resolve_device(device)
+    arch = config.model.arch if backbone is None else "custom"
+    run_dir, auto_arch = _plan_run_dir(config, arch, resume=resume, overwrite=overwrite)
+    own_manifest = manifest is not None
+    data = config.data.model_copy(update={"data_dir": Path(config.data.data_dir).resolve()})
+    config = config.model_copy(update={"data": data})  # found from anywhere (evaluate, resume)
+    if manifest is None:
+        manifest = load_manifest(config.data.data_dir)
+    if not manifest.select("train"):
+        raise DataError(f"{config.data.data_dir}: the manifest has no training images")
+    model, train, val = _build_model_and_data(config, manifest, backbone, preprocessing)
+    return RunPlan(
+        config, run_dir, auto_arch, resume, overwrite, manifest, model, train, val,
+        training_record(manifest), own_manifest,
+    )  # fmt: skip
+
+
+def _plan_run_dir(
+    config: RunConfig, arch: str, *, resume: bool, overwrite: bool
+) -> tuple[Path, str | None]:
+    """The run dir and, for an automatic name, its arch; a `resume` needs a run there, and a new
+    run an empty folder."""
+    auto = config.out is None
+    if auto and resume:
+        raise ConfigError("--resume needs --out RUN_DIR: the run to continue")
+    run_dir = default_run_dir(arch) if auto else Path(config.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file, not a folder; give a folder for the run")
+    if resume:
+        check_run_to_resume(run_dir)
+    if not resume and not overwrite:
+        refuse_nonempty(run_dir)
+    return run_dir, arch if auto else None
+
+
+def _build_model_and_data(
+    config: RunConfig,
+    manifest: Manifest,
+    backbone: nn.Module | None,
+    preprocessing: Preprocessing | None,
+) -> tuple[nn.Module, Dataset, Dataset | None]:
+    """The model `config.model` describes (on `backbone` when given) and its train/val datasets."""
+    m = config.model
+    seed_everything(config.train.seed)  # the head's initial weights depend on it
+    common = {
+        "num_classes": len(manifest.classes),
+        "head": m.head,
+        "dropout": m.dropout,
+        "freeze": m.freeze,
+    }
+    if backbone is not None:
+        model = create_model(backbone=backbone, preprocessing=preprocessing, **common)
+    else:
+        model = create_model(m.arch, weights=m.weights, **common)
+    pre = model.preprocessing.with_size(config.data.image_size)
+    model.preprocessing = pre  # what its checkpoints record
+    augment = config.data.augment
+    train = ManifestDataset(manifest, "train", build_transform(pre, train=True, augment=augment))
+    val = ManifestDataset(manifest, "val", build_transform(pre)) if manifest.select("val") else None
+    return model, train, val
+
+
+# -- stage 2: the trainer, and the run it resumes -------------------------------------------------
+def build_trainer(
+    plan: RunPlan,
+    *,
+    device: str,
+    dist: Dist,
+    feature_pool: Callable[..., FeatureSet] | None = None,
+) -> tuple[Trainer, Resumed | None]:
+    """The plan's `Trainer` (it checks the device and precision options; callbacks come in
+    `fit_run`), with `last.pt`'s state loaded when resuming from one."""
+    config = plan.config
+    trainer = Trainer(
+        plan.model,
+        config.train.model_copy(update={"device": device}),
+        callbacks=[],
+        cache_dir=feature_cache_dir(config.data.data_dir),
+        num_workers=config.data.num_workers,
+        feature_pool=feature_pool,
+        dist=dist,
+    )
+    if dist.enabled:
+        bs, n = config.train.batch_size, dist.world_size
+        trainer.log(
+            f"distributed: {n} processes, global batch {bs} ({bs // n}–{-(-bs // n)} per process)"
+        )
+    resumed = load_resume(trainer, plan.run_dir, plan.record) if plan.resume else None
+    dist.barrier()  # every rank has checked before rank 0 writes
+    return trainer, resumed
+
+
+# -- stage 3: the run dir -------------------------------------------------------------------------
+@dataclass
+class RunDir:
+    """The created and locked run dir (locked by rank 0, which wrote its config.json)."""
+
+    path: Path
+    config: RunConfig  # as written in config.json: `out` is `path`
+    lock: DirLock | None = None
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def open_run_dir(plan: RunPlan, resumed: Resumed | None, dist: Dist) -> RunDir:
+    """Rank 0 creates and locks the run dir, clears what is replaced and writes config.json; the
+    other ranks learn where it is (or that it failed, and stop too)."""
+    run_dir, lock = plan.run_dir, None
+    if dist.is_main:
+        try:
+            lock = lock_run_dir(run_dir, plan.auto_arch)
+            run_dir = lock.folder
+            config = plan.config.model_copy(update={"out": run_dir})
+            prepare_run_dir(
+                lock, config, resume=plan.resume, overwrite=plan.overwrite,
+                last=resumed.stamp if resumed else None,
+            )  # fmt: skip
+        except BaseException as exc:
+            dist.broadcast((str(run_dir), f"{exc}"))  # the other ranks stop too
+            if lock is not None:
+                lock.release()
+            raise
+    started, failed = dist.broadcast((str(run_dir), None))
+    if failed is not None:
+        raise SkinclsError(f"rank 0 could not start the run: {failed}")
+    run_dir = Path(started)
+    return RunDir(run_dir, plan.config.model_copy(update={"out": run_dir}), lock)
+
+
+# -- stage 4: training, with its checkpoints ------------------------------------------------------
+@dataclass
+class CheckpointWriter:
+    """Writes a run's best.pt and last.pt (`ModelCheckpoint`'s `save`) with what the run records:
+    classes, how they were made, its config and its training data."""
+
+    classes: list[str]
+    labels: dict[str, Any] | None
+    train_config: dict[str, Any]
+    record: dict[str, Any]
+    last_epoch: int | None = None  # the epoch last.pt holds (written now, or resumed from)
+
+    def __call__(
+        self,
+        path: Path,
+        snapshot: ModelSnapshot,
+        extra: dict[str, Any],
+        training_state: dict[str, Any] | None,
+    ) -> None:
+        save_checkpoint(
+            path,
+            snapshot,
+            classes=self.classes,
+            labels=self.labels,
+            train_config=self.train_config,
+            training_data=self.record,
+            training_state=training_state,
+            **extra,
+        )
+        if training_state is not None:
+            self.last_epoch = extra["epoch"]
+
+    @classmethod
+    def for_run(cls, plan: RunPlan, run: RunDir, resumed: Resumed | None) -> CheckpointWriter:
+        info = plan.manifest.info
+        return cls(
+            plan.manifest.classes,
+            # How the classes were made (task, diagnosis map): read by the model card and export.
+            info.labels.model_dump() if info.labels else None,
+            run.config.model_dump(mode="json"),
+            plan.record,
+            resumed.epoch if resumed else None,
+        )
+
+
+def fit_run(
+    plan: RunPlan,
+    run: RunDir,
+    trainer: Trainer,
+    resumed: Resumed | None,
+    callbacks: list[Callback],
+    *,
+    progress: bool = True,
+) -> History:
+    """Train with the run's callbacks (early stopping, checkpoints, history, progress, loggers)
+    before `callbacks`. A failure before any checkpoint removes what was written; an interruption
+    keeps the run dir and says how to resume it (`Interrupted`)."""
+    config, dist = run.config, trainer.dist
+    writer = CheckpointWriter.for_run(plan, run, resumed)
+    cbs: list[Callback] = []
+    if config.train.patience:
+        cbs.append(EarlyStopping(config.train.patience))
+    if dist.is_main:  # early stopping decides on every rank (same metrics); only rank 0 writes
+        interval = config.train.checkpoint_interval
+        cbs += [ModelCheckpoint(run.path, writer, background=True, interval=interval)]
+        cbs += [HistoryWriter(run.path)] + ([RichProgress()] if progress else [])
+        cbs += create_loggers(config, run.path)  # after the files they may log
+    trainer.callbacks = cbs + list(callbacks)
+    try:
+        history = trainer.fit(plan.train, plan.val)
+        dist.barrier()  # rank 0's checkpoints are complete before any rank returns
+    except KeyboardInterrupt as exc:
+        if dist.is_main and not isinstance(exc, Interrupted):
+            raise Interrupted(_interrupted(plan, run, trainer, writer.last_epoch)) from exc
+        raise
+    except BaseException:
+        if dist.is_main:
+            drop_unresumable(run.path)
+        raise
+    return history
+
+
+def _interrupted(plan: RunPlan, run: RunDir, trainer: Trainer, last_epoch: int | None) -> str:
+    """What an interrupted run kept, and the command that goes on with it (a run on the caller's
+    manifest, e.g. a cross-validation fold, is resumed by the command that started it)."""
+    cfg = trainer.config
+    planned = cfg.epochs + cfg.finetune_epochs
+    when = f"in epoch {trainer.epoch + 1}" if trainer.epoch < planned else "after its last epoch"
+    command = f"skincls train --resume --out {shlex.quote(str(run.path))}"
+    if plan.own_manifest:
+        command = "the command that started it, with --resume,"
+    if last_epoch is not None:
+        return (
+            f"interrupted {when}: {run.path / 'last.pt'} holds epoch {last_epoch}; {command} "
+            "continues from there"
+        )
+    if trainer.epoch == 0:
+        what = "nothing was trained to the end of an epoch"
+    else:
+        what = (
+            f"no checkpoint was written yet (one every {cfg.checkpoint_interval:g} s of training, "
+            "--checkpoint-interval)"
+        )
+    return (
+        f"interrupted {when}: {what}; {run.path} keeps its config.json: {command} starts it again"
+    )
 
 
 def _check_weights_train(config: RunConfig) -> None:
@@ -255,155 +427,3 @@ def _check_weights_train(config: RunConfig) -> None:
         "values, so the head would learn from noise; train from scratch with --freeze none, or "
         "start from pretrained weights (--weights imagenet, or --weights FILE)"
     )
-
-
-def _prepare_run_dir(
-    lock: DirLock, config: RunConfig, *, resume: bool, overwrite: bool, last: Any
-) -> None:
-    """Under the lock: check again, clean up after killed runs, clear what is replaced, write config."""
-    run_dir = lock.folder
-    now = (
-        file_stamp(run_dir / "last.pt", content=False) if (run_dir / "last.pt").is_file() else None
-    )
-    if resume and now != last:
-        raise CheckpointError(
-            f"cannot resume: {run_dir / 'last.pt'} changed while starting; try again"
-        )
-    if not resume and not overwrite:
-        _refuse_nonempty(run_dir)  # again: another run may have just ended in it
-    lock.clean_stale_temps()
-    clean_stale_temps(feature_cache_dir(config.data.data_dir))
-    if overwrite or (resume and last is None):
-        _remove_run_files(run_dir)
-    save_config(config, run_dir / "config.json")
-
-
-def _run_entries(run_dir: Path) -> list[str]:
-    """What the folder holds besides lock files and temp files (empty when it does not exist)."""
-    try:
-        return sorted(
-            p.name
-            for p in run_dir.iterdir()
-            if p.name not in LOCK_FILES and not is_temp_name(p.name)
-        )
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _refuse_nonempty(run_dir: Path) -> None:
-    names = _run_entries(run_dir)
-    if names:
-        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-        raise ConfigError(
-            f"run dir {run_dir} is not empty ({shown}); give --resume to continue that run, "
-            "--overwrite to replace it, or another --out"
-        )
-
-
-def _lock_run_dir(run_dir: Path, auto_arch: str | None) -> DirLock:
-    """Lock `run_dir`; an automatic name (`auto_arch` given) that got taken moves on to the next."""
-    while True:
-        try:
-            return DirLock(
-                run_dir,
-                "skincls train",
-                new=auto_arch is not None,
-                advice="wait for it to finish, or give another --out",
-            ).acquire()
-        except FileExistsError:
-            run_dir = default_run_dir(auto_arch, run_dir.parent)
-
-
-def _drop_unresumable(run_dir: Path) -> None:
-    """After a failure before any checkpoint: remove what was written (nothing could resume it)."""
-    if (run_dir / "last.pt").exists() or (run_dir / "best.pt").exists():
-        return
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-
-
-def _remove_run_files(run_dir: Path) -> None:
-    removed = []
-    for name in RUN_FILES:
-        path = run_dir / name
-        if path.is_file():
-            path.unlink()
-            removed.append(name)
-    removed += remove_tracking_files(run_dir)
-    if removed:
-        log.warning("replacing the run in %s: removed its %s", run_dir, ", ".join(removed))
-
-
-def _check_resume(trainer: Trainer, run_dir: Path, record: dict[str, Any]):
-    """Load `last.pt` into the trainer; its stamp, or None to start over (no epoch had ended).
-
-    `record` is the `training_record` of the data about to be trained on: it must be the data
-    last.pt was trained on, so that the run's record (and every overlap check) stays true.
-    """
-    last = run_dir / "last.pt"
-    if not last.is_file():
-        if (run_dir / "config.json").is_file():
-            log.warning(
-                "no last.pt in %s yet (the run stopped before its first epoch ended): starting "
-                "that run from the beginning",
-                run_dir,
-            )
-            return None
-        raise CheckpointError(
-            f"cannot resume: {run_dir} holds no run (no last.pt, no config.json); train without "
-            "--resume"
-        )
-    stamp = file_stamp(last, content=False)
-    ckpt = load_checkpoint(last)
-    state = ckpt.data.get("training_state")
-    if state is None:
-        raise CheckpointError(f"cannot resume from {last}: it holds no training state")
-    _check_same_data(last, ckpt.data.get("training_data"), record)
-    try:
-        trainer.model.load_state_dict(ckpt.data["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"cannot resume from {last}: its weights don't fit this model ({_first_mismatch(exc)}); "
-            "resume with the run's own options (its config.json), or train into another --out"
-        ) from exc
-    trainer.load_state_dict(state)
-    return stamp
-
-
-def _check_same_data(last: Path, trained: Any, now: dict[str, Any]) -> None:
-    """Refuse to resume on other train/val images than `last.pt` trained on (a re-split data dir).
-
-    Otherwise the new test split may hold images the first epochs trained on, while the record
-    (and `evaluate`'s overlap check) would describe only the new split.
-    """
-    if not isinstance(trained, dict) or "train" not in trained:
-        log.warning("%s records no training data: cannot check it is the same data", last)
-        return
-    old_train, new_train = set(trained.get("train") or ()), set(now["train"])
-    old_val, new_val = set(trained.get("val") or ()), set(now["val"])
-    if old_train == new_train and old_val == new_val:
-        return
-    if old_train != new_train:
-        what = (
-            f"{len(old_train - new_train)} of the {len(old_train)} images it trained on are not "
-            f"training images now, and {len(new_train - old_train)} training images are new"
-        )
-    else:
-        what = f"its {len(old_val)} validation images changed ({len(old_val ^ new_val)} differ)"
-    raise CheckpointError(
-        f"cannot resume from {last}: the data is not the split it was trained on ({what}; was the "
-        "data dir fetched again?), and resuming could test it on images it trained on; train "
-        "into a new --out, or fetch back the split the run used (the same source, options and "
-        "--seed)"
-    )
-
-
-def _first_mismatch(exc: RuntimeError) -> str:
-    """The first line of a `load_state_dict` error that names a tensor (its message is many lines)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    named = [
-        ln for ln in lines if ln.startswith(("size mismatch", "Missing key", "Unexpected key"))
-    ]
-    first = (named or lines or ["unknown difference"])[0].rstrip(".")
-    more = len(named) - 1
-    return first + (f"; {more} more" if more > 0 else "")

@@ -1,19 +1,20 @@
 """The trainer's inner loops: one epoch of optimisation steps and one validation pass, with what they
-share (device placement and mixed precision, the replayed batch order, the phases of a run)."""
+share (device placement and mixed precision, the replayed batch order); a run's phases are in `contract`."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
-from ..config import TrainConfig
 from ..errors import ConfigError
 from ..runtime import seed_worker
+from .contract import Inputs, Phase, call, inputs_to_device, plan_phases, split_batch, to_device
 from .mixup import mix_batch
 
 __all__ = [
@@ -27,31 +28,8 @@ __all__ = [
     "validate",
 ]
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class Phase:
-    """A stretch of epochs with one freeze policy: "train", or "head" then "finetune"."""
-
-    name: str
-    first: int  # first epoch number (1-based, counted across phases)
-    last: int
-    freeze: str | int | None  # freeze policy applied at the phase's start; None = leave the model's
-
-
-def plan_phases(config: TrainConfig, model: nn.Module) -> list[Phase]:
-    """One training phase, or with `finetune_epochs` a head phase then a fine-tuning phase."""
-    if not config.finetune_epochs:
-        return [Phase("train", 1, config.epochs, None)]
-    if not hasattr(model, "backbone"):
-        raise ConfigError("fine-tuning needs a model with a `backbone` (e.g. from create_model)")
-    unfreeze = "none" if config.unfreeze == "all" else config.unfreeze
-    last = config.epochs + config.finetune_epochs
-    return [
-        Phase("head", 1, config.epochs, None),
-        Phase("finetune", config.epochs + 1, last, unfreeze),
-    ]
+Batches = Iterable[Any]  # as the DataLoader collates them; `split_batch` gives (inputs, target)
+SplitBatch = Callable[[Any], tuple[Inputs, torch.Tensor]]
 
 
 class ReplayBatches(Sampler):
@@ -75,8 +53,10 @@ class Placement:
     amp_dtype: torch.dtype | None = None
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+        return to_device(x, self.device)
+
+    def inputs(self, inputs: Inputs) -> Inputs:
+        return inputs_to_device(inputs, self.device)
 
     def autocast(self):
         dtype = self.amp_dtype
@@ -95,13 +75,14 @@ class Placement:
 
 
 def train_epoch(
-    forward: nn.Module,
+    forward: Callable[..., torch.Tensor],
     batches: Batches,
     *,
     loss: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
     weight: Callable[[int, int], float],
     optimizer: torch.optim.Optimizer,
     place: Placement,
+    split: SplitBatch = split_batch,
     scaler: torch.amp.GradScaler | None = None,
     after_step: Callable[[], None] | None = None,
     on_batch_end: Callable[[float, float], None] | None = None,
@@ -110,49 +91,44 @@ def train_epoch(
 ) -> tuple[float, int, int]:
     """One pass of optimisation steps over `batches`.
 
+    `split(batch)` gives the batch's inputs for `forward` and its targets (see `contract`).
     `loss(i, logits, y)` is the loss of batch i to step on; `weight(i, n)` what that batch's loss
     counts for in the epoch's total (its size n in one process). `after_step` runs after every
     optimizer step (a per-step LR schedule); `on_batch_end` gets the batch's loss and accuracy. A
     non-finite loss raises `diverged(what happened)`.
 
     `mixes` (mixup, see `mixup`): per batch (λ, partner rows); the batch's first len(partner rows)
-    rows are its own items, mixed as λ·x + (1 − λ)·x[partner] and trained on with the loss
-    λ·loss(y) + (1 − λ)·loss(y[partner]). Accuracy counts the dominant label (y where λ ≥ 0.5).
+    rows are its own items, each input mixed as λ·x + (1 − λ)·x[partner] and trained on with the
+    loss λ·loss(y) + (1 − λ)·loss(y[partner]). Accuracy counts the dominant label (y where λ ≥ 0.5).
 
     Returns:
         (sum of loss × weight, correct predictions, images seen), for the caller to reduce (over
         processes) and divide.
     """
     total, correct, seen = 0.0, 0, 0
-    for i, (x, y) in enumerate(batches):
-        x, y = place.to_device(x), y.to(place.device, non_blocking=True)
+    for i, batch in enumerate(batches):
+        inputs, y = split(batch)
+        inputs, y = place.inputs(inputs), y.to(place.device, non_blocking=True)
         if mixes is None:
             with place.autocast():
-                logits = forward(x)
-                batch = loss(i, logits.float(), y)
+                logits = call(forward, inputs)
+                batch_loss_t = loss(i, logits.float(), y)
         else:
             lam, partner = mixes[i]
-            x, y_a, y_b = mix_batch(x, y, lam, partner)
-            x = place.to_device(x)  # channels-last again
+            inputs, y_a, y_b = _mix_inputs(inputs, y, lam, partner)
+            inputs = place.inputs(inputs)  # channels-last again
             with place.autocast():
-                logits = forward(x)
+                logits = call(forward, inputs)
                 out = logits.float()
-                batch = lam * loss(i, out, y_a) + (1.0 - lam) * loss(i, out, y_b)
+                batch_loss_t = lam * loss(i, out, y_a) + (1.0 - lam) * loss(i, out, y_b)
             y = y_a if lam >= 0.5 else y_b  # what the accuracy counts: the dominant label
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(batch).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            batch.backward()
-            optimizer.step()
+        _step(batch_loss_t, optimizer, scaler)
         if after_step is not None:
             after_step()
         n = len(y)
         # One device-to-host transfer per step for both numbers (counts < 2**24 are exact).
         hits = (logits.argmax(1) == y).sum().float()
-        batch_loss, batch_correct = torch.stack([batch.detach().float(), hits]).tolist()
+        batch_loss, batch_correct = torch.stack([batch_loss_t.detach().float(), hits]).tolist()
         if not math.isfinite(batch_loss):
             raise diverged(f"the training loss is {batch_loss} at step {i + 1}")
         batch_correct = int(batch_correct)
@@ -162,29 +138,69 @@ def train_epoch(
     return total, correct, seen
 
 
+def _step(
+    batch_loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
+) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(batch_loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        batch_loss.backward()
+        optimizer.step()
+
+
+def _mix_inputs(
+    inputs: Inputs, y: torch.Tensor, lam: float, partner: torch.Tensor
+) -> tuple[Inputs, torch.Tensor, torch.Tensor]:
+    """Every input of a batch mixed with its partners' (`mix_batch`): (inputs, y, y[partner])."""
+    named = inputs.items() if isinstance(inputs, dict) else enumerate(inputs)
+    mixed: dict[Any, torch.Tensor] = {}
+    y_a = y_b = y
+    for key, x in named:
+        if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
+            what = type(x).__name__ if not isinstance(x, torch.Tensor) else str(x.dtype)
+            raise ConfigError(
+                f"mixup mixes every input of a batch, but input {key!r} is {what}; train "
+                "without --mixup, or give the model floating-point inputs"
+            )
+        mixed[key], y_a, y_b = mix_batch(x, y, lam, partner)
+    if isinstance(inputs, dict):
+        return mixed, y_a, y_b
+    return tuple(mixed.values()), y_a, y_b
+
+
 @torch.inference_mode()
 def validate(
-    forward: nn.Module, batches: Batches, *, criterion: nn.Module, place: Placement
+    forward: Callable[..., torch.Tensor],
+    batches: Batches,
+    *,
+    criterion: nn.Module,
+    place: Placement,
+    split: SplitBatch = split_batch,
 ) -> tuple[float, int, int]:
     """Summed loss (`criterion` must sum over the batch), correct predictions and images seen."""
     total, correct, seen = 0.0, 0, 0
-    for x, y in batches:
-        x, y = place.to_device(x), y.to(place.device, non_blocking=True)
+    for batch in batches:
+        inputs, y = split(batch)
+        inputs, y = place.inputs(inputs), y.to(place.device, non_blocking=True)
         with place.autocast():
-            logits = forward(x).float()
+            logits = call(forward, inputs).float()
         total += criterion(logits, y).item()
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
     return total, correct, seen
 
 
-def class_targets(dataset: Dataset) -> list[int]:
-    """Class index per item, without loading images when the dataset lists them."""
+def class_targets(dataset: Dataset, split: SplitBatch = split_batch) -> list[int]:
+    """Class index per item, without loading images when the dataset lists them (`targets`, or a
+    `TensorDataset`'s last tensor); otherwise `split` reads each item's target."""
     if hasattr(dataset, "targets"):
         return [int(t) for t in dataset.targets]
     if isinstance(dataset, TensorDataset):
-        return dataset.tensors[1].tolist()
-    return [int(dataset[i][1]) for i in range(len(dataset))]
+        return dataset.tensors[-1].tolist()
+    return [int(split(dataset[i])[1]) for i in range(len(dataset))]
 
 
 def batch_denominator(

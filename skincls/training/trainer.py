@@ -1,9 +1,11 @@
-"""Trainer: fits a model on a training set, validating each epoch. It knows nothing about skin.
+"""Trainer: fits a model on a training set, validating each epoch. It knows neither skin nor any model class.
 
 The loop optimises and measures (its inner loops are in `steps`); checkpoints, early stopping,
-progress and history files are callbacks (`callbacks`). A frozen backbone's features are computed once
-(`features`) when the training images are not augmented, and an optional second phase fine-tunes the
-unfrozen backbone.
+progress and history files are callbacks (`callbacks`). What it needs to know of the model, the model
+says through optional methods (`contract`): its parameter groups, what each phase freezes, a frozen
+feature extractor whose features are computed once (`features`) when the training images are not
+augmented, and how a batch maps to its inputs. An optional second phase fine-tunes what the first
+kept frozen.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -34,25 +37,26 @@ from .callbacks import (
     check_state_keys,
     load_callback_states,
 )
+from .contract import (
+    Phase,
+    batch_splitter,
+    cache_split,
+    freeze_for,
+    param_groups_for,
+    plan_phases,
+    split_batch,
+)
 from .distributed import Dist, shard_bounds
 from .divergence import diverged, nonfinite_weight
-from .features import (
-    FeatureSet,
-    backbone_fingerprint,
-    cache_refusal,
-    can_cache,
-    load_or_extract,
-)
+from .features import FeatureSet, backbone_fingerprint, cache_refusal, load_or_extract
 from .history import BestTracker, EpochRecord, History
 from .mixup import mixed_shares
 from .optim import build_losses, build_phase_optimization
 from .steps import (
-    Phase,
     Placement,
     ReplayBatches,
     batch_denominator,
     class_targets,
-    plan_phases,
     train_epoch,
     validate,
 )
@@ -64,8 +68,10 @@ class Trainer:
     """Supervised training with cross-entropy; the defaults are the original recipe (Adam 1e-3, batch 20).
 
     Args:
-        model: A classifier returning logits. A `SkinClassifier` (or anything with `backbone`,
-            `features` and `head`) also gets the feature cache and the fine-tuning phase.
+        model: A classifier returning logits. Optional methods (`contract`) tell the trainer its
+            parameter groups, what each phase freezes (needed for `finetune_epochs`), a frozen
+            feature extractor to cache, and how a batch maps to its inputs; a plain `nn.Module`
+            trains whole, in one group, on `(inputs..., target)` batches. `SkinClassifier` has them.
         config: The optimisation recipe.
         callbacks: Objects with any of the `Callback` hooks, called in order. Default: keep the
             best weights in memory (`BestWeights`). Two resumable callbacks (with a `state_dict`)
@@ -115,6 +121,14 @@ class Trainer:
         # The EpochRecord field that decides `improved` and steps a plateau schedule (set by `fit`).
         self._best = BestTracker(self.config.monitor)
         self._backbone_fp: str | None = None  # the current phase's, computed when first needed
+        self._split_batch = batch_splitter(model)
+        # The current phase's split of the model (`split_for_cache`), and its extractor while frozen:
+        # then it runs outside what trains (the rest), in the feature precision, as it was cached.
+        self._split: tuple[nn.Module, nn.Module] | None = None
+        self._extractor: nn.Module | None = None
+        self._rest: nn.Module | None = None  # what trains after a frozen extractor (DDP-wrapped)
+        self._whole: nn.Module = model  # what trains otherwise (DDP-wrapped)
+        self._when = "none"  # when the phase's scheduler steps
 
     @property
     def callbacks(self) -> list[Callback]:
@@ -162,7 +176,8 @@ class Trainer:
         # Conv weights in channels_last: faster convolutions on CPU and GPU.
         self.model.to(self.device).to(memory_format=torch.channels_last)
         self._best.monitor = cfg.monitor if val is not None else "train_loss"
-        targets = class_targets(train)
+        self._split_batch = batch_splitter(self.model)
+        targets = class_targets(train, self._split_batch)
         num_classes = len(getattr(train, "classes", [])) or int(max(targets)) + 1
         losses = build_losses(cfg, targets, num_classes, self.device)
         self.criterion, self._sum_criterion = losses.train, losses.summed
@@ -191,115 +206,133 @@ class Trainer:
         self._emit("on_fit_end", self.history)
         return self.history
 
+    # -- one phase: freeze → caches → optimization → wrap → epochs -------------------------------
     def _run_phase(self, phase: Phase, train: Dataset, val: Dataset | None, sample_weights) -> None:
-        cfg = self.config
-        if phase.freeze is not None:
-            from ..models.classifier import set_freeze
+        resuming = self._freeze(phase)
+        data = self._caches(train, val)
+        self._optimization(phase, len(train), resuming)
+        self._wrap()
+        self._emit("on_phase_start", phase.name, phase.first, phase.last)
+        for epoch in range(max(phase.first, self.epoch + 1), phase.last + 1):
+            if self._epoch(phase, epoch, data, sample_weights):
+                break
+        self._resume = None
 
-            set_freeze(self.model, phase.freeze)
+    def _freeze(self, phase: Phase) -> bool:
+        """Let the model freeze what `phase` freezes; whether the phase resumes a saved state."""
+        freeze_for(self.model, phase)
         resuming = self._resume is not None and self._resume["phase"] == phase.name
         self.phase, self.stop = phase.name, False
-        self._backbone_fp = None  # the backbone may have changed (fine-tuned, unfrozen)
-        train_fs = self._features(train, "train")
-        val_fs = self._features(val, "val") if val is not None else None
+        self._backbone_fp = None  # the extractor may have changed (fine-tuned, unfrozen)
+        self._split = cache_split(self.model)
+        frozen = self._split is not None and not any(
+            p.requires_grad for p in self._split[0].parameters()
+        )
+        self._extractor = self._split[0] if frozen else None
+        return resuming
+
+    def _caches(self, train: Dataset, val: Dataset | None) -> _PhaseData:
+        """The phase's data: cached features where they can be, else loaders of the datasets."""
+        cfg = self.config
+        data = _PhaseData(train, val, self._features(train, "train"))
+        data.val_fs = self._features(val, "val") if val is not None else None
+        if data.train_fs is None:
+            self.dist.check_last_batch(len(train), cfg.batch_size)
+            data.loader = self._place.loader(
+                train, self.num_workers, batch_sampler=data.sampler, generator=self._loader_rng
+            )
+        if val is not None and data.val_fs is None:
+            data.val_loader = self._place.loader(
+                self.dist.share(val), self.num_workers, batch_size=cfg.batch_size
+            )
+        return data
+
+    def _optimization(self, phase: Phase, n_train: int, resuming: bool) -> None:
+        """The phase's optimizer over the model's parameter groups, its schedule and fp16 scaler."""
+        cfg = self.config
         opt = build_phase_optimization(
-            self.model,
+            param_groups_for(self.model, phase),
             cfg,
-            backbone_lr_mult=cfg.backbone_lr_mult if phase.freeze is not None else 1.0,
             epochs=phase.last - phase.first + 1,
-            steps_per_epoch=math.ceil(len(train) / cfg.batch_size),
+            steps_per_epoch=math.ceil(n_train / cfg.batch_size),
             maximise=self._best.maximise,
             fp16_on=self.device if self.amp_dtype == torch.float16 else None,
             resume=self._resume if resuming else None,
         )
-        self.optimizer, self.scheduler, when = opt.optimizer, opt.scheduler, opt.when
-        self.scaler = opt.scaler
-        # What trains: the head alone (cached features, or a frozen backbone in the loop) or the whole
-        # model; in DistributedDataParallel when distributed (rebuilt per phase: freezing changes).
-        self._head = self.model.head if hasattr(self.model, "head") else None
-        self._whole = self.model
-        if train_fs is not None or can_cache(self.model) is None:
-            self._head = self.dist.wrap(self.model.head, self.device)
+        self.optimizer, self.scheduler, self.scaler = opt.optimizer, opt.scheduler, opt.scaler
+        self._when = opt.when
+
+    def _wrap(self) -> None:
+        """What trains: the rest after a frozen extractor (on cached features or in the loop), or
+        the whole model; in DistributedDataParallel when distributed (rebuilt per phase: freezing
+        changes what trains)."""
+        self._rest, self._whole = None, self.model
+        if self._extractor is not None:
+            self._rest = self.dist.wrap(self._split[1], self.device)
         else:
             self._whole = self.dist.wrap(self.model, self.device)
-        sampler = ReplayBatches()
-        loader = None
-        if train_fs is None:
-            self.dist.check_last_batch(len(train), cfg.batch_size)
-            loader = self._place.loader(
-                train, self.num_workers, batch_sampler=sampler, generator=self._loader_rng
+
+    def _epoch(self, phase: Phase, epoch: int, data: _PhaseData, sample_weights) -> bool:
+        """Train and validate one epoch, tell the callbacks; whether the phase stops here."""
+        start = time.perf_counter()
+        global_batches, mixes = self._draw_batches(len(data.train), sample_weights, data.sampler)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self._emit("on_epoch_start", epoch, len(data.sampler))
+        self.model.train()
+        train_loss, train_acc = self._train_epoch(data, global_batches, epoch, mixes)
+        val_loss = val_acc = None
+        if data.val is not None:
+            val_loss, val_acc = self._validate(data.val_fs, data.val_loader)
+        # Before any callback sees the epoch: a diverged model must never become best.pt/last.pt.
+        self._check_finite(epoch, val_loss)
+        record = EpochRecord(
+            epoch, phase.name, train_loss, train_acc, val_loss, val_acc, lr,
+            time.perf_counter() - start,
+        )  # fmt: skip
+        improved = self._best.update(record)
+        if improved:
+            self.history.best_epoch = epoch
+        if self._when == "epoch":
+            self.scheduler.step(self._best.of(record))
+        self.epoch = epoch
+        self.history.epochs.append(record)
+        self._emit("on_epoch_end", record, improved)
+        self.stop = bool(self.dist.broadcast(self.stop))  # rank 0's decision, on every rank
+        if self.stop:
+            self.history.stopped_early.append(phase.name)
+            self.log(f"early stop: {phase.name} phase ended after epoch {epoch}")
+        return self.stop
+
+    def _draw_batches(
+        self, n: int, sample_weights, sampler: ReplayBatches
+    ) -> tuple[list[torch.Tensor], list[tuple[float, torch.Tensor]] | None]:
+        """The epoch's global batches (and mixup's pairs); this rank's shares go to `sampler`."""
+        cfg = self.config
+        if sample_weights is None:
+            order = torch.randperm(n, generator=self._shuffle)
+        else:
+            order = torch.multinomial(sample_weights, n, True, generator=self._shuffle)
+        global_batches = list(order.split(cfg.batch_size))
+        mixes = None
+        if cfg.mixup:
+            sampler.batches, mixes = mixed_shares(
+                cfg.mixup, global_batches, self._mix, self.dist.rank, self.dist.world_size
             )
-        val_loader = None
-        if val is not None and val_fs is None:
-            val_loader = self._place.loader(
-                self.dist.share(val), self.num_workers, batch_size=cfg.batch_size
-            )
-        self._emit("on_phase_start", phase.name, phase.first, phase.last)
-        for epoch in range(max(phase.first, self.epoch + 1), phase.last + 1):
-            start = time.perf_counter()
-            if sample_weights is None:
-                order = torch.randperm(len(train), generator=self._shuffle)
-            else:
-                order = torch.multinomial(sample_weights, len(train), True, generator=self._shuffle)
-            global_batches = order.split(cfg.batch_size)
-            mixes = None
-            if cfg.mixup:
-                sampler.batches, mixes = mixed_shares(
-                    cfg.mixup, global_batches, self._mix, self.dist.rank, self.dist.world_size
-                )
-            else:
-                sampler.batches = [self.dist.shard(b.tolist()) for b in global_batches]
-            lr = self.optimizer.param_groups[0]["lr"]
-            self._emit("on_epoch_start", epoch, len(sampler))
-            self.model.train()
-            denominators = [
-                batch_denominator(self.criterion.weight, self._targets, b) for b in global_batches
-            ]
-            if train_fs is not None:
-                batches = (
-                    train_fs.batch(torch.tensor(b, dtype=torch.long)) for b in sampler.batches
-                )
-                train_loss, train_acc = self._train_epoch(
-                    self._head, batches, when, denominators, epoch, mixes
-                )
-            else:
-                train_loss, train_acc = self._train_epoch(
-                    self._forward, loader, when, denominators, epoch, mixes
-                )
-            val_loss = val_acc = None
-            if val is not None:
-                val_loss, val_acc = self._validate(val_fs, val_loader)
-            # Before any callback sees the epoch: a diverged model must never become best.pt/last.pt.
-            self._check_finite(epoch, val_loss)
-            record = EpochRecord(
-                epoch, phase.name, train_loss, train_acc, val_loss, val_acc, lr,
-                time.perf_counter() - start,
-            )  # fmt: skip
-            improved = self._best.update(record)
-            if improved:
-                self.history.best_epoch = epoch
-            if when == "epoch":
-                self.scheduler.step(self._best.of(record))
-            self.epoch = epoch
-            self.history.epochs.append(record)
-            self._emit("on_epoch_end", record, improved)
-            self.stop = bool(self.dist.broadcast(self.stop))  # rank 0's decision, on every rank
-            if self.stop:
-                self.history.stopped_early.append(phase.name)
-                self.log(f"early stop: {phase.name} phase ended after epoch {epoch}")
-                break
-        self._resume = None
+        else:
+            sampler.batches = [self.dist.shard(b.tolist()) for b in global_batches]
+        return global_batches, mixes
 
     def _train_epoch(
         self,
-        forward: nn.Module,
-        batches,
-        when: str,
-        denominators: list[tuple[float, int]],
+        data: _PhaseData,
+        global_batches: list[torch.Tensor],
         epoch: int,
         mixes: list[tuple[float, torch.Tensor]] | None = None,
     ) -> tuple[float, float]:
         world = self.dist.world_size
+        denominators = [
+            batch_denominator(self.criterion.weight, self._targets, b) for b in global_batches
+        ]
 
         def loss(i: int, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             if world == 1:
@@ -313,6 +346,13 @@ class Trainer:
         ) -> float:  # this share's part of (batch loss × global batch size)
             return n if world == 1 else denominators[i][1] / world
 
+        if data.train_fs is not None:  # (features, targets): the rest of the model trains on them
+            forward, split = self._rest, split_batch
+            batches = (
+                data.train_fs.batch(torch.tensor(b, dtype=torch.long)) for b in data.sampler.batches
+            )
+        else:
+            forward, batches, split = self._forward, data.loader, self._split_batch
         total, correct, seen = train_epoch(
             forward,
             (b for b, _ in zip(batches, denominators, strict=True)),
@@ -320,8 +360,9 @@ class Trainer:
             weight=weight,
             optimizer=self.optimizer,
             place=self._place,
+            split=split,
             scaler=self.scaler,
-            after_step=self.scheduler.step if when == "step" else None,
+            after_step=self.scheduler.step if self._when == "step" else None,
             on_batch_end=lambda loss, acc: self._emit("on_batch_end", loss, acc),
             diverged=partial(self._diverged, epoch),
             mixes=mixes,
@@ -334,13 +375,13 @@ class Trainer:
     ) -> tuple[float, float]:
         self.model.eval()
         if features is not None:
-            forward = self.model.head
+            forward, split = self._split[1], split_batch
             idx = torch.arange(*shard_bounds(len(features), self.dist.rank, self.dist.world_size))
             batches = (features.batch(b) for b in idx.split(self.config.batch_size))
         else:
-            forward, batches = self._forward, loader
+            forward, batches, split = self._forward, loader, self._split_batch
         total, correct, seen = validate(
-            forward, batches, criterion=self._val_criterion, place=self._place
+            forward, batches, criterion=self._val_criterion, place=self._place, split=split
         )
         total, correct, seen = self.dist.sum([total, correct, seen], self.device)
         return total / seen, correct / seen
@@ -361,7 +402,7 @@ class Trainer:
         mode = self.config.cache_features
         if dataset is None:
             return None
-        why = cache_refusal(self.model, dataset, mode)
+        why = cache_refusal(self._split[0] if self._split else None, dataset, mode)
         if why is not None:
             self.history.cache[split] = "off"
             if mode != "off" or split == "train":
@@ -369,11 +410,12 @@ class Trainer:
             return None
         backbone_fp = None
         if mode in ("auto", "disk") and callable(getattr(dataset, "fingerprint", None)):
-            if self._backbone_fp is None:  # a disk cache key: hash the backbone once per phase
-                self._backbone_fp = backbone_fingerprint(self.model)
+            if self._backbone_fp is None:  # a disk cache key: hash the extractor once per phase
+                self._backbone_fp = backbone_fingerprint(self._extractor)
             backbone_fp = self._backbone_fp
+        custom_split = self._split_batch is not split_batch
         fs = self.feature_pool(
-            self.model,
+            self._extractor,
             dataset,
             mode=mode,
             backbone_fp=backbone_fp,
@@ -385,6 +427,7 @@ class Trainer:
             on_progress=lambda done, total: self._emit("on_extract", split, done, total),
             log=self.log,
             **({"dist": self.dist} if self.dist.enabled else {}),
+            **({"split_batch": self._split_batch} if custom_split else {}),
         )
         self.history.cache[split] = fs.source
         key = f"features_{split}_seconds"
@@ -400,13 +443,14 @@ class Trainer:
             dtype = self.precision.dtype(dtype)
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The model on images; a frozen backbone runs in the feature pass's precision, as cached."""
-        if can_cache(self.model) is not None:
-            return self._whole(x)
+    def _forward(self, *args, **kwargs) -> torch.Tensor:
+        """The model on a batch's inputs; a frozen extractor runs in the feature pass's precision,
+        as cached."""
+        if self._extractor is None:
+            return self._whole(*args, **kwargs)
         with self._autocast("features"):
-            f = self.model.features(x)
-        return self._head(f.float())
+            f = self._extractor(*args, **kwargs)
+        return self._rest(f.float())
 
     def _restore(self, state: dict) -> None:
         self.epoch, self.phase, self.stop = state["epoch"], state["phase"], state["stop"]
@@ -420,3 +464,16 @@ class Trainer:
             fn = getattr(cb, hook, None)
             if fn is not None:
                 fn(self, *args)
+
+
+@dataclass
+class _PhaseData:
+    """What a phase trains and validates on: cached features, or the datasets through loaders."""
+
+    train: Dataset
+    val: Dataset | None
+    train_fs: FeatureSet | None = None
+    val_fs: FeatureSet | None = None
+    loader: DataLoader | None = None  # replays `sampler`'s batches
+    val_loader: DataLoader | None = None
+    sampler: ReplayBatches = field(default_factory=ReplayBatches)

@@ -19,7 +19,7 @@ from skincls.config import LoggerConfig
 from skincls.errors import ConfigError
 from skincls.training.callbacks import Callback
 from skincls.training.loggers import MLflowLogger, TensorBoardLogger, check_loggers
-from skincls.training.run import _remove_run_files
+from skincls.training.rundir import remove_run_files as _remove_run_files
 from tests.conftest import TINY_TRAIN
 from tests.serve._support import needs
 
