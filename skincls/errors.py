@@ -148,4 +148,8 @@ class Interrupted(KeyboardInterrupt):
     """A run was interrupted (Ctrl-C); the message says what was kept and how to go on.
 
     A `KeyboardInterrupt`, not a `SkinclsError`: `except Exception` must not swallow an interruption.
+    Its text names options as `SkinclsError`'s does.
     """
+
+    def __str__(self) -> str:
+        return spell_options(super().__str__())

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, opt
 
 __all__ = [
     "Inputs",
@@ -40,7 +40,7 @@ __all__ = [
     "TrainableModel",
     "batch_splitter",
     "cache_split",
-    "call",
+    "forward_inputs",
     "freeze_for",
     "inputs_to_device",
     "param_groups_for",
@@ -89,7 +89,7 @@ def plan_phases(config: TrainConfig, model: nn.Module) -> list[Phase]:
     if not callable(getattr(model, "freeze", None)):
         raise ConfigError(
             "fine-tuning needs a model with a freeze(phase) method that unfreezes its pretrained "
-            "part (e.g. from create_model); train without --finetune-epochs"
+            f"part (e.g. from create_model); train without {opt('train.finetune_epochs')}"
         )
     unfreeze = "none" if config.unfreeze == "all" else config.unfreeze
     last = config.epochs + config.finetune_epochs
@@ -174,6 +174,6 @@ def inputs_to_device(inputs: Inputs, device: torch.device) -> Inputs:
     return tuple(to_device(v, device) for v in inputs)
 
 
-def call(module: Callable[..., torch.Tensor], inputs: Inputs) -> torch.Tensor:
+def forward_inputs(module: Callable[..., torch.Tensor], inputs: Inputs) -> torch.Tensor:
     """`module` on a batch's inputs: positional (a tuple) or keyword (a dict) arguments."""
     return module(**inputs) if isinstance(inputs, dict) else module(*inputs)

@@ -22,7 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ..atomic import atomic_path, atomic_write
-from .contract import Inputs, call, inputs_to_device, split_batch
+from ..errors import opt, spell_options
+from .contract import Inputs, forward_inputs, inputs_to_device, split_batch
 from .distributed import Dist, shard_bounds
 
 __all__ = [
@@ -63,7 +64,7 @@ def cache_refusal(extractor: nn.Module | None, dataset: Dataset, mode: str) -> s
     feature extractor, None when it has none) under `mode` ("auto", "memory", "disk", "off"), or
     None when they can."""
     if mode == "off":
-        return "--cache-features off"
+        return spell_options(opt("train.cache_features='off'"))
     if extractor is None:
         return "the model has no frozen feature extractor to cache (no split_for_cache())"
     if any(p.requires_grad for p in extractor.parameters()):
@@ -136,7 +137,7 @@ def extract_features(
             with torch.autocast(
                 device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
             ):
-                f = call(extractor, inputs_to_device(inputs, device))
+                f = forward_inputs(extractor, inputs_to_device(inputs, device))
             f = f.float().cpu().numpy()
             if feats is None:
                 shape = (len(dataset), f.shape[1])

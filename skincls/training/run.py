@@ -8,7 +8,6 @@ then created and locked for the whole run, so a second writer is refused.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from ..config import RunConfig
 from ..data.dataset import ManifestDataset, build_transform
 from ..data.provenance import training_record
 from ..data.splits import Manifest, load_manifest
-from ..errors import ConfigError, DataError, Interrupted, SkinclsError
+from ..errors import ConfigError, DataError, Interrupted, SkinclsError, call, opt
 from ..locks import DirLock
 from ..models.checkpoint import ModelSnapshot, save_checkpoint
 from ..models.classifier import create_model
@@ -116,7 +115,7 @@ def train_from_config(
             how to resume it.
     """
     if resume and overwrite:
-        raise ConfigError("give --resume or --overwrite, not both")
+        raise ConfigError(f"give {opt('resume=True')} or {opt('overwrite=True')}, not both")
     owned = not distributed_ready()
     # Under torchrun: join the process group; each rank gets its own device (GPU LOCAL_RANK).
     dist, device = init_distributed(config.train.device)
@@ -172,7 +171,7 @@ def plan_run(
     downloads) no model."""
     if backbone is None:
         _check_weights_train(config)
-    check_loggers(config.logging)  # --logger tensorboard/mlflow: their packages are installed
+    check_loggers(config.logging)  # tensorboard/mlflow loggers: their packages are installed
     resolve_device(device)
     arch = config.model.arch if backbone is None else "custom"
     run_dir, auto_arch = _plan_run_dir(config, arch, resume=resume, overwrite=overwrite)
@@ -197,10 +196,12 @@ def _plan_run_dir(
     run an empty folder."""
     auto = config.out is None
     if auto and resume:
-        raise ConfigError("--resume needs --out RUN_DIR: the run to continue")
+        raise ConfigError(f"{opt('resume=True')} needs {opt('out=RUN_DIR')}: the run to continue")
     run_dir = default_run_dir(arch) if auto else Path(config.out)
     if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} is a file, not a folder; give a folder for the run")
+        raise ConfigError(
+            f"{opt('out')} {run_dir} is a file, not a folder; give a folder for the run"
+        )
     if resume:
         check_run_to_resume(run_dir)
     if not resume and not overwrite:
@@ -392,9 +393,9 @@ def _interrupted(plan: RunPlan, run: RunDir, trainer: Trainer, last_epoch: int |
     cfg = trainer.config
     planned = cfg.epochs + cfg.finetune_epochs
     when = f"in epoch {trainer.epoch + 1}" if trainer.epoch < planned else "after its last epoch"
-    command = f"skincls train --resume --out {shlex.quote(str(run.path))}"
+    command = call("train_from_config", "...", "resume=True", out=str(run.path))
     if plan.own_manifest:
-        command = "the command that started it, with --resume,"
+        command = f"the command that started it, with {opt('resume=True')},"
     if last_epoch is not None:
         return (
             f"interrupted {when}: {run.path / 'last.pt'} holds epoch {last_epoch}; {command} "
@@ -405,7 +406,7 @@ def _interrupted(plan: RunPlan, run: RunDir, trainer: Trainer, last_epoch: int |
     else:
         what = (
             f"no checkpoint was written yet (one every {cfg.checkpoint_interval:g} s of training, "
-            "--checkpoint-interval)"
+            f"{opt('train.checkpoint_interval')})"
         )
     return (
         f"interrupted {when}: {what}; {run.path} keeps its config.json: {command} starts it again"
@@ -416,14 +417,16 @@ def _check_weights_train(config: RunConfig) -> None:
     """Refuse a random backbone that never trains: the head would learn from noise.
 
     Such a run "succeeds" at the accuracy of always answering the majority class. Training some
-    stages (`--train-stages N`, or a fine-tuning phase) is allowed: they learn on top of the random ones.
+    stages (`model.freeze=N`, or a fine-tuning phase) is allowed: they learn on top of the random ones.
     """
     m = config.model
     if m.weights != "none" or m.freeze not in ("backbone", 0) or config.train.finetune_epochs:
         return
-    option = "--freeze backbone" if m.freeze == "backbone" else "--train-stages 0"
+    option = opt("model.freeze='backbone'") if m.freeze == "backbone" else opt("model.freeze=0")
+    none, scratch = opt("model.weights='none'"), opt("model.freeze='none'")
+    pretrained = opt("model.weights='imagenet'") + ", or " + opt("model.weights=FILE")
     raise ConfigError(
-        f"--weights none with {option} keeps the whole backbone frozen at random "
-        "values, so the head would learn from noise; train from scratch with --freeze none, or "
-        "start from pretrained weights (--weights imagenet, or --weights FILE)"
+        f"{none} with {option} keeps the whole backbone frozen at random values, so the head "
+        f"would learn from noise; train from scratch with {scratch}, or start from pretrained "
+        f"weights ({pretrained})"
     )

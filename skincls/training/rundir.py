@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..atomic import is_temp_name
 from ..config import RunConfig, save_config
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, opt
 from ..locks import LOCK_FILES, DirLock, FileStamp, clean_stale_temps, file_stamp
 from ..models.checkpoint import Checkpoint, load_checkpoint
 from .loggers import remove_tracking_files
@@ -44,7 +44,7 @@ RUN_FILES = (
     "history.json",
     "history.csv",
     "training_curves.png",
-    "config.json",  # last: while any of it is left, --resume starts the run over
+    "config.json",  # last: while any of it is left, resuming starts the run over
 )
 """What a run writes into its run dir (what `overwrite` removes)."""
 
@@ -112,8 +112,8 @@ def refuse_nonempty(run_dir: Path) -> None:
     if names:
         shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         raise ConfigError(
-            f"run dir {run_dir} is not empty ({shown}); give --resume to continue that run, "
-            "--overwrite to replace it, or another --out"
+            f"run dir {run_dir} is not empty ({shown}); give {opt('resume=True')} to continue that "
+            f"run, {opt('overwrite=True')} to replace it, or another {opt('out')}"
         )
 
 
@@ -125,7 +125,7 @@ def lock_run_dir(run_dir: Path, auto_arch: str | None) -> DirLock:
                 run_dir,
                 "skincls train",
                 new=auto_arch is not None,
-                advice="wait for it to finish, or give another --out",
+                advice=f"wait for it to finish, or give another {opt('out')}",
             ).acquire()
         except FileExistsError:
             run_dir = default_run_dir(auto_arch, run_dir.parent)
@@ -156,7 +156,7 @@ def check_run_to_resume(run_dir: Path) -> None:
     if not ((run_dir / "last.pt").is_file() or (run_dir / "config.json").is_file()):
         raise CheckpointError(
             f"cannot resume: {run_dir} holds no run (no last.pt, no config.json); train without "
-            "--resume"
+            + opt("resume=True")
         )
 
 
@@ -188,7 +188,7 @@ def load_resume(trainer: Trainer, run_dir: Path, record: dict[str, Any]) -> Resu
     except RuntimeError as exc:
         raise CheckpointError(
             f"cannot resume from {last}: its weights don't fit this model ({_first_mismatch(exc)}); "
-            "resume with the run's own options (its config.json), or train into another --out"
+            f"resume with the run's own options (its config.json), or train into another {opt('out')}"
         ) from exc
     trainer.load_state_dict(state)
     return Resumed(stamp, int(state["epoch"]))
@@ -217,8 +217,8 @@ def _check_same_data(last: Path, trained: Any, now: dict[str, Any]) -> None:
     raise CheckpointError(
         f"cannot resume from {last}: the data is not the split it was trained on ({what}; was the "
         "data dir fetched again?), and resuming could test it on images it trained on; train "
-        "into a new --out, or fetch back the split the run used (the same source, options and "
-        "--seed)"
+        f"into a new {opt('out')}, or fetch back the split the run used (the same source, options "
+        f"and {opt('seed')})"
     )
 
 

@@ -12,9 +12,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
-from ..errors import ConfigError
+from ..errors import ConfigError, opt
 from ..runtime import seed_worker
-from .contract import Inputs, Phase, call, inputs_to_device, plan_phases, split_batch, to_device
+from .contract import (
+    Inputs,
+    Phase,
+    forward_inputs,
+    inputs_to_device,
+    plan_phases,
+    split_batch,
+    to_device,
+)
 from .mixup import mix_batch
 
 __all__ = [
@@ -111,14 +119,14 @@ def train_epoch(
         inputs, y = place.inputs(inputs), y.to(place.device, non_blocking=True)
         if mixes is None:
             with place.autocast():
-                logits = call(forward, inputs)
+                logits = forward_inputs(forward, inputs)
                 batch_loss_t = loss(i, logits.float(), y)
         else:
             lam, partner = mixes[i]
             inputs, y_a, y_b = _mix_inputs(inputs, y, lam, partner)
             inputs = place.inputs(inputs)  # channels-last again
             with place.autocast():
-                logits = call(forward, inputs)
+                logits = forward_inputs(forward, inputs)
                 out = logits.float()
                 batch_loss_t = lam * loss(i, out, y_a) + (1.0 - lam) * loss(i, out, y_b)
             y = y_a if lam >= 0.5 else y_b  # what the accuracy counts: the dominant label
@@ -163,7 +171,7 @@ def _mix_inputs(
             what = type(x).__name__ if not isinstance(x, torch.Tensor) else str(x.dtype)
             raise ConfigError(
                 f"mixup mixes every input of a batch, but input {key!r} is {what}; train "
-                "without --mixup, or give the model floating-point inputs"
+                f"without {opt('train.mixup')}, or give the model floating-point inputs"
             )
         mixed[key], y_a, y_b = mix_batch(x, y, lam, partner)
     if isinstance(inputs, dict):
@@ -186,7 +194,7 @@ def validate(
         inputs, y = split(batch)
         inputs, y = place.inputs(inputs), y.to(place.device, non_blocking=True)
         with place.autocast():
-            logits = call(forward, inputs).float()
+            logits = forward_inputs(forward, inputs).float()
         total += criterion(logits, y).item()
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)

@@ -24,9 +24,8 @@ from skincls.errors import ConfigError, DataError, option_items, spell_options
 from skincls.runtime import resolve_device
 
 LIBRARY = Path(skincls.__file__).parent
-# TODO(issue 20): training/{run,trainer,features}.py are being restructured; their flag literals
-# become `opt(...)` once that work is merged. Then this list is empty.
-NOT_YET = {"training/run.py", "training/trainer.py", "training/features.py"}
+# Library files allowed to hold flag literals: none.
+NOT_YET: set[str] = set()
 FLAG = re.compile(r"(?<![\w-])--[a-z]")
 
 

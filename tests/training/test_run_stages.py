@@ -161,7 +161,7 @@ def test_an_interrupted_first_epoch_keeps_the_config_and_says_how_to_resume(tiny
         )
     assert str(info.value) == (
         f"interrupted in epoch 1: nothing was trained to the end of an epoch; {out} keeps its "
-        f"config.json: skincls train --resume --out {out} starts it again"
+        f"config.json: skincls.train_from_config(..., resume=True, out='{out}') starts it again"
     )
     assert run_entries(out) == ["config.json"]
     result = skincls.train_from_config(_config(tiny_data, out), progress=False, resume=True)
@@ -177,8 +177,8 @@ def test_an_interrupted_later_epoch_names_the_checkpoint_it_resumes_from(tiny_da
             callbacks=[_Interrupt(3)],
         )  # fmt: skip
     assert str(info.value) == (
-        f"interrupted in epoch 3: {out / 'last.pt'} holds epoch 2; skincls train --resume --out "
-        f"{out} continues from there"
+        f"interrupted in epoch 3: {out / 'last.pt'} holds epoch 2; "
+        f"skincls.train_from_config(..., resume=True, out='{out}') continues from there"
     )
     assert load_checkpoint(out / "last.pt").data["epoch"] == 2
     with pytest.raises(Interrupted, match=r"epoch 3: .*last.pt holds epoch 2; "):  # resumed
@@ -197,7 +197,8 @@ def test_an_interrupted_fold_says_its_own_command_resumes_it(tiny_data, tmp_path
             manifest=skincls.load_manifest(tiny_data),
         )  # fmt: skip
     assert str(info.value).endswith(
-        f"{out} keeps its config.json: the command that started it, with --resume, starts it again"
+        f"{out} keeps its config.json: the command that started it, with resume=True, starts it "
+        "again"
     )
 
 
@@ -210,7 +211,8 @@ def test_an_interrupted_run_before_its_first_checkpoint_says_so(tiny_data, tmp_p
         )  # fmt: skip
     assert str(info.value).startswith(
         "interrupted in epoch 2: no checkpoint was written yet (one every 600 s of training, "
-        f"--checkpoint-interval); {out} keeps its config.json: skincls train --resume --out"
+        f"train.checkpoint_interval); {out} keeps its config.json: "
+        "skincls.train_from_config(..., resume=True, out="
     )
     assert not (out / "last.pt").exists() and (out / "config.json").is_file()
 
