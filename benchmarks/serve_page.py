@@ -9,6 +9,7 @@ Needs `pip install -e '.[serve]' httpx playwright` and Debian's `chromium` packa
 
     python benchmarks/serve_page.py CHECKPOINT IMG1 IMG2 [IMG3] \
         --repeat 20 --screenshot docs/img/serve/page.png
+    python benchmarks/serve_page.py --smoke    # an untrained smallcnn, 2 synthetic images, temp dir
 """
 
 from __future__ import annotations
@@ -17,19 +18,22 @@ import argparse
 import base64
 import io
 import mimetypes
+import shutil
 import socket
 import statistics
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
+import _smoke
 import torch
-import uvicorn
 from PIL import Image
 
-from skincls.serve.app import create_app
-from skincls.serve.service import ModelService
+if TYPE_CHECKING:
+    import uvicorn
+
+    from skincls.serve.service import ModelService
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -42,6 +46,10 @@ CHROMIUM_ARGS = [
 
 
 def _serve(service: ModelService) -> tuple[str, uvicorn.Server, threading.Thread]:
+    import uvicorn
+
+    from skincls.serve.app import create_app
+
     # proto=IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted connections (with proto 0 it does
     # not, and Nagle + delayed ACKs add ~40 ms to every response).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -55,6 +63,8 @@ def _serve(service: ModelService) -> tuple[str, uvicorn.Server, threading.Thread
 
 
 def _latency(url: str, image: Path, repeat: int, cam: bool) -> list[float]:
+    import httpx
+
     files = {"images": (image.name, image.read_bytes())}
     times = []
     with httpx.Client(timeout=120) as client:
@@ -102,18 +112,40 @@ def _screenshot(url: str, images: list[Path], out: Path, chromium: str, width: i
     image.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).save(out, optimize=True)
 
 
-def main() -> None:
+def smoke() -> None:
+    """An untrained smallcnn checkpoint and 2 synthetic images: 2 requests each way, a screenshot."""
+    from skincls import create_model, save_checkpoint
+
+    _smoke.require(__file__, _smoke.SERVE, _smoke.SERVE_INSTALL, programs=["chromium"])
+    with _smoke.scratch(__file__) as tmp:
+        checkpoint = tmp / "smallcnn.pt"
+        model = create_model("smallcnn", weights="none", freeze="none", head=(8,))
+        save_checkpoint(checkpoint, model, classes=["benign", "malignant"])
+        images = sorted(_smoke.synthetic_source(tmp / "images", images=8).rglob("*.jpg"))[:2]
+        shot = tmp / "page.png"
+        args = [str(checkpoint), *map(str, images), "--repeat", "2", "--screenshot", str(shot)]
+        main([*args, "--chromium", shutil.which("chromium")])
+        assert shot.stat().st_size > 0
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("images", type=Path, nargs="+")
+    ap.add_argument("checkpoint", type=Path, nargs="?")
+    ap.add_argument("images", type=Path, nargs="*")
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--screenshot", type=Path, default=None)
     ap.add_argument("--width", type=int, default=1100, help="browser viewport width")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
-    args = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="a quick run on synthetic images (CI)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        return smoke()
+    if args.checkpoint is None or not args.images:
+        ap.error("give CHECKPOINT and at least one image (or --smoke)")
+    from skincls.serve.service import ModelService
 
     torch.set_num_threads(args.threads)
     service = ModelService.from_checkpoint(args.checkpoint, device="cpu")

@@ -44,6 +44,7 @@ def test_alias_bomb_is_refused_before_it_expands(tmp_path):
     assert peak < 5_000_000  # refused while parsing, not after building the expanded tree
 
 
+@pytest.mark.slow
 def test_alias_bomb_through_the_cli_is_one_line(tmp_path, tiny_data):
     cfg = tmp_path / "bomb.yaml"
     cfg.write_text(ALIAS_BOMB)

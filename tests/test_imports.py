@@ -67,6 +67,7 @@ def test_public_names_and_submodules_load_on_first_use():
     ]
 
 
+@pytest.mark.slow
 def test_listing_models_enumerates_no_weights():
     code = (
         "import sys, skincls\n"

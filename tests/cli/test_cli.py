@@ -41,6 +41,7 @@ def test_version(runner):
     assert result.exit_code == 0 and __version__ in result.output
 
 
+@pytest.mark.slow
 def test_fetch_train_evaluate_predict(runner, tmp_path):
     data = tmp_path / "data"
     r = runner.invoke(main, ["fetch", "--synthetic", "40", "--data-dir", str(data), "--seed", "2"])
@@ -132,6 +133,7 @@ def test_evaluate_missing_checkpoint(runner, tiny_data, tmp_path):
     _assert_one_line_error(r, "does not exist")
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(runner, tmp_path):
     r = runner.invoke(
         main, ["demo", "--workdir", str(tmp_path), "--images", "60", "--epochs", "1", "--quiet"]
@@ -141,6 +143,7 @@ def test_demo_runs_end_to_end(runner, tmp_path):
     assert (tmp_path / "run" / "best.pt").is_file()
 
 
+@pytest.mark.slow
 def test_train_resume_continues_a_killed_run(runner, tiny_data, tmp_path, monkeypatch):
     """`skincls train --resume` reads the run's config.json and runs only the epochs a killed run
     lacked (that the result equals an uninterrupted run's is tested in tests/training)."""

@@ -68,6 +68,7 @@ def test_impossible_output_paths_are_one_line(ckpt, tiny_data, args):
         (OSError(errno.EROFS, "Read-only file system", "/mnt/x"), "read-only"),
     ],
 )
+@pytest.mark.slow
 def test_os_errors_say_what_to_do(monkeypatch, tiny_data, tmp_path, error, says):
     def fail(*args, **kwargs):
         raise error
@@ -98,8 +99,14 @@ def _load_in_a_worker(error):
     @click.command()
     @friendly_errors
     def cmd():
-        for _ in DataLoader(_Failing(error), batch_size=2, num_workers=1):
-            pass
+        batches = iter(DataLoader(_Failing(error), batch_size=2, num_workers=1))
+        try:
+            for _ in batches:
+                pass
+        finally:
+            # Now: the error's traceback keeps the iterator alive, and shutting its worker down at
+            # some later garbage collection blocks that test for ~5 s.
+            batches._shutdown_workers()
 
     return CliRunner().invoke(cmd, [])
 

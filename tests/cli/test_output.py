@@ -34,6 +34,7 @@ def test_train_help_shows_the_config_bounds():
     assert "--lr FLOAT RANGE" in flat and "0<x<=10" in flat
 
 
+@pytest.mark.slow
 def test_train_stages_is_what_freeze_n_used_to_be(tiny_data, tmp_path):
     out = tmp_path / "r"
     args = ["train", "--data-dir", str(tiny_data), "--out", str(out), *TINY_TRAIN]
@@ -45,6 +46,7 @@ def test_train_stages_is_what_freeze_n_used_to_be(tiny_data, tmp_path):
     assert r.exit_code == 2 and "use --train-stages 1" in r.output
 
 
+@pytest.mark.slow
 def test_train_says_which_device_and_threads(tiny_data, tmp_path):
     r = CliRunner().invoke(
         main, ["train", "--data-dir", str(tiny_data), "--out", str(tmp_path / "r"), *TINY_TRAIN]
@@ -108,6 +110,7 @@ def test_piped_output_is_not_wrapped_or_truncated(ckpt, tiny_data, tmp_path, mon
     ), r.stdout
 
 
+@pytest.mark.slow
 def test_predict_draws_a_progress_bar_on_a_terminal_for_many_images(ckpt, tiny_data, tmp_path):
     import io
 

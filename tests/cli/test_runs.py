@@ -32,6 +32,7 @@ def two_runs(tiny_data, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_runs_table_lists_both_runs(two_runs, tiny_data):
     r = CliRunner().invoke(main, ["runs", str(two_runs)])
     assert r.exit_code == 0, r.output
@@ -54,6 +55,7 @@ def test_runs_table_lists_both_runs(two_runs, tiny_data):
     assert a[11].endswith(("kB", "MB"))
 
 
+@pytest.mark.slow
 def test_runs_reads_metadata_without_loading_weights(two_runs, monkeypatch):
     calls = []
     real = torch.load
@@ -69,6 +71,7 @@ def test_runs_reads_metadata_without_loading_weights(two_runs, monkeypatch):
     assert summaries[0].test["n_images"] > 0 and summaries[1].test is None
 
 
+@pytest.mark.slow
 def test_runs_json_and_broken_runs(two_runs, tmp_path):
     import shutil
 

@@ -292,6 +292,7 @@ def test_layout_given_but_not_found_and_task_on_class_folders(tmp_path):
         fetch(tmp_path / "d", source_dir=folders, task="binary")
 
 
+@pytest.mark.slow
 def test_synthetic_ham10000_like_fetch_and_fingerprint(tmp_path):
     a = fetch(tmp_path / "d", synthetic=40, dataset="ham10000", seed=2)
     assert a.info.dataset.layout == "ham10000" and a.info.metadata.rows == 40

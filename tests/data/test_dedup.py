@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from skincls.data.dedup import _popcount, find_duplicates, near_duplicate_pairs, perceptual_hashes
@@ -102,6 +103,7 @@ def test_clusters_join_exact_and_near_copies_transitively():
     assert off.near_pairs == [] and len(set(off.cluster)) == 5
 
 
+@pytest.mark.slow
 def test_distinct_synthetic_lesions_are_not_flagged_as_near_duplicates(tmp_path):
     # Small lesions on plain skin look alike to a 64-bit pHash; the generator varies lighting and
     # mottling per image so that its (all distinct) images rarely fall into duplicate clusters

@@ -55,6 +55,7 @@ def copies(reference, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     return src, origin
 
 
+@pytest.mark.slow
 def test_copies_inherit_lesions_and_patients_with_no_false_merge(tmp_path, reference, copies):
     src, origin = copies
     ref_zip = zip_tree(reference, tmp_path / "ham.zip")
@@ -85,6 +86,7 @@ def test_copies_inherit_lesions_and_patients_with_no_false_merge(tmp_path, refer
     assert plain.info.provenance is None
 
 
+@pytest.mark.slow
 def test_reference_as_prepared_data_dir_and_cli_warning(tmp_path, reference, copies):
     src, _ = copies
     fetch(tmp_path / "ref", source_dir=reference)  # a HAM10000 data dir prepared by skincls

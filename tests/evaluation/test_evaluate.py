@@ -93,6 +93,7 @@ def test_rescaled_threshold_keeps_decisions():
     assert np.array_equal(before, predict_labels(softmax(logits, 2.5), t2))
 
 
+@pytest.mark.slow
 def test_bootstrap_ci_is_seeded_and_contains_the_estimate():
     y, p = _random_binary(n=200, seed=4)
     a = M.bootstrap_ci(y, p, 0.5, n_resamples=300, seed=7)
@@ -179,6 +180,7 @@ def test_evaluate_stores_threshold_and_temperature(ckpt, tiny_data):
     assert later.sensitivity == report.sensitivity and later.ci == {}
 
 
+@pytest.mark.slow
 def test_evaluate_cli_json_and_plots(ckpt, tiny_data, tmp_path):
     # The model's 8-view logits on val, its temperature fitted there, and a threshold that calls the
     # top three of P(malignant) positive: an asymmetric confusion matrix (PPV != NPV, FP != FN).
@@ -217,6 +219,7 @@ def test_evaluate_cli_json_and_plots(ckpt, tiny_data, tmp_path):
     assert all(p.stat().st_size < 200_000 for p in plots.glob("*.png"))
 
 
+@pytest.mark.slow
 def test_evaluate_cli_text_keeps_the_original_lines(ckpt, tiny_data):
     r = CliRunner().invoke(main, ["evaluate", str(ckpt), "--data-dir", str(tiny_data)])
     assert r.exit_code == 0, r.output

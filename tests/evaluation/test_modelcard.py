@@ -56,6 +56,7 @@ def _expected_lines(ckpt_path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_card_from_cli_evaluate_shows_threshold_and_calibration(evaluated):
     ckpt, card = evaluated
     text = card.read_text()
@@ -69,6 +70,7 @@ def test_card_from_cli_evaluate_shows_threshold_and_calibration(evaluated):
     assert "epochs 2, batch_size 8" in details and "seed 1" in details
 
 
+@pytest.mark.slow
 def test_card_later_reads_the_stored_keys_of_the_checkpoint(evaluated, tiny_data, tmp_path):
     """Without --calibrate the report has no fit of its own: the card must read the checkpoint's."""
     ckpt, _ = evaluated

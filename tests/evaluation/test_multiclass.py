@@ -72,6 +72,7 @@ def multiclass_run(tmp_path_factory):
     return data, root / "run" / "best.pt", root
 
 
+@pytest.mark.slow
 def test_checkpoint_records_the_task_and_classes(multiclass_run):
     data, ckpt, _ = multiclass_run
     stored = load_checkpoint(ckpt)
@@ -82,6 +83,7 @@ def test_checkpoint_records_the_task_and_classes(multiclass_run):
     )
 
 
+@pytest.mark.slow
 def test_evaluate_reports_per_class_and_macro_metrics(multiclass_run):
     data, ckpt, root = multiclass_run
     card, plots = root / "card.md", root / "plots"
@@ -123,6 +125,7 @@ def test_evaluate_reports_per_class_and_macro_metrics(multiclass_run):
     assert "Groups kept within one split:" in text and "HAM10000_metadata.csv" in text
 
 
+@pytest.mark.slow
 def test_predict_top_k_and_export(multiclass_run):
     data, ckpt, root = multiclass_run
     images = sorted((data / "images").rglob("*.jpg"))[:3]

@@ -154,6 +154,7 @@ def test_group_column_wins_over_duplicate_clusters_and_too_few_groups_is_loud():
 
 
 # -- out-of-fold predictions ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_every_non_test_image_gets_one_oof_prediction_from_the_model_that_held_it_out(cv_run):
     res = cv_run.result
     manifest = load_manifest(cv_run.data)
@@ -213,6 +214,7 @@ def test_ensemble_outputs_the_mean_of_members_calibrated_probabilities(cv_run):
     assert len(ptr) == 1
 
 
+@pytest.mark.slow
 def test_ensemble_works_as_a_checkpoint_with_tta_predict_and_model_card(cv_run, tmp_path):
     res = cv_run.result
     t = res.report.member_temperature
@@ -255,6 +257,7 @@ def test_ensemble_works_as_a_checkpoint_with_tta_predict_and_model_card(cv_run, 
     assert f"ensemble of {K} models" in card and "out-of-fold" in card
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_ensemble_export_parity(cv_run, tmp_path, fmt):
     from skincls.inference.export import export_model
@@ -299,6 +302,7 @@ class KillInSecondFold(Callback):
             raise Killed
 
 
+@pytest.mark.slow
 def test_killed_cv_resumes_in_the_fold_it_was_in(cv_run, tmp_path, monkeypatch):
     config = _config(cv_run.data, tmp_path / "cv")
     with pytest.raises(Killed):

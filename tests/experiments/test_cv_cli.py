@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from skincls.cli import main
 from tests.conftest import TINY_TRAIN
 
 
+@pytest.mark.slow
 def test_cv_cli_then_the_ensemble_through_every_command(tiny_data, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cv"

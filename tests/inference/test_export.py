@@ -56,6 +56,7 @@ def _run(path, fmt, images: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(images)).numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_passes_parity_and_matches_pytorch_on_real_images(
     checkpoint, tiny_data, tmp_path, fmt
@@ -94,6 +95,7 @@ def test_onnx_batch_axis_is_dynamic_and_metadata_is_stored(checkpoint, tmp_path)
     assert meta["classes"] == '["benign", "malignant"]' and meta["temperature"] == str(TEMPERATURE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_cli_export_reports_parity(checkpoint, tmp_path, fmt):
     out = tmp_path / f"model.{fmt}"
@@ -116,6 +118,7 @@ def perturbed(monkeypatch):
     monkeypatch.setattr(export_mod, "_load_runner", drifting)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_parity_failure_is_a_clear_error_and_writes_nothing(checkpoint, tmp_path, perturbed, fmt):
     out = tmp_path / "model.bin"
@@ -139,6 +142,7 @@ def test_missing_onnx_runtime_names_the_extra(checkpoint, tmp_path, monkeypatch)
         export_model(checkpoint, tmp_path / "m.onnx")
 
 
+@pytest.mark.slow
 def test_model_card_has_every_section_filled(checkpoint, tiny_data, tmp_path):
     report = Evaluator(checkpoint, device="cpu").evaluate(tiny_data, split="test")
     path = write_model_card(
@@ -204,6 +208,7 @@ def test_custom_backbone_exports_from_python_and_cli_says_what_is_missing(tmp_pa
     assert r.exit_code != 0 and "custom backbone" in r.output and "Traceback" not in r.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_nan_from_the_exported_model_fails_parity(checkpoint, tmp_path, monkeypatch, fmt):
     real = export_mod._load_runner

@@ -107,6 +107,7 @@ def _dihedral_by_hand(x: np.ndarray) -> list[np.ndarray]:
     return out
 
 
+@pytest.mark.slow
 def test_tta_averages_the_eight_dihedral_views(ckpt):
     x = torch.randn(2, 3, 8, 8)
     views = dihedral_views(x)
@@ -128,6 +129,7 @@ def test_tta_averages_the_eight_dihedral_views(ckpt):
     assert abs(tta.probability - plain.probability) > 1e-4  # the views really differ
 
 
+@pytest.mark.slow
 def test_gradcam_figures_are_written_per_readable_image(ckpt, images, tmp_path):
     cams = tmp_path / "cams"
     r = CliRunner().invoke(main, ["predict", str(ckpt), str(images), "--cam", str(cams)])
@@ -174,6 +176,7 @@ def test_gradcam_figure_keeps_the_lesion_and_names_label_probability_and_scale(c
     assert "malignant" in title and "0.812" in title
 
 
+@pytest.mark.slow
 def test_gradcam_works_with_a_frozen_backbone_and_matches_a_hand_computation(ckpt, tmp_path):
     from skincls.inference.cam import GradCamExplainer
 

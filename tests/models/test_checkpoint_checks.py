@@ -151,6 +151,7 @@ def test_directory_without_best_pt_is_not_called_missing(tmp_path):
     assert "does not exist" not in out
 
 
+@pytest.mark.slow
 def test_run_directory_stands_for_its_best_pt(untrained_ckpt_file, tiny_data, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -92,7 +92,20 @@ def test_registry_covers_the_required_archs_and_rejects_duplicates():
         create_model("vgg17", weights="none")
 
 
-@pytest.mark.parametrize("arch", REQUIRED)
+# `pytest -m "not slow"` builds one architecture of most families (each has its own split into stages).
+FAST = {
+    "smallcnn",
+    "vgg16",
+    "resnet18",
+    "efficientnet_b0",
+    "mobilenet_v3_large",
+    "densenet121",
+}
+
+
+@pytest.mark.parametrize(
+    "arch", [a if a in FAST else pytest.param(a, marks=pytest.mark.slow) for a in REQUIRED]
+)
 def test_every_arch_builds_runs_and_freezes_by_stage(arch):
     torch.manual_seed(0)
     model = create_model(arch, weights="none")
@@ -119,6 +132,7 @@ def test_every_arch_builds_runs_and_freezes_by_stage(arch):
         assert model.head[0].in_features == 25088 and model.head[0].out_features == 4096
 
 
+@pytest.mark.slow
 def test_vgg16_default_recipe_and_describe_models_agree():
     model = create_model(weights="none")
     assert model.config["arch"] == "vgg16"
@@ -176,6 +190,7 @@ def _saved_net(tmp_path: Path, arch: str, **kw) -> tuple[nn.Module, Path]:
     return net, path
 
 
+@pytest.mark.slow
 def test_weights_file_reloads_to_identical_outputs(tmp_path):
     net, path = _saved_net(tmp_path, "resnet18", num_classes=7)  # fine-tuned to other classes: fits
     model = create_model("resnet18", weights=path)
@@ -199,6 +214,7 @@ def test_weights_file_reloads_to_identical_outputs(tmp_path):
     assert torch.equal(model.backbone.features[0].weight, state["features.0.weight"])
 
 
+@pytest.mark.slow
 def test_densenet_file_with_torchvision_legacy_keys_loads(tmp_path):
     net, _ = _saved_net(tmp_path, "densenet121")
     legacy = {}
@@ -294,6 +310,7 @@ class TinyCNN(nn.Module):
 PRE32 = Preprocessing(resize_size=32, crop_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
 
 
+@pytest.mark.slow
 def test_custom_backbone_trains_and_round_trips_through_a_checkpoint(tiny_data, tmp_path):
     from skincls.training.trainer import Trainer
 
@@ -346,6 +363,7 @@ def test_custom_backbone_shapes_stages_and_errors():
         create_model(backbone=nn.Linear(5, 5), preprocessing=PRE32)
 
 
+@pytest.mark.slow
 def test_registered_checkpoint_rebuilds_without_download_and_refuses_a_backbone(tmp_path):
     model = create_model("resnet18", weights="none", head=(8,), freeze=2)
     save_checkpoint(tmp_path / "r.pt", model, classes=["benign", "malignant"])
@@ -358,6 +376,7 @@ def test_registered_checkpoint_rebuilds_without_download_and_refuses_a_backbone(
         ckpt.build_model(backbone=TinyCNN())
 
 
+@pytest.mark.slow
 def test_models_command_lists_every_arch():
     result = CliRunner().invoke(main, ["models"])
     assert result.exit_code == 0, result.output
@@ -368,6 +387,7 @@ def test_models_command_lists_every_arch():
     assert {r["name"]: r["trainable"] for r in rows}["vgg16"] == 104_863_234
 
 
+@pytest.mark.slow
 def test_train_head_dropout_and_freeze_options(tiny_data, tmp_path):
     base = ["train", "--data-dir", str(tiny_data), "--arch", "smallcnn", "--weights", "none"]
     base += [

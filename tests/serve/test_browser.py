@@ -26,6 +26,8 @@ import uvicorn  # noqa: E402
 
 from skincls.serve.app import create_app  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a real browser: left out of `pytest -m "not slow"`
+
 CHROMIUM = os.environ.get("SKINCLS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -88,6 +88,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
         assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6), k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", ["memory", "off"])
 def test_two_processes_match_one_with_the_same_global_batch(ddp_data, runner, cache):
     # 25 training images in batches of 7: the last global batch (4) splits 2 + 2 and the others 4 + 3;
@@ -105,6 +106,7 @@ def test_two_processes_match_one_with_the_same_global_batch(ddp_data, runner, ca
     _assert_same_run(one, two)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", ["memory", "off"])
 def test_two_processes_mix_the_same_pairs_as_one(ddp_data, runner, cache):
     # Mixup pairs span the ranks' shares: each rank loads its partners too (features or images).
@@ -145,6 +147,7 @@ def _epoch_of(path: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_killed_two_process_run_resumes_to_the_uninterrupted_result(ddp_data, runner):
     extra = ("--epochs", "4", "--cache-features", "off", "--image-size", "64")
     extra += ("--checkpoint-interval", "0")  # last.pt at each epoch's end, to kill after one
@@ -166,6 +169,7 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_result(ddp_data, ru
     _assert_same_run(ref, run)
 
 
+@pytest.mark.slow
 def test_a_crashed_rank_ends_the_job_with_one_clear_line(ddp_data):
     extra = ("--epochs", "200", "--cache-features", "off", "--image-size", "64")
     extra += ("--checkpoint-interval", "0")

@@ -27,6 +27,7 @@ def _one_line_error(result) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_diverging_run_stops_with_one_line_and_saves_no_nan_model(tiny_data, tmp_path):
     run = tmp_path / "run"
     # The largest --lr the config allows, with plain SGD and small batches: diverges within steps.

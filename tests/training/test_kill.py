@@ -64,6 +64,7 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_training_killed_at_random_moments_resumes_to_the_same_weights(
     tiny_data, tmp_path, forkserver

@@ -227,6 +227,7 @@ def _run_config(data_dir, out, mixup):
     )
 
 
+@pytest.mark.slow
 def test_resumed_mixup_run_equals_the_uninterrupted_one(tiny_data, tmp_path):
     strip = lambda h: [{k: v for k, v in vars(e).items() if k != "seconds"} for e in h.epochs]  # noqa: E731
     plain = skincls.train_from_config(
@@ -249,6 +250,7 @@ def test_resumed_mixup_run_equals_the_uninterrupted_one(tiny_data, tmp_path):
     assert load_checkpoint(run / "last.pt").data["train_config"]["train"]["mixup"] == 0.4
 
 
+@pytest.mark.slow
 def test_cli_option_is_recorded_in_config_json_and_bounded(tiny_data, tmp_path):
     from click.testing import CliRunner
 

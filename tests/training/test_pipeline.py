@@ -57,6 +57,7 @@ def test_invalid_config_raises_config_error(tmp_path, text):
         load_config(f)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_history(tiny_data, tmp_path):
     a = skincls.train_from_config(_config(tiny_data, tmp_path / "a"), progress=False)
     b = skincls.train_from_config(_config(tiny_data, tmp_path / "b"), progress=False)
@@ -66,6 +67,7 @@ def test_same_seed_gives_identical_history(tiny_data, tmp_path):
     assert strip(c.history) != strip(a.history)
 
 
+@pytest.mark.slow
 def test_checkpoint_is_self_describing_and_safe(tiny_data, tmp_path):
     result = skincls.train_from_config(_config(tiny_data, tmp_path / "r"), progress=False)
     raw = torch.load(result.best_checkpoint, weights_only=True)  # must not need unpickling
@@ -91,6 +93,7 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
 
 
+@pytest.mark.slow
 def test_evaluator_and_predictor(tiny_data, tmp_path):
     result = skincls.train_from_config(_config(tiny_data, tmp_path / "r"), progress=False)
     best = result.best_checkpoint
@@ -132,6 +135,7 @@ def test_synthetic_generator_is_seeded(tmp_path):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
 
 
+@pytest.mark.slow
 def test_vgg16_default_is_the_original_recipe():
     model = skincls.create_model("vgg16", weights="none")
     pre = model.preprocessing
@@ -150,6 +154,7 @@ def test_vgg16_default_is_the_original_recipe():
     assert pre.crop_size == 224
 
 
+@pytest.mark.slow
 def test_run_files_record_wall_time_and_each_phase_model_config(tiny_data, tmp_path):
     cfg = _config(tiny_data, tmp_path / "r", epochs=1, finetune_epochs=1)
     cfg.model.freeze = "backbone"

@@ -22,6 +22,7 @@ def _split(data_dir, model, split, size=32):
     return ManifestDataset(skincls.load_manifest(data_dir), split, build_transform(pre))
 
 
+@pytest.mark.slow
 def test_bf16_features_within_tolerance_of_fp32(tiny_data):
     seed_everything(0)
     model = skincls.create_model("vgg11", weights="none", head=(8,))  # a real conv stack

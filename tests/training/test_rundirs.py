@@ -58,6 +58,7 @@ def test_second_training_into_a_locked_run_dir_is_refused(tiny_data, tmp_path):
         assert not {"config.json", "best.pt", "last.pt"} & set(_files(run))
 
 
+@pytest.mark.slow
 def test_non_empty_run_dir_is_refused_without_resume_or_overwrite(tiny_data, trained, tmp_path):
     run = _copy_run(trained, tmp_path)
     before = {name: (run / name).read_bytes() for name in ("best.pt", "config.json")}
@@ -72,6 +73,7 @@ def test_non_empty_run_dir_is_refused_without_resume_or_overwrite(tiny_data, tra
     assert (run / "best.pt").read_bytes() != before["best.pt"]
 
 
+@pytest.mark.slow
 def test_default_run_dirs_are_new_every_time(tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for _ in range(2):
@@ -94,6 +96,7 @@ def test_device_error_leaves_no_run_dir(tiny_data, tmp_path, monkeypatch):
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.slow
 def test_failed_resume_leaves_the_run_as_it_was(tiny_data, trained, tmp_path):
     run = _copy_run(trained, tmp_path)
     before = {p.name: p.read_bytes() for p in run.iterdir()}

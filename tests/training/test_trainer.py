@@ -78,6 +78,7 @@ def test_cached_training_equals_uncached(tiny_data):
         assert torch.allclose(p, q, atol=1e-5), name
 
 
+@pytest.mark.slow
 def test_cache_switches_off_with_augmentation(tiny_data):
     model, pre = _frozen_model()
     train, val = _datasets(tiny_data, pre, augment=True)
@@ -91,6 +92,7 @@ def _stage_params(model) -> list[set[str]]:
     return [{names[id(p)] for m in stage for p in m.parameters()} for stage in model.stages]
 
 
+@pytest.mark.slow
 def test_cache_switches_off_while_fine_tuning_and_only_the_last_stage_trains(tiny_data):
     model, pre = _frozen_model()
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
@@ -106,6 +108,7 @@ def test_cache_switches_off_while_fine_tuning_and_only_the_last_stage_trains(tin
     assert any(not torch.equal(before[n], after[n]) for n in last)  # fine-tuned
 
 
+@pytest.mark.slow
 def test_disk_cache_is_reused(tiny_data, tmp_path):
     model, pre = _frozen_model()
     twin = copy.deepcopy(model)
@@ -151,6 +154,7 @@ class _Crash(Callback):
             raise KeyboardInterrupt("simulated kill")
 
 
+@pytest.mark.slow
 def test_resume_after_crash_matches_uninterrupted_run(tiny_data, tmp_path):
     full = skincls.train_from_config(_run_config(tiny_data, tmp_path / "full"), progress=False)
     run = tmp_path / "crashed"
@@ -175,6 +179,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tiny_data, tmp_path):
     assert raw["training_state"]["epoch"] == 3
 
 
+@pytest.mark.slow
 def test_interrupted_write_keeps_old_best(tiny_data, tmp_path, monkeypatch):
     cfg = _run_config(tiny_data, tmp_path, epochs=1, patience=None)
     skincls.train_from_config(cfg, progress=False)
@@ -421,6 +426,7 @@ class _Recording(TensorDataset):
         return x, y
 
 
+@pytest.mark.slow
 def test_balanced_sampler_draws_classes_equally_often():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(100, 8, generator=g), torch.tensor([1] * 10 + [0] * 90)
@@ -498,6 +504,7 @@ def _in_a_worker(dataset):
     return twin
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_result(tiny_data):
     model, pre = _frozen_model()
     twin = copy.deepcopy(model)
