@@ -125,22 +125,60 @@ class ErrorResponse(BaseModel):
     file: str | None = Field(None, description="The offending file, when one is to blame.")
 
 
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _predict_operation() -> dict[str, Any]:
+    """POST /api/predict: multipart images in, one result per image out."""
+    images = {"type": "array", "items": {"type": "string", "format": "binary"}}
+    form = {"type": "object", "properties": {"images": images}, "required": ["images"]}
+    cam = {
+        "name": "cam",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "boolean", "default": True},
+        "description": "Return the image and its Grad-CAM heat map (false: probabilities only, "
+        "faster).",
+    }
+    return {
+        "summary": "Classify one or more images",
+        "description": "Upload images as multipart/form-data (field name `images`, repeated). "
+        "Images are read in memory and never stored. If any image is refused, the whole request "
+        "is, with an error naming the file.",
+        "operationId": "predict",
+        "parameters": [cam],
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form}}},
+        "responses": {
+            "200": _json("One result per image, in upload order.", "PredictResponse"),
+            "400": _json("Not multipart, no image, or too many images.", "ErrorResponse"),
+            "413": _json(
+                "Request too large, or too many pixels (decompression bomb).", "ErrorResponse"
+            ),
+            "415": _json("A file is not an image skincls reads.", "ErrorResponse"),
+            "422": _json(
+                "A file is empty, damaged or truncated, or refused (too elongated, NaN pixels).",
+                "ErrorResponse",
+            ),
+        },
+    }
+
+
 def openapi_spec() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the JSON API (served at /openapi.json)."""
     _, top = models_json_schema(
         [(m, "serialization") for m in (ModelInfo, PredictResponse, ErrorResponse)],
         ref_template="#/components/schemas/{model}",
     )
-
-    def ref(name: str) -> dict[str, Any]:
-        return {"$ref": f"#/components/schemas/{name}"}
-
-    def error(description: str) -> dict[str, Any]:
-        return {
-            "description": description,
-            "content": {"application/json": {"schema": ref("ErrorResponse")}},
-        }
-
+    get_model = {
+        "summary": "The served model: classes, threshold, calibration, metrics, limits",
+        "operationId": "getModel",
+        "responses": {"200": _json("The model's metadata.", "ModelInfo")},
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -149,68 +187,6 @@ def openapi_spec() -> dict[str, Any]:
             "description": "Skin-lesion classification of uploaded images with a skincls checkpoint. "
             + NOTICE,
         },
-        "paths": {
-            "/api/model": {
-                "get": {
-                    "summary": "The served model: classes, threshold, calibration, metrics, limits",
-                    "operationId": "getModel",
-                    "responses": {
-                        "200": {
-                            "description": "The model's metadata.",
-                            "content": {"application/json": {"schema": ref("ModelInfo")}},
-                        }
-                    },
-                }
-            },
-            "/api/predict": {
-                "post": {
-                    "summary": "Classify one or more images",
-                    "description": "Upload images as multipart/form-data (field name `images`, "
-                    "repeated). Images are read in memory and never stored. If any image is "
-                    "refused, the whole request is, with an error naming the file.",
-                    "operationId": "predict",
-                    "parameters": [
-                        {
-                            "name": "cam",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "boolean", "default": True},
-                            "description": "Return the image and its Grad-CAM heat map (false: "
-                            "probabilities only, faster).",
-                        }
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "multipart/form-data": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "images": {
-                                            "type": "array",
-                                            "items": {"type": "string", "format": "binary"},
-                                        }
-                                    },
-                                    "required": ["images"],
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "One result per image, in upload order.",
-                            "content": {"application/json": {"schema": ref("PredictResponse")}},
-                        },
-                        "400": error("Not multipart, no image, or too many images."),
-                        "413": error("Request too large, or too many pixels (decompression bomb)."),
-                        "415": error("A file is not an image skincls reads."),
-                        "422": error(
-                            "A file is empty, damaged or truncated, or refused (too elongated, "
-                            "NaN pixels)."
-                        ),
-                    },
-                }
-            },
-        },
+        "paths": {"/api/model": {"get": get_model}, "/api/predict": {"post": _predict_operation()}},
         "components": {"schemas": top["$defs"]},
     }
