@@ -24,26 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-RUNS = {
-    "frozen": {
-        "data": {"augment": False},
-        "model": {"head": [512], "dropout": 0.5, "freeze": "backbone"},
-        "train": {"epochs": 10},
-    },
-    "finetuned": {
-        "data": {"augment": True},
-        "model": {"head": [512], "dropout": 0.5, "freeze": "backbone"},
-        "train": {
-            "epochs": 2,
-            "finetune_epochs": 4,
-            "unfreeze": 3,
-            "backbone_lr_mult": 0.1,
-            "weight_decay": 1e-4,
-            "schedule": "cosine",
-            "warmup_epochs": 0.5,
-        },
-    },
-}
+from lite0_e2e import RUNS  # the same two recipes as the bring-your-own Lite0 benchmark
 
 
 def weights_file(variant: int, folder: Path, smoke: bool) -> Path:
