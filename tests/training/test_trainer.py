@@ -269,7 +269,7 @@ def test_precision_plan(monkeypatch):
         "requested": "auto", "features": "fp32", "train": "fp32", "inference": "fp32"
     }  # fmt: skip
     assert plan_precision("bf16", cpu).train == "bf16"  # asked for: every phase
-    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+    with pytest.raises(ConfigError, match="precision='fp16' needs a CUDA device"):
         plan_precision("fp16", cpu)
     with pytest.raises(ConfigError, match="unknown precision"):
         plan_precision("half", cpu)
