@@ -56,7 +56,8 @@ def measure(
         out: Logits and labels of the split.
         classes: Class names, in the model's order.
         point: Temperature and threshold to apply (and their provenance, which the report carries).
-        tta, precision: How the outputs were computed (recorded in the report).
+        tta: Whether the outputs are test-time-augmented (recorded in the report).
+        precision: What the model ran in (recorded in the report).
         overlap: What of the split the model saw in training (None: no training record).
         n_bootstrap: Bootstrap resamples for the 95% confidence intervals (0: none).
         seed: Bootstrap seed; the same seed gives the same intervals.
