@@ -10,6 +10,11 @@ Limits: ITA tracks the Fitzpatrick skin type only imperfectly (it measures colou
 how skin reacts to sun); the light, white balance and polarisation of a dermatoscope shift L* and
 b*, so one device's ITA is not another's; and the border ring of a tightly cropped image is partly
 lesion. It is an estimate for auditing a dataset's spread of skin tones, never a label of a patient.
+
+Skin always has some yellow (b* > 0). Where the ring's median b* is not above `MIN_B` (a blue, grey or
+pink cast of the device's light: common in dermoscopy), the formula's angle says nothing about the
+skin (a light, blue-cast field came out as ITA -90, "dark"): such an image's ITA is NaN and its
+category `unknown`, counted as such, never guessed.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ ITA_CATEGORIES = (
     (-30.0, "brown"),
     (-math.inf, "dark"),
 )
+MIN_B = 2.0  # b* at or below this: a colour cast, not skin (ITA unknown)
+UNKNOWN = "unknown"
 _BORDER = 0.15  # share of each side that forms the ring
 _DARKEST = 0.25  # share of the ring's pixels (by L*) left out
 _SIDE = 128  # the image is reduced to this size first: ITA needs colour, not detail
@@ -80,12 +87,15 @@ def _ita_edge(lightness: float, b: float) -> float:
 
 
 def ita_category(ita: float) -> str:
-    """The ITA category (`ITA_CATEGORIES`) of an angle in degrees."""
+    """The ITA category (`ITA_CATEGORIES`) of an angle in degrees; `unknown` for NaN."""
+    if math.isnan(ita):
+        return UNKNOWN
     return next(name for lo, name in ITA_CATEGORIES if ita > lo)
 
 
 def image_ita(image: Image.Image) -> float:
-    """ITA of the skin in the image's border ring, its darkest quarter left out (module docstring)."""
+    """ITA of the skin in the image's border ring, its darkest quarter left out (module docstring);
+    NaN where the ring's median b* is at most `MIN_B` (a colour cast, not skin)."""
     small = image.convert("RGB")
     small.thumbnail((_SIDE, _SIDE))
     lab = rgb_to_lab(np.asarray(small, dtype=np.float64) / 255.0)
@@ -96,6 +106,8 @@ def image_ita(image: Image.Image) -> float:
     skin = lab[ring]
     skin = skin[skin[:, 0] >= np.quantile(skin[:, 0], _DARKEST)]
     lightness, b = np.median(skin[:, 0]), np.median(skin[:, 2])
+    if b <= MIN_B:
+        return math.nan
     return skin_ita(float(lightness), float(b))
 
 
@@ -103,7 +115,7 @@ def skin_tone_attributes(path: str | Path) -> tuple[tuple[str, str], ...]:
     """The manifest's `ita` (degrees, one decimal) and `skin_tone` of an image file."""
     with Image.open(path) as im:
         ita = image_ita(im)
-    return (("ita", f"{ita:.1f}"), ("skin_tone", ita_category(ita)))
+    return (("ita", "" if math.isnan(ita) else f"{ita:.1f}"), ("skin_tone", ita_category(ita)))
 
 
 def skin_tone_summary(records) -> dict | None:
@@ -113,10 +125,12 @@ def skin_tone_summary(records) -> dict | None:
     tones = [t for t in tones if t[1]]
     if not tones:
         return None
-    order = [name for _, name in ITA_CATEGORIES]
+    order = [*(name for _, name in ITA_CATEGORIES), UNKNOWN]
+    known = [float(t[2]) for t in tones if t[2]]
     out: dict = {
-        "method": "ITA of the image's border ring, darkest quarter left out (skincls.data.skintone)",
-        "median_ita": round(float(np.median([float(t[2]) for t in tones])), 1),
+        "method": "ITA of the image's border ring, darkest quarter left out, unknown where its "
+        f"median b* <= {MIN_B:g} (a colour cast) (skincls.data.skintone)",
+        "median_ita": round(float(np.median(known)), 1) if known else None,
         "counts": {c: sum(t[1] == c for t in tones) for c in order},
         "by_split": {
             s: {c: sum(t[0] == s and t[1] == c for t in tones) for c in order}

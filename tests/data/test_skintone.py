@@ -63,6 +63,15 @@ def test_ita_of_synthetic_skin_with_a_dark_lesion_in_the_middle(lab, category):
     assert ita_category(got) == category
 
 
+@pytest.mark.parametrize("cast", [(200, 205, 230), (215, 200, 222), (190, 190, 190)])
+def test_a_blue_grey_or_pink_cast_is_unknown_not_dark(cast):
+    """Light skin under a blue, lilac or grey cast (b* <= 0) once came out as ITA -90, "dark"."""
+    img = np.full((100, 100, 3), cast, dtype=np.uint8)
+    img[30:70, 30:70] = (90, 50, 40)  # the lesion
+    ita = image_ita(Image.fromarray(img))
+    assert math.isnan(ita) and ita_category(ita) == "unknown"
+
+
 def test_ita_formula_and_category_bounds():
     assert skin_ita(60.0, 10.0) == pytest.approx(45.0)
     assert skin_ita(40.0, 10.0) == pytest.approx(-45.0)
