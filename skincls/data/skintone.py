@@ -11,7 +11,8 @@ how skin reacts to sun); the light, white balance and polarisation of a dermatos
 b*, so one device's ITA is not another's; and the border ring of a tightly cropped image is partly
 lesion. It is an estimate for auditing a dataset's spread of skin tones, never a label of a patient.
 
-Skin always has some yellow (b* > 0). Where the ring's median b* is not above `MIN_B` (a blue, grey or
+Black (L* < 15: the bars of a letterboxed photo, the outside of a round field of view) is never skin
+and is left out first. Skin always has some yellow (b* > 0). Where the ring's median b* is not above `MIN_B` (a blue, grey or
 pink cast of the device's light: common in dermoscopy), the formula's angle says nothing about the
 skin (a light, blue-cast field came out as ITA -90, "dark"): such an image's ITA is NaN and its
 category `unknown`, counted as such, never guessed.
@@ -46,6 +47,8 @@ ITA_CATEGORIES = (
     (-math.inf, "dark"),
 )
 MIN_B = 2.0  # b* at or below this: a colour cast, not skin (ITA unknown)
+_BLACK = 15.0  # L* below this: a black bar or the dark outside of a round field, never skin
+_MIN_SKIN = 0.25  # ITA unknown when less than this share of the ring is left as skin
 UNKNOWN = "unknown"
 _BORDER = 0.15  # share of each side that forms the ring
 _DARKEST = 0.25  # share of the ring's pixels (by L*) left out
@@ -95,7 +98,8 @@ def ita_category(ita: float) -> str:
 
 def image_ita(image: Image.Image) -> float:
     """ITA of the skin in the image's border ring, its darkest quarter left out (module docstring);
-    NaN where the ring's median b* is at most `MIN_B` (a colour cast, not skin)."""
+    NaN where the ring's median b* is at most `MIN_B` (a colour cast, not skin), or where black
+    bars or a round field's dark outside (L* < 15) leave less than a quarter of the ring."""
     small = image.convert("RGB")
     small.thumbnail((_SIDE, _SIDE))
     lab = rgb_to_lab(np.asarray(small, dtype=np.float64) / 255.0)
@@ -104,6 +108,9 @@ def image_ita(image: Image.Image) -> float:
     ring = np.ones((h, w), dtype=bool)
     ring[bh : h - bh, bw : w - bw] = False
     skin = lab[ring]
+    skin = skin[skin[:, 0] >= _BLACK]  # even the darkest skin has L* of 25 or more
+    if len(skin) < _MIN_SKIN * ring.sum():
+        return math.nan
     skin = skin[skin[:, 0] >= np.quantile(skin[:, 0], _DARKEST)]
     lightness, b = np.median(skin[:, 0]), np.median(skin[:, 2])
     if b <= MIN_B:

@@ -72,6 +72,19 @@ def test_a_blue_grey_or_pink_cast_is_unknown_not_dark(cast):
     assert math.isnan(ita) and ita_category(ita) == "unknown"
 
 
+def test_black_bars_are_left_out_and_a_ring_of_black_is_unknown():
+    """Black bars at the sides (a letterboxed photo) once made light skin "dark"."""
+    lab = (70.0, 10.0, 20.0)  # light skin: ITA 45 (light)
+    rgb = np.clip(_lab_to_srgb(np.array(lab)) * 255 + 0.5, 0, 255).astype(np.uint8)
+    img = np.zeros((100, 100, 3), dtype=np.uint8)
+    img[:, 20:80] = rgb  # black bars: 40% of the image, over half of its border ring
+    ita = image_ita(Image.fromarray(img))
+    assert ita_category(ita) == "light", ita
+    img[:, 5:95] = 0  # almost all black: too little skin to say
+    img[40:60, 40:60] = rgb
+    assert math.isnan(image_ita(Image.fromarray(img)))
+
+
 def test_ita_formula_and_category_bounds():
     assert skin_ita(60.0, 10.0) == pytest.approx(45.0)
     assert skin_ita(40.0, 10.0) == pytest.approx(-45.0)
