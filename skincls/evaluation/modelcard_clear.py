@@ -109,7 +109,7 @@ def subgroup_table_lines(table: Mapping[str, Any]) -> list[str]:
             f"| {r['value']}{flag} | {r['n']} | {r['positives']} | " + " | ".join(cells) + " |"
         )
     for g in table.get("gaps") or []:
-        ci = f" (95% CI {g['ci'][0]:.3f}–{g['ci'][1]:.3f})" if g.get("ci") else ""
+        ci = f" (95% CI {g['ci'][0]:.3f} to {g['ci'][1]:.3f})" if g.get("ci") else ""
         out.append(f"\nLargest {g['metric']} gap: {g['gap']:.3f}{ci}, {g['high']} vs {g['low']}.")
     return [*out, ""]
 

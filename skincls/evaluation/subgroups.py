@@ -78,7 +78,7 @@ class SubgroupTable(BaseModel):
             flag = " *" if r.small else ""
             out.append(f"  {r.value}{flag}: n={r.n}, {r.positives} positive, " + ", ".join(parts))
         for g in self.gaps:
-            ci = f" [CI {g.ci[0]:.3f}-{g.ci[1]:.3f}]" if g.ci else ""
+            ci = f" [CI {g.ci[0]:.3f} to {g.ci[1]:.3f}]" if g.ci else ""
             out.append(f"  largest {_LABELS[g.metric]} gap: {g.gap:.3f}{ci} ({g.high} - {g.low})")
         return out
 
