@@ -48,6 +48,8 @@ FLAGS: dict[str, str] = {
     "resume": "--resume",
     "overwrite": "--overwrite",
     "folds": "--folds",
+    "by": "--by",
+    "min_group_n": "--min-group-n",
     # models, evaluate, predict, export, serve
     "arch": "--arch",
     "pattern": "--timm",

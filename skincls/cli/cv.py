@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ._common import console, friendly_errors
+from ._common import by_options, console, friendly_errors
 from .train import _overrides, _train_options
 
 
@@ -56,6 +56,7 @@ from .train import _overrides, _train_options
     show_default=True,
     help="Bootstrap resamples for the out-of-fold confidence intervals (0: none).",
 )
+@by_options
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option(
     "--resume",
@@ -73,6 +74,8 @@ def cv(
     tta,
     refit,
     bootstrap,
+    by,
+    min_group_n,
     quiet,
     resume,
     as_json,
@@ -109,6 +112,8 @@ def cv(
         threshold=threshold,
         tta=tta,
         n_bootstrap=bootstrap,
+        by=by,
+        min_group_n=min_group_n,
         progress=not quiet,
         log=(lambda line: None) if quiet else (lambda line: err.print(f"[dim]{line}[/]")),
     )
@@ -126,6 +131,8 @@ def cv(
         )
     for line in oof.lines() + oof.metric_lines():
         console.print(line)
+    for path in oof.plots:
+        console.print(f"plot: {path}")
     console.print(f"out-of-fold predictions: {result.oof_csv}")
     console.print(f"ensemble of {report.folds} fold models: {result.ensemble}")
     if result.refit is not None:

@@ -21,6 +21,7 @@ __all__ = [
     "plot_report",
     "plot_roc",
     "plot_split",
+    "plot_subgroup_tables",
     "plot_subgroups",
     "reliability_figure",
 ]
@@ -227,10 +228,16 @@ def plot_report(out: Outputs, report: EvalReport, folder: str | Path) -> list[st
         threshold=report.threshold,
         positive=report.classes.index(report.positive_class),
     )
-    for t in report.subgroups:  # forest plots, next to the others
-        name = f"{out.split}_subgroups_{_file_part(t.column)}.png"
-        paths.append(str(plot_subgroups(t, Path(folder) / name, tag)))
-    return paths
+    # forest plots, next to the others
+    return paths + plot_subgroup_tables(report.subgroups, folder, out.split, tag)
+
+
+def plot_subgroup_tables(tables: list[SubgroupTable], folder, split: str, tag: str) -> list[str]:
+    """A forest plot per subgroup table, `<folder>/<split>_subgroups_<column>.png`; the paths."""
+    return [
+        str(plot_subgroups(t, Path(folder) / f"{split}_subgroups_{_file_part(t.column)}.png", tag))
+        for t in tables
+    ]
 
 
 def _file_part(column: str) -> str:

@@ -31,6 +31,7 @@ from ..data.splits import Manifest, load_manifest
 from ..errors import ConfigError, opt
 from ..evaluation.measure import OperatingPoint
 from ..evaluation.store import report_summary
+from ..evaluation.subgroups import MIN_GROUP_N
 from ..locks import DirLock
 from ..models.checkpoint import Checkpoint, atomic_save, load_checkpoint
 from ..preprocessing import Preprocessing
@@ -47,6 +48,8 @@ from .oof import (
     gather_oof,
     heldout_logits,
     measure_oof,
+    plot_oof_subgroups,
+    subgroup_columns,
     write_oof_csv,
 )
 from .report import CVReport, FoldResult
@@ -94,6 +97,8 @@ def cross_validate(
     threshold: float | None = None,
     tta: bool = False,
     n_bootstrap: int = 1000,
+    by: list[str] | None = None,
+    min_group_n: int = MIN_GROUP_N,
     progress: bool = True,
     backbone: nn.Module | None = None,
     preprocessing: Preprocessing | None = None,
@@ -119,21 +124,24 @@ def cross_validate(
         threshold: Or a fixed threshold on P(positive).
         tta: Out-of-fold predictions over the 8 flips and turns (also what the threshold assumes).
         n_bootstrap: Bootstrap resamples for the out-of-fold confidence intervals.
+        by: Manifest columns to report subgroups of on the out-of-fold predictions (the report's
+            `subgroups`, forest plots in `config.out`; `age_band` from `age`); checked first.
+        min_group_n: Groups with fewer images are flagged and left out of the largest gap.
         progress: Progress bars and per-epoch lines while training.
         backbone: A custom backbone (copied for every fold); `preprocessing` says what it needs.
         callbacks: Extra trainer callbacks for every fold.
         log: Receives one line per step ("fold 2/5: ...").
 
     Raises:
-        ConfigError: `resume` without a CV to resume, a CV directory that holds another CV, or an
-            existing CV without `resume`.
+        ConfigError: `resume` without a CV to resume, a CV directory that holds another CV, an
+            existing CV without `resume`, or a `by` column no pool image has a value of.
         DataError: no manifest, or too few groups for K folds.
         LockError: another process writes into `config.out` (a CV or a training run).
     """
     start = time.perf_counter()
     if target_sensitivity is not None and threshold is not None:
         raise ConfigError("give a target sensitivity or a fixed threshold, not both")
-    plan = plan_cv(config, folds, resume=resume, tta=tta)
+    plan = plan_cv(config, folds, resume=resume, tta=tta, by=by)
     training = FoldTraining(progress, backbone, preprocessing, callbacks, log)
     completed = train_folds(plan, training)
     oof = gather_oof(plan.cv_dir, completed, len(plan.records))
@@ -143,8 +151,10 @@ def cross_validate(
     )  # fmt: skip
     measured = measure_oof(
         oof, plan.fold, plan.classes, point, tta=tta, precision=plan.precision,
-        n_bootstrap=n_bootstrap, seed=config.train.seed,
+        n_bootstrap=n_bootstrap, seed=config.train.seed, columns=plan.subgroups,
+        min_group_n=min_group_n,
     )  # fmt: skip
+    plot_oof_subgroups(measured.report, plan.cv_dir)
     write_oof_csv(plan.cv_dir / "oof.csv", plan.records, plan.fold, oof, plan.classes, point)
     ensemble = build_ensemble(plan, completed, point, measured, backbone)
     refitted = refit_model(plan, completed, point, training) if refit else None
@@ -165,6 +175,7 @@ class CVPlan:
     state: dict[str, Any]  # what cv_state.json holds
     resume: bool = False
     tta: bool = False
+    subgroups: dict[str, list[str]] = field(default_factory=dict)  # `by` column → value per record
     pool: FeaturePool = field(init=False)
 
     def __post_init__(self):
@@ -206,10 +217,20 @@ class CVPlan:
         _save_state(self.cv_dir, self.state)
 
 
-def plan_cv(config: RunConfig, folds: int, *, resume: bool = False, tta: bool = False) -> CVPlan:
-    """Assign the folds, open (or, with `resume`, check) the state, write folds.csv and config.json."""
+def plan_cv(
+    config: RunConfig,
+    folds: int,
+    *,
+    resume: bool = False,
+    tta: bool = False,
+    by: list[str] | None = None,
+) -> CVPlan:
+    """Assign the folds, open (or, with `resume`, check) the state, write folds.csv and config.json.
+
+    The `by` columns are read (and refused) before anything is written."""
     manifest = load_manifest(config.data.data_dir)
     records = pool_records(manifest)
+    subgroups = subgroup_columns(records, manifest.classes, by)
     fold = assign_folds(records, manifest.classes, folds, seed=config.train.seed)
     cv_dir = Path(config.out or "runs/cv")
     signature = {
@@ -222,7 +243,7 @@ def plan_cv(config: RunConfig, folds: int, *, resume: bool = False, tta: bool = 
     state = _open_state(cv_dir, signature, resume)
     _write_folds_csv(cv_dir / "folds.csv", records, fold)
     save_config(config, cv_dir / "config.json")
-    return CVPlan(config, folds, cv_dir, manifest, records, fold, state, resume, tta)
+    return CVPlan(config, folds, cv_dir, manifest, records, fold, state, resume, tta, subgroups)
 
 
 # -- training the folds ---------------------------------------------------------------------------

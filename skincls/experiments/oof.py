@@ -10,6 +10,7 @@ import copy
 import csv
 import io
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,13 @@ from torch import nn
 from ..atomic import atomic_write
 from ..config import TrainConfig
 from ..data.dataset import ManifestDataset
-from ..errors import ConfigError
+from ..errors import ConfigError, opt
 from ..evaluation.calibration import fit_calibration
 from ..evaluation.evaluator import Evaluator
 from ..evaluation.measure import OperatingPoint, measure
 from ..evaluation.outputs import Outputs
 from ..evaluation.report import EvalReport
+from ..evaluation.subgroups import MIN_GROUP_N, column_values, subgroup_tables
 from ..evaluation.threshold import choose_threshold, fixed_threshold
 from ..inference.decision import positive_index, predict_labels
 from ..models.checkpoint import Checkpoint
@@ -42,6 +44,8 @@ __all__ = [
     "gather_oof",
     "heldout_logits",
     "measure_oof",
+    "plot_oof_subgroups",
+    "subgroup_columns",
     "write_oof_csv",
 ]
 
@@ -167,11 +171,25 @@ def measure_oof(
     precision: str = "fp32",
     n_bootstrap: int = 1000,
     seed: int = 0,
+    columns: dict[str, Sequence[str]] | None = None,
+    min_group_n: int = MIN_GROUP_N,
 ) -> OOFMeasured:
-    """`evaluate`'s report on the out-of-fold predictions, and on each fold's share of them."""
+    """`evaluate`'s report on the out-of-fold predictions, and on each fold's share of them.
+
+    `columns` (`subgroup_columns`: each value per OOF row) adds the report's subgroup tables, at
+    `point`'s threshold, groups under `min_group_n` images flagged.
+    """
     report = measure(
         oof, classes, point, tta=tta, precision=precision, n_bootstrap=n_bootstrap, seed=seed
     )
+    if columns:
+        positive = positive_index(classes)
+        y = (oof.labels == positive).astype(int)
+        p = oof.probs(point.temperature)[:, positive]
+        report.subgroups = subgroup_tables(
+            y, p, point.threshold, columns, min_group_n=min_group_n, n_bootstrap=n_bootstrap,
+            seed=seed,
+        )  # fmt: skip
     per_fold = []
     for k in range(int(fold.max()) + 1):
         sel = fold == k
@@ -180,6 +198,33 @@ def measure_oof(
         per_fold.append(r.model_dump())
     mean, std = summarise_folds(per_fold)
     return OOFMeasured(report, per_fold, mean, std)
+
+
+def subgroup_columns(
+    records: Sequence, classes: list[str], by: list[str] | None
+) -> dict[str, list[str]]:
+    """Each `by` column's value per pool record (the OOF rows' order): checked before any fold
+    trains, so that a column the manifest lacks costs no training."""
+    if not by:
+        return {}
+    if len(classes) != 2:
+        raise ConfigError(
+            f"subgroup reports ({opt('by')}) need two classes; this data has {len(classes)}"
+        )
+    return {c: column_values(records, c) for c in by}
+
+
+def plot_oof_subgroups(report: EvalReport, folder: Path) -> list[str]:
+    """The subgroup tables' forest plots in `folder` (`out-of-fold_subgroups_<column>.png`), their
+    paths also added to `report.plots`."""
+    if not report.subgroups:
+        return []
+    from ..evaluation.plots import plot_subgroup_tables  # matplotlib: only when asked for
+
+    tag = f"{report.split}, n={report.n_images}" + (", TTA" if report.tta else "")
+    paths = plot_subgroup_tables(report.subgroups, folder, report.split, tag)
+    report.plots = [*report.plots, *paths]
+    return paths
 
 
 def write_oof_csv(
