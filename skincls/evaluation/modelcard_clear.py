@@ -8,6 +8,8 @@ from typing import Any
 
 from ..data.info import DatasetInfo
 
+_METRIC_NAMES = {"roc_auc": "ROC-AUC"}  # as the text report names them
+
 __all__ = ["clear_derm_lines", "subgroup_table_lines"]
 
 
@@ -110,7 +112,8 @@ def subgroup_table_lines(table: Mapping[str, Any]) -> list[str]:
         )
     for g in table.get("gaps") or []:
         ci = f" (95% CI {g['ci'][0]:.3f} to {g['ci'][1]:.3f})" if g.get("ci") else ""
-        out.append(f"\nLargest {g['metric']} gap: {g['gap']:.3f}{ci}, {g['high']} vs {g['low']}.")
+        metric = _METRIC_NAMES.get(g["metric"], g["metric"])
+        out.append(f"\nLargest {metric} gap: {g['gap']:.3f}{ci}, {g['high']} vs {g['low']}.")
     return [*out, ""]
 
 
