@@ -30,6 +30,7 @@ from .dedup import perceptual_hashes
 from .guards import CountingReader, check_archive_members, os_error
 from .images import IMAGE_SUFFIXES, UnusableImage, decode_image, to_rgb
 from .listing import is_hidden, list_source
+from .skintone import skin_tone_attributes
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -384,6 +385,7 @@ class Inspection:
     reason: str | None
     sha256: str = ""
     hashes: np.ndarray | None = None
+    skin: tuple[tuple[str, str], ...] = ()  # the manifest's `ita` and `skin_tone` columns
 
 
 def inspect_image(path: str | Path) -> Inspection:
@@ -412,4 +414,5 @@ def inspect_image(path: str | Path) -> Inspection:
         return Inspection("not an image: Pillow cannot identify it", digest)
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError… for broken files
         return Inspection(f"corrupt or truncated: {type(exc).__name__}: {exc}", digest)
-    return Inspection(None, digest, perceptual_hashes(image))
+    # One decode serves the hashes and the skin tone (no second read of the file).
+    return Inspection(None, digest, perceptual_hashes(image), skin_tone_attributes(image))

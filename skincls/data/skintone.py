@@ -21,7 +21,6 @@ category `unknown`, counted as such, never guessed.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -118,10 +117,10 @@ def image_ita(image: Image.Image) -> float:
     return skin_ita(float(lightness), float(b))
 
 
-def skin_tone_attributes(path: str | Path) -> tuple[tuple[str, str], ...]:
-    """The manifest's `ita` (degrees, one decimal) and `skin_tone` of an image file."""
-    with Image.open(path) as im:
-        ita = image_ita(im)
+def skin_tone_attributes(image: Image.Image) -> tuple[tuple[str, str], ...]:
+    """The manifest's `ita` (degrees, one decimal) and `skin_tone` of an image, as decoded for every
+    stage (`images.decode_image`: upright, RGB)."""
+    ita = image_ita(image)
     return (("ita", "" if math.isnan(ita) else f"{ita:.1f}"), ("skin_tone", ita_category(ita)))
 
 

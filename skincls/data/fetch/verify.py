@@ -10,7 +10,6 @@ from __future__ import annotations
 from ...errors import DataError
 from ..ingest import inspect_image
 from ..layouts import layout_skipped
-from ..skintone import skin_tone_attributes
 from ..sources import row_of
 from .records import ProgressCallback, StagedFiles, VerifiedImage, VerifiedImages
 
@@ -39,9 +38,10 @@ def verify_images(
             skipped.append((c.rel, result.reason))
         else:
             row = row_of(layout, c.rel)
-            skin = skin_tone_attributes(staged.images / c.rel)
             kept.append(
-                VerifiedImage(c.rel, c.label, c.split, result.sha256, result.hashes, row, skin)
+                VerifiedImage(
+                    c.rel, c.label, c.split, result.sha256, result.hashes, row, result.skin
+                )
             )
         if on_progress:
             on_progress("verify", n, len(candidates))
