@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from skincls.cli import main
 from skincls.models.checkpoint import load_checkpoint
+from tests.conftest import TINY_TRAIN
 
 from ..serve._support import image_bytes, needs
 
@@ -21,31 +22,12 @@ ARCHS = {"cnn": "timm/test_efficientnet", "vit": "timm/test_vit"}
 
 
 def _train_args(data, out, arch: str, weights: str, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--data-dir",
-        str(data),
-        "--out",
-        str(out),
-        "--arch",
-        arch,
-        "--weights",
-        weights,
-        "--head",
-        "16",
-        "--image-size",
-        "32",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-        "--seed",
-        "1",
-        "--quiet",
-        *extra,
-    ]
+    """conftest's TINY_TRAIN with this arch, weights and a 16-unit head (no freezing given)."""
+    args = list(TINY_TRAIN)
+    args[args.index("--arch") + 1], args[args.index("--weights") + 1] = arch, weights
+    i = args.index("--freeze")
+    args[i : i + 2] = ["--head", "16"]
+    return ["train", "--data-dir", str(data), "--out", str(out), *args, *extra]
 
 
 @pytest.fixture(scope="module", params=sorted(ARCHS))
