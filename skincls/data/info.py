@@ -130,6 +130,11 @@ class MetadataSummary(_Record):
     lesions_with_several_diagnoses: int = 0
     lesions_with_several_classes: int = 0
     lesion_conflict_examples: dict[str, dict[str, int]] = Field(default_factory=dict)
+    # The dataset's own labels → canonical codes (PAD-UFES-20, DDI, Fitzpatrick17k), and how.
+    label_map: dict[str, str] = Field(default_factory=dict)
+    label_notes: list[str] = Field(default_factory=list)
+    # Binary task: diagnosis → images whose class by the map differs from the dataset's own label.
+    label_disagreements: dict[str, int] = Field(default_factory=dict)
 
 
 class LargestGroup(_Record):

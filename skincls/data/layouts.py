@@ -16,8 +16,10 @@ from pathlib import PurePosixPath
 
 from ..errors import DataError, opt
 from .cells import formula_start
+from .clinical import LABEL_MAPS, LABEL_NOTES, parse_ddi, parse_fitzpatrick17k, parse_pad_ufes20
 from .ingest import IMAGE_SUFFIXES, Candidate, Layout, select_layout
 from .metadata import (
+    MALIGNANT,
     LabelPolicy,
     MetaRow,
     parse_ham10000,
@@ -121,11 +123,43 @@ def _find_isic2020(paths, read):
     return None
 
 
+def _header(data: bytes) -> set[str]:
+    head = data[:4096].decode("utf-8", "replace").splitlines()[:1]
+    return {c.strip().strip('"').lstrip("\ufeff") for c in head[0].split(",")} if head else set()
+
+
+def _find_pad_ufes20(paths, read):
+    for csv_path in _named(paths, "metadata.csv"):
+        data = read(csv_path)
+        if {"img_id", "diagnostic", "patient_id", "lesion_id"} <= _header(data):
+            return csv_path.parent, parse_pad_ufes20(data, str(csv_path)), [], [csv_path]
+    return None
+
+
+def _find_ddi(paths, read):
+    for csv_path in _named(paths, "ddi_metadata.csv"):
+        return csv_path.parent, parse_ddi(read(csv_path), str(csv_path)), [], [csv_path]
+    return None
+
+
+def _find_fitzpatrick17k(paths, read):
+    for csv_path in _named(paths, "fitzpatrick17k.csv"):
+        rows, bad = parse_fitzpatrick17k(read(csv_path), str(csv_path))
+        return csv_path.parent, rows, bad, [csv_path]
+    return None
+
+
 # layout name → (finder, the file people should look for when it is missing)
 _FINDERS = {
     "ham10000": (_find_ham10000, "HAM10000_metadata.csv"),
     "isic2019": (_find_isic2019, "ISIC_2019_Training_GroundTruth.csv"),
     "isic2020": (_find_isic2020, "train.csv with image_name, patient_id and diagnosis columns"),
+    "pad_ufes20": (
+        _find_pad_ufes20,
+        "metadata.csv with patient_id, lesion_id, diagnostic and img_id columns",
+    ),
+    "ddi": (_find_ddi, "ddi_metadata.csv"),
+    "fitzpatrick17k": (_find_fitzpatrick17k, "fitzpatrick17k.csv"),
 }
 
 
@@ -190,9 +224,29 @@ def make_selector(
         root, rows, bad, meta_files = found
         out = _match(root, rows, bad, paths, fp, policy, [str(p) for p in meta_files], False)
         out.summary["layout"] = name
+        out.summary.update(_label_record(name, out, policy))
         return out
 
     return select
+
+
+def _label_record(name: str, layout: MetadataLayout, policy: LabelPolicy) -> dict:
+    """How a dataset's own labels became codes and classes (`clinical.LABEL_MAPS`), and in the
+    binary task the images whose class by the map differs from the dataset's own label."""
+    out: dict = {}
+    if name in LABEL_MAPS:
+        out = {"label_map": dict(LABEL_MAPS[name]), "label_notes": list(LABEL_NOTES[name])}
+    if policy.task == "binary" and not policy.as_given:
+        differ = Counter(
+            r.diagnosis
+            for r in layout.rows.values()
+            if r.malignant is not None
+            and r.diagnosis in policy.mapping
+            and (policy.mapping[r.diagnosis] == MALIGNANT) != r.malignant
+        )
+        if differ:
+            out["label_disagreements"] = dict(sorted(differ.items()))
+    return out
 
 
 def _need(read: Reader | None) -> Reader:

@@ -20,7 +20,17 @@ __all__ = [
 ]
 
 # How a dataset's files are read; see `skincls.data.layouts`.
-LAYOUTS = ("folders", "ham10000", "isic2019", "isic2020", "labels_csv", "auto")
+LAYOUTS = (
+    "folders",
+    "ham10000",
+    "isic2019",
+    "isic2020",
+    "pad_ufes20",
+    "ddi",
+    "fitzpatrick17k",
+    "labels_csv",
+    "auto",
+)
 
 
 @dataclass(frozen=True)
@@ -152,5 +162,52 @@ register_dataset(
         "DICOM copies), unpack train.csv and jpeg/train/, and run "
         f"`{call('fetch', 'source_dir=DIR', dataset='siim-isic-melanoma-classification')}`; or "
         f"use {opt('dataset', value='isic2020')} (the same images, resized)",
+    )
+)
+# Clinical-photo datasets for external validation (`skincls.data.clinical`): none is on Kaggle's
+# dataset API in its original form, so each is downloaded by hand and read with source_dir.
+register_dataset(
+    DatasetSpec(
+        "pad-ufes-20",
+        "PAD-UFES-20 (smartphone photos, Brazil)",
+        "pad_ufes20",
+        kaggle=False,
+        aliases=("pad_ufes_20", "pad-ufes20", "padufes20"),
+        url="https://data.mendeley.com/datasets/zr7vgbcyr2/1",
+        notes="2,298 smartphone images of 1,641 lesions of 1,373 patients: metadata.csv "
+        "(patient_id, lesion_id, 22 clinical features incl. fitspatrick and biopsed, diagnostic "
+        "ACK/BCC/MEL/NEV/SCC/SEK, img_id) and PNGs in images/imgs_part_1..3; CC BY 4.0. Download "
+        "the zip from Mendeley Data, unpack it, and run "
+        f"`{call('fetch', 'source_dir=DIR', dataset='pad-ufes-20')}`",
+    )
+)
+register_dataset(
+    DatasetSpec(
+        "ddi",
+        "DDI: Diverse Dermatology Images (Stanford)",
+        "ddi",
+        kaggle=False,
+        aliases=("diverse-dermatology-images",),
+        url="https://ddi-dataset.github.io/",
+        notes="656 biopsy-proven clinical images, Fitzpatrick I-II / III-IV / V-VI: ddi_metadata.csv "
+        "(DDI_ID, DDI_file, skin_tone, malignant, disease) and the PNGs; research use after "
+        "accepting its terms on the Stanford AIMI site. Unpack it and run "
+        f"`{call('fetch', 'source_dir=DIR', dataset='ddi')}`",
+    )
+)
+register_dataset(
+    DatasetSpec(
+        "fitzpatrick17k",
+        "Fitzpatrick17k (clinical atlases, 114 conditions)",
+        "fitzpatrick17k",
+        kaggle=False,
+        aliases=("fitzpatrick-17k",),
+        url="https://github.com/mattgroh/fitzpatrick17k",
+        notes="16,577 clinical images with Fitzpatrick types: fitzpatrick17k.csv (md5hash, "
+        "fitzpatrick_scale, fitzpatrick_centaur, label, nine_partition_label, "
+        "three_partition_label, qc, url, url_alphanum). The images are not distributed: download "
+        "each from its url as md5hash.jpg into a folder next to the CSV (or ask the authors for "
+        f"the archive), then run `{call('fetch', 'source_dir=DIR', dataset='fitzpatrick17k')}`; "
+        "non-neoplastic conditions are in neither class of the binary task",
     )
 )
