@@ -27,6 +27,7 @@ from ..preprocessing import Preprocessing
 from ..runtime import plan_precision, resolve_device
 from .calibration import fit_calibration
 from .challenge import challenge_metrics
+from .classmap import ClassMapping, map_classes, mapped_dataset
 from .measure import OperatingPoint, measure
 from .outputs import Outputs, collect_outputs
 from .report import (
@@ -88,6 +89,7 @@ class Evaluator:
         self.progress = progress
         self.point = OperatingPoint()  # temperature, threshold and how they were set
         self.training_data: dict[str, Any] | None = None  # what the checkpoint was trained on
+        self.labels: dict[str, Any] | None = None  # how its classes were made (task, binary map)
         if isinstance(model, (str, Path)):
             model = load_checkpoint(model)
         if isinstance(model, Checkpoint):
@@ -101,6 +103,7 @@ class Evaluator:
                 ThresholdChoice.model_validate(info) if info else None,
             )
             self.training_data = model.data.get("training_data")
+            self.labels = model.data.get("labels")
             model = model.build_model(backbone=backbone)
         if classes is None or preprocessing is None:
             raise ValueError("a bare module needs classes= and preprocessing=")
@@ -158,11 +161,24 @@ class Evaluator:
         if not isinstance(data, (str, Path)):
             return data
         manifest = load_manifest(data)
-        if manifest.classes != self.classes:
-            raise DataError(
-                f"data classes {manifest.classes} differ from the model's {self.classes}"
-            )
-        return ManifestDataset(manifest, split, build_transform(self.preprocessing))
+        transform = build_transform(self.preprocessing)
+        if manifest.classes == self.classes:
+            return ManifestDataset(manifest, split, transform)
+        return mapped_dataset(manifest, split, transform, self.class_mapping(data))
+
+    def class_mapping(self, data: str | Path | Dataset) -> ClassMapping | None:
+        """How a data dir's classes match the model's when they differ (`classmap.map_classes`);
+        None when they are the same (or `data` is not a data dir).
+
+        Raises:
+            DataError: none of the data's classes matches one of the model's.
+        """
+        if not isinstance(data, (str, Path)):
+            return None
+        classes = load_manifest(data).classes
+        if classes == self.classes:
+            return None
+        return map_classes(classes, self.classes, self.labels)
 
     def calibrate(
         self, data: str | Path | Dataset, split: str = "val", *, keep_worse: bool = False
@@ -269,6 +285,9 @@ class Evaluator:
             n_bootstrap=n_bootstrap,
             seed=seed,
         )
+        mapping = self.class_mapping(data)
+        if mapping is not None:  # external data: which classes were measured, which left out
+            result.class_mapping = mapping.counted(load_manifest(data).select(out.split), out.split)
         if challenge is not None:
             probs = out.probs(self.temperature)
             result.challenge = challenge_metrics(
@@ -302,7 +321,9 @@ class Evaluator:
     def _records(self, data: str | Path | Dataset, split: str) -> list:
         """The manifest records of `split`, in the order the outputs hold them."""
         if isinstance(data, (str, Path)):
-            return load_manifest(data).select(split)
+            mapping = self.class_mapping(data)
+            records = load_manifest(data).select(split)
+            return [r for r in records if mapping is None or r.label in mapping.mapped]
         records = getattr(data, "records", None)
         if records is None:
             raise ConfigError("by= needs a data dir or a ManifestDataset (a manifest to group by)")

@@ -6,6 +6,7 @@ from pydantic import BaseModel, computed_field
 
 from ..data.provenance import Overlap
 from .challenge import ChallengeResult
+from .classmap import ClassMapping
 from .subgroups import SubgroupTable
 
 __all__ = [
@@ -173,11 +174,15 @@ class EvalReport(BaseModel):
     plots: list[str] = []
     challenge: ChallengeResult | None = None  # a challenge's own ranking metric (`challenge=`)
     subgroups: list[SubgroupTable] = []  # per manifest column asked for (`by=`)
+    # Data whose classes differ from the model's: how they were matched, what was left out.
+    class_mapping: ClassMapping | None = None
 
     def lines(self) -> list[str]:
         """Loss and accuracy lines in the original script's format ("Test Accuracy of Benign: ...")."""
         name = self.split.capitalize()
         out = [f"{name} split: {self.n_images} images"]
+        if self.class_mapping is not None:
+            out += self.class_mapping.lines()
         if self.training_overlap is not None and self.training_overlap.message:
             out.append(f"WARNING: {self.training_overlap.message}")
         out.append(f"{name} Loss: {self.loss:.6f}")
