@@ -48,6 +48,7 @@ FLAGS: dict[str, str] = {
     "resume": "--resume",
     "overwrite": "--overwrite",
     "folds": "--folds",
+    "group_by": "--group-by",
     "by": "--by",
     "min_group_n": "--min-group-n",
     # models, evaluate, predict, export, serve

@@ -57,6 +57,15 @@ from .train import _overrides, _train_options
     help="Bootstrap resamples for the out-of-fold confidence intervals (0: none).",
 )
 @by_options
+@click.option(
+    "--group-by",
+    default=None,
+    metavar="COLUMN",
+    help="Hold out whole values of this manifest column per fold (lesions and patients still "
+    "joined): source (where the image was taken: HAM10000's dataset, ISIC's attribution; "
+    "leave-hospital-out), site (anatomical site), patient, lesion, or any manifest column. "
+    "With --folds equal to its number of values, one value per fold.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option(
     "--resume",
@@ -76,6 +85,7 @@ def cv(
     bootstrap,
     by,
     min_group_n,
+    group_by,
     quiet,
     resume,
     as_json,
@@ -114,6 +124,7 @@ def cv(
         n_bootstrap=bootstrap,
         by=by,
         min_group_n=min_group_n,
+        group_by=group_by,
         progress=not quiet,
         log=(lambda line: None) if quiet else (lambda line: err.print(f"[dim]{line}[/]")),
     )

@@ -123,7 +123,8 @@ class MetaRow:
         malignant: The dataset's own benign/malignant label where it has one (ISIC 2020), else None.
         groups: Further grouping keys (a `labels_csv`'s `group_columns`), as `column:value`.
         attributes: What the file says of the image and patient besides, `(column, value)` under
-            the manifest's names (`ATTRIBUTE_COLUMNS`): sex, age, site, dx_type, fitzpatrick.
+            the manifest's names (`ATTRIBUTE_COLUMNS`): sex, age, site, dx_type, fitzpatrick,
+            source.
     """
 
     image: str
@@ -201,6 +202,8 @@ ATTRIBUTE_COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "dx_type": ("dx_type",),
     "fitzpatrick": ("fitzpatrick", "fitzpatrick_scale", "fitzpatrick_skin_type"),
+    # Where the image was taken (HAM10000's `dataset`, ISIC's `attribution`): leave-source-out CV.
+    "source": ("source", "attribution", "dataset"),
 }
 
 

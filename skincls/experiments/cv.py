@@ -40,7 +40,14 @@ from ..training.callbacks import Callback
 from ..training.pool import FeaturePool
 from ..training.run import train_from_config
 from .ensemble import create_ensemble, file_sha256
-from .folds import assign_folds, fold_manifest, folds_fingerprint, pool_records, record_group
+from .folds import (
+    GROUP_BY,
+    assign_folds,
+    fold_groups,
+    fold_manifest,
+    folds_fingerprint,
+    pool_records,
+)
 from .oof import (
     OOF_SPLIT,
     OOFMeasured,
@@ -99,6 +106,7 @@ def cross_validate(
     n_bootstrap: int = 1000,
     by: list[str] | None = None,
     min_group_n: int = MIN_GROUP_N,
+    group_by: str | None = None,
     progress: bool = True,
     backbone: nn.Module | None = None,
     preprocessing: Preprocessing | None = None,
@@ -127,6 +135,9 @@ def cross_validate(
         by: Manifest columns to report subgroups of on the out-of-fold predictions (the report's
             `subgroups`, forest plots in `config.out`; `age_band` from `age`); checked first.
         min_group_n: Groups with fewer images are flagged and left out of the largest gap.
+        group_by: Hold out whole values of this manifest column per fold (`folds.GROUP_BY`:
+            site, source, patient, lesion, or any column): leave-site-out / leave-source-out
+            folds; with K equal to the number of values, one value per fold.
         progress: Progress bars and per-epoch lines while training.
         backbone: A custom backbone (copied for every fold); `preprocessing` says what it needs.
         callbacks: Extra trainer callbacks for every fold.
@@ -135,13 +146,14 @@ def cross_validate(
     Raises:
         ConfigError: `resume` without a CV to resume, a CV directory that holds another CV, an
             existing CV without `resume`, or a `by` column no pool image has a value of.
-        DataError: no manifest, or too few groups for K folds.
+        DataError: no manifest, or too few groups for K folds (with `group_by`: too few values,
+            or a fold whose training images would lack a class).
         LockError: another process writes into `config.out` (a CV or a training run).
     """
     start = time.perf_counter()
     if target_sensitivity is not None and threshold is not None:
         raise ConfigError("give a target sensitivity or a fixed threshold, not both")
-    plan = plan_cv(config, folds, resume=resume, tta=tta, by=by)
+    plan = plan_cv(config, folds, resume=resume, tta=tta, by=by, group_by=group_by)
     training = FoldTraining(progress, backbone, preprocessing, callbacks, log)
     completed = train_folds(plan, training)
     oof = gather_oof(plan.cv_dir, completed, len(plan.records))
@@ -176,6 +188,8 @@ class CVPlan:
     resume: bool = False
     tta: bool = False
     subgroups: dict[str, list[str]] = field(default_factory=dict)  # `by` column → value per record
+    group_by: str | None = None  # the column whose values folds hold out whole
+    groups: list[str] = field(default_factory=list)  # what each record's fold keeps whole
     pool: FeaturePool = field(init=False)
 
     def __post_init__(self):
@@ -224,14 +238,16 @@ def plan_cv(
     resume: bool = False,
     tta: bool = False,
     by: list[str] | None = None,
+    group_by: str | None = None,
 ) -> CVPlan:
     """Assign the folds, open (or, with `resume`, check) the state, write folds.csv and config.json.
 
-    The `by` columns are read (and refused) before anything is written."""
+    The `by` and `group_by` columns are read (and refused) before anything is written."""
     manifest = load_manifest(config.data.data_dir)
     records = pool_records(manifest)
     subgroups = subgroup_columns(records, manifest.classes, by)
-    fold = assign_folds(records, manifest.classes, folds, seed=config.train.seed)
+    fold = assign_folds(records, manifest.classes, folds, seed=config.train.seed, group_by=group_by)
+    groups = fold_groups(records, group_by)
     cv_dir = Path(config.out or "runs/cv")
     signature = {
         "format": _FORMAT,
@@ -239,11 +255,15 @@ def plan_cv(
         "assignment": folds_fingerprint(records, fold),
         "config": config.model_dump(mode="json", exclude={"out"}),
         "tta": tta,
+        **({"group_by": group_by} if group_by else {}),
     }
     state = _open_state(cv_dir, signature, resume)
-    _write_folds_csv(cv_dir / "folds.csv", records, fold)
+    _write_folds_csv(cv_dir / "folds.csv", records, fold, groups)
     save_config(config, cv_dir / "config.json")
-    return CVPlan(config, folds, cv_dir, manifest, records, fold, state, resume, tta, subgroups)
+    return CVPlan(
+        config, folds, cv_dir, manifest, records, fold, state, resume, tta, subgroups,
+        group_by, groups,
+    )  # fmt: skip
 
 
 # -- training the folds ---------------------------------------------------------------------------
@@ -408,8 +428,8 @@ def write_report(
         folds=plan.folds,
         seed=info["seed"],
         n_images=info["n_images"],
-        n_groups=len({record_group(r) for r in plan.records}),
-        grouping=_grouping(plan.records),
+        n_groups=len(set(plan.groups)),
+        grouping=_grouping(plan.records, plan.group_by),
         fold_results=[
             FoldResult(metrics={m: fold.get(m) for m in measured.mean}, **_fold_fields(entry))
             for entry, fold in zip(completed, measured.per_fold)
@@ -488,17 +508,23 @@ def _fold_fields(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: entry[k] for k in keys}
 
 
-def _grouping(records) -> str:
+def _grouping(records, group_by: str | None = None) -> str:
+    if group_by is not None:
+        column = GROUP_BY.get(group_by, group_by)
+        missing = sum(not r.column(column) for r in records)
+        return f"whole {column} values held out per fold, lesions and patients joined" + (
+            f"; {missing} images without a {column} kept in their own groups" if missing else ""
+        )
     if any(getattr(r, "group", None) not in (None, "", -1) for r in records):
         return "group column"
     return "duplicate clusters" if any(r.cluster >= 0 for r in records) else "none (single images)"
 
 
-def _write_folds_csv(path: Path, records, fold: np.ndarray) -> None:
+def _write_folds_csv(path: Path, records, fold: np.ndarray, groups: list[str]) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["path", "label", "group", "fold"])
-    for r, k in zip(records, fold):
-        writer.writerow([r.path, r.label, record_group(r), int(k)])
+    for r, k, g in zip(records, fold, groups):
+        writer.writerow([r.path, r.label, g, int(k)])
     with atomic_write(path, "w", newline="") as fh:
         fh.write(buf.getvalue())
