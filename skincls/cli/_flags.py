@@ -59,6 +59,10 @@ FLAGS: dict[str, str] = {
     "device": "--device",
     "precision": "--precision",
     "threshold": "--threshold",
+    "calibrate": "--calibrate",
+    "target_sensitivity": "--target-sensitivity",
+    "split": "--split",
+    "save": "--save",
     "tolerance": "--tolerance",
     "grad_cam=False": "--no-grad-cam",
 }

@@ -37,10 +37,10 @@ CHALLENGES = ("isic2018", "isic2019", "isic2020", "isic2024")
 )
 @click.option(
     "--split",
-    type=click.Choice(["train", "val", "test"]),
+    type=click.Choice(["train", "val", "test", "all"]),
     default="test",
     show_default=True,
-    help="Which split to measure.",
+    help="Which split to measure; all: every image (an external dataset used whole).",
 )
 @click.option(
     "--target-sensitivity",

@@ -39,7 +39,7 @@ PAD_UFES20_MAP = {
     "BOD": "scc",
     "SEK": "bkl",
 }
-# DDI `disease` (hyphenated) → canonical code, for the diseases that have one; the other ~70
+# DDI `disease` (hyphenated) → canonical code, for the diseases that have one; the others
 # diseases keep their own name as their code.
 DDI_MAP = {
     "melanoma": "mel",

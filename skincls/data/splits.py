@@ -35,6 +35,7 @@ __all__ = [
 MANIFEST_NAME = "manifest.csv"
 SKIPPED_NAME = "skipped.csv"
 SPLITS = ("train", "val", "test")
+ALL = "all"  # `Manifest.select`: every split (a dataset used whole, for external validation)
 _COLUMNS = ("path", "label", "split", "sha256", "cluster", "group", "lesion_id", "patient_id")
 
 
@@ -84,9 +85,11 @@ class Manifest:
             self.info = DatasetInfo(classes=list(self.classes), counts=self.counts())
 
     def select(self, split: str) -> list[Record]:
-        """Records of one split, in manifest order."""
+        """Records of one split, in manifest order; `all`: every record (an external test set)."""
+        if split == ALL:
+            return list(self.records)
         if split not in SPLITS:
-            raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+            raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}, {ALL}")
         return [r for r in self.records if r.split == split]
 
     def counts(self) -> dict[str, dict[str, int]]:

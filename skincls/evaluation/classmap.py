@@ -58,7 +58,7 @@ class ClassMapping(BaseModel):
 
     def lines(self) -> list[str]:
         """The mapping as report lines, and a warning when images were left out."""
-        where = f" of {self.split}" if self.split else ""
+        where = {None: "", "all": " in all splits"}.get(self.split, f" in the {self.split} split")
         parts = [
             f"{d} → {m} ({self.images.get(d, 0)}, {self.how[d]})" for d, m in self.mapped.items()
         ]
@@ -69,9 +69,8 @@ class ClassMapping(BaseModel):
         if self.left_out:
             total = sum(self.images.values())
             out.append(
-                f"WARNING: {self.left_out} of {total} {self.split} images are of classes the model "
-                "does not know; the metrics below are of the other "
-                f"{total - self.left_out}"
+                f"WARNING: {self.left_out} of {total} images{where} are of classes the model "
+                f"does not know; the metrics below are of the other {total - self.left_out}"
             )
         return out
 

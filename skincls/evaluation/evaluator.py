@@ -368,9 +368,16 @@ class Evaluator:
 
 
 def _not_test(data: Any, split: str, what: str) -> str:
-    """`split`, unless it (or the given dataset's own split) is test: fitting there would leak."""
-    if "test" in (split, getattr(data, "split", None)):
+    """`split`, unless it (or the given dataset's own split) is test, or all (which holds test):
+    fitting there would leak."""
+    given = (split, getattr(data, "split", None))
+    if "test" in given:
         raise ConfigError(
             f"refusing to {what} on the test split: fit it on val, then measure test at it"
+        )
+    if "all" in given:
+        raise ConfigError(
+            f"refusing to {what} on the all split (it holds the test images): fit it on val, "
+            "then measure at it"
         )
     return split

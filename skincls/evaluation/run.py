@@ -7,6 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..errors import ConfigError, opt
 from ..models.checkpoint import Checkpoint, load_checkpoint
 from .evaluator import Evaluator
 from .report import EvalReport
@@ -46,6 +47,12 @@ def evaluate_checkpoint(
     `challenge` adds that ISIC challenge's own ranking metric (`skincls.evaluation.challenge`);
     `by` adds subgroup tables of those manifest columns (`skincls.evaluation.subgroups`).
     """
+    if split == "all" and (calibrate or target_sensitivity is not None):
+        raise ConfigError(
+            f"{opt('calibrate')} and {opt('target_sensitivity')} fit on the val split, which "
+            f"{opt('split', value='all')} measures too: fit them on the model's own data first "
+            f"(with {opt('save')}), then measure all splits at them"
+        )
     if save and isinstance(checkpoint, (str, Path)):
         checkpoint = load_checkpoint(checkpoint, for_update=True)
     ev = Evaluator(

@@ -15,9 +15,10 @@ from click.testing import CliRunner
 from skincls.cli import main
 from skincls.data.fetch import fetch
 from skincls.data.splits import load_manifest
-from skincls.errors import DataError
+from skincls.errors import ConfigError, DataError
 from skincls.evaluation.classmap import map_classes
 from skincls.evaluation.evaluator import Evaluator
+from skincls.evaluation.run import evaluate_checkpoint
 from tests.conftest import TINY_TRAIN
 from tests.data.clinic import ddi_tree, pad_ufes20_tree
 from tests.data.dermo import make_ham
@@ -69,11 +70,11 @@ def test_ham_model_on_pad_ufes20_reports_the_mapping_and_leaves_out_scc(ham_mode
     assert r.exit_code == 0, r.output
     measured = sum(counts.values()) - counts["scc"]
     assert f"Test split: {measured} images" in r.output
-    assert "Class mapping (data → model, images of test): akiec → akiec" in r.output
+    assert "Class mapping (data → model, images in the test split): akiec → akiec" in r.output
     assert f"Not classes of the model, left out of every metric: scc ({counts['scc']})" in r.output
     assert (
-        f"WARNING: {counts['scc']} of {sum(counts.values())} test images are of classes the model "
-        f"does not know; the metrics below are of the other {measured}"
+        f"WARNING: {counts['scc']} of {sum(counts.values())} images in the test split are of "
+        f"classes the model does not know; the metrics below are of the other {measured}"
     ) in r.output
     j = CliRunner().invoke(
         main, ["evaluate", str(ham_model), "--data-dir", str(pad_data), *EVAL, "--json"]
@@ -86,6 +87,16 @@ def test_ham_model_on_pad_ufes20_reports_the_mapping_and_leaves_out_scc(ham_mode
     # Each measured image counts as the model class its data class maps to.
     totals = {c["name"]: c["total"] for c in report["per_class"]}
     assert all(totals[cm["mapped"][c]] == n for c, n in counts.items() if c != "scc")
+    whole = CliRunner().invoke(
+        main, ["evaluate", str(ham_model), "--data-dir", str(pad_data), *EVAL, "--split", "all"]
+    )
+    n_all = len(load_manifest(pad_data).records)
+    assert whole.exit_code == 0, whole.output
+    assert "Class mapping (data → model, images in all splits): " in whole.output
+    assert (
+        f"All split: {n_all - sum(r.label == 'scc' for r in load_manifest(pad_data).records)}"
+        in whole.output
+    )
 
 
 def test_binary_model_on_pad_maps_diagnoses_and_on_ddi_is_direct(ckpt, pad_data, tmp_path):
@@ -96,6 +107,15 @@ def test_binary_model_on_pad_maps_diagnoses_and_on_ddi_is_direct(ckpt, pad_data,
     assert cm.how["scc"] == "binary map" and cm.mapped["scc"] == "malignant" and not cm.unknown
     malignant = sum(n for c, n in counts.items() if c in ("mel", "bcc", "akiec", "scc"))
     assert rep.per_class[1].total == malignant and rep.n_images == sum(counts.values())
+    # An external dataset used whole: every split; fitting anything on it is refused.
+    whole = ev.evaluate(pad_data, "all", n_bootstrap=0)
+    assert whole.n_images == len(load_manifest(pad_data).records) > rep.n_images
+    assert whole.class_mapping.split == "all"
+    with pytest.raises(ConfigError, match="refusing to calibrate on the all split"):
+        ev.calibrate(pad_data, "all")
+    with pytest.raises(ConfigError, match=r"calibrate and target_sensitivity fit on the val split, "
+                       r"which split='all' measures too"):  # fmt: skip
+        evaluate_checkpoint(ckpt, pad_data, "all", calibrate=True, device="cpu")
     ddi = tmp_path / "ddi"
     fetch(ddi, source_dir=ddi_tree(make_ham(tmp_path / "ham", n=36, seed=4, size=40),
                                    tmp_path / "src"), near_dup_distance=-1)  # fmt: skip
