@@ -17,6 +17,7 @@ from ..data.info import DATASET_JSON, DatasetInfo
 from ..data.splits import MANIFEST_NAME, load_manifest
 from ..inference.decision import positive_index
 from ..models.checkpoint import Checkpoint, load_checkpoint
+from .classmap import ClassMapping
 from .modelcard_clear import clear_derm_lines
 from .modelcard_data import (
     NOT_RECORDED,
@@ -271,6 +272,7 @@ def _metrics(rep: Mapping[str, Any], split: Any, n: Any, positive: str | None) -
         "",
         _overlap(rep.get("training_overlap")),
         "",
+        *_class_mapping(rep.get("class_mapping")),
         f"| metric | value | {level} CI |",
         "| --- | --- | --- |",
     ]
@@ -292,6 +294,14 @@ def _metrics(rep: Mapping[str, Any], split: Any, n: Any, positive: str | None) -
     if cm:
         lines += ["", f"Confusion matrix (rows = truth, columns = prediction): `{cm}`"]
     return lines
+
+
+def _class_mapping(mapping: Mapping[str, Any] | None) -> list[str]:
+    """Data whose classes differ from the model's: how they were matched, what was left out."""
+    if not mapping:
+        return []
+    lines = ClassMapping.model_validate(mapping).lines()
+    return [f"**Another dataset's classes.** {lines[0]}.", "", *(f"{x}." for x in lines[1:]), ""]
 
 
 def _overlap(overlap: Mapping[str, Any] | None) -> str:

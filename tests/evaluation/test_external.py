@@ -66,8 +66,15 @@ def test_ham_model_on_pad_ufes20_reports_the_mapping_and_leaves_out_scc(ham_mode
     test = load_manifest(pad_data).select("test")
     counts = Counter(r.label for r in test)
     assert counts["scc"] > 0 and len(counts) > 2
-    r = CliRunner().invoke(main, ["evaluate", str(ham_model), "--data-dir", str(pad_data), *EVAL])
+    card = pad_data.parent / "card.md"
+    r = CliRunner().invoke(
+        main,
+        ["evaluate", str(ham_model), "--data-dir", str(pad_data), *EVAL, "--model-card", str(card)],
+    )
     assert r.exit_code == 0, r.output
+    text = card.read_text()
+    assert "**Another dataset's classes.** Class mapping (data → model, images in the test" in text
+    assert f"Not classes of the model, left out of every metric: scc ({counts['scc']})." in text
     measured = sum(counts.values()) - counts["scc"]
     assert f"Test split: {measured} images" in r.output
     assert "Class mapping (data → model, images in the test split): akiec → akiec" in r.output
