@@ -314,6 +314,14 @@ def _print_metadata(info: DatasetInfo) -> None:
                 "the same label: counted once"
             )
         _print_lesion_conflicts(meta)
+        if meta.label_disagreements:
+            differ = ", ".join(f"{k} {v}" for k, v in meta.label_disagreements.items())
+            console.print(
+                f"[bold yellow]warning:[/] {sum(meta.label_disagreements.values())} images take "
+                f"the binary map's class against the dataset's own benign/malignant label "
+                f"({escape(differ)}); see label_notes in dataset.json",
+                soft_wrap=True,
+            )
         diagnoses = ", ".join(f"{k} {v}" for k, v in meta.diagnoses.items())
         console.print(f"  diagnoses: {diagnoses}")
     if labels is not None and labels.task == "binary":

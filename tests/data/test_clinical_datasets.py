@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from skincls.cli import main
 from skincls.data.clinical import fitzpatrick_type
 from skincls.data.fetch import fetch
 from skincls.data.registry import get_dataset
@@ -89,6 +91,13 @@ def test_ddi_takes_its_own_malignant_label_outside_the_map_and_counts_disagreeme
         assert not rec.patient_id and not rec.lesion_id
     n_ak = sum(r["dx"] == "akiec" for r in rows)
     assert meta.label_disagreements == {"akiec": n_ak}
+    said = CliRunner().invoke(main, ["fetch", "--source-dir", str(tree), "--data-dir",
+                                     str(tmp_path / "c"), "--near-dup-distance", "-1"])  # fmt: skip
+    assert said.exit_code == 0, said.output
+    assert (
+        f"warning: {n_ak} images take the binary map's class against the dataset's own "
+        f"benign/malignant label (akiec {n_ak}); see label_notes in dataset.json"
+    ) in said.output
     assert meta.diagnoses["verruca-vulgaris"] == sum(r["dx"] == "df" for r in rows)
     multi = fetch(tmp_path / "e", source_dir=tree, dataset="ddi", task="multiclass",
                   near_dup_distance=-1)  # fmt: skip
