@@ -59,6 +59,7 @@ FLAGS: dict[str, str] = {
     "precision": "--precision",
     "threshold": "--threshold",
     "tolerance": "--tolerance",
+    "format": "--format",
     "grad_cam=False": "--no-grad-cam",
 }
 

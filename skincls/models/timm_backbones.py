@@ -168,9 +168,12 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         )
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors import safe_open
 
-            state = load_file(str(path), device="cpu")
+            with safe_open(str(path), framework="pt", device="cpu") as fh:
+                state = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
+                if (fh.metadata() or {}).get("skincls"):  # a checkpoint, not a state dict
+                    state = {"format": None, "state_dict": state}
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except ImportError as exc:
@@ -179,8 +182,11 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
             "pip install 'skincls[timm]'"
         ) from exc
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        why = " ".join(str(exc).split())[:200]
-        raise ModelError(f"cannot read weights file {path} as a state dict: {why}") from exc
+        raise ModelError(f"cannot read weights file {path} as a state dict: {_why(exc)}") from exc
+    except Exception as exc:  # safetensors' own error (damaged header, truncated file)
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise ModelError(f"cannot read weights file {path} as a state dict: {_why(exc)}") from exc
     if isinstance(state, Mapping) and "state_dict" in state and "format" in state:
         raise ModelError(
             f"{path} is a skincls checkpoint, not a state dict; evaluate or predict with it directly"
@@ -190,6 +196,10 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     ):
         raise ModelError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return dict(state)
+
+
+def _why(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:200]
 
 
 def _some(keys: list[str], n: int = 5) -> str:
