@@ -175,3 +175,17 @@ def test_a_checkpoint_given_as_timm_weights_is_named(pair):
     needs("timm", "timm backbones need: pip install 'skincls[timm]'")
     with pytest.raises(ModelError, match="is a skincls checkpoint, not a state dict"):
         create_model("timm/test_efficientnet", weights=str(pair[1]))
+
+
+def test_an_ensemble_checkpoint_converts_and_answers_the_same(ckpt, tmp_path):
+    from skincls.experiments.ensemble import create_ensemble
+
+    second = tmp_path / "second.pt"
+    second.write_bytes(ckpt.read_bytes())
+    update_checkpoint(second, temperature=2.0)
+    ens = create_ensemble([ckpt, second], tmp_path / "ensemble.pt", threshold=0.3)
+    copy = convert_checkpoint(ens, tmp_path / "ensemble.safetensors")
+    assert copy.is_ensemble and copy.threshold == 0.3
+    images = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(ens.build_model()(images), copy.build_model()(images))
