@@ -95,7 +95,7 @@ def _create(name: str, pretrained: bool, size: int | None = None) -> nn.Module:
     net = _timm_create(name, pretrained, dynamic_img_size=True)
     if net is None:  # families without the option (CNNs)
         net = _timm_create(name, pretrained)
-    native = int(net.pretrained_cfg.get("input_size", (3, 0, 0))[-1])
+    native = int((getattr(net, "pretrained_cfg", None) or {}).get("input_size", (0,))[-1])
     if size is None or size == native:
         return net
     problem = _fails_at(net, size)
