@@ -189,3 +189,14 @@ def test_an_ensemble_checkpoint_converts_and_answers_the_same(ckpt, tmp_path):
     images = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(ens.build_model()(images), copy.build_model()(images))
+
+
+def test_a_damaged_safetensors_weights_file_is_one_error(tmp_path):
+    needs("timm", "timm backbones need: pip install 'skincls[timm]'")
+    from safetensors.torch import save_file
+
+    path = tmp_path / "weights.safetensors"
+    save_file({"w": torch.zeros(100)}, str(path))
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(ModelError, match=r"cannot read weights file .* as a state dict"):
+        create_model("timm/test_efficientnet", weights=str(path))
