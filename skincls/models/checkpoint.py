@@ -32,7 +32,7 @@ from .checkpoint_checks import (
     read_file_format,
     resolve_checkpoint_path,
 )
-from .checkpoint_safetensors import SUFFIX, write_safetensors
+from .checkpoint_safetensors import SUFFIX, first_difference, write_safetensors
 from .classifier import SkinClassifier, create_model
 from .ensemble import EnsembleClassifier
 
@@ -358,30 +358,11 @@ def convert_checkpoint(
     check_weights(out, data["state_dict"], data["classes"], writing=True)
     _write(data, out, file_format)
     back = load_checkpoint(out)
-    differ = _first_difference(data, back.data)
+    differ = first_difference(data, back.data)
     if differ is not None:
         out.unlink(missing_ok=True)
         raise CheckpointError(f"{out} did not read back as written ({differ}); it was removed")
     return back
-
-
-def _first_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:
-    """The first field (or tensor) that differs between two checkpoint dicts; NaN equals NaN."""
-    if set(a) != set(b):
-        return f"fields {sorted(set(a) ^ set(b))}"
-    for key in a:
-        if key == "state_dict":
-            continue
-        if json.dumps(a[key], sort_keys=True) != json.dumps(b[key], sort_keys=True):
-            return key
-    sa, sb = a["state_dict"], b["state_dict"]
-    if set(sa) != set(sb):
-        return f"tensors {sorted(set(sa) ^ set(sb))[:3]}"
-    for name, t in sa.items():
-        u = sb[name]
-        if t.dtype != u.dtype or t.shape != u.shape or not torch.equal(t, u):
-            return f"tensor {name}"
-    return None
 
 
 def load_checkpoint(path: str | Path, *, for_update: bool = False) -> Checkpoint:

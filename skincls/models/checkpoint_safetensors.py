@@ -20,7 +20,7 @@ import torch
 from ..atomic import atomic_path
 from ..errors import CheckpointError, opt
 
-__all__ = ["SUFFIX", "is_safetensors", "read_safetensors", "write_safetensors"]
+__all__ = ["SUFFIX", "first_difference", "is_safetensors", "read_safetensors", "write_safetensors"]
 
 SUFFIX = ".safetensors"
 METADATA_KEY = "skincls"
@@ -97,6 +97,25 @@ def read_safetensors(path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or "state_dict" in meta or "training_state" in meta:
         raise CheckpointError(f"{path}: its skincls metadata is malformed; {_DAMAGED}")
     return {**meta, "state_dict": state}
+
+
+def first_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """The first field (or tensor) that differs between two checkpoint dicts; NaN equals NaN."""
+    if set(a) != set(b):
+        return f"fields {sorted(set(a) ^ set(b))}"
+    for key in a:
+        if key == "state_dict":
+            continue
+        if json.dumps(a[key], sort_keys=True) != json.dumps(b[key], sort_keys=True):
+            return key
+    sa, sb = a["state_dict"], b["state_dict"]
+    if set(sa) != set(sb):
+        return f"tensors {sorted(set(sa) ^ set(sb))[:3]}"
+    for name, t in sa.items():
+        u = sb[name]
+        if t.dtype != u.dtype or t.shape != u.shape or not torch.equal(t, u):
+            return f"tensor {name}"
+    return None
 
 
 _DAMAGED = "the file is damaged or was edited; use the checkpoint as it was written"
