@@ -34,6 +34,7 @@ FLAGS: dict[str, str] = {
     "model.weights": "--weights",
     "model.freeze": "--freeze",
     "model.freeze=<int>": "--train-stages",
+    "data.image_size": "--image-size",
     "train.lr": "--lr",
     "train.batch_size": "--batch-size",
     "train.device": "--device",
@@ -64,6 +65,7 @@ FLAGS: dict[str, str] = {
     "split": "--split",
     "save": "--save",
     "tolerance": "--tolerance",
+    "format": "--format",
     "grad_cam=False": "--no-grad-cam",
 }
 

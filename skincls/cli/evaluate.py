@@ -21,7 +21,7 @@ from ._common import (
 
 # skincls.inference.export's FORMATS, written out: importing it loads torch, which `--help` must not
 # wait for (tests/cli/test_lazy_imports.py checks that the two agree).
-EXPORT_FORMATS = ("onnx", "torchscript")
+EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
 # skincls.evaluation.challenge's CHALLENGES, written out for the same reason (checked in its tests).
 CHALLENGES = ("isic2018", "isic2019", "isic2020", "isic2024")
 
@@ -367,13 +367,15 @@ def _write_predictions_csv(preds, path: Path) -> None:
     type=click.Choice(EXPORT_FORMATS),
     default="onnx",
     show_default=True,
-    help="ONNX (checked with ONNX Runtime) or TorchScript (checked with torch.jit.load).",
+    help="ONNX (checked with ONNX Runtime), TorchScript (checked with torch.jit.load), or "
+    "safetensors: the checkpoint itself, its weights as safetensors and its metadata as JSON (no "
+    "pickle), for sharing a model skincls loads as it loads the .pt.",
 )
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="File to write, e.g. model.onnx or model.pt.",
+    help="File to write, e.g. model.onnx, model.pt or model.safetensors.",
 )
 @click.option(
     "--tolerance",
@@ -387,7 +389,8 @@ def export(checkpoint, fmt, out, tolerance):
     """Export CHECKPOINT with normalisation and calibrated softmax built in, checked for parity.
 
     The exported model takes float32 RGB images, NCHW, values in [0, 1], at the checkpoint's crop size,
-    and returns class probabilities.
+    and returns class probabilities. With --format safetensors the checkpoint is written again
+    without pickles (every field, not the resume state); evaluate, predict and serve read it.
 
     CHECKPOINT is a checkpoint file or a run directory (its best.pt).
     """
@@ -396,10 +399,16 @@ def export(checkpoint, fmt, out, tolerance):
     result = export_model(checkpoint, out, format=fmt, tolerance=tolerance)
     batches = ", ".join(map(str, result.batch_sizes))
     console.print(f"wrote {result.path} ({result.format})")
-    console.print(
-        f"input:  float32 RGB NCHW in [0, 1], shape {tuple(result.input_shape)}; output: probabilities of "
-        f"{', '.join(result.classes)} (temperature {result.temperature:g})"
-    )
+    if result.format == "safetensors":
+        console.print(
+            "a skincls checkpoint: weights as safetensors, metadata as JSON in its header, no "
+            "pickle; evaluate, predict and serve read it as they read the .pt"
+        )
+    else:
+        console.print(
+            f"input:  float32 RGB NCHW in [0, 1], shape {tuple(result.input_shape)}; output: "
+            f"probabilities of {', '.join(result.classes)} (temperature {result.temperature:g})"
+        )
     console.print(
         f"parity: max abs difference {result.max_abs_diff:.3g} <= tolerance {result.tolerance:g} "
         f"(batches of {batches})"

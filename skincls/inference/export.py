@@ -1,4 +1,5 @@
-"""Export: a checkpoint as one ONNX or TorchScript file that runs without skincls, checked for parity.
+"""Export: a checkpoint as one ONNX or TorchScript file that runs without skincls, checked for parity
+(or as a `.safetensors` skincls checkpoint, for sharing a model without pickles).
 
 The exported network is `ExportWrapper`: it takes **float32 RGB images, NCHW, values in [0, 1], at the
 checkpoint's crop size** (resize the shorter side to `resize_size` and centre-crop `crop_size` first,
@@ -9,6 +10,7 @@ calibrated class probabilities: `softmax(logits / temperature)`. The batch axis 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import warnings
 from collections.abc import Iterator
@@ -23,12 +25,13 @@ from torch import nn
 from .._version import __version__
 from ..atomic import atomic_path
 from ..errors import SkinclsError, opt
-from ..models.checkpoint import Checkpoint, load_checkpoint
+from ..models.checkpoint import Checkpoint, convert_checkpoint, load_checkpoint
+from ..models.checkpoint_safetensors import SUFFIX
 
 __all__ = ["FORMATS", "ExportError", "ExportResult", "ExportWrapper", "export_model"]
 
-FORMATS = ("onnx", "torchscript")
-Format = Literal["onnx", "torchscript"]
+FORMATS = ("onnx", "torchscript", "safetensors")
+Format = Literal["onnx", "torchscript", "safetensors"]
 
 # Batch sizes for the parity check: 1 and odd sizes catch a batch axis that was baked in at trace time.
 PARITY_BATCHES = (1, 2, 5)
@@ -103,7 +106,10 @@ def export_model(
     Args:
         checkpoint: A checkpoint path or a loaded `Checkpoint`.
         out: The file to write (`.onnx`, or `.pt` for TorchScript by convention).
-        format: "onnx" (checked with ONNX Runtime) or "torchscript" (checked with `torch.jit.load`).
+        format: "onnx" (checked with ONNX Runtime), "torchscript" (checked with `torch.jit.load`),
+            or "safetensors": the checkpoint itself as safetensors + JSON metadata (no pickle; no
+            resume state), which skincls loads as it loads the `.pt`; checked field by field and
+            by running both.
         tolerance: Largest acceptable max absolute difference between the two sets of probabilities.
         backbone: The backbone module, for checkpoints of a custom (bring-your-own) backbone.
         seed: Seed of the random parity images.
@@ -121,6 +127,8 @@ def export_model(
     if tolerance < 0:
         raise ExportError(f"tolerance must be >= 0, not {tolerance}")
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    if format == "safetensors":
+        return _export_checkpoint(ckpt, Path(out), tolerance, backbone, seed)
     model = ckpt.build_model(backbone=backbone)
     pre = ckpt.preprocessing
     _fix_input_size(model, pre.crop_size)
@@ -160,6 +168,51 @@ def export_model(
         batch_sizes=PARITY_BATCHES,
         metadata=metadata,
     )
+
+
+def _export_checkpoint(
+    ckpt: Checkpoint, out: Path, tolerance: float, backbone: nn.Module | None, seed: int
+) -> ExportResult:
+    """The checkpoint as a `.safetensors` one; its probabilities checked against the original's."""
+    if out.suffix != SUFFIX:
+        raise ExportError(
+            f"{out}: a safetensors checkpoint's name must end in {SUFFIX} (it is how skincls "
+            f"tells the formats apart when writing), or choose another {opt('format')}"
+        )
+    written = convert_checkpoint(ckpt, out, file_format="safetensors")
+    size = max(PARITY_BATCHES)
+    crop = ckpt.preprocessing.crop_size
+    images = torch.rand(size, 3, crop, crop, generator=torch.Generator().manual_seed(seed))
+    before, after = (_probabilities(c, backbone, images) for c in (ckpt, written))
+    diff = float((before - after).abs().max())
+    if not diff <= tolerance:  # the weights read back equal: this cannot happen, but is checked
+        out.unlink(missing_ok=True)
+        raise ExportError(
+            f"parity check failed: {out} gives probabilities up to {diff:.3g} away from "
+            f"{ckpt.path}'s; it was removed"
+        )
+    return ExportResult(
+        path=out,
+        format="safetensors",
+        input_shape=("batch", 3, crop, crop),
+        classes=ckpt.classes,
+        temperature=ckpt.temperature,
+        max_abs_diff=diff,
+        tolerance=tolerance,
+        batch_sizes=(size,),
+        metadata=_metadata(ckpt),
+    )
+
+
+def _probabilities(ckpt: Checkpoint, backbone: nn.Module | None, images: torch.Tensor):
+    model = ckpt.build_model(backbone=copy.deepcopy(backbone) if backbone is not None else None)
+    # One memory layout for both: safetensors stores values, not strides (a trained .pt's conv
+    # weights are channels_last), and the layout picks the convolution algorithm.
+    model = model.to(memory_format=torch.contiguous_format)
+    pre = ckpt.preprocessing
+    wrapper = ExportWrapper(model.cpu().eval(), pre.mean, pre.std, ckpt.temperature).eval()
+    with torch.no_grad():
+        return wrapper(images)
 
 
 def _fix_input_size(model: nn.Module, size: int) -> None:

@@ -2,7 +2,9 @@
 
 A checkpoint is a dict of plain values and tensors, so it loads with `torch.load(weights_only=True)`;
 a file that needs arbitrary unpickling is refused rather than executed, and so is one with a malformed
-field or non-finite weights (`checkpoint_checks`).
+field or non-finite weights (`checkpoint_checks`). A file named `*.safetensors` holds the same dict
+with no pickle at all: the tensors as safetensors, the rest as JSON in its header
+(`checkpoint_safetensors`); both load the same way.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from .checkpoint_checks import (
     check_metadata,
     check_weights,
     read_checkpoint_file,
+    read_file_format,
     resolve_checkpoint_path,
 )
+from .checkpoint_safetensors import SUFFIX, first_difference, write_safetensors
 from .classifier import SkinClassifier, create_model
 from .ensemble import EnsembleClassifier
 
@@ -37,6 +41,7 @@ __all__ = [
     "Checkpoint",
     "ModelSnapshot",
     "atomic_save",
+    "convert_checkpoint",
     "load_checkpoint",
     "save_checkpoint",
     "snapshot_model",
@@ -84,12 +89,14 @@ class Checkpoint:
     """A loaded checkpoint: metadata plus the model's state dict.
 
     `stamp` identifies the file version it was read from (`update_checkpoint` refuses to write over
-    another version).
+    another version); `file_format` how it was stored ("torch" or "safetensors"; None: by the
+    path's suffix), which `update_checkpoint` keeps.
     """
 
     path: Path
     data: dict[str, Any]
     stamp: FileStamp | None = field(default=None, compare=False, repr=False)
+    file_format: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def classes(self) -> list[str]:
@@ -254,7 +261,11 @@ def save_checkpoint(
 
     `model` is a model or a `snapshot_model` of one. `model_config` and `preprocessing` default to
     its own (`model.config`, `model.preprocessing`, set by `create_model`). `training_state` (a
-    `Trainer.state_dict()`) is stored as is, for `train_from_config(..., resume=True)`.
+    `Trainer.state_dict()`) is stored as is, for `train_from_config(..., resume=True)`. A `path`
+    ending in `.safetensors` is written as safetensors + JSON (no pickle; no `training_state`).
+
+    Raises:
+        CheckpointError: a field is not plain data (JSON), or a value would not load again.
     """
     model_config = model.config if model_config is None else model_config
     preprocessing = model.preprocessing if preprocessing is None else preprocessing
@@ -270,8 +281,7 @@ def save_checkpoint(
         "metrics": {},
         **extra,
     }
-    # A JSON round trip keeps metadata to plain types, so `weights_only=True` can always load it.
-    data = json.loads(json.dumps(meta))
+    data = _plain(Path(path), meta)
     if isinstance(model, ModelSnapshot):
         data["state_dict"] = model.weights
     else:
@@ -282,14 +292,85 @@ def save_checkpoint(
     if training_state is not None:
         # The trainer's resume state (optimizer, scheduler, RNG...): tensors and plain values only.
         data["training_state"] = training_state
-    atomic_save(data, path)
+    _write(data, Path(path), _format_for(Path(path)))
+
+
+def _format_for(path: Path) -> str:
+    return "safetensors" if path.suffix == SUFFIX else "torch"
+
+
+def _write(data: dict[str, Any], path: Path, file_format: str) -> None:
+    if file_format == "safetensors":
+        write_safetensors(data, path)
+    else:
+        atomic_save(data, path)
+
+
+def _plain(path: Path, fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` after a JSON round trip: plain types, so `weights_only=True` (and the safetensors
+    header) can always hold them. A value JSON cannot hold is refused, naming its field."""
+    try:
+        return json.loads(json.dumps(fields))
+    except (TypeError, ValueError):
+        for key, value in fields.items():
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError) as exc:
+                why = " ".join(str(exc).split())
+                raise CheckpointError(
+                    f"refusing to write checkpoint {path}: {key} is not plain data ({why}); "
+                    "give numbers, text, lists and dicts"
+                ) from exc
+        raise
+
+
+def convert_checkpoint(
+    checkpoint: str | Path | Checkpoint, out: str | Path, *, file_format: str | None = None
+) -> Checkpoint:
+    """Write a checkpoint again in another file format, and check it reads back equal.
+
+    A `.safetensors` copy is for sharing a model without pickles: the same weights and every
+    metadata field (classes, preprocessing, threshold, temperature, metrics...), but not the
+    trainer's resume state (resuming needs the run's `last.pt`).
+
+    Args:
+        checkpoint: A checkpoint path, a run directory, or a loaded `Checkpoint`.
+        out: The file to write (not the one read).
+        file_format: "safetensors" or "torch"; default: by `out`'s suffix.
+
+    Returns:
+        The written checkpoint, as read back.
+
+    Raises:
+        CheckpointError: `out` is the file read, or the copy does not read back equal (then it is
+            removed).
+    """
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    out = Path(out)
+    file_format = file_format or _format_for(out)
+    if file_format not in ("safetensors", "torch"):
+        raise ValueError(f"file_format should be 'safetensors' or 'torch', not {file_format!r}")
+    if out.exists() and out.resolve() == ckpt.path.resolve():
+        raise CheckpointError(f"{out} is the checkpoint being converted; write to another file")
+    fields = {k: v for k, v in ckpt.data.items() if k not in ("state_dict", "training_state")}
+    data = {**_plain(out, fields), "state_dict": ckpt.data["state_dict"]}
+    check_metadata(out, data, writing=True)
+    check_weights(out, data["state_dict"], data["classes"], writing=True)
+    _write(data, out, file_format)
+    back = load_checkpoint(out)
+    differ = first_difference(data, back.data)
+    if differ is not None:
+        out.unlink(missing_ok=True)
+        raise CheckpointError(f"{out} did not read back as written ({differ}); it was removed")
+    return back
 
 
 def load_checkpoint(path: str | Path, *, for_update: bool = False) -> Checkpoint:
     """Read a skincls checkpoint safely (`weights_only=True`) and check every field it holds.
 
     Args:
-        path: A checkpoint file, or a run directory (its `best.pt` is read).
+        path: A checkpoint file (written by `torch.save`, or a `.safetensors` checkpoint: told
+            apart by content), or a run directory (its `best.pt` is read).
         for_update: Also hash the file's bytes, so that `update_checkpoint` can tell a file that
             changed since (in place, same size and time) from this version. Costs one extra read.
 
@@ -305,19 +386,20 @@ def load_checkpoint(path: str | Path, *, for_update: bool = False) -> Checkpoint
         stamp = file_stamp(path, content=for_update)
     except OSError:
         stamp = None  # unreadable: read_checkpoint_file says why
-    data = read_checkpoint_file(path)
+    data, file_format = read_checkpoint_file(path), read_file_format(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a skincls checkpoint")
     check_metadata(path, data)
     check_weights(path, data["state_dict"], data["classes"])
-    return Checkpoint(path, data, stamp)
+    return Checkpoint(path, data, stamp, file_format)
 
 
 def update_checkpoint(checkpoint: str | Path | Checkpoint, **fields: Any) -> Checkpoint:
     """Set metadata fields (threshold, temperature, metrics...) of a checkpoint file, atomically.
 
     Values go through the same JSON round trip as in `save_checkpoint`, so the file still loads with
-    `weights_only=True`; the weights are kept as they are. `state_dict` cannot be replaced here.
+    `weights_only=True`; the weights are kept as they are, and so is the file's format (a
+    `.safetensors` checkpoint stays one). `state_dict` cannot be replaced here.
     The write holds the folder's lock (`skincls.locks`) and is refused when the file is no longer
     the version that was read (size, mtime, inode, and the content hash when it was loaded with
     `for_update=True`): a training run may have replaced it, and writing would lose that. What
@@ -348,12 +430,12 @@ def update_checkpoint(checkpoint: str | Path | Checkpoint, **fields: Any) -> Che
             _refuse_if_changed(ckpt)
         else:
             ckpt = load_checkpoint(path)  # read under the lock: nothing changes it meanwhile
-        new = json.loads(json.dumps(fields))
+        new = _plain(ckpt.path, fields)
         updated = {**ckpt.data, **new}
         check_metadata(ckpt.path, updated, writing=True)
         changes = _describe_changes(ckpt.data, new)
         ckpt.data.update(updated)
-        atomic_save(ckpt.data, ckpt.path)
+        _write(ckpt.data, ckpt.path, ckpt.file_format or _format_for(ckpt.path))
         hashed = ckpt.stamp is not None and ckpt.stamp.sha256 is not None
         ckpt.stamp = file_stamp(ckpt.path, content=hashed)
     log.info("updated %s: %s", ckpt.path, changes or "nothing changed")

@@ -32,6 +32,7 @@ from pydantic import (
 
 from ..errors import CheckpointError, opt
 from ..preprocessing import Preprocessing
+from .checkpoint_safetensors import HEAD_BYTES, SUFFIX, is_safetensors, read_safetensors
 
 __all__ = [
     "STD_LIMITS",
@@ -42,6 +43,7 @@ __all__ = [
     "describe_validation_error",
     "first_nonfinite",
     "read_checkpoint_file",
+    "read_file_format",
     "resolve_checkpoint_path",
 ]
 
@@ -90,10 +92,11 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
 
 
 def read_checkpoint_file(path: Path) -> Any:
-    """`torch.load(path, weights_only=True)`, with every way it can fail said in one line."""
+    """`torch.load(path, weights_only=True)`, or a safetensors checkpoint's tensors and JSON (told
+    apart by the file's first bytes, not its name), with every way it can fail said in one line."""
     try:
         with path.open("rb") as fh:
-            head = fh.read(4)
+            head = fh.read(HEAD_BYTES)
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
     if not head:
@@ -101,9 +104,12 @@ def read_checkpoint_file(path: Path) -> Any:
             f"{path} is empty (0 bytes), e.g. from an interrupted copy; use an intact copy of the "
             "checkpoint, or train again"
         )
+    if _is_safetensors_head(head):
+        return read_safetensors(path)
     if not head.startswith(_TORCH_MAGIC):
         raise CheckpointError(
-            f"{path} is not a skincls checkpoint (not a file written by torch.save); pass the "
+            f"{path} is not a skincls checkpoint (not a file written by torch.save or a "
+            f"{SUFFIX} checkpoint); pass the "
             f"{RUN_CHECKPOINT} of a training run, or its run directory"
         )
     try:
@@ -130,6 +136,20 @@ def read_checkpoint_file(path: Path) -> Any:
             f"{path} is truncated or damaged ({reason}); use an intact copy of the checkpoint, or "
             "train again"
         ) from exc
+
+
+def read_file_format(path: Path) -> str:
+    """ "safetensors" or "torch": how a checkpoint file is stored, by its first bytes."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(HEAD_BYTES)
+    except OSError:
+        return "torch"
+    return "safetensors" if _is_safetensors_head(head) else "torch"
+
+
+def _is_safetensors_head(head: bytes) -> bool:
+    return not head.startswith(_TORCH_MAGIC[0]) and is_safetensors(head)
 
 
 def _first_line(text: str, limit: int = 120) -> str:

@@ -219,6 +219,7 @@ def create_model(
     *,
     backbone: nn.Module | None = None,
     preprocessing: Preprocessing | Mapping[str, Any] | None = None,
+    image_size: int | None = None,
 ) -> SkinClassifier:
     """Build a transfer-learning classifier (as `timm.create_model` and torchvision's `get_model` do).
 
@@ -243,6 +244,10 @@ def create_model(
             feature maps (average-pooled); it keeps its weights. Its stages are its top-level children.
         preprocessing: What the images need; default: the weights' own, or ImageNet statistics at
             224 px for a custom backbone. A custom backbone is probed at its `crop_size`.
+        image_size: The crop size the model will see; default: `preprocessing`'s, or the
+            weights' own; the model's `preprocessing` is at this size. A timm model that runs
+            only at its native size is built for this one when timm can (`img_size=`), else
+            refused; other archs take any size.
 
     Returns:
         The model, with `.preprocessing` (what its images need) and `.config` set.
@@ -274,10 +279,13 @@ def create_model(
     else:
         arch = arch or "vgg16"
         weights = "imagenet" if weights is None else str(weights)
-        spec = timm_spec(arch) if is_timm_arch(arch) else get_spec(arch)
+        if is_timm_arch(arch):
+            spec = timm_spec(arch, image_size or (pre.crop_size if pre is not None else None))
+        else:
+            spec = get_spec(arch)
         body = spec.build(weights)
         config = {"arch": arch, "weights": weights}
-    pre = pre or body.preprocessing
+    pre = (pre or body.preprocessing).with_size(image_size)
     config.update(head=list(head), dropout=dropout, freeze=freeze, num_classes=num_classes)
     model = SkinClassifier(
         body.backbone,

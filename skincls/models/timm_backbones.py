@@ -52,8 +52,9 @@ def _import_timm() -> Any:
 _FROM_SCRATCH = opt("weights='none'", "freeze='none'")
 
 
-def timm_spec(arch: str) -> ModelSpec:
-    """The registry entry of `timm/NAME` (NAME as timm spells it, optionally with a `.tag`)."""
+def timm_spec(arch: str, image_size: int | None = None) -> ModelSpec:
+    """The registry entry of `timm/NAME` (NAME as timm spells it, optionally with a `.tag`), built
+    for `image_size` px crops (default: the weights' own size; see `_create`)."""
     timm = _import_timm()
     name = arch[len(PREFIX) :]
     if not name or not timm.is_model(name):
@@ -61,7 +62,8 @@ def timm_spec(arch: str) -> ModelSpec:
             f"timm has no model {name!r}; list what it offers with: "
             + call("list_timm_models", pattern=f"*{name.split('.')[0][:12]}*")
         )
-    return ModelSpec(arch, partial(_build, name), description=f"timm {name}")
+    build = partial(_build, name, image_size=image_size)
+    return ModelSpec(arch, build, description=f"timm {name}")
 
 
 def list_timm_models(pattern: str = "*", pretrained: bool = True) -> list[str]:
@@ -69,39 +71,76 @@ def list_timm_models(pattern: str = "*", pretrained: bool = True) -> list[str]:
     return list(_import_timm().list_models(pattern or "*", pretrained=pretrained))
 
 
-def _build(name: str, weights: str) -> Body:
+def _build(name: str, weights: str, image_size: int | None = None) -> Body:
     if weights in PRETRAINED:
-        net = _pretrained(name)
+        net = _pretrained(name, image_size)
     else:
-        net = _create(name, pretrained=False)
+        net = _create(name, pretrained=False, size=image_size)
         if weights != "none":
             load_weights_file(net, weights, f"timm's {name}")
     dim = getattr(net, "head_hidden_size", None) or net.num_features
     return Body(net, int(dim), None, timm_stages(net), timm_preprocessing(net))
 
 
-def _create(name: str, pretrained: bool) -> nn.Module:
+def _create(name: str, pretrained: bool, size: int | None = None) -> nn.Module:
     """The model with its classifier removed: `forward` gives pooled (N, D) features.
 
-    Vision transformers are built with `dynamic_img_size`, so `data.image_size` may differ from the
-    size they were trained at (the position embedding is resampled); other families take any size.
+    Vision transformers are built with `dynamic_img_size` (the position embedding is resampled to
+    each input), other families as timm builds them. At a `size` other than the weights' own, the
+    model is first run once on a blank image of that size; one that fails (Swin-like windows,
+    MaxViT, LeViT, EVA at a size its patches do not divide...) is built again with timm's
+    `img_size=size` (position tables resampled when pretrained weights load), and refused in one
+    line if it cannot run at `size` even so.
     """
+    net = _timm_create(name, pretrained, dynamic_img_size=True)
+    if net is None:  # families without the option (CNNs)
+        net = _timm_create(name, pretrained)
+    native = int((getattr(net, "pretrained_cfg", None) or {}).get("input_size", (0,))[-1])
+    if size is None or size == native:
+        return net
+    problem = _fails_at(net, size)
+    if problem is None:
+        return net
+    sized = _timm_create(name, pretrained, img_size=size)
+    if sized is not None and _fails_at(sized, size) is None:
+        return sized
+    raise ModelError(
+        f"timm/{name} runs only at its native input size of {native} px, not {size} px ({problem}); "
+        f"train it at {opt('data.image_size', value=native)} (the default), or choose a model "
+        "that takes any size (a CNN, or a ViT)"
+    )
+
+
+def _timm_create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module | None:
+    """`timm.create_model` without a classifier; None when the family takes no such `kwargs`."""
     timm = _import_timm()
     try:
-        try:
-            return timm.create_model(
-                name, pretrained=pretrained, num_classes=0, dynamic_img_size=True
-            )
-        except TypeError:  # families without the option (CNNs)
-            return timm.create_model(name, pretrained=pretrained, num_classes=0)
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+    except TypeError:
+        if not kwargs:
+            raise
+        return None
     except RuntimeError as exc:  # e.g. "Invalid pretrained tag (x) for resnet50."
         raise ModelError(f"timm cannot build {name!r}: {exc}") from exc
 
 
-def _pretrained(name: str) -> nn.Module:
+def _fails_at(net: nn.Module, size: int) -> str | None:
+    """Why `net` cannot take (1, 3, size, size) images (its first error line); None if it can."""
+    training = net.training
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, 3, size, size))
+    except Exception as exc:  # a size check (assert), a reshape or a table index that does not fit
+        return " ".join(str(exc).split())[:120] or type(exc).__name__
+    finally:
+        net.train(training)
+    return None
+
+
+def _pretrained(name: str, size: int | None) -> nn.Module:
     """timm's pretrained weights via the Hugging Face Hub cache (HF_HOME, HF_HUB_OFFLINE apply)."""
     try:
-        return _create(name, pretrained=True)
+        return _create(name, pretrained=True, size=size)
     except (OSError, ValueError) as exc:  # LocalEntryNotFoundError and URLError are OSErrors
         raise ModelError(_offline_message(name, exc)) from exc
 
@@ -168,9 +207,12 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         )
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors import safe_open
 
-            state = load_file(str(path), device="cpu")
+            with safe_open(str(path), framework="pt", device="cpu") as fh:
+                state = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
+                if (fh.metadata() or {}).get("skincls"):  # a checkpoint, not a state dict
+                    state = {"format": None, "state_dict": state}
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except ImportError as exc:
@@ -179,8 +221,11 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
             "pip install 'skincls[timm]'"
         ) from exc
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        why = " ".join(str(exc).split())[:200]
-        raise ModelError(f"cannot read weights file {path} as a state dict: {why}") from exc
+        raise ModelError(f"cannot read weights file {path} as a state dict: {_why(exc)}") from exc
+    except Exception as exc:  # safetensors' own error (damaged header, truncated file)
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise ModelError(f"cannot read weights file {path} as a state dict: {_why(exc)}") from exc
     if isinstance(state, Mapping) and "state_dict" in state and "format" in state:
         raise ModelError(
             f"{path} is a skincls checkpoint, not a state dict; evaluate or predict with it directly"
@@ -190,6 +235,10 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     ):
         raise ModelError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return dict(state)
+
+
+def _why(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:200]
 
 
 def _some(keys: list[str], n: int = 5) -> str:

@@ -227,7 +227,7 @@ def _build_model_and_data(
     if backbone is not None:
         model = create_model(backbone=backbone, preprocessing=preprocessing, **common)
     else:
-        model = create_model(m.arch, weights=m.weights, **common)
+        model = create_model(m.arch, weights=m.weights, image_size=config.data.image_size, **common)
     pre = model.preprocessing.with_size(config.data.image_size)
     model.preprocessing = pre  # what its checkpoints record
     augment = config.data.augment

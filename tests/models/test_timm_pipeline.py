@@ -92,6 +92,27 @@ def test_export_passes_parity(trained, tmp_path, fmt):
     assert float(re.search(r"max abs difference (\S+)", r.output).group(1)) <= 1e-4
 
 
+def test_safetensors_copy_holds_every_field_and_predicts_the_same(trained, tiny_data, tmp_path):
+    _, path = trained
+    out = tmp_path / "model.safetensors"
+    r = CliRunner().invoke(
+        main, ["export", str(path), "--format", "safetensors", "--out", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+    a, b = load_checkpoint(path), load_checkpoint(out)
+    assert {k: v for k, v in a.data.items() if k not in ("state_dict", "training_state")} == {
+        k: v for k, v in b.data.items() if k != "state_dict"
+    }
+    assert all(torch.equal(v, b.data["state_dict"][k]) for k, v in a.data["state_dict"].items())
+    images = [str(p) for p in sorted((tiny_data / "images" / "test").rglob("*.jpg"))[:4]]
+    preds = []
+    for ckpt in (path, out):
+        r = CliRunner().invoke(main, ["predict", str(ckpt), *images, "--json", "--tta"])
+        assert r.exit_code == 0, r.output
+        preds.append(json.loads(r.stdout))
+    assert preds[0] == preds[1] and len(preds[0]) == 4
+
+
 def test_serve_predicts_with_a_heat_map(trained):
     needs("starlette", "skincls serve needs: pip install 'skincls[serve]'")
     from starlette.testclient import TestClient
