@@ -265,8 +265,15 @@ def _metrics(rep: Mapping[str, Any], split: Any, n: Any, positive: str | None) -
         else NOT_RECORDED
     )
     tta = " With test-time augmentation (flips and 90° turns)." if rep.get("tta") else ""
+    data = rep.get("data")
+    where = (
+        f"the **{split}** split of **{data}** (`{rep.get('data_dir')}`), not the data the model "
+        f"was trained on (kept in the checkpoint as `{data}:{split}`, apart from its own metrics)"
+        if data
+        else f"the **{split}** split"
+    )
     lines = [
-        f"Measured on the **{split}** split, **{n}** images; "
+        f"Measured on {where}, **{n}** images; "
         + (f"positive class: {positive}; " if positive else "ROC-AUC is the macro one-vs-rest; ")
         + f"at the decision rule and temperature below.{tta} {level} confidence intervals: {how}.",
         "",

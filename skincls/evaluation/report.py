@@ -176,11 +176,28 @@ class EvalReport(BaseModel):
     subgroups: list[SubgroupTable] = []  # per manifest column asked for (`by=`)
     # Data whose classes differ from the model's: how they were matched, what was left out.
     class_mapping: ClassMapping | None = None
+    # Data that is not what the model was trained on (`provenance.is_training_data`): the data
+    # dir's folder name and its absolute path. None: the model's own data, or nothing tells.
+    data: str | None = None
+    data_dir: str | None = None
+
+    @computed_field
+    @property
+    def metrics_key(self) -> str:
+        """Where a checkpoint keeps this report's summary: the split (`test`) for the model's own
+        data, `<data dir name>:<split>` (`ddi:test`) for another dataset's, so that never replaces
+        the model's own."""
+        return self.split if self.data is None else f"{self.data}:{self.split}"
 
     def lines(self) -> list[str]:
         """Loss and accuracy lines in the original script's format ("Test Accuracy of Benign: ...")."""
         name = self.split.capitalize()
         out = [f"{name} split: {self.n_images} images"]
+        if self.data is not None:
+            out[0] += (
+                f" of {self.data} ({self.data_dir}), not the data the model was trained on; "
+                f"checkpoint metrics key {self.metrics_key}, apart from the model's own"
+            )
         if self.class_mapping is not None:
             out += self.class_mapping.lines()
         if self.training_overlap is not None and self.training_overlap.message:
