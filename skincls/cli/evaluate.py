@@ -195,7 +195,7 @@ def evaluate(
     if report.calibration is not None:
         c = report.calibration
         console.print(
-            f"calibration on {c.split} (n={c.n_images}): temperature {c.temperature:.3f}, "
+            f"calibration on {c.where} (n={c.n_images}): temperature {c.temperature:.3f}, "
             f"NLL {c.nll_before:.4f} → {c.nll_after:.4f}, ECE {c.ece_before:.4f} → {c.ece_after:.4f}"
         )
     for line in report.lines() + report.metric_lines():

@@ -201,6 +201,7 @@ class Evaluator:
         result = fit_calibration(
             self.outputs(data, split), self.positive, tta=self.tta, keep_worse=keep_worse
         )
+        result.data = self._other_name(data)
         if result.kept:  # else the model stays as it was
             self._use_temperature(result.temperature, data, split)
             self._note_fit(data, split)
@@ -254,7 +255,9 @@ class Evaluator:
         split = _not_test(data, split, "choose a threshold")
         self._refuse_training_images(data, split, "choose a threshold")
         out = self.outputs(data, split)
-        return choose_threshold(out, target, self.positive, temperature=temperature, tta=self.tta)
+        choice = choose_threshold(out, target, self.positive, temperature=temperature, tta=self.tta)
+        choice.data = self._other_name(data)
+        return choice
 
     def evaluate(
         self,
@@ -347,6 +350,10 @@ class Evaluator:
             return None
         path = os.path.abspath(manifest.root)  # `..` resolved; a symbolic link keeps its name
         return printable(os.path.basename(path)), printable(path)
+
+    def _other_name(self, data: str | Path | Dataset) -> str | None:
+        other = self.other_data(data)
+        return other[0] if other is not None else None
 
     def _note_fit(self, data: str | Path | Dataset, split: str) -> None:
         other = self.other_data(data)

@@ -151,7 +151,7 @@ def render_model_card(
             f"classes it was trained on ({', '.join(ckpt.classes)}).",
         ],
     )
-    out += _section("Data", data_lines(dataset))
+    out += _section("Data", _measured_data(rep, run) + data_lines(dataset))
     out += _section("Metrics", _metrics(rep, split, n, positive) + class_lines(rep, multiclass))
     out += _section("Decision threshold", threshold_lines(ckpt, rep, positive))
     out += _section("Calibration", calibration_lines(ckpt, rep))
@@ -241,6 +241,17 @@ def _details(ckpt: Checkpoint, cfg: Mapping[str, Any], run: Mapping[str, Any]) -
         f"- **Versions:** trained with skincls {_fmt(ckpt.data.get('skincls_version'))}, torch "
         f"{_fmt(ckpt.data.get('torch_version'))}",
         *lines,
+    ]
+
+
+def _measured_data(rep: Mapping[str, Any], run: Mapping[str, Any]) -> list[str]:
+    """Another dataset measured: the Data section describes it, not the training data."""
+    if not rep.get("data"):
+        return []
+    trained = (run.get("data") or {}).get("data_dir")
+    return [
+        f"- **Measured data, not the training data:** below is {rep['data']} "
+        f"(`{rep.get('data_dir')}`); the model was trained on `{_fmt(trained)}`"
     ]
 
 

@@ -60,12 +60,14 @@ class ThresholdChoice(BaseModel):
     specificity: float | None = None
     temperature: float = 1.0  # the probabilities it applies to
     tta: bool = False
+    data: str | None = None  # another dataset than the model's own it was chosen on (folder name)
 
     def describe(self) -> str:
         if self.method == "fixed":
             return "fixed by the user"
+        of = f" of {self.data}" if self.data else ""
         return (
-            f"largest with sensitivity >= {self.target_sensitivity:g} on {self.split} "
+            f"largest with sensitivity >= {self.target_sensitivity:g} on {self.split}{of} "
             f"(n={self.n_images}, {self.n_positive} positive)"
         )
 
@@ -84,6 +86,12 @@ class CalibrationResult(BaseModel):
     ece_bins: int = ECE_BINS
     worse: list[str] = []  # "NLL", "ECE": what the fitted temperature made worse on `split`
     kept: bool = True  # False: it made calibration worse and was discarded (temperature unchanged)
+    data: str | None = None  # another dataset than the model's own it was fitted on (folder name)
+
+    @property
+    def where(self) -> str:
+        """E.g. "val" or "val of ddi" (another dataset's val split)."""
+        return f"{self.split} of {self.data}" if self.data else self.split
 
     def describe_worse(self) -> str:
         """One line on what got worse, e.g. "ECE 0.0412 → 0.0588" (empty when nothing did)."""
@@ -106,7 +114,7 @@ class CalibrationResult(BaseModel):
         else:
             what = f"temperature {self.temperature:.3f} discarded, keeping {in_use:.3f}"
             what += f" (give {option} to use it)" if option else ""
-        return f"calibration made {self.split} {self.describe_worse()} (worse): {what}"
+        return f"calibration made {self.where} {self.describe_worse()} (worse): {what}"
 
 
 class TrainingOverlap(BaseModel):

@@ -17,6 +17,7 @@ from skincls.data.provenance import is_training_data, training_record
 from skincls.data.splits import load_manifest
 from skincls.errors import CheckpointError, ConfigError, DataError
 from skincls.evaluation.evaluator import Evaluator
+from skincls.evaluation.modelcard import render_model_card
 from skincls.evaluation.run import evaluate_checkpoint
 from skincls.models.checkpoint import load_checkpoint, save_checkpoint, update_checkpoint
 from skincls.models.classifier import create_model
@@ -268,7 +269,19 @@ def test_metrics_of_other_data_are_saved_under_its_name_beside_the_own(
                        r"the val split of resplit \("):  # fmt: skip
         evaluate_checkpoint(recorded, other, device="cpu", calibrate=True, save=True)
     ev = Evaluator(load_checkpoint(recorded, for_update=True), device="cpu")
-    ev.calibrate(other, "val", keep_worse=True)  # measured without saving: allowed
+    fit = ev.calibrate(other, "val", keep_worse=True)  # measured without saving: allowed
+    choice = ev.choose_threshold(other, "val", target_sensitivity=0.5)
+    assert fit.where == "val of resplit" and choice.describe().startswith(
+        "largest with sensitivity >= 0.5 on val of resplit (n="
+    )
+    rep = ev.evaluate(other, n_bootstrap=0)
+    card = render_model_card(ev.checkpoint, rep)
+    assert (
+        "temperature scaling fitted on the val split of resplit (not the model's own data)" in card
+    )
+    assert "the largest threshold reaching sensitivity >= 0.5 on the val split of resplit" in card
+    assert "- **Measured data, not the training data:** below is resplit (`" in card
+    assert "- **External test set:** yes: resplit, not the data the model was trained on" in card
     with pytest.raises(ConfigError, match="not stored: the threshold/temperature"):
-        ev.save_to_checkpoint(ev.evaluate(tiny_data, n_bootstrap=0))
+        ev.save_to_checkpoint(rep)
     assert load_checkpoint(recorded).metrics == metrics
