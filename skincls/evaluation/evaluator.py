@@ -122,6 +122,7 @@ class Evaluator:
         self._cache: dict[tuple, Outputs] = {}
         # (split, name, data dir) of another dataset a threshold/temperature was fitted on
         self._fitted_on: tuple[str, str, str] | None = None
+        self._other: dict[str, tuple[str, str] | None] = {}  # `other_data` of each data dir
 
     @property
     def binary(self) -> bool:
@@ -345,11 +346,17 @@ class Evaluator:
         """(folder name, absolute path) of a data dir that is not the one the checkpoint was
         trained on (`provenance.is_training_data`); None when it is, or when nothing tells (no
         training record, or data without a manifest)."""
+        key = str(data) if isinstance(data, (str, Path)) else None
+        if key is not None and key in self._other:  # a data dir is read once, not per question
+            return self._other[key]
         manifest = _manifest_of(data)
-        if manifest is None or is_training_data(self.training_data, manifest) is not False:
-            return None
-        path = os.path.abspath(manifest.root)  # `..` resolved; a symbolic link keeps its name
-        return printable(os.path.basename(path)), printable(path)
+        other = None
+        if manifest is not None and is_training_data(self.training_data, manifest) is False:
+            path = os.path.abspath(manifest.root)  # `..` resolved; a symbolic link keeps its name
+            other = printable(os.path.basename(path)), printable(path)
+        if key is not None:
+            self._other[key] = other
+        return other
 
     def _other_name(self, data: str | Path | Dataset) -> str | None:
         other = self.other_data(data)
