@@ -78,7 +78,8 @@ CHALLENGES = ("isic2018", "isic2019", "isic2020", "isic2024")
     default=False,
     show_default=True,
     help="Write the fitted threshold/temperature and this report's metrics into CHECKPOINT "
-    "(announced; refused if the file changed since it was read).",
+    "(announced; refused if the file changed since it was read). Another dataset's metrics are "
+    "kept as DATA_DIR_NAME:SPLIT, apart from the model's own.",
 )
 @click.option(
     "--keep-worse-calibration",
@@ -194,7 +195,7 @@ def evaluate(
     if report.calibration is not None:
         c = report.calibration
         console.print(
-            f"calibration on {c.split} (n={c.n_images}): temperature {c.temperature:.3f}, "
+            f"calibration on {c.where} (n={c.n_images}): temperature {c.temperature:.3f}, "
             f"NLL {c.nll_before:.4f} → {c.nll_after:.4f}, ECE {c.ece_before:.4f} → {c.ece_after:.4f}"
         )
     for line in report.lines() + report.metric_lines():
@@ -233,7 +234,8 @@ def _notices(report, path: Path, *, save: bool, fitted: bool, as_json: bool) -> 
 
 
 def _print_confusion(report) -> None:
-    table = Table(title=f"confusion matrix ({report.split} split, n={report.n_images})")
+    of = "" if report.data is None else f" of {report.data}"
+    table = Table(title=f"confusion matrix ({report.split} split{of}, n={report.n_images})")
     table.add_column("true \\ predicted")
     for c in report.classes:
         table.add_column(c, justify="right")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from ._common import console, friendly_errors
@@ -19,7 +20,8 @@ def runs(root, as_json):
     """List the training runs under ROOT [runs]: arch, data, epochs, best val and test metrics, size.
 
     Reads each run's config.json, history.json and best.pt's metadata (weights are not loaded).
-    Test metrics appear once `skincls evaluate --save` has stored them in best.pt.
+    Test metrics appear once `skincls evaluate --save` has stored them in best.pt; another
+    dataset's (stored as DATA_DIR_NAME:SPLIT) are named below the table, never shown as test.
     """
     from ..training.runs import list_runs
 
@@ -60,6 +62,12 @@ def runs(root, as_json):
         "best: the best epoch (by the run's --monitor), val: its val-split metrics; "
         "test: stored by `skincls evaluate --save`; epochs: run/planned when they differ"
     )
+    for s in summaries:
+        if s.other_data:
+            measured = ", ".join(f"{k} (n={n})" for k, n in s.other_data.items())
+            console.print(
+                escape(f"{s.path}: also measured on other data (not in the table): {measured}")
+            )
     for s in summaries:
         for problem in s.problems:
             console.print(f"(!) {s.path}: {problem}")

@@ -21,6 +21,7 @@ __all__ = [
     "find_overlap",
     "identity_hashes",
     "image_hashes",
+    "is_training_data",
     "training_record",
 ]
 
@@ -74,6 +75,25 @@ def training_record(manifest: Manifest) -> dict[str, Any]:
             "val": sorted({h for r in val for h in identity_hashes(r)}),
         },
     }
+
+
+def is_training_data(record: Mapping[str, Any] | None, manifest: Manifest) -> bool | None:
+    """Whether `manifest` is the data a checkpoint's `training_data` record was made from; None
+    without a record (nothing tells).
+
+    It is when the data dir has the recorded fingerprint (fetch's inputs and options), or else when
+    its images outside the test split are the model's training and validation images, by content
+    hash (a copied, touched or hand-made data dir; an ensemble of CV folds): then its test split is
+    the model's own held-out test set. Another dataset, or the same images split again, is not.
+    """
+    if not record or "train" not in record:
+        return None
+    fp = record.get("data_fingerprint")
+    if fp is not None and fp == manifest.info.fingerprint:
+        return True
+    recorded = set(record.get("train") or ()) | set(record.get("val") or ())
+    held = [r for r in manifest.records if r.split != "test"]
+    return set(image_hashes(manifest, held)) == recorded
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ validation split only.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..data.cells import printable
 from ..data.dataset import ManifestDataset, build_transform
-from ..data.provenance import Overlap, find_overlap
-from ..data.splits import load_manifest
-from ..errors import ConfigError, DataError
+from ..data.provenance import Overlap, find_overlap, is_training_data
+from ..data.splits import Manifest, load_manifest
+from ..errors import ConfigError, DataError, opt
 from ..inference.decision import positive_index
 from ..models.checkpoint import Checkpoint, load_checkpoint
 from ..preprocessing import Preprocessing
@@ -118,6 +120,9 @@ class Evaluator:
         self.batch_size = batch_size
         self.tta = tta
         self._cache: dict[tuple, Outputs] = {}
+        # (split, name, data dir) of another dataset a threshold/temperature was fitted on
+        self._fitted_on: tuple[str, str, str] | None = None
+        self._other: dict[str, tuple[str, str] | None] = {}  # `other_data` of each data dir
 
     @property
     def binary(self) -> bool:
@@ -197,8 +202,10 @@ class Evaluator:
         result = fit_calibration(
             self.outputs(data, split), self.positive, tta=self.tta, keep_worse=keep_worse
         )
+        result.data = self._other_name(data)
         if result.kept:  # else the model stays as it was
             self._use_temperature(result.temperature, data, split)
+            self._note_fit(data, split)
         self.point.calibration = result
         return result
 
@@ -238,6 +245,7 @@ class Evaluator:
             if data is None:
                 raise ConfigError("a target sensitivity needs data to choose the threshold on")
             choice = self._choose_on(data, split, target_sensitivity, self.temperature)
+            self._note_fit(data, split)
         self.point.threshold, self.point.threshold_choice = choice.threshold, choice
         return choice
 
@@ -248,7 +256,9 @@ class Evaluator:
         split = _not_test(data, split, "choose a threshold")
         self._refuse_training_images(data, split, "choose a threshold")
         out = self.outputs(data, split)
-        return choose_threshold(out, target, self.positive, temperature=temperature, tta=self.tta)
+        choice = choose_threshold(out, target, self.positive, temperature=temperature, tta=self.tta)
+        choice.data = self._other_name(data)
+        return choice
 
     def evaluate(
         self,
@@ -285,6 +295,9 @@ class Evaluator:
             n_bootstrap=n_bootstrap,
             seed=seed,
         )
+        other = self.other_data(data)
+        if other is not None:  # stored apart from the model's own metrics (`metrics_key`)
+            result.data, result.data_dir = other
         mapping = self.class_mapping(data)
         if mapping is not None:  # external data: which classes were measured, which left out
             result.class_mapping = mapping.counted(load_manifest(data).select(out.split), out.split)
@@ -329,6 +342,31 @@ class Evaluator:
             raise ConfigError("by= needs a data dir or a ManifestDataset (a manifest to group by)")
         return records
 
+    def other_data(self, data: str | Path | Dataset | Outputs) -> tuple[str, str] | None:
+        """(folder name, absolute path) of a data dir that is not the one the checkpoint was
+        trained on (`provenance.is_training_data`); None when it is, or when nothing tells (no
+        training record, or data without a manifest)."""
+        key = str(data) if isinstance(data, (str, Path)) else None
+        if key is not None and key in self._other:  # a data dir is read once, not per question
+            return self._other[key]
+        manifest = _manifest_of(data)
+        other = None
+        if manifest is not None and is_training_data(self.training_data, manifest) is False:
+            path = os.path.abspath(manifest.root)  # `..` resolved; a symbolic link keeps its name
+            other = printable(os.path.basename(path)), printable(path)
+        if key is not None:
+            self._other[key] = other
+        return other
+
+    def _other_name(self, data: str | Path | Dataset) -> str | None:
+        other = self.other_data(data)
+        return other[0] if other is not None else None
+
+    def _note_fit(self, data: str | Path | Dataset, split: str) -> None:
+        other = self.other_data(data)
+        if other is not None:
+            self._fitted_on = (split, *other)
+
     def training_overlap(self, data: str | Path | Dataset, split: str) -> Overlap | None:
         """Images of `split` the model saw in training, by content hash (None: nothing to compare).
 
@@ -364,7 +402,25 @@ class Evaluator:
         """
         if self.checkpoint is None:
             raise ConfigError("this Evaluator was built from a module, not a checkpoint file")
+        if self._fitted_on is not None:
+            raise ConfigError(refuse_storing_fit(*self._fitted_on, self.checkpoint.path))
         return store_in_checkpoint(self.checkpoint, self.point, report)
+
+
+def refuse_storing_fit(split: str, name: str, data_dir: str, path: Path) -> str:
+    """Why a threshold/temperature fitted on another dataset is not stored in the checkpoint."""
+    return (
+        f"not stored: the threshold/temperature was fitted on the {split} split of {name} "
+        f"({data_dir}), not on data the model was trained on, and {path} would use it for every "
+        f"prediction; measure with it without {opt('save')}, or fit it on the model's own val split"
+    )
+
+
+def _manifest_of(data: Any) -> Manifest | None:
+    """The manifest behind a data dir or a `ManifestDataset`; None for anything else."""
+    if isinstance(data, (str, Path)):
+        return load_manifest(data)
+    return getattr(data, "manifest", None)
 
 
 def _not_test(data: Any, split: str, what: str) -> str:

@@ -151,7 +151,7 @@ def render_model_card(
             f"classes it was trained on ({', '.join(ckpt.classes)}).",
         ],
     )
-    out += _section("Data", data_lines(dataset))
+    out += _section("Data", _measured_data(rep, run) + data_lines(dataset))
     out += _section("Metrics", _metrics(rep, split, n, positive) + class_lines(rep, multiclass))
     out += _section("Decision threshold", threshold_lines(ckpt, rep, positive))
     out += _section("Calibration", calibration_lines(ckpt, rep))
@@ -244,6 +244,17 @@ def _details(ckpt: Checkpoint, cfg: Mapping[str, Any], run: Mapping[str, Any]) -
     ]
 
 
+def _measured_data(rep: Mapping[str, Any], run: Mapping[str, Any]) -> list[str]:
+    """Another dataset measured: the Data section describes it, not the training data."""
+    if not rep.get("data"):
+        return []
+    trained = (run.get("data") or {}).get("data_dir")
+    return [
+        f"- **Measured data, not the training data:** below is {rep['data']} "
+        f"(`{rep.get('data_dir')}`); the model was trained on `{_fmt(trained)}`"
+    ]
+
+
 def _trainable(freeze: Any) -> str:
     """What a freeze/unfreeze setting leaves trainable, in words."""
     if freeze in ("backbone", 0):
@@ -265,8 +276,15 @@ def _metrics(rep: Mapping[str, Any], split: Any, n: Any, positive: str | None) -
         else NOT_RECORDED
     )
     tta = " With test-time augmentation (flips and 90° turns)." if rep.get("tta") else ""
+    data = rep.get("data")
+    where = (
+        f"the **{split}** split of **{data}** (`{rep.get('data_dir')}`), not the data the model "
+        f"was trained on (kept in the checkpoint as `{data}:{split}`, apart from its own metrics)"
+        if data
+        else f"the **{split}** split"
+    )
     lines = [
-        f"Measured on the **{split}** split, **{n}** images; "
+        f"Measured on {where}, **{n}** images; "
         + (f"positive class: {positive}; " if positive else "ROC-AUC is the macro one-vs-rest; ")
         + f"at the decision rule and temperature below.{tta} {level} confidence intervals: {how}.",
         "",

@@ -89,7 +89,9 @@ def _skin_tones(ds: DatasetInfo | None) -> list[str]:
 
 def _external(rep: Mapping[str, Any]) -> str:
     overlap = rep.get("training_overlap") or {}
-    if overlap.get("same_data_dir"):
+    if rep.get("data"):
+        return f"yes: {rep['data']}, not the data the model was trained on (see its source)."
+    if overlap.get("same_data_dir") or (overlap and "data" in rep):
         return "no: the test split is held out from the same dataset the model was trained on."
     if overlap:
         return "the measured data is not the data dir the model was trained on (see its source)."

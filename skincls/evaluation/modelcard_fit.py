@@ -35,7 +35,7 @@ def threshold_lines(ckpt: Checkpoint, rep: Mapping[str, Any], positive: str | No
     ]
     if choice.get("method") == "target_sensitivity":
         lines.append(
-            f"- **On the {choice.get('split')} split where it was chosen** "
+            f"- **On the {_where(choice)} where it was chosen** "
             f"({fmt(choice.get('n_images'))} images, {fmt(choice.get('n_positive'))} {positive}): "
             f"sensitivity {num(choice.get('sensitivity'), True)}, specificity "
             f"{num(choice.get('specificity'), True)}. The test labels were never used."
@@ -48,7 +48,7 @@ def _how_chosen(choice: Mapping[str, Any], rep: Mapping[str, Any]) -> str:
     if choice.get("method") == "target_sensitivity":
         return (
             f"the largest threshold reaching sensitivity >= {fmt(choice.get('target_sensitivity'))} "
-            f"on the {fmt(choice.get('split'))} split"
+            f"on the {_where(choice)}"
             + (" with test-time augmentation" if choice.get("tta") else "")
         )
     if choice.get("method") == "fixed":
@@ -67,11 +67,11 @@ def calibration_lines(ckpt: Checkpoint, rep: Mapping[str, Any]) -> list[str]:
     members = (ckpt.data.get("ensemble") or {}).get("members") or []
     if fit:
         how = (
-            f"temperature scaling fitted on the {fit.get('split')} split "
+            f"temperature scaling fitted on the {_where(fit)} "
             f"({fmt(fit.get('n_images'))} images) by minimising the negative log-likelihood"
         )
         on_fit = (
-            f"- **On the {fit.get('split')} split where it was fitted:** ECE "
+            f"- **On the {_where(fit)} where it was fitted:** ECE "
             f"{metric(fit, 'ece_before')} before, {metric(fit, 'ece_after')} after; negative "
             f"log-likelihood {metric(fit, 'nll_before')} before, {metric(fit, 'nll_after')} after"
         )
@@ -88,7 +88,7 @@ def calibration_lines(ckpt: Checkpoint, rep: Mapping[str, Any]) -> list[str]:
         lines.append(f"- Kept on request although it made {' and '.join(fit['worse'])} worse there")
     if discarded:
         lines.append(
-            f"- A new fit on the {discarded.get('split')} split (temperature "
+            f"- A new fit on the {_where(discarded)} (temperature "
             f"{fmt(discarded.get('temperature'))}) made its "
             f"{' and '.join(discarded.get('worse') or [])} worse and was discarded"
         )
@@ -100,3 +100,11 @@ def calibration_lines(ckpt: Checkpoint, rep: Mapping[str, Any]) -> list[str]:
         "- Probabilities are `softmax(logits / temperature)`; dividing by a positive temperature "
         "keeps the ranking, so ROC-AUC is unchanged by calibration.",
     ]
+
+
+def _where(fit: Mapping[str, Any]) -> str:
+    """E.g. "val split", or "val split of ddi" for another dataset's than the model's own."""
+    data = fit.get("data")
+    return f"{fmt(fit.get('split'))} split" + (
+        f" of {data} (not the model's own data)" if data else ""
+    )

@@ -60,12 +60,14 @@ class ThresholdChoice(BaseModel):
     specificity: float | None = None
     temperature: float = 1.0  # the probabilities it applies to
     tta: bool = False
+    data: str | None = None  # another dataset than the model's own it was chosen on (folder name)
 
     def describe(self) -> str:
         if self.method == "fixed":
             return "fixed by the user"
+        of = f" of {self.data}" if self.data else ""
         return (
-            f"largest with sensitivity >= {self.target_sensitivity:g} on {self.split} "
+            f"largest with sensitivity >= {self.target_sensitivity:g} on {self.split}{of} "
             f"(n={self.n_images}, {self.n_positive} positive)"
         )
 
@@ -84,6 +86,12 @@ class CalibrationResult(BaseModel):
     ece_bins: int = ECE_BINS
     worse: list[str] = []  # "NLL", "ECE": what the fitted temperature made worse on `split`
     kept: bool = True  # False: it made calibration worse and was discarded (temperature unchanged)
+    data: str | None = None  # another dataset than the model's own it was fitted on (folder name)
+
+    @property
+    def where(self) -> str:
+        """E.g. "val" or "val of ddi" (another dataset's val split)."""
+        return f"{self.split} of {self.data}" if self.data else self.split
 
     def describe_worse(self) -> str:
         """One line on what got worse, e.g. "ECE 0.0412 → 0.0588" (empty when nothing did)."""
@@ -106,7 +114,7 @@ class CalibrationResult(BaseModel):
         else:
             what = f"temperature {self.temperature:.3f} discarded, keeping {in_use:.3f}"
             what += f" (give {option} to use it)" if option else ""
-        return f"calibration made {self.split} {self.describe_worse()} (worse): {what}"
+        return f"calibration made {self.where} {self.describe_worse()} (worse): {what}"
 
 
 class TrainingOverlap(BaseModel):
@@ -176,11 +184,28 @@ class EvalReport(BaseModel):
     subgroups: list[SubgroupTable] = []  # per manifest column asked for (`by=`)
     # Data whose classes differ from the model's: how they were matched, what was left out.
     class_mapping: ClassMapping | None = None
+    # Data that is not what the model was trained on (`provenance.is_training_data`): the data
+    # dir's folder name and its absolute path. None: the model's own data, or nothing tells.
+    data: str | None = None
+    data_dir: str | None = None
+
+    @computed_field
+    @property
+    def metrics_key(self) -> str:
+        """Where a checkpoint keeps this report's summary: the split (`test`) for the model's own
+        data, `<data dir name>:<split>` (`ddi:test`) for another dataset's, so that never replaces
+        the model's own."""
+        return self.split if self.data is None else f"{self.data}:{self.split}"
 
     def lines(self) -> list[str]:
         """Loss and accuracy lines in the original script's format ("Test Accuracy of Benign: ...")."""
         name = self.split.capitalize()
         out = [f"{name} split: {self.n_images} images"]
+        if self.data is not None:
+            out[0] += (
+                f" of {self.data} ({self.data_dir}), not the data the model was trained on; "
+                f"checkpoint metrics key {self.metrics_key}, apart from the model's own"
+            )
         if self.class_mapping is not None:
             out += self.class_mapping.lines()
         if self.training_overlap is not None and self.training_overlap.message:

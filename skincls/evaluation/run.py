@@ -9,7 +9,7 @@ from torch import nn
 
 from ..errors import ConfigError, opt
 from ..models.checkpoint import Checkpoint, load_checkpoint
-from .evaluator import Evaluator
+from .evaluator import Evaluator, refuse_storing_fit
 from .report import EvalReport
 
 __all__ = ["evaluate_checkpoint"]
@@ -43,7 +43,9 @@ def evaluate_checkpoint(
     Calibration comes first, so a threshold is chosen on the calibrated probabilities that predict
     shows; a temperature that makes val NLL or ECE worse is discarded unless
     `keep_worse_calibration`. Only with `save` is the checkpoint file changed: what was fitted or
-    set and this report's summary are stored (refused if the file changed since it was read).
+    set and this report's summary are stored (refused if the file changed since it was read):
+    another dataset's under `<data dir name>:<split>` (`EvalReport.metrics_key`), never over the
+    model's own; a threshold or temperature fitted on another dataset is not stored (refused).
     `challenge` adds that ISIC challenge's own ranking metric (`skincls.evaluation.challenge`);
     `by` adds subgroup tables of those manifest columns (`skincls.evaluation.subgroups`).
     """
@@ -64,6 +66,9 @@ def evaluate_checkpoint(
         num_workers=num_workers,
         progress=progress,
     )
+    other = ev.other_data(data_dir) if save else None
+    if other is not None and (calibrate or target_sensitivity is not None):  # before any work
+        raise ConfigError(refuse_storing_fit("val", *other, ev.checkpoint.path))
     if calibrate:
         ev.calibrate(data_dir, "val", keep_worse=keep_worse_calibration)
     if target_sensitivity is not None or threshold is not None:

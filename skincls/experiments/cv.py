@@ -47,6 +47,7 @@ from .folds import (
     fold_manifest,
     folds_fingerprint,
     pool_records,
+    record_group,
 )
 from .oof import (
     OOF_SPLIT,
@@ -167,7 +168,9 @@ def cross_validate(
         min_group_n=min_group_n,
     )  # fmt: skip
     plot_oof_subgroups(measured.report, plan.cv_dir)
-    write_oof_csv(plan.cv_dir / "oof.csv", plan.records, plan.fold, oof, plan.classes, point)
+    write_oof_csv(
+        plan.cv_dir / "oof.csv", plan.records, plan.fold, oof, plan.classes, point, plan.groups
+    )
     ensemble = build_ensemble(plan, completed, point, measured, backbone)
     refitted = refit_model(plan, completed, point, training) if refit else None
     return write_report(plan, completed, measured, point, ensemble, refitted, start)
@@ -521,10 +524,11 @@ def _grouping(records, group_by: str | None = None) -> str:
 
 
 def _write_folds_csv(path: Path, records, fold: np.ndarray, groups: list[str]) -> None:
+    """Per pool image: its own group, the unit its fold held out whole (`fold_groups`), its fold."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["path", "label", "group", "fold"])
+    writer.writerow(["path", "label", "group", "fold_group", "fold"])
     for r, k, g in zip(records, fold, groups):
-        writer.writerow([r.path, r.label, g, int(k)])
+        writer.writerow([r.path, r.label, record_group(r), g, int(k)])
     with atomic_write(path, "w", newline="") as fh:
         fh.write(buf.getvalue())

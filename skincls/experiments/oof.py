@@ -228,18 +228,26 @@ def plot_oof_subgroups(report: EvalReport, folder: Path) -> list[str]:
 
 
 def write_oof_csv(
-    path: Path, records, fold: np.ndarray, oof: Outputs, classes: list[str], point: OperatingPoint
+    path: Path,
+    records,
+    fold: np.ndarray,
+    oof: Outputs,
+    classes: list[str],
+    point: OperatingPoint,
+    fold_groups: Sequence[str],
 ) -> None:
-    """One row per pool image: its fold, calibrated probabilities and the decision at the threshold."""
+    """One row per pool image: its group (`record_group`: lesion, patient or duplicate cluster), the
+    unit its fold held out whole (`fold_group`: the same, or with `group_by` e.g. `source:vienna`),
+    its fold, calibrated probabilities and the decision at the threshold; as folds.csv has them."""
     probs = oof.probs(point.temperature)
     binary = len(classes) == 2
     pred = predict_labels(probs, point.threshold if binary else None, positive_index(classes))
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["path", "label", "group", "fold", *(f"p_{c}" for c in classes), "predicted"])
-    for r, k, p, y in zip(records, fold, probs, pred):
-        writer.writerow(
-            [r.path, r.label, record_group(r), int(k), *(f"{v:.6f}" for v in p), classes[y]]
-        )
+    head = ["path", "label", "group", "fold_group", "fold"]
+    writer.writerow([*head, *(f"p_{c}" for c in classes), "predicted"])
+    for r, g, k, p, y in zip(records, fold_groups, fold, probs, pred):
+        row = [r.path, r.label, record_group(r), g, int(k)]
+        writer.writerow([*row, *(f"{v:.6f}" for v in p), classes[y]])
     with atomic_write(path, "w", newline="") as fh:
         fh.write(buf.getvalue())

@@ -68,7 +68,8 @@ class ModelInfo(BaseModel):
     data: dict[str, Any] = Field(description="Training data as recorded (data dir, image size...).")
     training: dict[str, Any] = Field(description="Training recipe as recorded (epochs, lr...).")
     metrics: dict[str, dict[str, Any]] = Field(
-        description="Stored evaluation summaries by split, e.g. metrics['test']['roc_auc']."
+        description="Stored evaluation summaries by split, e.g. metrics['test']['roc_auc']; "
+        "another dataset's by '<data dir name>:<split>', e.g. metrics['ddi:test']."
     )
     skincls_version: str | None = Field(
         description="The skincls version that wrote the checkpoint."

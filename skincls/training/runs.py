@@ -2,7 +2,8 @@
 
 A run dir is what `skincls train` writes: `config.json`, `history.json`, `best.pt`, `last.pt`. Its
 summary comes from the two JSON files and from the checkpoint's metadata (its epoch and val metrics,
-test metrics once `skincls evaluate` stored them), read with `torch.load(mmap=True)` so the weights
+test metrics once `skincls evaluate` stored them; another dataset's are only named, never shown as
+the run's test), read with `torch.load(mmap=True)` so the weights
 stay on disk. The best epoch is best.pt's own: history.json is written every epoch, the checkpoints
 only every `train.checkpoint_interval` seconds, so after a kill the history may name a best epoch
 never written.
@@ -60,6 +61,8 @@ class RunSummary:
     val_loss: float | None = None
     val_accuracy: float | None = None
     test: dict[str, Any] | None = None  # accuracy, sensitivity, specificity, roc_auc, n_images
+    # Other datasets measured with `evaluate --save`: their metrics keys (`ddi:test`) → n_images.
+    other_data: dict[str, Any] = field(default_factory=dict)
     size_bytes: int = 0
     problems: list[str] = field(default_factory=list)  # files that could not be read
 
@@ -114,8 +117,21 @@ def summarize_run(run_dir: str | Path) -> RunSummary:
         if isinstance(test, dict):
             keys = ("accuracy", "sensitivity", "specificity", "roc_auc", "n_images")
             s.test = {k: test.get(k) for k in keys}
+        s.other_data = _other_data(meta)
     _compare_best(s, history, run_dir / "best.pt", meta)
     return s
+
+
+def _other_data(meta: Any) -> dict[str, Any]:
+    """The stored metrics of other datasets than the run's own (keyed `<data dir name>:<split>`)."""
+    metrics = meta.get("metrics")
+    if not isinstance(metrics, dict):
+        return {}
+    return {
+        k: v.get("n_images")
+        for k, v in metrics.items()
+        if isinstance(k, str) and isinstance(v, dict) and v.get("data") is not None
+    }
 
 
 def _compare_best(s: RunSummary, history: _History | None, best: Path, meta: Any) -> None:

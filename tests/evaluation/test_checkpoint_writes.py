@@ -13,10 +13,11 @@ import torch
 from click.testing import CliRunner
 
 from skincls.cli import main
-from skincls.data.provenance import training_record
+from skincls.data.provenance import is_training_data, training_record
 from skincls.data.splits import load_manifest
-from skincls.errors import CheckpointError, DataError
+from skincls.errors import CheckpointError, ConfigError, DataError
 from skincls.evaluation.evaluator import Evaluator
+from skincls.evaluation.modelcard import render_model_card
 from skincls.evaluation.run import evaluate_checkpoint
 from skincls.models.checkpoint import load_checkpoint, save_checkpoint, update_checkpoint
 from skincls.models.classifier import create_model
@@ -224,3 +225,63 @@ def test_other_photos_of_training_lesions_and_patients_are_flagged_and_refused(
     held_out = Evaluator(ckpt, device="cpu").training_overlap(trained, "test")
     assert held_out is not None and not held_out.any
     ev.calibrate(trained, "val")
+
+
+def _resplit(src, dst):
+    """A copy of data dir `src`, its first test image swapped with its first training image."""
+    shutil.copytree(src, dst)
+    info = json.loads((dst / "dataset.json").read_text())
+    (dst / "dataset.json").write_text(json.dumps({**info, "fingerprint": None}))
+    rows = list(csv.DictReader((dst / "manifest.csv").open()))
+    first = {s: next(r for r in rows if r["split"] == s) for s in ("train", "test")}
+    first["train"]["split"], first["test"]["split"] = "test", "train"
+    with (dst / "manifest.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return dst
+
+
+def test_the_models_own_data_is_told_by_fingerprint_or_content(recorded, tiny_data, tmp_path):
+    record = load_checkpoint(recorded).data["training_data"]
+    assert is_training_data(record, load_manifest(tiny_data)) is True
+    assert is_training_data(None, load_manifest(tiny_data)) is None
+    # No fingerprint (a hand-made data dir): the same images outside test are its own data.
+    bare = _resplit(tiny_data, tmp_path / "bare")
+    shutil.copy(tiny_data / "manifest.csv", bare / "manifest.csv")
+    assert is_training_data(record, load_manifest(bare)) is True
+    # The same images split again: another test split, not the model's own.
+    assert is_training_data(record, load_manifest(_resplit(tiny_data, tmp_path / "re"))) is False
+
+
+def test_metrics_of_other_data_are_saved_under_its_name_beside_the_own(
+    recorded, tiny_data, tmp_path
+):
+    own = evaluate_checkpoint(recorded, tiny_data, device="cpu", n_bootstrap=0, save=True)
+    assert own.metrics_key == "test" and own.data is None
+    stored = load_checkpoint(recorded).metrics["test"]
+    other = _resplit(tiny_data, tmp_path / "resplit")
+    rep = evaluate_checkpoint(recorded, other, device="cpu", n_bootstrap=0, save=True)
+    assert rep.metrics_key == "resplit:test" and rep.data_dir == str(other)
+    metrics = load_checkpoint(recorded).metrics
+    assert metrics["test"] == stored and metrics["resplit:test"]["n_images"] == rep.n_images
+    with pytest.raises(ConfigError, match=r"not stored: the threshold/temperature was fitted on "
+                       r"the val split of resplit \("):  # fmt: skip
+        evaluate_checkpoint(recorded, other, device="cpu", calibrate=True, save=True)
+    ev = Evaluator(load_checkpoint(recorded, for_update=True), device="cpu")
+    fit = ev.calibrate(other, "val", keep_worse=True)  # measured without saving: allowed
+    choice = ev.choose_threshold(other, "val", target_sensitivity=0.5)
+    assert fit.where == "val of resplit" and choice.describe().startswith(
+        "largest with sensitivity >= 0.5 on val of resplit (n="
+    )
+    rep = ev.evaluate(other, n_bootstrap=0)
+    card = render_model_card(ev.checkpoint, rep)
+    assert (
+        "temperature scaling fitted on the val split of resplit (not the model's own data)" in card
+    )
+    assert "the largest threshold reaching sensitivity >= 0.5 on the val split of resplit" in card
+    assert "- **Measured data, not the training data:** below is resplit (`" in card
+    assert "- **External test set:** yes: resplit, not the data the model was trained on" in card
+    with pytest.raises(ConfigError, match="not stored: the threshold/temperature"):
+        ev.save_to_checkpoint(rep)
+    assert load_checkpoint(recorded).metrics == metrics

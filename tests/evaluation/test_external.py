@@ -7,6 +7,7 @@ class and never silently dropped; nothing mapping at all is a clear error."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 
 import pytest
@@ -19,6 +20,7 @@ from skincls.errors import ConfigError, DataError
 from skincls.evaluation.classmap import map_classes
 from skincls.evaluation.evaluator import Evaluator
 from skincls.evaluation.run import evaluate_checkpoint
+from skincls.models.checkpoint import load_checkpoint
 from tests.conftest import TINY_TRAIN
 from tests.data.clinic import ddi_tree, pad_ufes20_tree
 from tests.data.dermo import make_ham
@@ -143,3 +145,58 @@ def test_multiclass_model_on_benign_malignant_data_is_a_clear_error(ham_model, t
         "['akiec', 'bcc', 'bkl', 'df', 'mel', 'nv', 'vasc']"
     ) in r.output
     assert "--task multiclass" in r.output
+
+
+@pytest.mark.slow
+def test_another_datasets_metrics_never_replace_the_models_own(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--data-dir", str(tiny_data), "--out", str(run), *TINY_TRAIN])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    best = run / "best.pt"
+    own = CliRunner().invoke(main, ["evaluate", str(run), "--data-dir", str(tiny_data), *EVAL, "--save"])  # fmt: skip
+    assert own.exit_code == 0, own.output
+    assert "not the data the model was trained on" not in own.output
+    stored = json.dumps(load_checkpoint(best).metrics["test"], sort_keys=True)
+    ddi = tmp_path / "ddi"
+    fetch(ddi, source_dir=ddi_tree(make_ham(tmp_path / "ham", n=36, seed=4, size=40),
+                                   tmp_path / "src"), near_dup_distance=-1)  # fmt: skip
+    n_test = len(load_manifest(ddi).select("test"))
+    card = tmp_path / "card.md"
+    args = ["evaluate", str(run), "--data-dir", str(ddi), *EVAL, "--save"]
+    ext = CliRunner().invoke(main, [*args, "--model-card", str(card)])
+    assert ext.exit_code == 0, ext.output
+    metrics = load_checkpoint(best).metrics
+    assert json.dumps(metrics["test"], sort_keys=True) == stored  # the model's own, untouched
+    assert metrics["ddi:test"]["n_images"] == n_test and metrics["ddi:test"]["data"] == "ddi"
+    assert metrics["ddi:test"]["data_dir"] == str(ddi)
+    assert (
+        f"Test split: {n_test} images of ddi ({ddi}), not the data the model was trained on; "
+        "checkpoint metrics key ddi:test, apart from the model's own"
+    ) in ext.output, ext.output
+    assert f"confusion matrix (test split of ddi, n={n_test})" in ext.output
+    assert f"Measured on the **test** split of **ddi** (`{ddi}`), not the data" in card.read_text()
+    j = json.loads(CliRunner().invoke(main, [*args[:-1], "--json"]).output)
+    assert j["metrics_key"] == "ddi:test" and j["data"] == "ddi"
+    listed = CliRunner().invoke(main, ["runs", str(tmp_path), "--json"])
+    (summary,) = json.loads(listed.output)
+    assert summary["test"]["n_images"] == len(load_manifest(tiny_data).select("test"))
+    assert summary["other_data"] == {"ddi:test": n_test}
+    text = CliRunner().invoke(main, ["runs", str(tmp_path)]).output
+    assert f"{run}: also measured on other data (not in the table): ddi:test (n={n_test})" in text
+    # A threshold fitted on the other dataset's val split is not stored; nothing is changed.
+    bad = CliRunner().invoke(main, [*args, "--target-sensitivity", "0.9"])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
+    assert (
+        f"Error: not stored: the threshold/temperature was fitted on the val split of ddi ({ddi}), "
+        "not on data the model was trained on"
+    ) in bad.output
+    assert load_checkpoint(best).metrics == metrics
+    # Another data dir of the same folder name does not replace the stored one either.
+    twin = shutil.copytree(ddi, tmp_path / "elsewhere" / "ddi")
+    clash = CliRunner().invoke(main, ["evaluate", str(run), "--data-dir", str(twin), *EVAL, "--save"])  # fmt: skip
+    assert clash.exit_code != 0 and "Traceback" not in clash.output
+    assert (
+        f"Error: not stored: {best} keeps the metrics of another data dir named ddi ({ddi}) "
+        "under ddi:test; nothing was changed"
+    ) in clash.output
+    assert load_checkpoint(best).metrics == metrics

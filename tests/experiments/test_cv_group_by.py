@@ -14,7 +14,7 @@ from skincls.cli import main
 from skincls.data.fetch import fetch
 from skincls.data.splits import Record, load_manifest
 from skincls.errors import DataError
-from skincls.experiments.folds import assign_folds, fold_groups, pool_records
+from skincls.experiments.folds import assign_folds, fold_groups, pool_records, record_group
 from tests.conftest import TINY_TRAIN
 
 from ..data.dermo import ham_rows, make_ham
@@ -94,8 +94,16 @@ def test_leave_one_source_out_cv_through_the_cli(sourced, tmp_path):
         rows = list(csv.DictReader(fh))
     held = {}
     for row in rows:
-        held.setdefault(row["fold"], set()).add(row["group"])
+        held.setdefault(row["fold"], set()).add(row["fold_group"])
     assert sorted(map(sorted, held.values())) == [[f"source:{s}"] for s in sorted(SOURCES)]
+    # `group` is each image's own (lesion, patient or copies) in folds.csv and oof.csv alike.
+    own = {r.path: record_group(r) for r in pool}
+    with (out / "oof.csv").open(newline="") as fh:
+        oof = {row["path"]: row for row in csv.DictReader(fh)}
+    for row in rows:
+        assert row["group"] == own[row["path"]] == oof[row["path"]]["group"]
+        assert oof[row["path"]]["fold_group"] == row["fold_group"]
+        assert oof[row["path"]]["fold"] == row["fold"]
     report = json.loads((out / "cv_report.json").read_text())
     assert report["n_groups"] == 4 and report["grouping"].startswith("whole source values held")
     assert "4 groups: whole source values held out per fold" in r.output
