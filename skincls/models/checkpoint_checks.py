@@ -91,9 +91,10 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     return path
 
 
-def read_checkpoint_file(path: Path) -> Any:
+def read_checkpoint_file(path: Path, *, weights: bool = True) -> Any:
     """`torch.load(path, weights_only=True)`, or a safetensors checkpoint's tensors and JSON (told
-    apart by the file's first bytes, not its name), with every way it can fail said in one line."""
+    apart by the file's first bytes, not its name), with every way it can fail said in one line.
+    `weights=False`: the tensors stay on disk (memory-mapped; a safetensors file's are not read)."""
     try:
         with path.open("rb") as fh:
             head = fh.read(HEAD_BYTES)
@@ -105,7 +106,7 @@ def read_checkpoint_file(path: Path) -> Any:
             "checkpoint, or train again"
         )
     if _is_safetensors_head(head):
-        return read_safetensors(path)
+        return read_safetensors(path, weights=weights)
     if not head.startswith(_TORCH_MAGIC):
         raise CheckpointError(
             f"{path} is not a skincls checkpoint (not a file written by torch.save or a "
@@ -115,7 +116,7 @@ def read_checkpoint_file(path: Path) -> Any:
     try:
         with warnings.catch_warnings():  # a plain pickle: the error below says it all
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=not weights)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc))
         if found:

@@ -64,8 +64,9 @@ def write_safetensors(data: Mapping[str, Any], path: Path) -> None:
             raise OSError(f"cannot write {path}: {' '.join(str(exc).split())[:200]}") from exc
 
 
-def read_safetensors(path: Path) -> dict[str, Any]:
-    """A safetensors checkpoint as the dict a `.pt` one loads to (metadata + `state_dict`).
+def read_safetensors(path: Path, *, weights: bool = True) -> dict[str, Any]:
+    """A safetensors checkpoint as the dict a `.pt` one loads to (metadata + `state_dict`, empty
+    when not `weights`).
 
     Only JSON and raw tensor bytes are parsed: nothing is unpickled.
 
@@ -77,7 +78,8 @@ def read_safetensors(path: Path) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             header = fh.metadata() or {}
-            state = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
+            names = fh.keys() if weights else []
+            state = {name: fh.get_tensor(name) for name in names}
     except Exception as exc:  # the library's own error, for every kind of damage
         reason = " ".join(str(exc).split())[:120] or type(exc).__name__
         raise CheckpointError(

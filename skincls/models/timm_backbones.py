@@ -2,7 +2,8 @@
 
 The stages come from the model's own `group_matcher` (a CNN's stem and stages, a ViT's blocks), the
 preprocessing from its `pretrained_cfg`, and the weights from the Hugging Face Hub cache (timm's own
-loading), a local `.safetensors` / state-dict file, or nowhere. timm is imported only here, and only
+loading), a local `.safetensors` / state-dict file (passed through timm's checkpoint filter for the
+family, as hub weights are), or nowhere. timm is imported only here, and only
 when a `timm/` name is used.
 """
 
@@ -11,7 +12,10 @@ from __future__ import annotations
 import logging
 import math
 import pickle
-from collections.abc import Mapping
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -74,15 +78,17 @@ def list_timm_models(pattern: str = "*", pretrained: bool = True) -> list[str]:
 def _build(name: str, weights: str, image_size: int | None = None) -> Body:
     if weights in PRETRAINED:
         net = _pretrained(name, image_size)
-    else:
+    elif weights == "none":
         net = _create(name, pretrained=False, size=image_size)
-        if weights != "none":
-            load_weights_file(net, weights, f"timm's {name}")
+    else:
+        net = _from_file(name, Path(weights), image_size)
     dim = getattr(net, "head_hidden_size", None) or net.num_features
     return Body(net, int(dim), None, timm_stages(net), timm_preprocessing(net))
 
 
-def _create(name: str, pretrained: bool, size: int | None = None) -> nn.Module:
+def _create(
+    name: str, pretrained: bool, size: int | None = None, overlay: dict | None = None
+) -> nn.Module:
     """The model with its classifier removed: `forward` gives pooled (N, D) features.
 
     Vision transformers are built with `dynamic_img_size` (the position embedding is resampled to
@@ -90,18 +96,18 @@ def _create(name: str, pretrained: bool, size: int | None = None) -> nn.Module:
     model is first run once on a blank image of that size; one that fails (Swin-like windows,
     MaxViT, LeViT, EVA at a size its patches do not divide...) is built again with timm's
     `img_size=size` (position tables resampled when pretrained weights load), and refused in one
-    line if it cannot run at `size` even so.
+    line if it cannot run at `size` even so. `overlay`: timm's `pretrained_cfg_overlay`.
     """
-    net = _timm_create(name, pretrained, dynamic_img_size=True)
+    net = _timm_create(name, pretrained, overlay, dynamic_img_size=True)
     if net is None:  # families without the option (CNNs)
-        net = _timm_create(name, pretrained)
+        net = _timm_create(name, pretrained, overlay)
     native = int((getattr(net, "pretrained_cfg", None) or {}).get("input_size", (0,))[-1])
     if size is None or size == native:
         return net
     problem = _fails_at(net, size)
     if problem is None:
         return net
-    sized = _timm_create(name, pretrained, img_size=size)
+    sized = _timm_create(name, pretrained, overlay, img_size=size)
     if sized is not None and _fails_at(sized, size) is None:
         return sized
     raise ModelError(
@@ -111,17 +117,33 @@ def _create(name: str, pretrained: bool, size: int | None = None) -> nn.Module:
     )
 
 
-def _timm_create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module | None:
+def _timm_create(
+    name: str, pretrained: bool, overlay: dict | None = None, **kwargs: Any
+) -> nn.Module | None:
     """`timm.create_model` without a classifier; None when the family takes no such `kwargs`."""
     timm = _import_timm()
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+        return timm.create_model(
+            name, pretrained=pretrained, num_classes=0, pretrained_cfg_overlay=overlay, **kwargs
+        )
     except TypeError:
         if not kwargs:
             raise
         return None
     except RuntimeError as exc:  # e.g. "Invalid pretrained tag (x) for resnet50."
-        raise ModelError(f"timm cannot build {name!r}: {exc}") from exc
+        # timm's strict loading of hub weights it could not resample to the size asked (LeViT)
+        sizes = re.findall(
+            r"size mismatch for ([\w.]+): copying a param with shape "
+            r"torch.Size\((\[[\d, ]*\])\) from checkpoint, the shape in current "
+            r"model is torch.Size\((\[[\d, ]*\])\)",
+            str(exc),
+        )
+        if sizes:
+            refusal = f"the pretrained weights of timm/{name} do not fit it"
+            raise ModelError(
+                _unfit(refusal, kwargs.get("img_size"), sizes, _NOT_RESAMPLED)
+            ) from exc
+        raise ModelError(f"timm cannot build {name!r}: {_why(exc)}") from exc
 
 
 def _fails_at(net: nn.Module, size: int) -> str | None:
@@ -166,19 +188,108 @@ def _offline_message(name: str, exc: Exception) -> str:
     )
 
 
+# Why a tensor can keep another shape than the model's after timm's filter for the family.
+_NOT_RESAMPLED = ", and timm cannot resample them for this family"
+
+
+def _unfit(refusal: str, size: int | None, shapes: list[tuple[str, str, str]], why: str) -> str:
+    """The one line for tensors of the model's that the weights hold in another shape."""
+    at = f" at {size} px" if size else ""
+    key, theirs, ours = shapes[0]
+    others = f"; also {_some([k for k, _, _ in shapes[1:]])}" if len(shapes) > 1 else ""
+    return (
+        f"{refusal}{at}: {len(shapes)} tensors have another shape in the weights than in the "
+        f"model{why} ({key}: {theirs} in the weights, "
+        f"{ours} in the model{others}). If the weights were made for "
+        f"another input size, build the model at that size with {opt('data.image_size=N')}; or "
+        f"train without them with {_FROM_SCRATCH}"
+    )
+
+
+# `_timm_loader` swaps a global of timm's: one model build at a time.
+_LOADER_LOCK = threading.Lock()
+
+
+def _from_file(name: str, path: Path, size: int | None) -> nn.Module:
+    """`timm/NAME` built for `size` with the weights of `path`, as timm loads weights from the hub.
+
+    timm builds the model as for pretrained weights, but its loader only notes the family's
+    checkpoint filter (`checkpoint_filter_fn`: position tables resampled to the model's grid,
+    original layouts converted), which then adapts the file's tensors before they are loaded.
+    """
+    state = _read_state(path)
+    filters: list[tuple[nn.Module, Callable | None]] = []
+
+    def note_filter(model: nn.Module, *args: Any, **kwargs: Any) -> None:
+        filters.append((model, kwargs.get("filter_fn")))
+
+    with _timm_loader(note_filter):  # `file`: if timm loads by another way, it reads this file
+        net = _create(name, pretrained=True, size=size, overlay={"file": str(path)})
+    filter_fn = next((fn for model, fn in filters if model is net), None)
+    why = ""
+    if filter_fn is not None:
+        why = _NOT_RESAMPLED
+        raw, state = state, _filtered(filter_fn, state, net, f"timm's {name}", path)
+        resized = [k for k, v in state.items() if k in raw and v.shape != raw[k].shape]
+        if resized:
+            log.info("%s: resampled to the model's size by timm: %s", path, _some(resized))
+    _load_state(net, state, path, f"timm's {name}", size, why)
+    return net
+
+
+@contextmanager
+def _timm_loader(load: Callable[..., None]) -> Iterator[None]:
+    """timm's `build_model_with_cfg` calls `load` instead of its own `load_pretrained`."""
+    from timm.models import _builder
+
+    with _LOADER_LOCK:
+        before, _builder.load_pretrained = _builder.load_pretrained, load
+        try:
+            yield
+        finally:
+            _builder.load_pretrained = before
+
+
+def _filtered(
+    filter_fn: Callable, state: dict[str, torch.Tensor], net: nn.Module, what: str, path: Path
+) -> dict[str, torch.Tensor]:
+    """`state` through the family's checkpoint filter, called as timm calls it."""
+    try:
+        try:
+            state = filter_fn(dict(state), net)
+        except TypeError:  # older filters take the state dict only (as in timm's load_pretrained)
+            state = filter_fn(dict(state))
+    except Exception as exc:  # the family's own code on a file it was not written for
+        raise ModelError(
+            f"timm's conversion of weights file {path} for {what} failed ({_why(exc)}); it must be "
+            "a state dict saved from that model"
+        ) from exc
+    return dict(state)
+
+
 def load_weights_file(net: nn.Module, path: str | Path, what: str) -> None:
     """Load a `.safetensors` or PyTorch state-dict file into `net`, naming what does not fit.
 
     Nothing is unpickled beyond tensors (`safetensors`, or `torch.load(weights_only=True)`). Tensors
     whose name and shape match are loaded; the rest are named in one log line, and the model's own
     tensors the file lacks stay as initialised (a warning). A file that fits less than half of the
-    model is refused.
+    model, or has a tensor of the model's in another shape, is refused.
 
     Raises:
         ModelError: the file is missing, unreadable, not a state dict, or for another model.
     """
     path = Path(path)
-    state = _read_state(path)
+    _load_state(net, _read_state(path), path, what)
+
+
+def _load_state(
+    net: nn.Module,
+    state: dict[str, torch.Tensor],
+    path: Path,
+    what: str,
+    size: int | None = None,
+    why: str = "",
+) -> None:
     expected = net.state_dict()
     fits = {k: v for k, v in state.items() if k in expected and v.shape == expected[k].shape}
     unused = [k for k in state if k not in fits]
@@ -190,6 +301,13 @@ def load_weights_file(net: nn.Module, path: str | Path, what: str) -> None:
             f"tensors match by name and shape (the model has {len(counted)}; e.g. the file has "
             f"{_some(unused)}). It must be a state dict saved from that model"
         )
+    shapes = [
+        (k, str(list(v.shape)), str(list(expected[k].shape)))
+        for k, v in state.items()
+        if k in expected and k not in fits
+    ]
+    if shapes:  # left as initialised, they would train on random values (a ViT's positions)
+        raise ModelError(_unfit(f"weights file {path} does not fit {what}", size, shapes, why))
     net.load_state_dict(fits, strict=False)
     note = f"loaded {len(fits)} of {len(state)} tensors from {path}"
     note += f"; not used: {_some(unused)}" if unused else ""

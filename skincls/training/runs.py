@@ -3,8 +3,8 @@
 A run dir is what `skincls train` writes: `config.json`, `history.json`, `best.pt`, `last.pt`. Its
 summary comes from the two JSON files and from the checkpoint's metadata (its epoch and val metrics,
 test metrics once `skincls evaluate` stored them; another dataset's are only named, never shown as
-the run's test), read with `torch.load(mmap=True)` so the weights
-stay on disk. The best epoch is best.pt's own: history.json is written every epoch, the checkpoints
+the run's test), read as `load_checkpoint` reads it (a `.pt` or a safetensors file) with its weights
+left on disk. The best epoch is best.pt's own: history.json is written every epoch, the checkpoints
 only every `train.checkpoint_interval` seconds, so after a kill the history may name a best epoch
 never written.
 """
@@ -16,12 +16,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import CheckpointError, ConfigError, call, spell_options
 from ..models.checkpoint import FORMAT
-from ..models.checkpoint_checks import MetricNumber, check_metadata, describe_validation_error
+from ..models.checkpoint_checks import (
+    MetricNumber,
+    check_metadata,
+    describe_validation_error,
+    read_checkpoint_file,
+)
 
 __all__ = ["RunSummary", "find_runs", "list_runs", "summarize_run"]
 
@@ -209,9 +213,12 @@ def _checkpoint_metadata(path: Path, summary: RunSummary) -> dict[str, Any] | No
     if not path.is_file():
         return None
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        summary.problems.append(f"{path.name}: not a readable checkpoint ({type(exc).__name__})")
+        data = read_checkpoint_file(path, weights=False)
+    except CheckpointError as exc:  # the reason load_checkpoint would give, e.g. "best.pt is empty"
+        reason = str(exc).replace(str(path), path.name)
+        summary.problems.append(
+            reason if reason.startswith(path.name) else f"{path.name}: {reason}"
+        )
         return None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         summary.problems.append(f"{path.name}: not a skincls checkpoint")

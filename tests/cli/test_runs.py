@@ -172,3 +172,26 @@ def test_one_bad_run_is_shown_as_unreadable_and_the_others_listed(two_runs, tmp_
     data = json.loads(r.stdout)
     assert len(r.stdout) < 20_000 and [d["path"].rsplit("/", 1)[1] for d in data] == ["a", "b"]
     assert data[0]["test"]["accuracy"] is not None and data[0]["problems"] == []
+
+
+def test_runs_reads_best_pt_as_load_checkpoint_does_safetensors_included(two_runs, tmp_path):
+    """best.pt is read by the checkpoint reader (told apart by content), not `torch.load` alone."""
+    import shutil
+
+    from skincls.models.checkpoint import convert_checkpoint
+
+    root = tmp_path / "runs"
+    shutil.copytree(two_runs, root)
+    before = {s.path.name: s for s in list_runs(root)}
+    best = root / "a" / "best.pt"
+    convert_checkpoint(best, tmp_path / "a.safetensors")
+    (tmp_path / "a.safetensors").replace(best)  # a safetensors checkpoint, named best.pt
+    (root / "b" / "best.pt").write_bytes(b"")
+    after = {s.path.name: s for s in list_runs(root)}
+    a, b = after["a"], after["b"]
+    assert a.problems == [] and a.test is not None and a.test == before["a"].test
+    assert (a.best_epoch, a.val_loss) == (before["a"].best_epoch, before["a"].val_loss)
+    assert b.problems == [
+        "best.pt is empty (0 bytes), e.g. from an interrupted copy; use an intact copy of the "
+        "checkpoint, or train again"
+    ]

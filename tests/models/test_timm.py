@@ -87,6 +87,34 @@ def test_safetensors_file_loads(tmp_path):
     )
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_vit_weights_made_at_another_size_have_their_positions_resampled(tmp_path, suffix, caplog):
+    """timm's checkpoint filter for the family runs on the file, as on hub weights: the 2 x 2
+    position grid of weights made at 32 px is resampled to the model's, not left random."""
+    from safetensors.torch import save_file
+    from timm.layers import resample_abs_pos_embed
+
+    torch.manual_seed(0)
+    source = timm.create_model("test_vit", img_size=32, num_classes=0)  # patches 16: 2 x 2 grid
+    path = tmp_path / f"vit32{suffix}"
+    if suffix == ".pt":
+        torch.save(source.state_dict(), path)
+    else:
+        save_file(source.state_dict(), str(path))
+    with caplog.at_level(logging.INFO, logger="skincls"):
+        model = create_model(VIT, weights=str(path), image_size=48)
+    net = model.backbone
+    assert net.patch_embed.grid_size == (10, 10)  # built at its weights' native 160 px, dynamic
+    expected = resample_abs_pos_embed(source.pos_embed, new_size=(10, 10), num_prefix_tokens=1)
+    torch.testing.assert_close(net.pos_embed, expected)
+    torch.testing.assert_close(net.cls_token, source.cls_token)
+    torch.testing.assert_close(net.blocks[5].attn.qkv.weight, source.blocks[5].attn.qkv.weight)
+    assert f"{path}: resampled to the model's size by timm: pos_embed" in caplog.text
+    assert "left as initialised" not in caplog.text
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 48, 48)).shape == (2, 2)
+
+
 def test_weights_of_another_model_are_refused(tmp_path):
     path = tmp_path / "cnn.pt"
     torch.save(timm.create_model("test_efficientnet").state_dict(), path)
