@@ -43,6 +43,8 @@ FLAGS: dict[str, str] = {
     "train.finetune_epochs": "--finetune-epochs",
     "train.mixup": "--mixup",
     "train.checkpoint_interval": "--checkpoint-interval",
+    "model.metadata": "--metadata",
+    "model.use_image=False": "--no-image",
     "logging.loggers": "--logger",
     "out": "--out",
     "resume": "--resume",

@@ -82,6 +82,12 @@ _TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
         },
     ),
     ("--dropout", "model.dropout", {}),
+    ("--metadata", "model.metadata", {"metavar": "auto|none|COLUMNS"}),
+    (
+        "--image/--no-image",
+        "model.use_image",
+        {"help": "--no-image: a metadata-only model (ablation); needs --metadata."},
+    ),
     ("--epochs", "train.epochs", {}),
     ("--batch-size", "train.batch_size", {}),
     ("--lr", "train.lr", {}),

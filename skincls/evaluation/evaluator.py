@@ -22,6 +22,7 @@ from ..data.provenance import Overlap, find_overlap
 from ..data.splits import load_manifest
 from ..errors import ConfigError, DataError
 from ..inference.decision import positive_index
+from ..inference.metadata import metadata_encoder
 from ..models.checkpoint import Checkpoint, load_checkpoint
 from ..preprocessing import Preprocessing
 from ..runtime import plan_precision, resolve_device
@@ -162,7 +163,10 @@ class Evaluator:
             raise DataError(
                 f"data classes {manifest.classes} differ from the model's {self.classes}"
             )
-        return ManifestDataset(manifest, split, build_transform(self.preprocessing))
+        encoder = metadata_encoder(self.checkpoint) if self.checkpoint is not None else None
+        return ManifestDataset(
+            manifest, split, build_transform(self.preprocessing), metadata=encoder
+        )
 
     def calibrate(
         self, data: str | Path | Dataset, split: str = "val", *, keep_worse: bool = False

@@ -53,9 +53,12 @@ def collect_outputs(
         ds, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
     )
     done = 0
-    for x, y in loader:
-        x = x.to(device, non_blocking=True)
-        logits.append(model_logits(model, x, tta, dtype).cpu())
+    for *inputs, y in loader:
+        x = inputs[0].to(device, non_blocking=True)
+        # A fused model's further inputs (metadata) go with the images, the same in every TTA view.
+        extra = [t.to(device, non_blocking=True) for t in inputs[1:]]
+        run = _with_inputs(model, extra) if extra else model
+        logits.append(model_logits(run, x, tta, dtype).cpu())
         labels.append(torch.as_tensor(y))
         done += len(x)
         if progress is not None:
@@ -71,3 +74,14 @@ def collect_outputs(
             f"{opt('precision', value='fp32')})"
         )
     return out
+
+
+def _with_inputs(
+    model: nn.Module, extra: list[torch.Tensor]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`model` as a function of the images alone, its further inputs fixed to `extra`."""
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return model(x, *extra)
+
+    return run

@@ -20,6 +20,7 @@ from ..config import RunConfig
 from ..data.dataset import ManifestDataset, build_transform
 from ..data.provenance import training_record
 from ..data.splits import Manifest, load_manifest
+from ..data.tabular import MetadataEncoder, metadata_columns
 from ..errors import ConfigError, DataError, Interrupted, SkinclsError, call, opt
 from ..locks import DirLock
 from ..models.checkpoint import ModelSnapshot, save_checkpoint
@@ -224,6 +225,9 @@ def _build_model_and_data(
         "dropout": m.dropout,
         "freeze": m.freeze,
     }
+    encoder = fit_metadata(config, manifest)
+    if encoder is not None:
+        common["metadata"] = {**metadata_settings(encoder), "image": m.use_image}
     if backbone is not None:
         model = create_model(backbone=backbone, preprocessing=preprocessing, **common)
     else:
@@ -231,9 +235,38 @@ def _build_model_and_data(
     pre = model.preprocessing.with_size(config.data.image_size)
     model.preprocessing = pre  # what its checkpoints record
     augment = config.data.augment
-    train = ManifestDataset(manifest, "train", build_transform(pre, train=True, augment=augment))
-    val = ManifestDataset(manifest, "val", build_transform(pre)) if manifest.select("val") else None
+    train_tf = build_transform(pre, train=True, augment=augment)
+    train = ManifestDataset(manifest, "train", train_tf, metadata=encoder)
+    val = None
+    if manifest.select("val"):
+        val = ManifestDataset(manifest, "val", build_transform(pre), metadata=encoder)
     return model, train, val
+
+
+def fit_metadata(config: RunConfig, manifest: Manifest) -> MetadataEncoder | None:
+    """The metadata encoder `config.model.metadata` asks for, fitted on the training split only;
+    None for images only.
+
+    Raises:
+        ConfigError: columns the data lacks, or a metadata-only model without metadata.
+    """
+    m = config.model
+    available = {k for r in manifest.records for k, _ in r.attributes}
+    columns = metadata_columns(m.metadata, available)
+    if not columns:
+        if not m.use_image:
+            raise ConfigError(
+                f"{opt('model.use_image=False')} needs metadata to learn from: give "
+                f"{opt('model.metadata')} (auto, or columns)"
+            )
+        return None
+    train = manifest.select("train")
+    return MetadataEncoder.fit([dict(r.attributes) for r in train], columns)
+
+
+def metadata_settings(encoder: MetadataEncoder) -> dict[str, Any]:
+    """A fused model's `metadata` settings: the encoder (plain data) and its width."""
+    return {"encoder": encoder.to_dict(), "width": encoder.width, "columns": encoder.names}
 
 
 # -- stage 2: the trainer, and the run it resumes -------------------------------------------------

@@ -1,0 +1,179 @@
+"""Metadata fusion: the encoder (fitted on train only, stored as plain data, never failing on a value)
+and the fused model through train, the feature cache, the checkpoint and evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from skincls import TrainConfig, Trainer, fetch
+from skincls.cli import main
+from skincls.data.dataset import ManifestDataset, build_transform
+from skincls.data.splits import load_manifest
+from skincls.data.tabular import MetadataEncoder, metadata_columns
+from skincls.errors import ConfigError, ModelError
+from skincls.evaluation.evaluator import Evaluator
+from skincls.models.checkpoint import load_checkpoint
+from skincls.models.classifier import create_model
+from tests.conftest import TINY_TRAIN
+
+ROWS = [
+    {"age": "40", "sex": "male", "site": "back"},
+    {"age": "60", "sex": "female", "site": "back"},
+    {"age": "50", "sex": "male", "site": "face"},
+    {"age": "", "sex": "female", "site": "back"},
+    {"age": "30", "sex": "male", "site": "face"},
+    {"age": "70", "sex": "female", "site": "face"},
+]
+
+
+def test_encoder_standardises_one_hots_and_marks_missing():
+    enc = MetadataEncoder.fit(ROWS, ["age", "sex", "site"], min_count=2)
+    assert [c.kind for c in enc.columns] == ["numeric", "categorical", "categorical"]
+    assert enc.columns[0].mean == pytest.approx(50.0)  # the recorded ages only
+    assert enc.feature_names() == [
+        "age", "age:missing", "sex=female", "sex=male", "sex=unknown", "sex:missing",
+        "site=back", "site=face", "site=unknown", "site:missing",
+    ]  # fmt: skip
+    x = enc.encode([{"age": "50", "sex": "Male", "site": "back"}])
+    assert x.dtype == np.float32 and x.shape == (1, enc.width)
+    assert x[0].tolist() == [0, 0, 0, 1, 0, 0, 1, 0, 0, 0]
+
+
+def test_unseen_and_missing_values_are_unknown_never_a_crash():
+    enc = MetadataEncoder.fit(ROWS, ["age", "sex", "site"], min_count=2)
+    x = enc.encode([{"age": "old", "sex": "other", "site": "scalp"}, {}])
+    unseen, empty = x.tolist()
+    assert unseen == [0, 1, 0, 0, 1, 0, 0, 0, 1, 0]  # unknown level, not missing
+    assert empty == [0, 1, 0, 0, 1, 1, 0, 0, 1, 1]  # unknown and missing
+
+
+def test_rare_levels_are_folded_into_unknown():
+    enc = MetadataEncoder.fit([*ROWS, {"site": "scalp"}], ["site"], min_count=2)
+    assert enc.columns[0].levels == ("back", "face")
+    assert enc.encode([{"site": "scalp"}])[0].tolist() == [0, 0, 1, 0]
+
+
+def test_encoder_round_trips_as_plain_data():
+    enc = MetadataEncoder.fit(ROWS, ["age", "sex", "site"])
+    data = json.loads(json.dumps(enc.to_dict()))
+    again = MetadataEncoder.from_dict(data)
+    assert again == enc
+    np.testing.assert_array_equal(again.encode(ROWS), enc.encode(ROWS))
+    with pytest.raises(ConfigError, match="malformed"):
+        MetadataEncoder.from_dict({**data, "width": 3})
+
+
+def test_metadata_columns_auto_none_and_named():
+    have = ["age", "sex", "site", "dx_type", "ita"]
+    assert metadata_columns("none", have) == []
+    assert metadata_columns("auto", have) == ["age", "sex", "site"]  # never dx_type: a label leak
+    assert metadata_columns("age, sex", have) == ["age", "sex"]
+    with pytest.raises(ConfigError, match="no column weight; its metadata columns are: age"):
+        metadata_columns("age,weight", have)
+    with pytest.raises(ConfigError, match="records none of age, sex, site"):
+        metadata_columns("auto", ["ita"])
+
+
+def test_fused_model_splits_for_the_cache_and_needs_its_metadata():
+    meta = {"width": 5, "hidden": 4}
+    model = create_model("smallcnn", weights="none", head=(8,), freeze="backbone", metadata=meta)
+    model.eval()
+    x, m = torch.randn(3, 3, 32, 32), torch.randn(3, 5)
+    extractor, rest = model.split_for_cache()
+    torch.testing.assert_close(model(x, m), rest(extractor(x, m)))
+    assert extractor(x, m).shape[1] == model.image_dim + 5
+    assert "meta.0.weight" in model.state_dict()
+    with pytest.raises(ModelError, match=r"model\(images, metadata\)"):
+        model(x)
+    only = create_model("smallcnn", weights="none", head=(), metadata={**meta, "image": False})
+    only.eval()
+    torch.testing.assert_close(only(x, m), only(torch.zeros_like(x), m))  # ignores the image
+
+
+@pytest.fixture(scope="module")
+def ham_data(tmp_path_factory) -> Path:
+    data_dir = tmp_path_factory.mktemp("ham") / "data"
+    fetch(data_dir, synthetic=60, dataset="ham10000", seed=2, val_fraction=0.2)
+    return data_dir
+
+
+def _train(data_dir: Path, out: Path, *extra: str) -> None:
+    r = CliRunner().invoke(
+        main, ["train", "--data-dir", str(data_dir), *TINY_TRAIN, "--out", str(out), *extra]
+    )
+    assert r.exit_code == 0, r.output
+
+
+def test_train_with_metadata_fits_the_encoder_on_train_only(ham_data, tmp_path):
+    _train(ham_data, tmp_path / "run", "--metadata", "auto")
+    ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
+    settings = ckpt.model_config["metadata"]
+    assert settings["columns"] == ["age", "sex", "site"]
+    train = load_manifest(ham_data).select("train")
+    expected = MetadataEncoder.fit([dict(r.attributes) for r in train], ["age", "sex", "site"])
+    assert MetadataEncoder.from_dict(settings["encoder"]) == expected
+    everything = MetadataEncoder.fit(
+        [dict(r.attributes) for r in load_manifest(ham_data).records], ["age", "sex", "site"]
+    )
+    assert expected != everything  # the test split's values would have moved it
+    ev = Evaluator(ckpt, device="cpu")
+    out = ev.outputs(ham_data, "test")
+    assert out.logits.shape == (len(load_manifest(ham_data).select("test")), 2)
+
+
+def test_default_trains_on_images_only(ham_data, tmp_path):
+    _train(ham_data, tmp_path / "run")
+    ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert "metadata" not in ckpt.model_config
+    assert not any(k.startswith("meta.") for k in ckpt.data["state_dict"])
+
+
+def test_named_column_the_data_lacks_is_one_clear_error(ham_data, tmp_path):
+    args = ["train", "--data-dir", str(ham_data), *TINY_TRAIN, "--out", str(tmp_path / "r")]
+    r = CliRunner().invoke(main, [*args, "--metadata", "age,weight"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "Error: --metadata: the data has no column weight; its metadata columns are:" in r.output
+    r = CliRunner().invoke(main, [*args, "--no-image"])
+    assert (
+        r.exit_code == 1 and "--no-image needs metadata to learn from: give --metadata" in r.output
+    )
+    assert not (tmp_path / "r").exists()
+
+
+def test_frozen_fused_model_trains_its_head_on_cached_features(ham_data):
+    manifest = load_manifest(ham_data)
+    enc = MetadataEncoder.fit(
+        [dict(r.attributes) for r in manifest.select("train")], ["age", "sex"]
+    )
+    runs = []
+    for mode in ("memory", "off"):
+        torch.manual_seed(0)
+        model = create_model(
+            "smallcnn", weights="none", head=(8,), freeze="backbone",
+            metadata={"width": enc.width}, preprocessing={"resize_size": 32, "crop_size": 32},
+        )  # fmt: skip
+        tf = build_transform(model.preprocessing)
+        train = ManifestDataset(manifest, "train", tf, metadata=enc)
+        val = ManifestDataset(manifest, "val", tf, metadata=enc)
+        cfg = TrainConfig(epochs=2, batch_size=8, device="cpu", precision="fp32", seed=1,
+                          cache_features=mode)  # fmt: skip
+        history = Trainer(model, cfg).fit(train, val)
+        runs.append((history, model))
+    (cached, cached_model), (plain, plain_model) = runs
+    assert cached.cache == {"train": "computed", "val": "computed"}
+    assert plain.cache == {"train": "off", "val": "off"}
+    for a, b in zip(cached.epochs, plain.epochs):  # the same training, with and without the cache
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
+    image, meta, _ = train[0]
+    torch.testing.assert_close(
+        cached_model(image[None], meta[None]),
+        plain_model(image[None], meta[None]),
+        rtol=1e-4,
+        atol=1e-5,
+    )
