@@ -176,13 +176,20 @@ def run_task(task: str, source: Path, out: Path, args) -> dict:
         probs[arm], y = test_scores(arms[arm]["checkpoint"], data_dir)
         arms[arm]["test"] = round(metric(task, probs[arm], y), 4)
         print(task, arm, json.dumps(arms[arm]), flush=True)
-    warm = train_arm(data_dir, out / f"{task}-fused-warm", "fused", args.size, args.epochs)
-    print(task, "fused on the warm cache", json.dumps(warm), flush=True)
+    warm = {}
+    for threads in map(int, args.warm_threads.split(",")):
+        torch.set_num_threads(threads)
+        load = os.getloadavg()
+        run = train_arm(data_dir, out / f"{task}-fused-warm", "fused", args.size, args.epochs)
+        warm[f"{threads}_threads"] = {**run, "load_before": load}
+        print(task, f"fused on the warm cache, {threads} threads", json.dumps(run), flush=True)
+    torch.set_num_threads(args.threads)
     return {
         "metric": "roc_auc" if task == "binary" else "balanced_accuracy",
         "counts": {s: len(manifest.select(s)) for s in ("train", "val", "test")},
         "arms": arms,
         "paired": paired(task, probs, y, groups, args.bootstrap, args.seed),
+        "train_images": len(manifest.select("train")),
         "fused_on_warm_cache": warm,
     }
 
@@ -192,13 +199,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--metadata", type=Path, help="HAM10000_metadata.csv (real rows)")
     ap.add_argument("--out", type=Path, default=Path("runs/metadata_fusion"))
     ap.add_argument("--images", type=int, default=None, help="rows to use (default: all)")
-    ap.add_argument("--signal", type=float, default=0.35)
+    ap.add_argument("--signal", type=float, default=0.6)
     ap.add_argument("--size", type=int, default=48, help="image side in pixels")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--tasks", default="binary,multiclass")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (a small head: 1 is fastest)"
+    )
+    ap.add_argument(
+        "--warm-threads", default="1,2", help="thread counts of the warm-cache fused runs"
+    )
     ap.add_argument("--smoke", action="store_true", help="a quick run on a made-up table (CI)")
     args = ap.parse_args(argv)
     if args.smoke:

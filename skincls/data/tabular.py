@@ -37,7 +37,7 @@ __all__ = [
 # Not dx_type (how the diagnosis was confirmed: histopathology marks the suspicious lesions, a leak
 # of the label) nor ita/skin_tone (estimated from the image itself).
 CLINICAL_COLUMNS = ("age", "sex", "site")
-MISSING_VALUES = frozenset({"", "unknown", "nan", "na", "n/a", "none", "null", "-"})
+MISSING_VALUES = frozenset({"", "?", "unknown", "nan", "na", "n/a", "none", "null", "-"})
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,14 @@ class MetadataEncoder:
         """(N, width) float32: one row per input row; absent keys count as missing."""
         out = [[x for c in self.columns for x in c.encode(r.get(c.name))] for r in rows]
         return np.asarray(out, dtype=np.float32).reshape(len(out), self.width)
+
+    def missing(self, row: Mapping[str, str | None]) -> list[str]:
+        """The encoded columns `row` has no value for (absent, empty, a missing spelling, or not a
+        number in a numeric column): those whose missing indicator is set."""
+        return [c.name for c, x in zip(self.columns, self._blocks(row)) if x[-1] == 1.0]
+
+    def _blocks(self, row: Mapping[str, str | None]) -> list[list[float]]:
+        return [c.encode(row.get(c.name)) for c in self.columns]
 
     def to_dict(self) -> dict:
         """Plain data for the checkpoint (JSON-safe)."""

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError, ModelError, opt
 from ..inference.decision import softmax
+from ..inference.metadata import with_inputs
 from ..inference.tta import model_logits
 
 __all__ = ["Outputs", "collect_outputs"]
@@ -57,7 +58,7 @@ def collect_outputs(
         x = inputs[0].to(device, non_blocking=True)
         # A fused model's further inputs (metadata) go with the images, the same in every TTA view.
         extra = [t.to(device, non_blocking=True) for t in inputs[1:]]
-        run = _with_inputs(model, extra) if extra else model
+        run = with_inputs(model, extra) if extra else model
         logits.append(model_logits(run, x, tta, dtype).cpu())
         labels.append(torch.as_tensor(y))
         done += len(x)
@@ -74,14 +75,3 @@ def collect_outputs(
             f"{opt('precision', value='fp32')})"
         )
     return out
-
-
-def _with_inputs(
-    model: nn.Module, extra: list[torch.Tensor]
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`model` as a function of the images alone, its further inputs fixed to `extra`."""
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return model(x, *extra)
-
-    return run

@@ -8,16 +8,27 @@ counts as missing (the encoder's `unknown`), and the caller is told which.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
+import torch
+from torch import nn
+
 from ..data.metadata import ATTRIBUTE_COLUMNS, read_csv_rows
 from ..data.tabular import MetadataEncoder
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..models.checkpoint import Checkpoint
 
-__all__ = ["MetadataTable", "metadata_encoder", "model_inputs", "read_metadata_csv"]
+__all__ = [
+    "FixedMetadata",
+    "MetadataTable",
+    "metadata_encoder",
+    "metadata_rows",
+    "model_inputs",
+    "read_metadata_csv",
+    "with_inputs",
+]
 
 IMAGE_COLUMNS = ("image", "image_id", "image_name", "file", "path")
 
@@ -100,3 +111,54 @@ def _column_names(header: Iterable[str]) -> Mapping[str, str]:
         if found is not None:
             out[ours] = found
     return out
+
+
+MetadataInput = MetadataTable | Sequence[Mapping[str, str] | None] | None
+
+
+def metadata_rows(
+    encoder: MetadataEncoder | None, names: Sequence[str], metadata: MetadataInput
+) -> list[dict[str, str] | None]:
+    """Each image's metadata row (None for an image-only model; {} where nothing is known).
+
+    `metadata` is a `MetadataTable` (rows matched by file name), one row per image in order, or None.
+
+    Raises:
+        ConfigError: a list of rows whose length is not the number of images.
+    """
+    if encoder is None:
+        return [None] * len(names)
+    if metadata is None:
+        return [{} for _ in names]
+    if isinstance(metadata, MetadataTable):
+        return [dict(metadata.row(n) or {}) for n in names]
+    rows = list(metadata)
+    if len(rows) != len(names):
+        raise ConfigError(f"{len(rows)} metadata rows for {len(names)} images; give one per image")
+    return [dict(r or {}) for r in rows]
+
+
+def with_inputs(
+    model: nn.Module | Callable[..., torch.Tensor], extra: Sequence[torch.Tensor]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`model` as a function of the images alone, its further inputs (metadata) fixed to `extra`:
+    what test-time augmentation turns while the metadata stays."""
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return model(x, *extra)
+
+    return run
+
+
+class FixedMetadata(nn.Module):
+    """A fused model as a module of the images alone, with one image's encoded metadata (`meta`, set
+    before each call) for every row: what Grad-CAM needs. Shares the model's backbone."""
+
+    def __init__(self, model: nn.Module, width: int):
+        super().__init__()
+        self.model = model
+        self.backbone = model.backbone
+        self.meta = torch.zeros(1, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, self.meta.to(x.device).expand(len(x), -1))

@@ -177,3 +177,46 @@ def test_frozen_fused_model_trains_its_head_on_cached_features(ham_data):
         rtol=1e-4,
         atol=1e-5,
     )
+
+
+@pytest.fixture(scope="module")
+def fused_run(ham_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fused") / "run"
+    _train(ham_data, out, "--metadata", "auto")
+    return out
+
+
+def test_predict_with_all_some_and_none_of_the_columns(fused_run, ham_data, tmp_path):
+    images = sorted((ham_data / "images").rglob("*.jpg"))[:3]
+    table = tmp_path / "meta.csv"
+    table.write_text(f"image,age,sex\n{images[0].name},70,male\n{images[1].stem},,female\n")
+    args = ["predict", str(fused_run), *map(str, images), "--device", "cpu", "--quiet"]
+    r = CliRunner().invoke(main, [*args, "--metadata", str(table), "--json"])
+    assert r.exit_code == 0, r.output
+    preds = json.loads(r.stdout)
+    assert [p["missing_inputs"] for p in preds] == [
+        ["site"],
+        ["age", "site"],
+        ["age", "sex", "site"],
+    ]
+    assert r.stderr.count(f"note: {table} has no site column: unknown for every image") == 1
+    assert f"1 image(s) have no row in {table}" in r.stderr
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "without --metadata CSV every image's is unknown" in r.stderr
+    assert "missing inputs" in r.stdout
+
+
+def test_metadata_changes_the_prediction_and_unseen_values_do_not_crash(fused_run, ham_data):
+    from skincls.inference.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(fused_run, device="cpu", precision="fp32")
+    image = sorted((ham_data / "images").rglob("*.jpg"))[0]
+    rows = [{"age": "85", "sex": "male", "site": "face"}, {"age": "5", "sex": "female", "site": "back"},
+            {"age": "very old", "sex": "?", "site": "the moon"}]  # fmt: skip
+    preds = predictor.predict([image] * 3, metadata=rows)
+    assert all(p.error is None for p in preds)
+    assert preds[0].probability != preds[1].probability  # the metadata is used
+    assert preds[2].missing_inputs == ["age", "sex"]  # unparseable age and "?" count as missing
+    with pytest.raises(ConfigError, match="2 metadata rows for 3 images"):
+        predictor.predict([image] * 3, metadata=rows[:2])
