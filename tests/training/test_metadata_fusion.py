@@ -220,3 +220,12 @@ def test_metadata_changes_the_prediction_and_unseen_values_do_not_crash(fused_ru
     assert preds[2].missing_inputs == ["age", "sex"]  # unparseable age and "?" count as missing
     with pytest.raises(ConfigError, match="2 metadata rows for 3 images"):
         predictor.predict([image] * 3, metadata=rows[:2])
+
+
+def test_model_card_says_which_inputs_the_model_needs(fused_run, ckpt):
+    from skincls.evaluation.modelcard import inputs_line
+
+    line = inputs_line(load_checkpoint(fused_run / "best.pt"))
+    assert line.startswith("- **Inputs:** the image and the metadata columns age (numeric); sex")
+    assert "encoded as `unknown`" in line
+    assert inputs_line(load_checkpoint(ckpt)) == "- **Inputs:** the image only"
