@@ -27,6 +27,7 @@ is the time to train a fused head on cached features. Writes `OUT/report.json`; 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import os
@@ -54,16 +55,45 @@ RECIPE = {
 }  # fmt: skip
 
 
+class Standardise(nn.Module):
+    """Fixed per-feature mean and scale (buffers: they travel in the checkpoint), as a pretrained
+    backbone's last normalisation layer would."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("scale", torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.scale
+
+
 def feature_backbone() -> nn.Module:
-    """A fixed (seeded) random conv net: (N, 3, H, W) → (N, 64) pooled colour and texture features."""
-    g = torch.random.fork_rng()
-    with g:
+    """A fixed (seeded) random conv net: (N, 3, H, W) → (N, 64) pooled colour and texture features,
+    standardised by `fit_standardise` (the training images' statistics)."""
+    with torch.random.fork_rng():
         torch.manual_seed(1234)
         return nn.Sequential(
             nn.Conv2d(3, 32, 5, stride=2, padding=2), nn.ReLU(),
             nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), Standardise(64),
         )  # fmt: skip
+
+
+@torch.inference_mode()
+def fit_standardise(backbone: nn.Module, data_dir: Path, size: int) -> nn.Module:
+    """Set the backbone's `Standardise` to its features' mean and std on the training split."""
+    import skincls
+    from skincls.data.dataset import ManifestDataset, build_transform
+
+    ds = ManifestDataset(
+        skincls.load_manifest(data_dir), "train", build_transform(_preprocessing(size))
+    )
+    loader = torch.utils.data.DataLoader(ds, batch_size=256)
+    feats = torch.cat([backbone[:-1](x) for x, _ in loader])
+    backbone[-1].mean.copy_(feats.mean(0))
+    backbone[-1].scale.copy_(feats.std(0).clamp_min(1e-6))
+    return backbone
 
 
 def sample_lesions(rows: list[dict], n: int | None, seed: int) -> list[dict]:
@@ -97,12 +127,14 @@ def _preprocessing(size: int):
     return Preprocessing(resize_size=size, crop_size=size)
 
 
-def train_arm(data_dir: Path, out: Path, arm: str, size: int, epochs: int) -> dict:
+def train_arm(
+    data_dir: Path, out: Path, arm: str, size: int, epochs: int, backbone: nn.Module
+) -> dict:
     import skincls
 
     start = time.perf_counter()
     result = skincls.train_from_config(
-        _config(data_dir, out, arm, size, epochs), backbone=feature_backbone(),
+        _config(data_dir, out, arm, size, epochs), backbone=copy.deepcopy(backbone),
         preprocessing=_preprocessing(size), progress=False, overwrite=True,
     )  # fmt: skip
     h = result.history
@@ -171,8 +203,11 @@ def run_task(task: str, source: Path, out: Path, args) -> dict:
     test = manifest.select("test")
     groups = np.array([r.lesion_id or r.path for r in test])
     arms, probs, y = {}, {}, None
+    backbone = fit_standardise(feature_backbone(), data_dir, args.size)
     for arm in ARMS:
-        arms[arm] = train_arm(data_dir, out / f"{task}-{arm}", arm, args.size, args.epochs)
+        arms[arm] = train_arm(
+            data_dir, out / f"{task}-{arm}", arm, args.size, args.epochs, backbone
+        )
         probs[arm], y = test_scores(arms[arm]["checkpoint"], data_dir)
         arms[arm]["test"] = round(metric(task, probs[arm], y), 4)
         print(task, arm, json.dumps(arms[arm]), flush=True)
@@ -180,7 +215,9 @@ def run_task(task: str, source: Path, out: Path, args) -> dict:
     for threads in map(int, args.warm_threads.split(",")):
         torch.set_num_threads(threads)
         load = os.getloadavg()
-        run = train_arm(data_dir, out / f"{task}-fused-warm", "fused", args.size, args.epochs)
+        run = train_arm(
+            data_dir, out / f"{task}-fused-warm", "fused", args.size, args.epochs, backbone
+        )
         warm[f"{threads}_threads"] = {**run, "load_before": load}
         print(task, f"fused on the warm cache, {threads} threads", json.dumps(run), flush=True)
     torch.set_num_threads(args.threads)
