@@ -134,7 +134,10 @@ def cv(
     for path in oof.plots:
         console.print(f"plot: {path}")
     console.print(f"out-of-fold predictions: {result.oof_csv}")
-    console.print(f"ensemble of {report.folds} fold models: {result.ensemble}")
+    if result.ensemble is not None:
+        console.print(f"ensemble of {report.folds} fold models: {result.ensemble}")
+    else:
+        console.print("no ensemble: the fold models take metadata, each with its own encoding")
     if result.refit is not None:
         console.print(
             f"refit on all non-test images ({report.refit_epochs} epochs): {result.refit}"

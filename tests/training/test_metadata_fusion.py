@@ -3,6 +3,7 @@ and the fused model through train, the feature cache, the checkpoint and evaluat
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -229,3 +230,38 @@ def test_model_card_says_which_inputs_the_model_needs(fused_run, ckpt):
     assert line.startswith("- **Inputs:** the image and the metadata columns age (numeric); sex")
     assert "encoded as `unknown`" in line
     assert inputs_line(load_checkpoint(ckpt)) == "- **Inputs:** the image only"
+
+
+def test_cv_with_metadata_pools_image_features_and_appends_each_folds_metadata(ham_data, tmp_path):
+    import skincls
+
+    body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    config = skincls.RunConfig.model_validate(
+        {"data": {"data_dir": ham_data},
+         "model": {"arch": "custom", "head": [8], "freeze": "backbone", "metadata": "auto"},
+         "train": {"epochs": 2, "batch_size": 8, "device": "cpu", "precision": "fp32", "seed": 1},
+         "out": tmp_path / "cv"}
+    )  # fmt: skip
+    pre = {"resize_size": 32, "crop_size": 32}
+    result = skincls.cross_validate(
+        config, 2, backbone=body, preprocessing=pre, progress=False, n_bootstrap=0
+    )
+    assert result.ensemble is None and result.report.ensemble is None
+    state = json.loads((tmp_path / "cv" / "cv_state.json").read_text())
+    entries = state["completed"]
+    assert [e["oof_source"] for e in entries] == ["head on the pooled features"] * 2
+    for e in entries:  # the pooled head's numbers are the model's own on the images + metadata
+        ckpt = load_checkpoint(tmp_path / "cv" / e["checkpoint"])
+        with np.load(tmp_path / "cv" / e["oof"]) as z:
+            rows, logits = z["rows"], z["logits"]
+        model = ckpt.build_model(copy.deepcopy(body))
+        enc = MetadataEncoder.from_dict(ckpt.model_config["metadata"]["encoder"])
+        records = [r for r in load_manifest(ham_data).records if r.split != "test"]
+        recs = [records[i] for i in rows]
+        tf = build_transform(ckpt.preprocessing)
+        from skincls.data.images import load_image
+
+        x = torch.stack([tf(load_image(ham_data / r.path)) for r in recs])
+        m = torch.from_numpy(enc.encode(dict(r.attributes) for r in recs))
+        with torch.no_grad():
+            np.testing.assert_allclose(model(x, m).numpy(), logits, rtol=1e-4, atol=1e-5)
