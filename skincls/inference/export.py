@@ -24,6 +24,7 @@ from .._version import __version__
 from ..atomic import atomic_path
 from ..errors import SkinclsError, opt
 from ..models.checkpoint import Checkpoint, load_checkpoint
+from .metadata import metadata_encoder
 
 __all__ = ["FORMATS", "ExportError", "ExportResult", "ExportWrapper", "export_model"]
 
@@ -121,6 +122,13 @@ def export_model(
     if tolerance < 0:
         raise ExportError(f"tolerance must be >= 0, not {tolerance}")
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    encoder = metadata_encoder(ckpt)
+    if encoder is not None:
+        raise ExportError(
+            f"{ckpt.path} takes metadata ({', '.join(encoder.names)}) besides the image; "
+            "exporting a two-input model is not supported yet: export a model trained on "
+            f"images only ({opt('model.metadata', value='none')})"
+        )
     model = ckpt.build_model(backbone=backbone)
     pre = ckpt.preprocessing
     _fix_input_size(model, pre.crop_size)

@@ -265,3 +265,12 @@ def test_cv_with_metadata_pools_image_features_and_appends_each_folds_metadata(h
         m = torch.from_numpy(enc.encode(dict(r.attributes) for r in recs))
         with torch.no_grad():
             np.testing.assert_allclose(model(x, m).numpy(), logits, rtol=1e-4, atol=1e-5)
+
+
+def test_export_of_a_fused_model_is_refused_in_one_line(fused_run, tmp_path):
+    r = CliRunner().invoke(main, ["export", str(fused_run), "--out", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert (
+        "takes metadata (age, sex, site) besides the image; exporting a two-input model" in r.output
+    )
+    assert "--metadata none" in r.output and not (tmp_path / "m.onnx").exists()
