@@ -100,6 +100,12 @@ class ModelConfig(_Config):
         description="False: a metadata-only model (its head ignores the image features), for "
         "ablations; needs metadata.",
     )
+    patient_context: bool = Field(
+        default=False,
+        description="Add patient context to the metadata: images per patient, the distance of "
+        "an image's embedding to its patient's other images and its rank among them, from its "
+        "own split only. Needs patient ids and a frozen backbone.",
+    )
 
 
 class TrainConfig(_Config):

@@ -45,6 +45,7 @@ FLAGS: dict[str, str] = {
     "train.checkpoint_interval": "--checkpoint-interval",
     "model.metadata": "--metadata",
     "model.use_image=False": "--no-image",
+    "model.patient_context": "--patient-context",
     "logging.loggers": "--logger",
     "out": "--out",
     "resume": "--resume",

@@ -88,6 +88,7 @@ _TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
         "model.use_image",
         {"help": "--no-image: a metadata-only model (ablation); needs --metadata."},
     ),
+    ("--patient-context/--no-patient-context", "model.patient_context", {}),
     ("--epochs", "train.epochs", {}),
     ("--batch-size", "train.batch_size", {}),
     ("--lr", "train.lr", {}),

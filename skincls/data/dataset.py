@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -57,6 +57,7 @@ class ManifestDataset(Dataset):
         split: str,
         transform=None,
         metadata: MetadataEncoder | None = None,
+        extra: Sequence[Mapping[str, str]] | None = None,
     ):
         self.manifest = manifest
         self.split = split
@@ -66,8 +67,10 @@ class ManifestDataset(Dataset):
         self.targets = [manifest.label_index(r.label) for r in self.records]
         self.metadata = metadata
         self.metadata_matrix: np.ndarray | None = None
-        if metadata is not None:
-            self.metadata_matrix = metadata.encode(dict(r.attributes) for r in self.records)
+        if metadata is not None:  # `extra`: further columns per record (patient context)
+            more = extra if extra is not None else [{}] * len(self.records)
+            rows = ({**dict(r.attributes), **e} for r, e in zip(self.records, more))
+            self.metadata_matrix = metadata.encode(rows)
 
     @property
     def deterministic(self) -> bool:

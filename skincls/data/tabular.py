@@ -86,19 +86,25 @@ class MetadataEncoder:
 
     @classmethod
     def fit(
-        cls, rows: Sequence[Mapping[str, str]], columns: Sequence[str], *, min_count: int = 3
+        cls,
+        rows: Sequence[Mapping[str, str]],
+        columns: Sequence[str],
+        *,
+        min_count: int = 3,
+        numeric: Sequence[str] = (),
     ) -> MetadataEncoder:
         """Learn means, scales and vocabularies from `rows` (the training split's values only).
 
-        A column is numeric when every recorded value is a finite number, else categorical with the
-        levels seen at least `min_count` times (rarer ones are `unknown`, so that level is learned).
+        A column is numeric when every recorded value is a finite number (or it is named in
+        `numeric`: unparsable values are then missing), else categorical with the levels seen at
+        least `min_count` times (rarer ones are `unknown`, so that level is learned).
         """
         codes = []
         for name in columns:
             values = [v for v in (_clean(r.get(name)) for r in rows) if v is not None]
             numbers = [_number(v) for v in values]
-            if values and all(n is not None for n in numbers):
-                arr = np.asarray(numbers, dtype=np.float64)
+            if name in numeric or (values and all(n is not None for n in numbers)):
+                arr = np.asarray([n for n in numbers if n is not None] or [0.0], dtype=np.float64)
                 scale = float(arr.std()) if len(arr) > 1 and arr.std() > 0 else 1.0
                 codes.append(ColumnCode(name, "numeric", float(arr.mean()), scale))
             else:

@@ -22,7 +22,7 @@ from ..data.provenance import Overlap, find_overlap
 from ..data.splits import load_manifest
 from ..errors import ConfigError, DataError
 from ..inference.decision import positive_index
-from ..inference.metadata import metadata_encoder
+from ..inference.metadata import context_rows, metadata_encoder, uses_patient_context
 from ..models.checkpoint import Checkpoint, load_checkpoint
 from ..preprocessing import Preprocessing
 from ..runtime import plan_precision, resolve_device
@@ -164,9 +164,12 @@ class Evaluator:
                 f"data classes {manifest.classes} differ from the model's {self.classes}"
             )
         encoder = metadata_encoder(self.checkpoint) if self.checkpoint is not None else None
-        return ManifestDataset(
-            manifest, split, build_transform(self.preprocessing), metadata=encoder
-        )
+        transform = build_transform(self.preprocessing)
+        extra = None
+        if encoder is not None and uses_patient_context(self.checkpoint):
+            # From this split's own images only, as in training.
+            extra = context_rows(self.model, manifest, split, transform, self.device)
+        return ManifestDataset(manifest, split, transform, metadata=encoder, extra=extra)
 
     def calibrate(
         self, data: str | Path | Dataset, split: str = "val", *, keep_worse: bool = False

@@ -32,7 +32,7 @@ from ..errors import ConfigError, opt
 from ..evaluation.measure import OperatingPoint
 from ..evaluation.store import report_summary
 from ..evaluation.subgroups import MIN_GROUP_N
-from ..inference.metadata import metadata_encoder
+from ..inference.metadata import context_rows, metadata_encoder, uses_patient_context
 from ..locks import DirLock
 from ..models.checkpoint import Checkpoint, atomic_save, load_checkpoint
 from ..preprocessing import Preprocessing
@@ -309,7 +309,13 @@ def _train_fold(plan: CVPlan, k: int, training: FoldTraining, *, resume: bool) -
     result = training.train(run, fm, plan.pool, resume)
     ckpt = load_checkpoint(result.best_checkpoint)
     encoder = metadata_encoder(ckpt)  # a fused model: its fold's own encoder (fitted on its train)
-    held_out = ManifestDataset(fm, "val", build_transform(ckpt.preprocessing), metadata=encoder)
+    tf = build_transform(ckpt.preprocessing)
+    extra = None
+    if encoder is not None and uses_patient_context(ckpt):  # from the held-out images only
+        device = resolve_device(plan.config.train.device)
+        model = ckpt.build_model(copy.deepcopy(training.backbone) if training.backbone else None)
+        extra = context_rows(model.to(device), fm, "val", tf, device)
+    held_out = ManifestDataset(fm, "val", tf, metadata=encoder, extra=extra)
     logits, source = heldout_logits(
         ckpt, held_out, plan.pool, plan.config.train, tta=plan.tta, backbone=training.backbone
     )

@@ -15,7 +15,10 @@ from pathlib import Path, PurePath
 import torch
 from torch import nn
 
+from ..data.dataset import ManifestDataset
 from ..data.metadata import ATTRIBUTE_COLUMNS, read_csv_rows
+from ..data.patient_context import patient_contexts
+from ..data.splits import Manifest
 from ..data.tabular import MetadataEncoder
 from ..errors import ConfigError, DataError
 from ..models.checkpoint import Checkpoint
@@ -23,10 +26,12 @@ from ..models.checkpoint import Checkpoint
 __all__ = [
     "FixedMetadata",
     "MetadataTable",
+    "context_rows",
     "metadata_encoder",
     "metadata_rows",
     "model_inputs",
     "read_metadata_csv",
+    "uses_patient_context",
     "with_inputs",
 ]
 
@@ -162,3 +167,34 @@ class FixedMetadata(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x, self.meta.to(x.device).expand(len(x), -1))
+
+
+def uses_patient_context(ckpt: Checkpoint) -> bool:
+    """Whether a checkpoint's model takes patient context among its metadata."""
+    return bool((ckpt.model_config.get("metadata") or {}).get("patient_context"))
+
+
+@torch.inference_mode()
+def context_rows(
+    model: nn.Module,
+    manifest: Manifest,
+    split: str,
+    transform,
+    device: torch.device,
+    batch_size: int = 64,
+) -> list[dict[str, str]]:
+    """Patient context of one split's images (`data.patient_context`), from that split's images
+    only, through `model.features` (a frozen backbone: the same embeddings in training and later).
+    """
+    ds = ManifestDataset(manifest, split, transform)
+    was = model.training
+    model.eval()
+    feats = []
+    try:
+        for i in range(0, len(ds), batch_size):
+            x = torch.stack([ds[j][0] for j in range(i, min(i + batch_size, len(ds)))])
+            feats.append(model.features(x.to(device)).float().cpu())
+    finally:
+        model.train(was)
+    emb = torch.cat(feats).numpy() if feats else torch.zeros(0, 1).numpy()
+    return patient_contexts(emb, [r.patient_id for r in ds.records])

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from skincls import TrainConfig, Trainer, fetch
 from skincls.cli import main
 from skincls.data.dataset import ManifestDataset, build_transform
+from skincls.data.patient_context import CONTEXT_COLUMNS
 from skincls.data.splits import load_manifest
 from skincls.data.tabular import MetadataEncoder, metadata_columns
 from skincls.errors import ConfigError, ModelError
@@ -274,3 +275,73 @@ def test_export_of_a_fused_model_is_refused_in_one_line(fused_run, tmp_path):
         "takes metadata (age, sex, site) besides the image; exporting a two-input model" in r.output
     )
     assert "--metadata none" in r.output and not (tmp_path / "m.onnx").exists()
+
+
+def test_patient_context_counts_distances_and_ranks_within_the_given_images():
+    from skincls.data.patient_context import patient_contexts
+
+    emb = np.array([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.5, 0.5], [3.0, 4.0]])
+    rows = patient_contexts(emb, ["a", "a", "a", "b", ""])
+    assert {r["patient_images"] for r in rows[:3]} == {f"{np.log1p(3):.6g}"}
+    ranks = [float(r["patient_rank"]) for r in rows[:3]]
+    assert sorted(ranks) == [0.0, 0.5, 1.0] and ranks[2] == 1.0  # image 2: the "ugly duckling"
+    unit = emb[:3] / np.linalg.norm(emb[:3], axis=1, keepdims=True)
+    assert float(rows[2]["patient_distance"]) == pytest.approx(
+        np.linalg.norm(unit[2] - unit[:2].mean(0)), rel=1e-5
+    )
+    assert rows[3] == {"patient_images": f"{np.log1p(1):.6g}", "patient_distance": "",
+                       "patient_rank": ""}  # fmt: skip
+    assert rows[4] == {"patient_images": "", "patient_distance": "", "patient_rank": ""}
+
+
+def test_a_test_images_patient_context_uses_test_images_only(ham_data):
+    from dataclasses import replace
+
+    from skincls.data.splits import Manifest
+    from skincls.inference.metadata import context_rows
+
+    manifest = load_manifest(ham_data)
+    model = create_model("smallcnn", weights="none", head=(4,), freeze="backbone").eval()
+    tf = build_transform(model.preprocessing.with_size(32))
+    before = context_rows(model, manifest, "test", tf, torch.device("cpu"))
+    test_patients = [r.patient_id for r in manifest.select("test")]
+    target = max(set(test_patients), key=test_patients.count)
+    n_test = test_patients.count(target)
+    # Give every training image the same patient: were training images used, the counts,
+    # distances and ranks of that patient's test images would change.
+    leaky = Manifest(
+        manifest.root,
+        manifest.classes,
+        [replace(r, patient_id=target) if r.split == "train" else r for r in manifest.records],
+    )
+    after = context_rows(model, leaky, "test", tf, torch.device("cpu"))
+    assert after == before
+    mine = [row for row, p in zip(after, test_patients) if p == target]
+    assert {row["patient_images"] for row in mine} == {f"{np.log1p(n_test):.6g}"}
+
+
+def test_train_and_evaluate_with_patient_context(ham_data, tmp_path):
+    import skincls
+
+    body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    config = skincls.RunConfig.model_validate(
+        {"data": {"data_dir": ham_data},
+         "model": {"arch": "custom", "head": [8], "freeze": "backbone", "metadata": "auto",
+                   "patient_context": True},
+         "train": {"epochs": 1, "batch_size": 8, "device": "cpu", "precision": "fp32", "seed": 1},
+         "out": tmp_path / "run"}
+    )  # fmt: skip
+    pre = {"resize_size": 32, "crop_size": 32}
+    result = skincls.train_from_config(config, backbone=body, preprocessing=pre, progress=False)
+    ckpt = load_checkpoint(result.best_checkpoint)
+    settings = ckpt.model_config["metadata"]
+    assert settings["patient_context"] is True
+    assert settings["columns"] == ["age", "sex", "site", *CONTEXT_COLUMNS]
+    enc = MetadataEncoder.from_dict(settings["encoder"])
+    assert enc.columns[3].kind == "numeric" and enc.columns[3].mean > 0  # fitted on train's counts
+    ev = Evaluator(ckpt, backbone=copy.deepcopy(body), device="cpu")
+    assert len(ev.outputs(ham_data, "test").labels) == len(load_manifest(ham_data).select("test"))
+    model = config.model.model_copy(update={"freeze": "none"})
+    config = config.model_copy(update={"model": model, "out": tmp_path / "other"})
+    with pytest.raises(ConfigError, match="frozen backbone"):
+        skincls.train_from_config(config, backbone=body, preprocessing=pre, progress=False)
