@@ -197,7 +197,7 @@ def run_task(task: str, source: Path, out: Path, args) -> dict:
     if not (data_dir / "manifest.csv").is_file():
         skincls.fetch(
             data_dir, source_dir=source, dataset="ham10000", task=task, seed=args.seed,
-            val_fraction=0.05, test_fraction=0.15,
+            val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         )  # fmt: skip
     manifest = skincls.load_manifest(data_dir)
     test = manifest.select("test")
@@ -236,7 +236,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--metadata", type=Path, help="HAM10000_metadata.csv (real rows)")
     ap.add_argument("--out", type=Path, default=Path("runs/metadata_fusion"))
     ap.add_argument("--images", type=int, default=None, help="rows to use (default: all)")
-    ap.add_argument("--signal", type=float, default=0.6)
+    ap.add_argument("--signal", type=float, default=0.75)
+    ap.add_argument("--val-fraction", type=float, default=0.02)
+    ap.add_argument("--test-fraction", type=float, default=0.15)
     ap.add_argument("--size", type=int, default=48, help="image side in pixels")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--bootstrap", type=int, default=1000)

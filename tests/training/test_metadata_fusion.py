@@ -345,3 +345,25 @@ def test_train_and_evaluate_with_patient_context(ham_data, tmp_path):
     config = config.model_copy(update={"model": model, "out": tmp_path / "other"})
     with pytest.raises(ConfigError, match="frozen backbone"):
         skincls.train_from_config(config, backbone=body, preprocessing=pre, progress=False)
+
+
+def test_serve_takes_metadata_as_optional_form_fields(fused_run, ham_data):
+    pytest.importorskip("starlette")
+    pytest.importorskip("multipart")
+    from starlette.testclient import TestClient
+
+    from skincls.serve.app import create_app
+    from skincls.serve.service import ModelService
+
+    service = ModelService.from_checkpoint(fused_run, device="cpu", precision="fp32")
+    image = sorted((ham_data / "images").rglob("*.jpg"))[0].read_bytes()
+    files = [("images", ("a.jpg", image, "image/jpeg"))]
+    with TestClient(create_app(service)) as client:
+        assert client.get("/api/model").json()["metadata_columns"] == ["age", "sex", "site"]
+        given = client.post("/api/predict", files=files, data={"age": "80", "site": "face"})
+        none = client.post("/api/predict", files=files)
+    assert given.status_code == none.status_code == 200, given.text
+    a, b = given.json()["results"][0], none.json()["results"][0]
+    assert a["missing_inputs"] == ["sex"] and b["missing_inputs"] == ["age", "sex", "site"]
+    assert a["probability"] != b["probability"]
+    assert a["heatmap"] and b["heatmap"]  # Grad-CAM through the fused model
