@@ -367,3 +367,24 @@ def test_serve_takes_metadata_as_optional_form_fields(fused_run, ham_data):
     assert a["missing_inputs"] == ["sex"] and b["missing_inputs"] == ["age", "sex", "site"]
     assert a["probability"] != b["probability"]
     assert a["heatmap"] and b["heatmap"]  # Grad-CAM through the fused model
+
+
+def test_cv_compare_metadata_runs_three_models_on_the_same_folds(ham_data, tmp_path):
+    out = tmp_path / "cmp"
+    train = [a for a in TINY_TRAIN if a not in ("--epochs", "2")] + ["--epochs", "1"]
+    args = ["cv", "--data-dir", str(ham_data), *train, "--folds", "2", "--out", str(out)]
+    r = CliRunner().invoke(main, [*args, "--compare", "metadata", "--bootstrap", "20"])
+    assert r.exit_code == 0, r.output
+    assert "out-of-fold ROC-AUC, 2 folds, the same for every model" in r.output
+    report = json.loads((out / "compare_report.json").read_text())
+    assert set(report["values"]) == {"image", "metadata", "fused"}
+    assert set(report["paired"]) == {"fused-image", "fused-metadata"}
+    for pair in report["paired"].values():
+        assert pair["ci"][0] <= pair["diff"] <= pair["ci"][1] and pair["n_bootstrap"] == 20
+    for k in (0, 1):  # the same held-out images in every arm's fold k
+        rows = [np.load(out / arm / f"fold{k}" / "oof.npz")["rows"] for arm in report["values"]]
+        assert all(np.array_equal(rows[0], x) for x in rows[1:])
+    fused = load_checkpoint(out / "fused" / "fold0" / "best.pt").model_config["metadata"]
+    only = load_checkpoint(out / "metadata" / "fold0" / "best.pt").model_config["metadata"]
+    assert fused["image"] is True and only["image"] is False
+    assert "metadata" not in load_checkpoint(out / "image" / "fold0" / "best.pt").model_config
