@@ -463,6 +463,8 @@ def export(checkpoint, fmt, out, tolerance):
         f"input:  float32 RGB NCHW in [0, 1], shape {tuple(result.input_shape)}; output: probabilities of "
         f"{', '.join(result.classes)} (temperature {result.temperature:g})"
     )
+    if "metadata_input" in result.metadata:  # a fused model's second input
+        console.print(f"input 2 (metadata): {result.metadata['metadata_input']}")
     console.print(
         f"parity: max abs difference {result.max_abs_diff:.3g} <= tolerance {result.tolerance:g} "
         f"(batches of {batches})"

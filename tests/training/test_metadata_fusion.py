@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from skincls import TrainConfig, Trainer, fetch
 from skincls.cli import main
 from skincls.data.dataset import ManifestDataset, build_transform
+from skincls.data.images import load_image
 from skincls.data.patient_context import CONTEXT_COLUMNS
 from skincls.data.splits import load_manifest
 from skincls.data.tabular import MetadataEncoder, metadata_columns
@@ -268,13 +269,31 @@ def test_cv_with_metadata_pools_image_features_and_appends_each_folds_metadata(h
             np.testing.assert_allclose(model(x, m).numpy(), logits, rtol=1e-4, atol=1e-5)
 
 
-def test_export_of_a_fused_model_is_refused_in_one_line(fused_run, tmp_path):
-    r = CliRunner().invoke(main, ["export", str(fused_run), "--out", str(tmp_path / "m.onnx")])
-    assert r.exit_code == 1 and "Traceback" not in r.output
-    assert (
-        "takes metadata (age, sex, site) besides the image; exporting a two-input model" in r.output
-    )
-    assert "--metadata none" in r.output and not (tmp_path / "m.onnx").exists()
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_two_input_export_matches_pytorch(fused_run, ham_data, tmp_path, fmt):
+    from skincls.inference.export import export_model
+    from skincls.inference.predict import Predictor
+
+    result = export_model(fused_run, tmp_path / f"m.{fmt}", format=fmt)
+    assert result.max_abs_diff <= 1e-4
+    enc = MetadataEncoder.from_dict(result.metadata["metadata_encoding"])
+    predictor = Predictor.from_checkpoint(fused_run, device="cpu", precision="fp32")
+    path = sorted((ham_data / "images").rglob("*.jpg"))[0]
+    row = {"age": "85", "sex": "male", "site": "face"}
+    want = predictor.predict([path], metadata=[row])[0].probabilities
+    image = build_transform(predictor.checkpoint.preprocessing)(load_image(path))
+    pre = predictor.checkpoint.preprocessing
+    x = (image * torch.tensor(pre.std)[:, None, None] + torch.tensor(pre.mean)[:, None, None])[None]
+    m = enc.encode([row])
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == ["images", "metadata"]
+        got = session.run(None, {"images": x.numpy(), "metadata": m})[0][0]
+    else:
+        got = torch.jit.load(str(result.path))(x, torch.from_numpy(m))[0].detach().numpy()
+    np.testing.assert_allclose(got, [want[c] for c in predictor.classes], atol=1e-4)
 
 
 def test_patient_context_counts_distances_and_ranks_within_the_given_images():
