@@ -407,3 +407,12 @@ def test_cv_compare_metadata_runs_three_models_on_the_same_folds(ham_data, tmp_p
     only = load_checkpoint(out / "metadata" / "fold0" / "best.pt").model_config["metadata"]
     assert fused["image"] is True and only["image"] is False
     assert "metadata" not in load_checkpoint(out / "image" / "fold0" / "best.pt").model_config
+
+
+def test_an_ensemble_of_fused_models_is_refused(fused_run, tmp_path):
+    from skincls.errors import CheckpointError
+    from skincls.experiments.ensemble import create_ensemble
+
+    with pytest.raises(CheckpointError, match="takes metadata besides the image; ensembles"):
+        create_ensemble([fused_run / "best.pt"], tmp_path / "e.pt")
+    assert not (tmp_path / "e.pt").exists()
