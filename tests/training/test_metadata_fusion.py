@@ -416,3 +416,26 @@ def test_an_ensemble_of_fused_models_is_refused(fused_run, tmp_path):
     with pytest.raises(CheckpointError, match="takes metadata besides the image; ensembles"):
         create_ensemble([fused_run / "best.pt"], tmp_path / "e.pt")
     assert not (tmp_path / "e.pt").exists()
+
+
+def test_generate_from_rows_keeps_the_rows_and_draws_each_lesion_once(tmp_path):
+    import csv
+
+    from skincls.data.synthetic_metadata import generate_from_rows
+
+    rows = [
+        {"lesion_id": "L1", "image_id": "ISIC_1", "dx": "mel", "age": "70", "sex": "male",
+         "localization": "back"},
+        {"lesion_id": "L1", "image_id": "ISIC_2", "dx": "mel", "age": "70", "sex": "male",
+         "localization": "back"},
+        {"lesion_id": "L2", "image_id": "ISIC_3", "dx": "nv", "age": "", "sex": "female",
+         "localization": "face"},
+    ]  # fmt: skip
+    counts = generate_from_rows(tmp_path / "a", rows, signal=0.5, seed=1, size=32)
+    assert counts == {"mel": 2, "nv": 1}
+    with (tmp_path / "a" / "HAM10000_metadata.csv").open(newline="") as fh:
+        assert list(csv.DictReader(fh)) == rows
+    generate_from_rows(tmp_path / "b", rows, signal=0.5, seed=1, size=32)
+    for name in ("ISIC_1", "ISIC_3"):  # seeded: the same bytes again
+        a = next((tmp_path / "a").rglob(f"{name}.jpg")).read_bytes()
+        assert a == next((tmp_path / "b").rglob(f"{name}.jpg")).read_bytes()
