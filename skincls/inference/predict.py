@@ -16,6 +16,7 @@ from torch import nn
 
 from ..data.dataset import build_transform
 from ..data.images import IMAGE_SUFFIXES, UnusableImage, load_image, prepare_image
+from ..data.patient_context import patient_contexts
 from ..errors import ConfigError, DataError, opt, spell_options
 from ..figures import save_figure
 from ..models.checkpoint import Checkpoint, load_checkpoint
@@ -26,6 +27,7 @@ from .metadata import (
     MetadataInput,
     metadata_encoder,
     metadata_rows,
+    uses_patient_context,
     with_inputs,
 )
 from .tta import model_logits
@@ -181,6 +183,8 @@ class Predictor:
         """
         items = _expand_items(images)
         metas = metadata_rows(self.encoder, [n for n, _ in items], metadata)
+        if self.encoder is not None and uses_patient_context(self.checkpoint):
+            metas = self._with_context(items, metas)
         items = [(n, item, m) for (n, item), m in zip(items, metas)]
         preds: list[Prediction] = []
         # A thread decodes the next batch of files while the model runs on this one (PIL's decoders
@@ -199,6 +203,30 @@ class Predictor:
         if cam_dir is not None:
             self._write_cams(items, preds, Path(cam_dir), progress)
         return preds
+
+    @torch.inference_mode()
+    def _with_context(self, items: list[tuple[str, Any]], metas: list) -> list:
+        """Each row with its patient context (`data.patient_context`) among the images predicted
+        together: a patient's other images here (by the rows' `patient_id`), nothing else."""
+        good, feats = [], []
+        for chunk in _chunks(list(enumerate(items)), self.batch_size):
+            tensors = []
+            for i, (name, item) in chunk:
+                try:
+                    tensors.append(self.transform(_read_image(name, item)))
+                    good.append(i)
+                except DataError:
+                    continue  # its own prediction reports the error
+            if tensors:
+                x = torch.stack(tensors).to(self.device)
+                feats.append(self.model.features(x).float().cpu())
+        if not good:
+            return metas
+        patients = [(metas[i] or {}).get("patient_id", "") for i in good]
+        out = list(metas)
+        for i, row in zip(good, patient_contexts(torch.cat(feats).numpy(), patients)):
+            out[i] = {**(metas[i] or {}), **row}
+        return out
 
     def _decode(
         self, chunk: list[tuple[str, Any, dict | None]]

@@ -360,6 +360,14 @@ def test_train_and_evaluate_with_patient_context(ham_data, tmp_path):
     assert enc.columns[3].kind == "numeric" and enc.columns[3].mean > 0  # fitted on train's counts
     ev = Evaluator(ckpt, backbone=copy.deepcopy(body), device="cpu")
     assert len(ev.outputs(ham_data, "test").labels) == len(load_manifest(ham_data).select("test"))
+    from skincls.inference.predict import Predictor
+
+    predictor = Predictor(ckpt, "cpu", backbone=copy.deepcopy(body), precision="fp32")
+    images = sorted((ham_data / "images").rglob("*.jpg"))[:3]
+    rows = [{"age": "50", "sex": "male", "site": "back", "patient_id": p} for p in "AAB"]
+    missing = [p.missing_inputs for p in predictor.predict(images, metadata=rows)]
+    # Patient A has two images here (its context is defined), B one (no other image to compare).
+    assert missing == [[], [], ["patient_distance", "patient_rank"]]
     model = config.model.model_copy(update={"freeze": "none"})
     config = config.model_copy(update={"model": model, "out": tmp_path / "other"})
     with pytest.raises(ConfigError, match="frozen backbone"):
