@@ -89,6 +89,23 @@ class ModelConfig(_Config):
         description="'backbone' (only the head trains), 'none' (everything trains) or N: the last "
         "N backbone stages train, the rest stay frozen.",
     )
+    metadata: str = Field(
+        default="none",
+        max_length=1000,
+        description="Fuse the images' metadata: 'none' (images only), 'auto' (the age, sex and "
+        "site columns the data records) or comma-separated manifest columns, e.g. age,sex,site.",
+    )
+    use_image: bool = Field(
+        default=True,
+        description="False: a metadata-only model (its head ignores the image features), for "
+        "ablations; needs metadata.",
+    )
+    patient_context: bool = Field(
+        default=False,
+        description="Add patient context to the metadata: images per patient, the distance of "
+        "an image's embedding to its patient's other images and its rank among them, from its "
+        "own split only. Needs patient ids and a frozen backbone.",
+    )
 
 
 class TrainConfig(_Config):

@@ -73,6 +73,14 @@ from .train import _overrides, _train_options
     help="Continue the CV in --out: finished folds are kept, the fold in progress continues.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--compare",
+    type=click.Choice(["metadata"]),
+    default=None,
+    help="metadata: cross-validate image-only, metadata-only and fused models on the same folds "
+    "(into --out/image, /metadata, /fused) and report each with its CI and the paired "
+    "differences.",
+)
 @friendly_errors
 def cv(
     config_file,
@@ -89,6 +97,7 @@ def cv(
     quiet,
     resume,
     as_json,
+    compare,
     **options,
 ):
     """Cross-validate the `train` recipe over the non-test images: K grouped, stratified folds.
@@ -112,22 +121,23 @@ def cv(
     config = load_config(config_file, overrides, names=names)
     if out is None and config.out == RunConfig.model_fields["out"].default:
         config.out = Path("runs/cv")  # not train's default run dir
-    result = cross_validate(
-        config,
-        folds,
+    cv_options = dict(
         resume=resume,
         refit=refit,
         calibrate=calibrate,
         target_sensitivity=target_sensitivity,
         threshold=threshold,
         tta=tta,
-        n_bootstrap=bootstrap,
         by=by,
         min_group_n=min_group_n,
         group_by=group_by,
         progress=not quiet,
         log=(lambda line: None) if quiet else (lambda line: err.print(f"[dim]{line}[/]")),
     )
+    if compare == "metadata":
+        _compare(config, folds, bootstrap, cv_options, as_json)
+        return
+    result = cross_validate(config, folds, n_bootstrap=bootstrap, **cv_options)
     report = result.report
     if as_json:  # stdout holds the JSON only; progress went to stderr
         click.echo(report.model_dump_json(indent=2))
@@ -145,12 +155,41 @@ def cv(
     for path in oof.plots:
         console.print(f"plot: {path}")
     console.print(f"out-of-fold predictions: {result.oof_csv}")
-    console.print(f"ensemble of {report.folds} fold models: {result.ensemble}")
+    if result.ensemble is not None:
+        console.print(f"ensemble of {report.folds} fold models: {result.ensemble}")
+    else:
+        console.print("no ensemble: the fold models take metadata, each with its own encoding")
     if result.refit is not None:
         console.print(
             f"refit on all non-test images ({report.refit_epochs} epochs): {result.refit}"
         )
     console.print(f"report: {result.cv_dir / 'cv_report.json'}")
+
+
+def _compare(config, folds: int, bootstrap: int, cv_options: dict, as_json: bool) -> None:
+    from ..experiments.compare import compare_metadata
+
+    result = compare_metadata(config, folds, n_bootstrap=bootstrap, **cv_options)
+    if as_json:
+        click.echo((result.out / "compare_report.json").read_text())
+        return
+    name = {"roc_auc": "ROC-AUC", "balanced_accuracy": "balanced accuracy"}[result.metric]
+    table = Table(title=f"out-of-fold {name}, {folds} folds, the same for every model")
+    for col in ("model", name, "95% CI", "fused − this", "95% CI of the difference"):
+        table.add_column(col, justify="right")
+    for arm, cv_result in result.arms.items():
+        ci = cv_result.report.oof.ci.get(result.metric)
+        pair = result.paired.get(f"fused-{arm}")
+        table.add_row(
+            arm,
+            f"{result.values[arm]:.3f}",
+            "-" if not ci else f"{ci[0]:.3f}–{ci[1]:.3f}",
+            "-" if pair is None else f"{pair['diff']:+.3f}",
+            "-" if pair is None or pair["ci"][0] is None else
+            f"{pair['ci'][0]:+.3f} to {pair['ci'][1]:+.3f}",
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"report: {result.out / 'compare_report.json'}")
 
 
 def _print_folds(report) -> None:

@@ -281,9 +281,28 @@ def _print_confusion(report) -> None:
     default=None,
     help="Also write predictions to this CSV file.",
 )
+@click.option(
+    "--metadata",
+    "metadata_csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="For a model trained with metadata: a CSV with an image column (file name or id) and the "
+    "model's columns (age, sex, site...). Missing columns or images are unknown (said once).",
+)
 @friendly_errors
 def predict(
-    checkpoint, paths, tta, cam_dir, threshold, device, precision, top_k, as_json, quiet, csv_file
+    checkpoint,
+    paths,
+    tta,
+    cam_dir,
+    threshold,
+    device,
+    precision,
+    top_k,
+    as_json,
+    quiet,
+    csv_file,
+    metadata_csv,
 ):
     """Predict label and (calibrated) probability of images: P(malignant) for a benign/malignant
     model, P(label) and the top-k classes for one with more classes.
@@ -303,8 +322,10 @@ def predict(
         threshold=threshold,
         top_k=top_k,
     )
+    table = _metadata_table(predictor, metadata_csv)
     with progress_bar(not quiet) as progress:
-        preds = predictor.predict(paths, cam_dir=cam_dir, progress=progress)
+        preds = predictor.predict(paths, cam_dir=cam_dir, progress=progress, metadata=table)
+    _say_missing(predictor, table, metadata_csv, preds)
     if not as_json:  # after the work: a failure prints only its one-line error
         err_console.print(describe_device(predictor.device, predictor.precision))
     if csv_file is not None:
@@ -318,7 +339,8 @@ def predict(
         source = predictor.checkpoint.path
         table = Table(title=f"predictions ({source}; threshold {threshold}; {predictor.precision})")
         top = [f"top {predictor.top_k}"] if predictor.top_k else []
-        for col in ("image", "label", shown, *top, *(["Grad-CAM"] if cam_dir else [])):
+        missing = ["missing inputs"] if predictor.encoder is not None else []
+        for col in ("image", "label", shown, *top, *missing, *(["Grad-CAM"] if cam_dir else [])):
             table.add_column(col, overflow="fold")
         for p in preds:
             if p.error:
@@ -329,6 +351,7 @@ def predict(
                     p.label,
                     f"{p.probability:.3f}",
                     *([_top(p.top)] if top else []),
+                    *([", ".join(p.missing_inputs or []) or "-"] if missing else []),
                     *([p.cam] if cam_dir else []),
                 )
         console.print(table)
@@ -336,6 +359,44 @@ def predict(
         console.print(f"csv: {csv_file}")
     if any(p.error for p in preds):
         sys.exit(1)
+
+
+def _metadata_table(predictor, metadata_csv: Path | None):
+    """The `--metadata` CSV read for the model's columns; None without one (or for an image-only
+    model, which is told once)."""
+    from ..inference.metadata import read_metadata_csv
+
+    if predictor.encoder is None:
+        if metadata_csv is not None:
+            err_console.print(
+                f"note: {predictor.checkpoint.path} takes images only; --metadata is not used"
+            )
+        return None
+    return read_metadata_csv(metadata_csv, predictor.encoder) if metadata_csv else None
+
+
+def _say_missing(predictor, table, metadata_csv: Path | None, preds) -> None:
+    """Once, what the model's metadata lacked: no CSV, its absent columns, images without a row."""
+    if predictor.encoder is None:
+        return
+    columns = ", ".join(predictor.encoder.names)
+    if table is None:
+        err_console.print(
+            f"note: the model also takes metadata ({columns}); without --metadata CSV every "
+            "image's is unknown"
+        )
+        return
+    if table.absent_columns:
+        err_console.print(
+            f"note: {metadata_csv} has no {', '.join(table.absent_columns)} column: unknown for "
+            "every image"
+        )
+    names = [p.path for p in preds if not p.error and table.row(p.path) is None]
+    if names:
+        err_console.print(
+            f"note: {len(names)} image(s) have no row in {metadata_csv} (e.g. {names[0]}): "
+            f"their {columns} are unknown"
+        )
 
 
 def _top(top) -> str:
@@ -347,12 +408,14 @@ def _write_predictions_csv(preds, path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     cols = ["path", "label", "probability", "positive_class", "threshold", "top", "cam", "error"]
+    cols += ["missing_inputs"] if any(p.missing_inputs is not None for p in preds) else []
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
         for p in preds:
             row = p.to_dict()
             row["top"] = "; ".join(f"{c}:{v:.6f}" for c, v in p.top or [])
+            row["missing_inputs"] = ";".join(p.missing_inputs or [])
             # A spreadsheet runs no cell as a formula; an undecodable file name shows its bytes.
             for col in ("path", "cam"):
                 row[col] = row[col] and safe_path(row[col])
@@ -411,6 +474,8 @@ def export(checkpoint, fmt, out, tolerance):
             f"input:  float32 RGB NCHW in [0, 1], shape {tuple(result.input_shape)}; output: "
             f"probabilities of {', '.join(result.classes)} (temperature {result.temperature:g})"
         )
+        if "metadata_input" in result.metadata:  # a fused model's second input
+            console.print(f"input 2 (metadata): {result.metadata['metadata_input']}")
     console.print(
         f"parity: max abs difference {result.max_abs_diff:.3g} <= tolerance {result.tolerance:g} "
         f"(batches of {batches})"

@@ -82,6 +82,13 @@ _TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
         },
     ),
     ("--dropout", "model.dropout", {}),
+    ("--metadata", "model.metadata", {"metavar": "auto|none|COLUMNS"}),
+    (
+        "--image/--no-image",
+        "model.use_image",
+        {"help": "--no-image: a metadata-only model (ablation); needs --metadata."},
+    ),
+    ("--patient-context/--no-patient-context", "model.patient_context", {}),
     ("--epochs", "train.epochs", {}),
     ("--batch-size", "train.batch_size", {}),
     ("--lr", "train.lr", {}),
@@ -274,8 +281,21 @@ def train(config_file, quiet, resume, overwrite, nproc, **options):
         cache = ", ".join(f"{k} {v}" for k, v in result.history.cache.items())
         console.print(f"feature cache (last phase): {cache}; notes in history.json")
     _print_history(result.history)
+    _print_metadata(result.best_checkpoint)
     console.print(f"best checkpoint: {result.best_checkpoint} (epoch {result.history.best_epoch})")
     console.print(f"run directory:   {result.run_dir}")
+
+
+def _print_metadata(path: Path) -> None:
+    """For a model trained with metadata: which columns it takes, and how each is encoded."""
+    from ..inference.metadata import model_inputs
+    from ..models.checkpoint import load_checkpoint
+
+    inputs = model_inputs(load_checkpoint(path))
+    if inputs["metadata"]:
+        cols = "; ".join(f"{m['column']}: {m['encoding']}" for m in inputs["metadata"])
+        image = "" if inputs["image"] else " (no image: metadata only)"
+        console.print(f"metadata inputs{image}, encoded as fitted on the training split: {cols}")
 
 
 def _launch_torchrun(nproc: int) -> None:

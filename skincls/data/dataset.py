@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
@@ -12,6 +14,7 @@ from torchvision.transforms import v2 as T
 from ..preprocessing import Preprocessing
 from .images import DECODER, load_image
 from .splits import Manifest, Record
+from .tabular import MetadataEncoder
 
 __all__ = ["ManifestDataset", "build_transform", "is_deterministic", "load_image"]
 
@@ -42,15 +45,32 @@ def build_transform(pre: Preprocessing, *, train: bool = False, augment: bool = 
 
 
 class ManifestDataset(Dataset):
-    """Images of one split of a manifest, as `(tensor, class_index)` pairs."""
+    """Images of one split of a manifest, as `(tensor, class_index)` pairs.
 
-    def __init__(self, manifest: Manifest, split: str, transform=None):
+    With a `metadata` encoder, `(tensor, metadata, class_index)`: `metadata` is the record's
+    attributes encoded (`metadata_matrix[i]`, float32) for a fused model.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        split: str,
+        transform=None,
+        metadata: MetadataEncoder | None = None,
+        extra: Sequence[Mapping[str, str]] | None = None,
+    ):
         self.manifest = manifest
         self.split = split
         self.records: Sequence[Record] = manifest.select(split)
         self.classes = manifest.classes
         self.transform = transform
         self.targets = [manifest.label_index(r.label) for r in self.records]
+        self.metadata = metadata
+        self.metadata_matrix: np.ndarray | None = None
+        if metadata is not None:  # `extra`: further columns per record (patient context)
+            more = extra if extra is not None else [{}] * len(self.records)
+            rows = ({**dict(r.attributes), **e} for r, e in zip(self.records, more))
+            self.metadata_matrix = metadata.encode(rows)
 
     @property
     def deterministic(self) -> bool:
@@ -64,6 +84,9 @@ class ManifestDataset(Dataset):
         h.update(str(self.manifest.root.resolve()).encode())
         for r, t in zip(self.records, self.targets):
             h.update(f"{r.path}\0{t}\0{r.sha256}\n".encode())
+        if self.metadata_matrix is not None:
+            h.update(json.dumps(self.metadata.to_dict(), sort_keys=True).encode())
+            h.update(np.ascontiguousarray(self.metadata_matrix).tobytes())
         return h.hexdigest()
 
     def __len__(self) -> int:
@@ -73,6 +96,8 @@ class ManifestDataset(Dataset):
         image = load_image(self.manifest.root / self.records[i].path)
         if self.transform is not None:
             image = self.transform(image)
+        if self.metadata_matrix is not None:
+            return image, torch.from_numpy(self.metadata_matrix[i]), self.targets[i]
         return image, self.targets[i]
 
 

@@ -18,7 +18,7 @@ from PIL import Image, ImageEnhance
 from ..atomic import atomic_write
 from .synthetic import make_lesion
 
-__all__ = ["DX_MIX", "generate_synthetic_metadata"]
+__all__ = ["DX_MIX", "generate_from_rows", "generate_synthetic_metadata"]
 
 # HAM10000's diagnosis mix (share of its 10,015 images).
 DX_MIX = {
@@ -126,6 +126,56 @@ def generate_synthetic_metadata(
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["dx"]] = counts.get(row["dx"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def generate_from_rows(
+    root: str | Path,
+    rows: list[dict[str, str]],
+    *,
+    signal: float = 1.0,
+    seed: int = 0,
+    size: int = 224,
+) -> dict[str, int]:
+    """Synthetic photos for real metadata rows, in HAM10000's layout under `root`.
+
+    `rows` are HAM10000_metadata.csv rows (lesion_id, image_id, dx, dx_type, age, sex,
+    localization, ...): the CSV is written back with them, so the real age/sex/site → diagnosis
+    relations carry over, and each row gets a photo of its lesion (one drawing per lesion_id,
+    several views). The image says the diagnosis only weakly: a lesion is drawn in its own
+    diagnosis's style with probability `signal`, else in the style of a diagnosis drawn from
+    `DX_MIX` (seeded, per lesion).
+
+    Returns:
+        Images per diagnosis code.
+    """
+    if not 0.0 <= signal <= 1.0:
+        raise ValueError("signal is a probability in [0, 1]")
+    root = Path(root)
+    parts = [root / "HAM10000_images_part_1", root / "HAM10000_images_part_2"]
+    for folder in parts:
+        folder.mkdir(parents=True, exist_ok=True)
+    codes = list(DX_MIX)
+    p = np.array([DX_MIX[c] for c in codes]) / sum(DX_MIX.values())
+    lesions: dict[str, int] = {}
+    views: dict[str, int] = {}
+    base: tuple[str, Image.Image] | None = None
+    counts: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        lesion = row["lesion_id"] or row["image_id"]
+        number = lesions.setdefault(lesion, len(lesions) + 1)
+        if base is None or base[0] != lesion:
+            rng = np.random.default_rng([seed, 3, number])
+            shown = row["dx"] if rng.random() < signal else codes[int(rng.choice(len(codes), p=p))]
+            base = (lesion, _draw(shown, seed, number, size))
+        view = views[lesion] = views.get(lesion, -1) + 1
+        photo = _view(base[1], np.random.default_rng([seed, 2, number, view]), size)
+        photo.save(parts[int(i >= len(rows) / 2)] / f"{row['image_id']}.jpg", quality=90)
+        counts[row["dx"]] = counts.get(row["dx"], 0) + 1
+    with atomic_write(root / "HAM10000_metadata.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
     return dict(sorted(counts.items()))
 
 

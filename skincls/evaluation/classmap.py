@@ -120,15 +120,18 @@ def map_classes(
 
 
 def mapped_dataset(
-    manifest: Manifest, split: str, transform, mapping: ClassMapping
+    manifest: Manifest, split: str, transform, mapping: ClassMapping, metadata=None, extra=None
 ) -> ManifestDataset:
     """The split's images of mapped classes, labelled with the model's class indices.
 
     Raises:
         DataError: none of the split's images is of a class the model knows.
     """
-    ds = ManifestDataset(manifest, split, transform)
-    ds.records = [r for r in ds.records if r.label in mapping.mapped]
+    ds = ManifestDataset(manifest, split, transform, metadata=metadata, extra=extra)
+    keep = [i for i, r in enumerate(ds.records) if r.label in mapping.mapped]
+    ds.records = [ds.records[i] for i in keep]
+    if ds.metadata_matrix is not None:  # a fused model's rows, kept in step with the records
+        ds.metadata_matrix = ds.metadata_matrix[keep]
     if not ds.records and manifest.select(split):
         raise DataError(
             f"none of the {split} split's images is of a class the model knows "

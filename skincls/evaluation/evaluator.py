@@ -24,6 +24,7 @@ from ..data.provenance import Overlap, find_overlap, is_training_data
 from ..data.splits import Manifest, load_manifest
 from ..errors import ConfigError, DataError, opt
 from ..inference.decision import positive_index
+from ..inference.metadata import context_rows, metadata_encoder, uses_patient_context
 from ..models.checkpoint import Checkpoint, load_checkpoint
 from ..preprocessing import Preprocessing
 from ..runtime import plan_precision, resolve_device
@@ -166,10 +167,16 @@ class Evaluator:
         if not isinstance(data, (str, Path)):
             return data
         manifest = load_manifest(data)
+        mapping = None if manifest.classes == self.classes else self.class_mapping(data)
+        encoder = metadata_encoder(self.checkpoint) if self.checkpoint is not None else None
         transform = build_transform(self.preprocessing)
-        if manifest.classes == self.classes:
-            return ManifestDataset(manifest, split, transform)
-        return mapped_dataset(manifest, split, transform, self.class_mapping(data))
+        extra = None
+        if encoder is not None and uses_patient_context(self.checkpoint):
+            # From this split's own images only, as in training.
+            extra = context_rows(self.model, manifest, split, transform, self.device)
+        if mapping is None:
+            return ManifestDataset(manifest, split, transform, metadata=encoder, extra=extra)
+        return mapped_dataset(manifest, split, transform, mapping, metadata=encoder, extra=extra)
 
     def class_mapping(self, data: str | Path | Dataset) -> ClassMapping | None:
         """How a data dir's classes match the model's when they differ (`classmap.map_classes`);

@@ -16,6 +16,7 @@ from .._version import __version__
 from ..data.info import DATASET_JSON, DatasetInfo
 from ..data.splits import MANIFEST_NAME, load_manifest
 from ..inference.decision import positive_index
+from ..inference.metadata import model_inputs
 from ..models.checkpoint import Checkpoint, load_checkpoint
 from .classmap import ClassMapping
 from .modelcard_clear import clear_derm_lines
@@ -233,6 +234,7 @@ def _details(ckpt: Checkpoint, cfg: Mapping[str, Any], run: Mapping[str, Any]) -
             else ""
         ),
         labels_line(ckpt.data.get("labels")),
+        inputs_line(ckpt),
         f"- **Preprocessing:** resize shorter side to {pre.resize_size} px ({pre.interpolation}), "
         f"centre crop {pre.crop_size} px, normalise with mean {_triple(pre.mean)} and std "
         f"{_triple(pre.std)}",
@@ -253,6 +255,24 @@ def _measured_data(rep: Mapping[str, Any], run: Mapping[str, Any]) -> list[str]:
         f"- **Measured data, not the training data:** below is {rep['data']} "
         f"(`{rep.get('data_dir')}`); the model was trained on `{_fmt(trained)}`"
     ]
+
+
+def inputs_line(ckpt: Checkpoint) -> str:
+    """What the model needs: the image, and for a fused model its metadata columns and what
+    happens when they are missing."""
+    if ckpt.is_ensemble:
+        return "- **Inputs:** the image"
+    inputs = model_inputs(ckpt)
+    if not inputs["metadata"]:
+        return "- **Inputs:** the image only"
+    cols = "; ".join(f"{m['column']} ({m['encoding']})" for m in inputs["metadata"])
+    image = "the image and" if inputs["image"] else "no image (a metadata-only model), only"
+    return (
+        f"- **Inputs:** {image} the metadata columns {cols}. A missing value, or one never seen "
+        "in training, is encoded as `unknown` with a missing-value indicator: the model still "
+        "answers, and predict reports which inputs were missing; how much accuracy that costs "
+        "was not measured here"
+    )
 
 
 def _trainable(freeze: Any) -> str:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError, ModelError, opt
 from ..inference.decision import softmax
+from ..inference.metadata import with_inputs
 from ..inference.tta import model_logits
 
 __all__ = ["Outputs", "collect_outputs"]
@@ -53,9 +54,12 @@ def collect_outputs(
         ds, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
     )
     done = 0
-    for x, y in loader:
-        x = x.to(device, non_blocking=True)
-        logits.append(model_logits(model, x, tta, dtype).cpu())
+    for *inputs, y in loader:
+        x = inputs[0].to(device, non_blocking=True)
+        # A fused model's further inputs (metadata) go with the images, the same in every TTA view.
+        extra = [t.to(device, non_blocking=True) for t in inputs[1:]]
+        run = with_inputs(model, extra) if extra else model
+        logits.append(model_logits(run, x, tta, dtype).cpu())
         labels.append(torch.as_tensor(y))
         done += len(x)
         if progress is not None:

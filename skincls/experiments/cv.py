@@ -32,6 +32,7 @@ from ..errors import ConfigError, opt
 from ..evaluation.measure import OperatingPoint
 from ..evaluation.store import report_summary
 from ..evaluation.subgroups import MIN_GROUP_N
+from ..inference.metadata import context_rows, metadata_encoder, uses_patient_context
 from ..locks import DirLock
 from ..models.checkpoint import Checkpoint, atomic_save, load_checkpoint
 from ..preprocessing import Preprocessing
@@ -74,7 +75,7 @@ class CVResult:
 
     cv_dir: Path
     report: CVReport
-    ensemble: Path
+    ensemble: Path | None  # None for models with metadata (each fold has its own encoding)
     oof_csv: Path
     refit: Path | None
 
@@ -171,7 +172,11 @@ def cross_validate(
     write_oof_csv(
         plan.cv_dir / "oof.csv", plan.records, plan.fold, oof, plan.classes, point, plan.groups
     )
-    ensemble = build_ensemble(plan, completed, point, measured, backbone)
+    ensemble = None
+    if plan.config.model.metadata.strip().lower() == "none":
+        ensemble = build_ensemble(plan, completed, point, measured, backbone)
+    else:  # each fold's model has its own metadata encoder: they do not join one ensemble yet
+        log("no ensemble.pt: the fold models take metadata, each with its own encoding")
     refitted = refit_model(plan, completed, point, training) if refit else None
     return write_report(plan, completed, measured, point, ensemble, refitted, start)
 
@@ -326,7 +331,14 @@ def _train_fold(plan: CVPlan, k: int, training: FoldTraining, *, resume: bool) -
     run = plan.fold_run(k)
     result = training.train(run, fm, plan.pool, resume)
     ckpt = load_checkpoint(result.best_checkpoint)
-    held_out = ManifestDataset(fm, "val", build_transform(ckpt.preprocessing))
+    encoder = metadata_encoder(ckpt)  # a fused model: its fold's own encoder (fitted on its train)
+    tf = build_transform(ckpt.preprocessing)
+    extra = None
+    if encoder is not None and uses_patient_context(ckpt):  # from the held-out images only
+        device = resolve_device(plan.config.train.device)
+        model = ckpt.build_model(copy.deepcopy(training.backbone) if training.backbone else None)
+        extra = context_rows(model.to(device), fm, "val", tf, device)
+    held_out = ManifestDataset(fm, "val", tf, metadata=encoder, extra=extra)
     logits, source = heldout_logits(
         ckpt, held_out, plan.pool, plan.config.train, tta=plan.tta, backbone=training.backbone
     )
@@ -421,7 +433,7 @@ def write_report(
     completed: list[dict[str, Any]],
     measured: OOFMeasured,
     point: OperatingPoint,
-    ensemble: Checkpoint,
+    ensemble: Checkpoint | None,
     refit: Refit | None,
     start: float,
 ) -> CVResult:
@@ -441,7 +453,7 @@ def write_report(
         std=measured.std,
         oof=measured.report,
         member_temperature=point.temperature,
-        ensemble=str(ensemble.path),
+        ensemble=str(ensemble.path) if ensemble else None,
         refit=str(refit.path) if refit else None,
         refit_epochs=refit.epochs if refit else None,
         oof_csv=str(plan.cv_dir / "oof.csv"),
@@ -452,7 +464,8 @@ def write_report(
     plan.state["finished"] = True
     plan.save_state()
     path = refit.path if refit else None
-    return CVResult(plan.cv_dir, report, ensemble.path, plan.cv_dir / "oof.csv", path)
+    ensemble_path = ensemble.path if ensemble else None
+    return CVResult(plan.cv_dir, report, ensemble_path, plan.cv_dir / "oof.csv", path)
 
 
 def _cv_info(plan: CVPlan, completed: list[dict[str, Any]]) -> dict[str, Any]:

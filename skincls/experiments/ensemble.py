@@ -59,6 +59,12 @@ def create_ensemble(
     if not ckpts:
         raise CheckpointError("an ensemble needs at least one member checkpoint")
     classes = ckpts[0].classes
+    fused = [str(c.path) for c in ckpts if c.model_config.get("metadata")]
+    if fused:  # its members' forward takes images only: the metadata would be silently dropped
+        raise CheckpointError(
+            f"{fused[0]} takes metadata besides the image; ensembles of models with metadata "
+            "are not supported yet"
+        )
     for c in ckpts[1:]:
         if c.classes != classes:
             raise CheckpointError(f"{c.path} has classes {c.classes}, not {classes}")

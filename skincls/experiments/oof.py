@@ -33,6 +33,7 @@ from ..evaluation.threshold import choose_threshold, fixed_threshold
 from ..inference.decision import positive_index, predict_labels
 from ..models.checkpoint import Checkpoint
 from ..runtime import resolve_device
+from ..training.contract import cache_split
 from ..training.pool import FeaturePool
 from .folds import record_group
 from .report import summarise_folds
@@ -74,7 +75,8 @@ def heldout_logits(
     if not tta:
         fs = pool.lookup(model, held_out)
         if fs is not None:
-            head = model.head.to(device).eval()
+            # The part after the cached features: the head (with metadata: its branch and head).
+            head = (cache_split(model) or (None, model.head))[1].to(device).eval()
             out = []
             with torch.inference_mode():
                 for i in range(0, len(fs), train.inference_batch_size):

@@ -27,6 +27,7 @@ from ..atomic import atomic_path
 from ..errors import SkinclsError, opt
 from ..models.checkpoint import Checkpoint, convert_checkpoint, load_checkpoint
 from ..models.checkpoint_safetensors import SUFFIX
+from .metadata import metadata_encoder
 
 __all__ = ["FORMATS", "ExportError", "ExportResult", "ExportWrapper", "export_model"]
 
@@ -36,6 +37,7 @@ Format = Literal["onnx", "torchscript", "safetensors"]
 # Batch sizes for the parity check: 1 and odd sizes catch a batch axis that was baked in at trace time.
 PARITY_BATCHES = (1, 2, 5)
 INPUT_NAME = "images"
+METADATA_NAME = "metadata"  # a fused model's second input: the encoded metadata (N, width)
 OUTPUT_NAME = "probabilities"
 
 
@@ -66,9 +68,10 @@ class ExportWrapper(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) float in [0, 1] → (N, num_classes) probabilities summing to 1."""
-        logits = self.model((images - self.mean) / self.std)
+    def forward(self, images: torch.Tensor, *metadata: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) float in [0, 1] (and a fused model's (N, width) encoded metadata) →
+        (N, num_classes) probabilities summing to 1."""
+        logits = self.model((images - self.mean) / self.std, *metadata)
         return torch.softmax(logits / self.temperature, dim=1)
 
 
@@ -129,23 +132,32 @@ def export_model(
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     if format == "safetensors":
         return _export_checkpoint(ckpt, Path(out), tolerance, backbone, seed)
+    encoder = metadata_encoder(ckpt)
+    width = encoder.width if encoder is not None else 0  # a fused model: a second input
     model = ckpt.build_model(backbone=backbone)
     pre = ckpt.preprocessing
     _fix_input_size(model, pre.crop_size)
     wrapper = ExportWrapper(model.cpu().eval(), pre.mean, pre.std, ckpt.temperature).eval()
     size = pre.crop_size
     metadata = _metadata(ckpt)
+    if encoder is not None:
+        metadata["metadata_input"] = (
+            f"float32 (N, {width}): {', '.join(encoder.names)} encoded by "
+            "skincls.data.tabular.MetadataEncoder.from_dict(metadata_encoding).encode(rows); "
+            "unknown values: encode([{}])"
+        )
+        metadata["metadata_encoding"] = encoder.to_dict()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     # Write next to the target, check, then rename: a failed check never leaves a file behind.
     with atomic_path(out) as tmp:
-        example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+        example = _inputs(2, size, width, torch.Generator().manual_seed(seed))
         if format == "onnx":
             _export_onnx(wrapper, example, tmp, metadata, opset)
         else:
             _export_torchscript(wrapper, example, tmp, metadata)
-        diff = _parity(wrapper, tmp, format, size, seed)
+        diff = _parity(wrapper, tmp, format, size, seed, width)
         if diff != diff:  # NaN: the exported model gave NaN where PyTorch did not
             raise ExportError(
                 f"parity check failed: the exported {format} model outputs NaN or inf where "
@@ -182,8 +194,10 @@ def _export_checkpoint(
     written = convert_checkpoint(ckpt, out, file_format="safetensors")
     size = max(PARITY_BATCHES)
     crop = ckpt.preprocessing.crop_size
-    images = torch.rand(size, 3, crop, crop, generator=torch.Generator().manual_seed(seed))
-    before, after = (_probabilities(c, backbone, images) for c in (ckpt, written))
+    encoder = metadata_encoder(ckpt)
+    width = encoder.width if encoder is not None else 0
+    inputs = _inputs(size, crop, width, torch.Generator().manual_seed(seed))
+    before, after = (_probabilities(c, backbone, inputs) for c in (ckpt, written))
     diff = float((before - after).abs().max())
     if not diff <= tolerance:  # the weights read back equal: this cannot happen, but is checked
         out.unlink(missing_ok=True)
@@ -204,7 +218,7 @@ def _export_checkpoint(
     )
 
 
-def _probabilities(ckpt: Checkpoint, backbone: nn.Module | None, images: torch.Tensor):
+def _probabilities(ckpt: Checkpoint, backbone: nn.Module | None, inputs: tuple[torch.Tensor, ...]):
     model = ckpt.build_model(backbone=copy.deepcopy(backbone) if backbone is not None else None)
     # One memory layout for both: safetensors stores values, not strides (a trained .pt's conv
     # weights are channels_last), and the layout picks the convolution algorithm.
@@ -212,7 +226,13 @@ def _probabilities(ckpt: Checkpoint, backbone: nn.Module | None, images: torch.T
     pre = ckpt.preprocessing
     wrapper = ExportWrapper(model.cpu().eval(), pre.mean, pre.std, ckpt.temperature).eval()
     with torch.no_grad():
-        return wrapper(images)
+        return wrapper(*inputs)
+
+
+def _inputs(n: int, size: int, width: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Random parity inputs: images in [0, 1], and for a fused model encoded metadata rows."""
+    images = torch.rand(n, 3, size, size, generator=gen)
+    return (images, torch.randn(n, width, generator=gen)) if width else (images,)
 
 
 def _fix_input_size(model: nn.Module, size: int) -> None:
@@ -261,7 +281,11 @@ def _import_onnx():
 
 
 def _export_onnx(
-    wrapper: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any], opset: int
+    wrapper: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    metadata: dict[str, Any],
+    opset: int,
 ) -> None:
     onnx, _ = _import_onnx()
     # The TorchScript-based exporter (dynamo=False): it needs no onnxscript, gives a dynamic batch axis
@@ -270,14 +294,15 @@ def _export_onnx(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
+            names = [INPUT_NAME, METADATA_NAME][: len(example)]
             torch.onnx.export(
                 wrapper,
-                (example,),
+                example,
                 str(path),
                 dynamo=False,
-                input_names=[INPUT_NAME],
+                input_names=names,
                 output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT_NAME: {0: "batch"}},
                 opset_version=opset,
             )
     except Exception as exc:  # the exporter raises many types; all mean "this model did not export"
@@ -291,7 +316,7 @@ def _export_onnx(
 
 
 def _export_torchscript(
-    wrapper: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any]
+    wrapper: nn.Module, example: tuple[torch.Tensor, ...], path: Path, metadata: dict[str, Any]
 ) -> None:
     # Tracing (not scripting) works for any backbone, including bring-your-own modules; the wrapper
     # has no data-dependent control flow, so the trace is the whole computation.
@@ -312,7 +337,9 @@ def _quiet_jit() -> Iterator[None]:
         yield
 
 
-def _parity(wrapper: nn.Module, path: Path, format: str, size: int, seed: int) -> float:
+def _parity(
+    wrapper: nn.Module, path: Path, format: str, size: int, seed: int, width: int = 0
+) -> float:
     """Max abs difference between eager PyTorch and the exported file over the parity batches.
 
     NaN anywhere is never a pass: a model whose PyTorch output is not finite is refused, and a NaN
@@ -322,15 +349,15 @@ def _parity(wrapper: nn.Module, path: Path, format: str, size: int, seed: int) -
     gen = torch.Generator().manual_seed(seed + 1)
     worst = 0.0
     for n in PARITY_BATCHES:
-        images = torch.rand(n, 3, size, size, generator=gen)
+        inputs = _inputs(n, size, width, gen)
         with torch.no_grad():
-            expected = wrapper(images).numpy()
+            expected = wrapper(*inputs).numpy()
         if not np.isfinite(expected).all():
             raise ExportError(
                 "the model's own (PyTorch) probabilities are NaN or infinite, so there is nothing "
                 f"to export; train again (with a lower {opt('train.lr')} if training diverged)"
             )
-        got = np.asarray(run(images.numpy()))
+        got = np.asarray(run(*(t.numpy() for t in inputs)))
         if got.shape != expected.shape:
             raise ExportError(
                 f"parity check failed: batch of {n} gave shape {got.shape}, expected {expected.shape}"
@@ -347,12 +374,13 @@ def _load_runner(path: Path, format: str):
     if format == "onnx":
         _, ort = _import_onnx()
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        names = [i.name for i in session.get_inputs()]
+        return lambda *x: session.run([OUTPUT_NAME], dict(zip(names, x)))[0]
     with _quiet_jit():
         module = torch.jit.load(str(path), map_location="cpu").eval()
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(*x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return module(torch.from_numpy(x)).numpy()
+            return module(*(torch.from_numpy(v) for v in x)).numpy()
 
     return run

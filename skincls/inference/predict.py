@@ -16,11 +16,20 @@ from torch import nn
 
 from ..data.dataset import build_transform
 from ..data.images import IMAGE_SUFFIXES, UnusableImage, load_image, prepare_image
+from ..data.patient_context import patient_contexts
 from ..errors import ConfigError, DataError, opt, spell_options
 from ..figures import save_figure
 from ..models.checkpoint import Checkpoint, load_checkpoint
 from ..runtime import plan_precision, resolve_device
 from .decision import positive_index, predict_labels, softmax
+from .metadata import (
+    FixedMetadata,
+    MetadataInput,
+    metadata_encoder,
+    metadata_rows,
+    uses_patient_context,
+    with_inputs,
+)
 from .tta import model_logits
 
 __all__ = ["Prediction", "Predictor", "expand_paths"]
@@ -70,6 +79,8 @@ class Prediction:
     cam: str | None = None  # Grad-CAM overlay file, when asked for
     error: str | None = None
     top: list[tuple[str, float]] | None = None  # the `top_k` most probable classes, best first
+    # A model with metadata: the columns this image had no value for (encoded as unknown).
+    missing_inputs: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +125,7 @@ class Predictor:
         model = checkpoint.build_model(backbone=backbone).to(self.device).eval()
         self.model = model.to(memory_format=torch.channels_last)
         self.transform = build_transform(checkpoint.preprocessing)
+        self.encoder = metadata_encoder(checkpoint)  # None: the model takes images only
         self.classes = checkpoint.classes
         self.positive = positive_index(self.classes)
         self.temperature = checkpoint.temperature
@@ -156,6 +168,7 @@ class Predictor:
         *,
         cam_dir: str | Path | None = None,
         progress: Callable[[int, int, str], None] | None = None,
+        metadata: MetadataInput = None,
     ) -> list[Prediction]:
         """Predict each image; unreadable files get an error row and the rest go on.
 
@@ -163,8 +176,16 @@ class Predictor:
             images: File paths, folders (searched recursively), glob patterns or PIL images.
             cam_dir: If given, write a Grad-CAM figure per image there (PNG).
             progress: Called as `progress(done, total, what)` after each batch of images.
+            metadata: For a model trained with metadata: a `MetadataTable` (`read_metadata_csv`,
+                rows matched by file name) or one row (dict) per image. Whatever is missing is
+                `unknown`, and each prediction's `missing_inputs` says which columns were.
+                Ignored by an image-only model.
         """
         items = _expand_items(images)
+        metas = metadata_rows(self.encoder, [n for n, _ in items], metadata)
+        if self.encoder is not None and uses_patient_context(self.checkpoint):
+            metas = self._with_context(items, metas)
+        items = [(n, item, m) for (n, item), m in zip(items, metas)]
         preds: list[Prediction] = []
         # A thread decodes the next batch of files while the model runs on this one (PIL's decoders
         # release the GIL); batches span files, so a folder runs at the model's batch throughput.
@@ -183,35 +204,66 @@ class Predictor:
             self._write_cams(items, preds, Path(cam_dir), progress)
         return preds
 
+    @torch.inference_mode()
+    def _with_context(self, items: list[tuple[str, Any]], metas: list) -> list:
+        """Each row with its patient context (`data.patient_context`) among the images predicted
+        together: a patient's other images here (by the rows' `patient_id`), nothing else."""
+        good, feats = [], []
+        for chunk in _chunks(list(enumerate(items)), self.batch_size):
+            tensors = []
+            for i, (name, item) in chunk:
+                try:
+                    tensors.append(self.transform(_read_image(name, item)))
+                    good.append(i)
+                except DataError:
+                    continue  # its own prediction reports the error
+            if tensors:
+                x = torch.stack(tensors).to(self.device)
+                feats.append(self.model.features(x).float().cpu())
+        if not good:
+            return metas
+        patients = [(metas[i] or {}).get("patient_id", "") for i in good]
+        out = list(metas)
+        for i, row in zip(good, patient_contexts(torch.cat(feats).numpy(), patients)):
+            out[i] = {**(metas[i] or {}), **row}
+        return out
+
     def _decode(
-        self, chunk: list[tuple[str, Any]]
-    ) -> tuple[list[Prediction | str], list[torch.Tensor]]:
-        """Load and transform a batch: per item its name (or an error row), and the good tensors."""
-        rows: list[Prediction | str] = []
+        self, chunk: list[tuple[str, Any, dict | None]]
+    ) -> tuple[list[Prediction | tuple[str, dict | None]], list[torch.Tensor]]:
+        """Load and transform a batch: per item its name and metadata row (or an error row), and
+        the good tensors."""
+        rows: list[Prediction | tuple[str, dict | None]] = []
         tensors = []
-        for name, item in chunk:
+        for name, item, meta in chunk:
             try:
                 tensors.append(self.transform(_read_image(name, item)))
-                rows.append(name)
+                rows.append((name, meta))
             except DataError as exc:
                 rows.append(Prediction(name, error=str(exc)))
         return rows, tensors
 
     def _predict_decoded(
-        self, rows: list[Prediction | str], tensors: list[torch.Tensor]
+        self, rows: list[Prediction | tuple[str, dict | None]], tensors: list[torch.Tensor]
     ) -> list[Prediction]:
         if not tensors:
             return rows  # type: ignore[return-value]  # every item failed to load
         x = torch.stack(tensors).to(self.device)
-        logits = model_logits(self.model, x, self.tta, self._dtype)
+        model: Any = self.model
+        metas = [r[1] for r in rows if not isinstance(r, Prediction)]
+        if self.encoder is not None:
+            m = torch.from_numpy(self.encoder.encode([r or {} for r in metas])).to(self.device)
+            model = with_inputs(self.model, [m])
+        logits = model_logits(model, x, self.tta, self._dtype)
         probs = softmax(logits.cpu().numpy(), self.temperature)
         labels = predict_labels(probs, self.threshold, self.positive)
         it = iter(zip(probs, labels))
         out = []
-        for row in rows:
-            if isinstance(row, Prediction):
-                out.append(row)
+        for entry in rows:
+            if isinstance(entry, Prediction):
+                out.append(entry)
                 continue
+            row, meta = entry
             p, k = next(it)
             if not np.isfinite(p).all():  # never a plausible label from NaN (argmax says class 0)
                 out.append(Prediction(row, error=spell_options(NONFINITE_OUTPUT)))
@@ -227,25 +279,29 @@ class Predictor:
                     threshold=self.threshold,
                     probabilities={c: float(v) for c, v in zip(self.classes, p)},
                     top=[(self.classes[j], float(p[j])) for j in best] if best else None,
+                    missing_inputs=None if meta is None else self.encoder.missing(meta),
                 )
             )
         return out
 
     def _write_cams(
         self,
-        items: list[tuple[str, Any]],
+        items: list[tuple[str, Any, dict | None]],
         preds: list[Prediction],
         cam_dir: Path,
         progress: Callable[[int, int, str], None] | None = None,
     ):
         from .cam import GradCamExplainer
 
-        explainer = GradCamExplainer(self.model, self.checkpoint.preprocessing)
+        fixed = FixedMetadata(self.model, self.encoder.width) if self.encoder else None
+        explainer = GradCamExplainer(fixed or self.model, self.checkpoint.preprocessing)
         cam_dir.mkdir(parents=True, exist_ok=True)
         used: set[str] = set()
-        for i, ((name, item), pred) in enumerate(zip(items, preds)):
+        for i, ((name, item, meta), pred) in enumerate(zip(items, preds)):
             if pred.error:
                 continue
+            if fixed is not None:
+                fixed.meta = torch.from_numpy(self.encoder.encode([meta or {}]))
             image = _read_image(name, item)
             stem = Path(name).stem if not isinstance(item, Image.Image) else f"image_{i}"
             out = _unique(cam_dir, stem, used)

@@ -157,6 +157,7 @@ class Checkpoint:
             "dropout": cfg["dropout"],
             "freeze": cfg["freeze"],
             "preprocessing": self.preprocessing,
+            "metadata": cfg.get("metadata"),  # a fused model's metadata branch (`models.fused`)
         }
         state = self.data["state_dict"]
         try:

@@ -21,6 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..errors import ModelError
 from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .backbones import Body, ModelSpec, Stage, get_spec, list_models, register_model
+from .fused import FusedExtractor, FusedHead, MetadataSpec, metadata_net
 from .timm_backbones import is_timm_arch, timm_spec
 
 __all__ = [
@@ -66,6 +67,8 @@ class SkinClassifier(nn.Module):
         stages: Sequence[Stage] | None = None,
         preprocessing: Preprocessing | None = None,
         config: Mapping[str, Any] | None = None,
+        meta: nn.Module | None = None,
+        image_dim: int | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -78,13 +81,31 @@ class SkinClassifier(nn.Module):
         _check_stages(backbone, self.stages)
         self.preprocessing = preprocessing or Preprocessing()
         self.config: dict[str, Any] = dict(config or {})
+        # Metadata fusion (`fused`): the metadata branch, and the image features' width before it.
+        self.meta = meta
+        self.image_dim = image_dim
+        self.uses_image = bool((self.config.get("metadata") or {}).get("image", True))
+
+    @property
+    def takes_metadata(self) -> bool:
+        """Whether `forward` takes a second input, the encoded metadata (N, width)."""
+        return self.meta is not None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) images → (N, D) features, the head's input."""
         return torch.flatten(self.pool(self.backbone(x)), 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    def forward(self, x: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:
+        if self.meta is None:
+            return self.head(self.features(x))
+        if metadata is None:
+            raise ModelError(
+                "this model also takes the images' metadata: call it as model(images, metadata)"
+            )
+        return self._fused_head().fuse(self.features(x), metadata)
+
+    def _fused_head(self) -> FusedHead:
+        return FusedHead(self.meta, self.head, int(self.image_dim or 0), self.uses_image)
 
     def train(self, mode: bool = True) -> SkinClassifier:
         """Like `nn.Module.train`, but frozen stages and frozen BatchNorm layers stay in eval mode.
@@ -104,8 +125,9 @@ class SkinClassifier(nn.Module):
         return self
 
     def head_parameters(self) -> Iterator[nn.Parameter]:
-        """All parameters after the backbone (pool and head)."""
-        return itertools.chain(self.pool.parameters(), self.head.parameters())
+        """All parameters after the backbone (pool, metadata branch and head)."""
+        meta = self.meta.parameters() if self.meta is not None else ()
+        return itertools.chain(self.pool.parameters(), meta, self.head.parameters())
 
     # What the trainer asks of a model (the contract in `skincls.training.contract`).
     def param_groups(self, phase: Any) -> list[dict[str, Any]]:
@@ -126,7 +148,12 @@ class SkinClassifier(nn.Module):
             set_freeze(self, phase.freeze)
 
     def split_for_cache(self) -> tuple[nn.Module, nn.Module]:
-        """(backbone + pool: images → features, head): what a frozen backbone's feature cache splits."""
+        """(backbone + pool: images → features, head): what a frozen backbone's feature cache splits.
+
+        With metadata: (images, metadata) → [features | metadata], and the metadata branch + head.
+        """
+        if self.meta is not None:
+            return FusedExtractor(self.backbone, self.pool), self._fused_head()
         return FeatureExtractor(self.backbone, self.pool), self.head
 
 
@@ -220,6 +247,7 @@ def create_model(
     backbone: nn.Module | None = None,
     preprocessing: Preprocessing | Mapping[str, Any] | None = None,
     image_size: int | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> SkinClassifier:
     """Build a transfer-learning classifier (as `timm.create_model` and torchvision's `get_model` do).
 
@@ -248,6 +276,11 @@ def create_model(
             weights' own; the model's `preprocessing` is at this size. A timm model that runs
             only at its native size is built for this one when timm can (`img_size=`), else
             refused; other archs take any size.
+        metadata: Fuse encoded metadata (`skincls.models.fused`): `width` (the encoder's), optional
+            `hidden` (the metadata branch's width, default 32) and `image` (False: a
+            metadata-only model that ignores the image features), plus whatever the caller keeps
+            with it (the encoder); stored as `config["metadata"]`. The model then takes
+            `(images, metadata)`; the head is built fresh over features + branch (no VGG prefix).
 
     Returns:
         The model, with `.preprocessing` (what its images need) and `.config` set.
@@ -287,6 +320,13 @@ def create_model(
         config = {"arch": arch, "weights": weights}
     pre = (pre or body.preprocessing).with_size(image_size)
     config.update(head=list(head), dropout=dropout, freeze=freeze, num_classes=num_classes)
+    meta, image_dim = None, body.feature_dim
+    if metadata is not None:
+        spec = MetadataSpec(metadata)
+        config["metadata"] = dict(metadata)
+        meta = metadata_net(spec.width, spec.hidden)
+        width = spec.hidden + (body.feature_dim if spec.image else 0)
+        body = Body(body.backbone, width, body.pool, body.stages, body.preprocessing)  # no prefix
     model = SkinClassifier(
         body.backbone,
         _build_head(body, head, dropout, num_classes),
@@ -294,6 +334,8 @@ def create_model(
         stages=body.stages,
         preprocessing=pre,
         config=config,
+        meta=meta,
+        image_dim=image_dim,
     )
     set_freeze(model, freeze)
     return model

@@ -73,16 +73,18 @@ def create_app(service: ModelService, *, allowed_hosts: list[str] | None = None)
     # (size-limited) bytes, so decoded images of at most this many requests are in memory.
     gate = threading.BoundedSemaphore(_IN_FLIGHT)
 
-    def process(uploads: list[Upload], cam: bool):
+    def process(uploads: list[Upload], cam: bool, fields: dict[str, str]):
         with gate:
             images = decode_images(uploads, max_pixels=service.limits.max_pixels)
-            return service.predict([u.name for u in uploads], images, cam=cam)
+            names = [u.name for u in uploads]
+            return service.predict(names, images, cam=cam, metadata=fields)
 
     async def predict(request: Request) -> Response:
         cam = request.query_params.get("cam", "true").lower() not in ("0", "false", "no")
-        uploads = await _read_uploads(request, service)
+        fields: dict[str, str] = {}  # text fields (age, sex, site...): one patient's metadata
+        uploads = await _read_uploads(request, service, fields)
         # Decoding and the model are CPU-bound: a worker thread, not the event loop.
-        results = await run_in_threadpool(process, uploads, cam)
+        results = await run_in_threadpool(process, uploads, cam, fields)
         return JSONResponse(PredictResponse(results=results).model_dump(mode="json"))
 
     routes = [
@@ -117,8 +119,11 @@ class _InMemoryParser(MultiPartParser):
         self.spool_max_size = self.max_file_size = spool_bytes
 
 
-async def _read_uploads(request: Request, service: ModelService) -> list[Upload]:
-    """The request's files as `Upload`s (name, bytes), within the service's limits."""
+async def _read_uploads(
+    request: Request, service: ModelService, fields: dict[str, str] | None = None
+) -> list[Upload]:
+    """The request's files as `Upload`s (name, bytes), within the service's limits; its text
+    fields (optional metadata: age, sex, site...) go into `fields`."""
     limits = service.limits
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise UploadError(
@@ -150,6 +155,8 @@ async def _read_uploads(request: Request, service: ModelService) -> list[Upload]
         ) from exc
     try:
         files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if fields is not None:
+            fields.update({k: v for k, v in form.multi_items() if isinstance(v, str)})
         if not files:
             raise UploadError(
                 "no image in the request; attach one or more files (field name 'images')",

@@ -75,6 +75,11 @@ class ModelInfo(BaseModel):
         description="The skincls version that wrote the checkpoint."
     )
     grad_cam: bool = Field(description="Whether predictions come with Grad-CAM heat maps.")
+    metadata_columns: list[str] = Field(
+        default_factory=list,
+        description="Optional form fields the model also uses (e.g. age, sex, site); empty: "
+        "images only.",
+    )
     limits: Limits
     notice: str = NOTICE
 
@@ -105,6 +110,11 @@ class ImageResult(BaseModel):
     )
     cam_class: str | None = Field(None, description="The class the heat map shows evidence for.")
     cam_error: str | None = Field(None, description="Why there is no heat map, if there is none.")
+    missing_inputs: list[str] | None = Field(
+        None,
+        description="A model with metadata: the columns this request gave no value for (treated "
+        "as unknown); None for a model of images only.",
+    )
 
 
 class PredictResponse(BaseModel):

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..errors import ConfigError, SkinclsError, opt, spell_options
+from ..inference.metadata import FixedMetadata
 from ..inference.predict import Prediction, Predictor
 from .images import to_data_url
 from .schemas import ImageResult, Limits, ModelInfo
@@ -104,16 +107,29 @@ class ModelService:
         return self.predictor.classes.index(pred.label)
 
     def predict(
-        self, names: list[str], images: list[Image.Image], *, cam: bool = True
+        self,
+        names: list[str],
+        images: list[Image.Image],
+        *,
+        cam: bool = True,
+        metadata: Mapping[str, str] | None = None,
     ) -> list[ImageResult]:
-        """One result per image, in order; `cam=False` skips the heat map and the image copy."""
+        """One result per image, in order; `cam=False` skips the heat map and the image copy.
+
+        `metadata` (age, sex, site...: one patient's, for every image) feeds a model trained with
+        metadata; what it lacks is unknown, and each result's `missing_inputs` says what.
+        """
+        rows = [dict(metadata or {}) for _ in images]
         with self._lock:
-            preds = self.predictor.predict(images)
+            if self.predictor.encoder is not None:
+                preds = self.predictor.predict(images, metadata=rows)
+            else:
+                preds = self.predictor.predict(images)
             maps = [
-                self._heatmap(im, self._cam_target(pred), _display_size(im.size))
+                self._heatmap(im, self._cam_target(pred), _display_size(im.size), row)
                 if cam and self.grad_cam and not pred.error
                 else None
-                for im, pred in zip(images, preds)
+                for im, pred, row in zip(images, preds, rows)
             ]
         # Encoding needs no model: outside the lock, so the next request can start.
         return [
@@ -144,6 +160,7 @@ class ModelService:
             probabilities=pred.probabilities,
             width=image.width,
             height=image.height,
+            missing_inputs=pred.missing_inputs,
         )
         if cam:
             result.image = to_data_url(image.resize(_display_size(image.size), Image.BILINEAR))
@@ -154,19 +171,25 @@ class ModelService:
                 result.cam_error = self._cam_error or spell_options(_CAM_OFF)
         return result
 
-    def _heatmap(self, image: Image.Image, target: int, size: tuple[int, int]) -> np.ndarray | None:
+    def _heatmap(
+        self, image: Image.Image, target: int, size: tuple[int, int], metadata: dict | None = None
+    ) -> np.ndarray | None:
         """Grad-CAM of class `target` at `size`, or None (the reason in `_cam_error`)."""
+        encoder = self.predictor.encoder
         if self._explainer is None and self._cam_error is None:
             from ..inference.cam import GradCamExplainer
 
+            model = self.predictor.model
+            if encoder is not None:  # a fused model: the image's metadata held fixed
+                model = FixedMetadata(model, encoder.width)
             try:
-                self._explainer = GradCamExplainer(
-                    self.predictor.model, self.predictor.checkpoint.preprocessing
-                )
+                self._explainer = GradCamExplainer(model, self.predictor.checkpoint.preprocessing)
             except SkinclsError as exc:  # e.g. a backbone without a spatial map
                 self._cam_error = f"no Grad-CAM for this model: {exc}"
         if self._explainer is None:
             return None
+        if encoder is not None:
+            self._explainer.model.meta = torch.from_numpy(encoder.encode([metadata or {}]))
         return self._explainer.heatmap_on_image(image, target, size)
 
     def _model_info(self) -> ModelInfo:
@@ -218,6 +241,7 @@ class ModelService:
             labels=data.get("labels"),
             skincls_version=data.get("skincls_version"),
             grad_cam=self.grad_cam,
+            metadata_columns=p.encoder.names if p.encoder is not None else [],
             limits=self.limits,
         )
 

@@ -80,7 +80,9 @@ class FeaturePool:
         if rows is None or self._memo is None or split is None:
             return None
         key = (backbone_fingerprint(split[0]), repr(dataset.transform))
-        return self._take(self._memo[2], rows) if self._memo[0] == key else None
+        if self._memo[0] != key:
+            return None
+        return _with_metadata(self._take(self._memo[2], rows), dataset)
 
     def __call__(self, extractor: nn.Module, dataset: Dataset, **options) -> FeatureSet:
         rows = self.rows(dataset)
@@ -90,7 +92,7 @@ class FeaturePool:
         key = (backbone_fp, repr(dataset.transform))
         dtype = str(options.get("autocast_dtype"))
         if self._memo is not None and self._memo[:2] == (key, dtype):
-            return self._take(self._memo[2], rows)
+            return _with_metadata(self._take(self._memo[2], rows), dataset)
         whole = ManifestDataset(self.manifest, "train", dataset.transform)
         options = {**options, "backbone_fp": backbone_fp}
         if options.get("mode") == "auto" and options.get("cache_dir") is not None:
@@ -104,10 +106,13 @@ class FeaturePool:
                 f"in {full.seconds:.1f}s ({len(whole) / full.seconds:.1f} images/s)"
             )
         self._memo = (key, dtype, full)
-        return replace(self._take(full, rows), source=full.source, seconds=full.seconds)
+        taken = replace(self._take(full, rows), source=full.source, seconds=full.seconds)
+        return _with_metadata(taken, dataset)
 
     @staticmethod
     def _take(full: FeatureSet, rows: np.ndarray) -> FeatureSet:
+        # The pool holds image features only (a fused extractor called on images alone gives
+        # them); a dataset's own encoded metadata is appended per request (`_with_metadata`).
         return replace(
             full,
             features=full.features[rows],
@@ -115,3 +120,12 @@ class FeaturePool:
             source="pool",
             seconds=0.0,
         )
+
+
+def _with_metadata(fs: FeatureSet, dataset: Dataset) -> FeatureSet:
+    """`fs` with `dataset`'s encoded metadata appended to each row, as a fused model's feature
+    extractor gives them (`[image features | metadata]`); unchanged for an images-only dataset."""
+    meta = getattr(dataset, "metadata_matrix", None)
+    if meta is None:
+        return fs
+    return replace(fs, features=np.concatenate([np.asarray(fs.features), meta], axis=1))

@@ -18,9 +18,12 @@ from torch.utils.data import Dataset
 
 from ..config import RunConfig
 from ..data.dataset import ManifestDataset, build_transform
+from ..data.patient_context import CONTEXT_COLUMNS
 from ..data.provenance import training_record
 from ..data.splits import Manifest, load_manifest
+from ..data.tabular import MetadataEncoder, metadata_columns
 from ..errors import ConfigError, DataError, Interrupted, SkinclsError, call, opt
+from ..inference.metadata import context_rows
 from ..locks import DirLock
 from ..models.checkpoint import ModelSnapshot, save_checkpoint
 from ..models.classifier import create_model
@@ -182,7 +185,7 @@ def plan_run(
         manifest = load_manifest(config.data.data_dir)
     if not manifest.select("train"):
         raise DataError(f"{config.data.data_dir}: the manifest has no training images")
-    model, train, val = _build_model_and_data(config, manifest, backbone, preprocessing)
+    model, train, val = _build_model_and_data(config, manifest, backbone, preprocessing, device)
     return RunPlan(
         config, run_dir, auto_arch, resume, overwrite, manifest, model, train, val,
         training_record(manifest), own_manifest,
@@ -214,26 +217,104 @@ def _build_model_and_data(
     manifest: Manifest,
     backbone: nn.Module | None,
     preprocessing: Preprocessing | None,
+    device: str = "cpu",
 ) -> tuple[nn.Module, Dataset, Dataset | None]:
     """The model `config.model` describes (on `backbone` when given) and its train/val datasets."""
     m = config.model
     seed_everything(config.train.seed)  # the head's initial weights depend on it
-    common = {
+    common: dict[str, Any] = {
         "num_classes": len(manifest.classes),
         "head": m.head,
         "dropout": m.dropout,
         "freeze": m.freeze,
     }
+    encoder = fit_metadata(config, manifest)
+    if encoder is not None:
+        common["metadata"] = {**metadata_settings(encoder), "image": m.use_image}
+        common["metadata"]["patient_context"] = m.patient_context
     if backbone is not None:
         model = create_model(backbone=backbone, preprocessing=preprocessing, **common)
     else:
         model = create_model(m.arch, weights=m.weights, image_size=config.data.image_size, **common)
     pre = model.preprocessing.with_size(config.data.image_size)
     model.preprocessing = pre  # what its checkpoints record
+    extra: dict[str, list | None] = {"train": None, "val": None}
+    if m.patient_context:
+        encoder, extra = _fit_context(model, manifest, encoder, resolve_device(device))
     augment = config.data.augment
-    train = ManifestDataset(manifest, "train", build_transform(pre, train=True, augment=augment))
-    val = ManifestDataset(manifest, "val", build_transform(pre)) if manifest.select("val") else None
+    train_tf = build_transform(pre, train=True, augment=augment)
+    train = ManifestDataset(manifest, "train", train_tf, metadata=encoder, extra=extra["train"])
+    val = None
+    if manifest.select("val"):
+        val = ManifestDataset(
+            manifest, "val", build_transform(pre), metadata=encoder, extra=extra["val"]
+        )
     return model, train, val
+
+
+def fit_metadata(config: RunConfig, manifest: Manifest) -> MetadataEncoder | None:
+    """The metadata encoder `config.model.metadata` asks for, fitted on the training split only;
+    None for images only. With patient context its columns are placeholders here (numeric: their
+    width is known), fitted by `_fit_context` once the backbone's embeddings exist.
+
+    Raises:
+        ConfigError: columns the data lacks, a metadata-only model without metadata, or patient
+            context without patient ids or with a backbone that trains.
+    """
+    m = config.model
+    available = {k for r in manifest.records for k, _ in r.attributes}
+    columns = metadata_columns(m.metadata, available)
+    if m.patient_context:
+        _check_patient_context(config, manifest)
+        columns += list(CONTEXT_COLUMNS)
+    if not columns:
+        if not m.use_image:
+            raise ConfigError(
+                f"{opt('model.use_image=False')} needs metadata to learn from: give "
+                f"{opt('model.metadata')} (auto, or columns)"
+            )
+        return None
+    train = manifest.select("train")
+    return MetadataEncoder.fit(
+        [dict(r.attributes) for r in train], columns, numeric=CONTEXT_COLUMNS
+    )
+
+
+def _check_patient_context(config: RunConfig, manifest: Manifest) -> None:
+    if not any(r.patient_id for r in manifest.select("train")):
+        raise ConfigError(
+            f"{opt('model.patient_context')} needs patient ids, and no training image has one; "
+            "train without it"
+        )
+    if config.model.freeze != "backbone" or config.train.finetune_epochs:
+        raise ConfigError(
+            f"{opt('model.patient_context')} compares image embeddings of a frozen backbone; "
+            f"train with {opt('model.freeze', value='backbone')} and no fine-tuning phase"
+        )
+
+
+def _fit_context(
+    model: nn.Module, manifest: Manifest, encoder: MetadataEncoder, device
+) -> tuple[MetadataEncoder, dict[str, list | None]]:
+    """Each split's patient context (from its own images only), and the encoder refitted with the
+    training split's context values; the model's stored encoder updated to it."""
+    model.to(device)
+    tf = build_transform(model.preprocessing)
+    extra: dict[str, list | None] = {"train": None, "val": None}
+    for split in extra:
+        if manifest.select(split):
+            extra[split] = context_rows(model, manifest, split, tf, device)
+    train = [{**dict(r.attributes), **e} for r, e in zip(manifest.select("train"), extra["train"])]
+    fitted = MetadataEncoder.fit(train, encoder.names, numeric=CONTEXT_COLUMNS)
+    if fitted.width != encoder.width:  # numeric columns: always 2 wide
+        raise ConfigError("patient context changed the metadata width; this is a bug")
+    model.config["metadata"].update(metadata_settings(fitted))
+    return fitted, extra
+
+
+def metadata_settings(encoder: MetadataEncoder) -> dict[str, Any]:
+    """A fused model's `metadata` settings: the encoder (plain data) and its width."""
+    return {"encoder": encoder.to_dict(), "width": encoder.width, "columns": encoder.names}
 
 
 # -- stage 2: the trainer, and the run it resumes -------------------------------------------------
