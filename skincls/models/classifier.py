@@ -220,6 +220,7 @@ def create_model(
     backbone: nn.Module | None = None,
     preprocessing: Preprocessing | Mapping[str, Any] | None = None,
     image_size: int | None = None,
+    built_as: Mapping[str, Any] | None = None,
 ) -> SkinClassifier:
     """Build a transfer-learning classifier (as `timm.create_model` and torchvision's `get_model` do).
 
@@ -248,6 +249,9 @@ def create_model(
             weights' own; the model's `preprocessing` is at this size. A timm model that runs
             only at its native size is built for this one when timm can (`img_size=`), else
             refused; other archs take any size.
+        built_as: A checkpoint's model config: a timm backbone is built again with the arguments
+            recorded there (`timm_args`), as in training, and `weights` must be "none" (the
+            checkpoint's weights are loaded next). For `Checkpoint.build_model`.
 
     Returns:
         The model, with `.preprocessing` (what its images need) and `.config` set.
@@ -280,11 +284,12 @@ def create_model(
         arch = arch or "vgg16"
         weights = "imagenet" if weights is None else str(weights)
         if is_timm_arch(arch):
-            spec = timm_spec(arch, image_size or (pre.crop_size if pre is not None else None))
+            size = image_size or (pre.crop_size if pre is not None else None)
+            spec = timm_spec(arch, size, built_as)
         else:
             spec = get_spec(arch)
         body = spec.build(weights)
-        config = {"arch": arch, "weights": weights}
+        config = {"arch": arch, "weights": weights, **body.config}
     pre = (pre or body.preprocessing).with_size(image_size)
     config.update(head=list(head), dropout=dropout, freeze=freeze, num_classes=num_classes)
     model = SkinClassifier(
