@@ -13,7 +13,7 @@ import pickle
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,8 @@ class Body:
             parameter; `freeze=k` trains the last k.
         preprocessing: What the weights expect.
         head_prefix: A pretrained leading classifier layer the head may reuse (VGG's 25088→4096).
+        config: Plain values for the model's config (and so its checkpoints) that rebuild this
+            same backbone (a timm model's `timm_args`).
     """
 
     backbone: nn.Module
@@ -63,6 +65,7 @@ class Body:
     stages: tuple[Stage, ...]
     preprocessing: Preprocessing
     head_prefix: nn.Linear | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
 
 
 Acc1 = float | Callable[[], float | None] | None

@@ -169,7 +169,7 @@ class Checkpoint:
                 # Not timm's: some keep non-persistent buffers (index tables) the state dict lacks.
                 timm = str(cfg["arch"]).startswith("timm/")
                 with contextlib.nullcontext() if timm else torch.device("meta"):
-                    model = create_model(cfg["arch"], weights="none", **kwargs)
+                    model = create_model(cfg["arch"], weights="none", built_as=cfg, **kwargs)
                 model.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)
                 if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
                     raise RuntimeError("some tensors are not in the checkpoint")

@@ -7,6 +7,7 @@ stages; a frozen stage stays in eval mode during training, so its BatchNorm stat
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -248,6 +249,7 @@ def create_model(
     preprocessing: Preprocessing | Mapping[str, Any] | None = None,
     image_size: int | None = None,
     metadata: Mapping[str, Any] | None = None,
+    built_as: Mapping[str, Any] | None = None,
 ) -> SkinClassifier:
     """Build a transfer-learning classifier (as `timm.create_model` and torchvision's `get_model` do).
 
@@ -281,6 +283,9 @@ def create_model(
             metadata-only model that ignores the image features), plus whatever the caller keeps
             with it (the encoder); stored as `config["metadata"]`. The model then takes
             `(images, metadata)`; the head is built fresh over features + branch (no VGG prefix).
+        built_as: A checkpoint's model config: a timm backbone is built again with the arguments
+            recorded there (`timm_args`), as in training, and `weights` must be "none" (the
+            checkpoint's weights are loaded next). For `Checkpoint.build_model`.
 
     Returns:
         The model, with `.preprocessing` (what its images need) and `.config` set.
@@ -313,11 +318,12 @@ def create_model(
         arch = arch or "vgg16"
         weights = "imagenet" if weights is None else str(weights)
         if is_timm_arch(arch):
-            spec = timm_spec(arch, image_size or (pre.crop_size if pre is not None else None))
+            size = image_size or (pre.crop_size if pre is not None else None)
+            spec = timm_spec(arch, size, built_as)
         else:
             spec = get_spec(arch)
         body = spec.build(weights)
-        config = {"arch": arch, "weights": weights}
+        config = {"arch": arch, "weights": weights, **body.config}
     pre = (pre or body.preprocessing).with_size(image_size)
     config.update(head=list(head), dropout=dropout, freeze=freeze, num_classes=num_classes)
     meta, image_dim = None, body.feature_dim
@@ -326,7 +332,7 @@ def create_model(
         config["metadata"] = dict(metadata)
         meta = metadata_net(spec.width, spec.hidden)
         width = spec.hidden + (body.feature_dim if spec.image else 0)
-        body = Body(body.backbone, width, body.pool, body.stages, body.preprocessing)  # no prefix
+        body = dataclasses.replace(body, feature_dim=width, head_prefix=None)  # no VGG prefix
     model = SkinClassifier(
         body.backbone,
         _build_head(body, head, dropout, num_classes),

@@ -15,7 +15,7 @@ import pickle
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,9 @@ __all__ = ["PREFIX", "is_timm_arch", "list_timm_models", "load_weights_file", "t
 
 PREFIX = "timm/"
 PRETRAINED = ("imagenet", "pretrained")
+# The model config's record of `timm.create_model`'s arguments (besides `num_classes=0`), with
+# which a checkpoint's model is built again.
+TIMM_ARGS = "timm_args"
 # Below this share of the model's tensors found in a weights file, the file is for another model.
 MIN_FIT = 0.5
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
@@ -56,9 +59,12 @@ def _import_timm() -> Any:
 _FROM_SCRATCH = opt("weights='none'", "freeze='none'")
 
 
-def timm_spec(arch: str, image_size: int | None = None) -> ModelSpec:
+def timm_spec(
+    arch: str, image_size: int | None = None, built_as: Mapping[str, Any] | None = None
+) -> ModelSpec:
     """The registry entry of `timm/NAME` (NAME as timm spells it, optionally with a `.tag`), built
-    for `image_size` px crops (default: the weights' own size; see `_create`)."""
+    for `image_size` px crops (default: the weights' own size; see `_create`), or, given a
+    checkpoint's model config `built_as`, built again as it was for that checkpoint (`_rebuild`)."""
     timm = _import_timm()
     name = arch[len(PREFIX) :]
     if not name or not timm.is_model(name):
@@ -66,7 +72,7 @@ def timm_spec(arch: str, image_size: int | None = None) -> ModelSpec:
             f"timm has no model {name!r}; list what it offers with: "
             + call("list_timm_models", pattern=f"*{name.split('.')[0][:12]}*")
         )
-    build = partial(_build, name, image_size=image_size)
+    build = partial(_build, name, image_size=image_size, built_as=built_as)
     return ModelSpec(arch, build, description=f"timm {name}")
 
 
@@ -75,21 +81,67 @@ def list_timm_models(pattern: str = "*", pretrained: bool = True) -> list[str]:
     return list(_import_timm().list_models(pattern or "*", pretrained=pretrained))
 
 
-def _build(name: str, weights: str, image_size: int | None = None) -> Body:
-    if weights in PRETRAINED:
-        net = _pretrained(name, image_size)
+def _build(
+    name: str,
+    weights: str,
+    image_size: int | None = None,
+    built_as: Mapping[str, Any] | None = None,
+) -> Body:
+    if built_as is not None:
+        if weights != "none":
+            raise ValueError("a model built as a checkpoint's takes its weights from it: 'none'")
+        net, args = _rebuild(name, built_as, image_size)
+    elif weights in PRETRAINED:
+        net, args = _pretrained(name, image_size)
     elif weights == "none":
-        net = _create(name, pretrained=False, size=image_size)
+        net, args = _create(name, pretrained=False, size=image_size)
     else:
-        net = _from_file(name, Path(weights), image_size)
+        net, args = _from_file(name, Path(weights), image_size)
     dim = getattr(net, "head_hidden_size", None) or net.num_features
-    return Body(net, int(dim), None, timm_stages(net), timm_preprocessing(net))
+    pre = timm_preprocessing(net)
+    return Body(net, int(dim), None, timm_stages(net), pre, config={TIMM_ARGS: args})
+
+
+def _rebuild(
+    name: str, built_as: Mapping[str, Any], size: int | None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """`timm/NAME` without weights, built with the `timm.create_model` arguments recorded in a
+    checkpoint's model config: the same module as in training (`pretrained=True` changes some
+    models, e.g. fbnetc_100's batch-norm eps), timm's weight loading skipped.
+
+    Checkpoints from before the record: sizes found again by `_create`, and built as pretrained
+    when trained from hub weights (always built so), else not (as weights files were then).
+    """
+    args = built_as.get(TIMM_ARGS)
+    if args is None:
+        pretrained = built_as.get("weights") in PRETRAINED
+        with _timm_loader(_no_load) if pretrained else nullcontext():
+            return _create(name, pretrained=pretrained, size=size)
+    if not isinstance(args, Mapping) or not isinstance(args.get("pretrained"), bool):
+        raise ModelError(
+            f"its {TIMM_ARGS} {args!r} are not timm.create_model's arguments "
+            "(a mapping with pretrained: true or false)"
+        )
+    kwargs = {k: v for k, v in args.items() if k != "pretrained"}
+    with _timm_loader(_no_load) if args["pretrained"] else nullcontext():
+        net = _timm_create(name, args["pretrained"], **kwargs)
+    if net is None:
+        raise ModelError(
+            f"timm {_import_timm().__version__} cannot build {name} with the arguments it was "
+            f"trained with ({kwargs}); install the timm version it was trained with"
+        )
+    return net, dict(args)
+
+
+def _no_load(model: nn.Module, *args: Any, **kwargs: Any) -> None:
+    """timm's `load_pretrained` for a model whose weights come from elsewhere."""
 
 
 def _create(
     name: str, pretrained: bool, size: int | None = None, overlay: dict | None = None
-) -> nn.Module:
-    """The model with its classifier removed: `forward` gives pooled (N, D) features.
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model with its classifier removed: `forward` gives pooled (N, D) features; and the
+    arguments it was built with (`pretrained` and the others given to `timm.create_model`).
 
     Vision transformers are built with `dynamic_img_size` (the position embedding is resampled to
     each input), other families as timm builds them. At a `size` other than the weights' own, the
@@ -98,18 +150,20 @@ def _create(
     `img_size=size` (position tables resampled when pretrained weights load), and refused in one
     line if it cannot run at `size` even so. `overlay`: timm's `pretrained_cfg_overlay`.
     """
+    args: dict[str, Any] = {"pretrained": pretrained, "dynamic_img_size": True}
     net = _timm_create(name, pretrained, overlay, dynamic_img_size=True)
     if net is None:  # families without the option (CNNs)
+        args = {"pretrained": pretrained}
         net = _timm_create(name, pretrained, overlay)
     native = int((getattr(net, "pretrained_cfg", None) or {}).get("input_size", (0,))[-1])
     if size is None or size == native:
-        return net
+        return net, args
     problem = _fails_at(net, size)
     if problem is None:
-        return net
+        return net, args
     sized = _timm_create(name, pretrained, overlay, img_size=size)
     if sized is not None and _fails_at(sized, size) is None:
-        return sized
+        return sized, {"pretrained": pretrained, "img_size": size}
     raise ModelError(
         f"timm/{name} runs only at its native input size of {native} px, not {size} px ({problem}); "
         f"train it at {opt('data.image_size', value=native)} (the default), or choose a model "
@@ -159,7 +213,7 @@ def _fails_at(net: nn.Module, size: int) -> str | None:
     return None
 
 
-def _pretrained(name: str, size: int | None) -> nn.Module:
+def _pretrained(name: str, size: int | None) -> tuple[nn.Module, dict[str, Any]]:
     """timm's pretrained weights via the Hugging Face Hub cache (HF_HOME, HF_HUB_OFFLINE apply)."""
     try:
         return _create(name, pretrained=True, size=size)
@@ -210,7 +264,7 @@ def _unfit(refusal: str, size: int | None, shapes: list[tuple[str, str, str]], w
 _LOADER_LOCK = threading.Lock()
 
 
-def _from_file(name: str, path: Path, size: int | None) -> nn.Module:
+def _from_file(name: str, path: Path, size: int | None) -> tuple[nn.Module, dict[str, Any]]:
     """`timm/NAME` built for `size` with the weights of `path`, as timm loads weights from the hub.
 
     timm builds the model as for pretrained weights, but its loader only notes the family's
@@ -224,7 +278,7 @@ def _from_file(name: str, path: Path, size: int | None) -> nn.Module:
         filters.append((model, kwargs.get("filter_fn")))
 
     with _timm_loader(note_filter):  # `file`: if timm loads by another way, it reads this file
-        net = _create(name, pretrained=True, size=size, overlay={"file": str(path)})
+        net, args = _create(name, pretrained=True, size=size, overlay={"file": str(path)})
     filter_fn = next((fn for model, fn in filters if model is net), None)
     why = ""
     if filter_fn is not None:
@@ -234,7 +288,7 @@ def _from_file(name: str, path: Path, size: int | None) -> nn.Module:
         if resized:
             log.info("%s: resampled to the model's size by timm: %s", path, _some(resized))
     _load_state(net, state, path, f"timm's {name}", size, why)
-    return net
+    return net, args
 
 
 @contextmanager

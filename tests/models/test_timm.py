@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from skincls.cli import main
-from skincls.errors import ModelError
+from skincls.errors import CheckpointError, ModelError
 from skincls.models.checkpoint import load_checkpoint, save_checkpoint
 from skincls.models.classifier import count_parameters, create_model, set_freeze
 
@@ -203,6 +203,71 @@ def test_checkpoint_of_a_timm_model_rebuilds_to_the_same_outputs(tmp_path):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), model(x))
+
+
+FBNET = "timm/fbnetc_100"  # built with another batch-norm eps when pretrained=True (timm's choice)
+
+
+def _bn_eps(model) -> set[float]:
+    return {m.eps for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+
+
+def test_checkpoint_of_a_model_built_from_a_weights_file_rebuilds_as_trained(tmp_path):
+    """timm builds fbnetc_100 for its pretrained weights with eps 1e-3 (1e-5 otherwise): a weights
+    file builds it so, and so must the rebuild from its checkpoint, or its outputs drift."""
+    path = tmp_path / "fbnet.pt"
+    torch.manual_seed(0)
+    torch.save(timm.create_model("fbnetc_100", num_classes=0).state_dict(), path)
+    model = create_model(FBNET, weights=str(path), head=(), dropout=0.0, image_size=32)
+    assert _bn_eps(model.backbone) == {1e-3}
+    assert model.config["timm_args"] == {"pretrained": True}
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        model.train()(x)  # running statistics of its own, as after training
+        expected = model.eval()(x)
+    save_checkpoint(tmp_path / "model.pt", model, classes=["benign", "malignant"])
+    rebuilt = load_checkpoint(tmp_path / "model.pt").build_model()
+    assert _bn_eps(rebuilt.backbone) == {1e-3}
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), expected)
+
+
+@pytest.mark.parametrize(("weights", "eps"), [("imagenet", 1e-3), ("none", 1e-5), ("w.pt", 1e-5)])
+def test_checkpoint_without_timm_args_rebuilds_as_it_was_built(weights, eps, tmp_path):
+    """Checkpoints from before `timm_args`: hub weights were always built as pretrained; weights
+    files and random weights were not."""
+    model = create_model(FBNET, weights="none", head=(), image_size=32)
+    config = {k: v for k, v in model.config.items() if k != "timm_args"}
+    path = tmp_path / "model.pt"
+    save_checkpoint(
+        path, model, classes=["benign", "malignant"], model_config={**config, "weights": weights}
+    )
+    assert _bn_eps(load_checkpoint(path).build_model().backbone) == {eps}
+
+
+def test_checkpoint_rebuilds_with_the_recorded_arguments_not_found_again(tmp_path):
+    model = create_model(VIT, weights="none", head=(), image_size=32)
+    assert model.config["timm_args"] == {"pretrained": False, "dynamic_img_size": True}
+    path = tmp_path / "model.pt"
+    args = {"pretrained": False, "dynamic_img_size": True, "dynamic_img_pad": True}
+    config = {**model.config, "timm_args": args}
+    save_checkpoint(path, model, classes=["benign", "malignant"], model_config=config)
+    rebuilt = load_checkpoint(path).build_model()
+    assert rebuilt.backbone.patch_embed.dynamic_img_pad
+    assert not model.backbone.patch_embed.dynamic_img_pad
+
+
+def test_checkpoint_with_malformed_timm_args_is_refused_in_one_line(tmp_path):
+    model = create_model(VIT, weights="none", head=())
+    path = tmp_path / "model.pt"
+    config = {**model.config, "timm_args": {"pretrained": "yes"}}
+    save_checkpoint(path, model, classes=["benign", "malignant"], model_config=config)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path).build_model()
+    assert str(info.value) == (
+        f"{path}: cannot rebuild its model: its timm_args {{'pretrained': 'yes'}} are not "
+        "timm.create_model's arguments (a mapping with pretrained: true or false)"
+    )
 
 
 def test_cli_lists_timm_models():

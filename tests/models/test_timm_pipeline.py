@@ -48,6 +48,8 @@ def test_trained_checkpoint_records_arch_and_preprocessing(trained):
     name, path = trained
     ckpt = load_checkpoint(path)
     assert ckpt.model_config["arch"] == name and ckpt.model_config["freeze"] == 1
+    # built by timm as for pretrained weights (from the file), and so rebuilt
+    assert ckpt.model_config["timm_args"]["pretrained"] is True
     pre = ckpt.preprocessing  # from the weights' pretrained_cfg, at the --image-size asked for
     assert pre.crop_size == 32 and pre.interpolation == "bicubic"
     assert pre.mean == tuple(timm.create_model(name.removeprefix("timm/")).pretrained_cfg["mean"])
