@@ -25,6 +25,7 @@ __all__ = ["Grouping", "build_grouping", "carve_groups", "groups_across_splits"]
 # Which key names a group, when a group holds several: a patient before a lesion before others.
 _KIND_ORDER = {"patient": 0, "lesion": 1}
 _MAX_FOLDS = 10
+_MAX_FINE_FOLDS = 100  # for fractions below 10 folds' reach
 _LARGEST = 10
 
 
@@ -132,13 +133,23 @@ def groups_across_splits(groups: Sequence, splits: Sequence[str]) -> int:
     return sum(1 for s in seen.values() if len(s) > 1)
 
 
+def _as_folds(fraction: float) -> tuple[int, int]:
+    """`fraction` as m of k folds: the closest with k ≤ 10 (0.2 = 1 of 5), or, where that is more
+    than a quarter off (below 0.05 it would be 0, and so 1 of 2), the closest with k ≤ 100
+    (0.02 = 1 of 50)."""
+    frac = Fraction(fraction).limit_denominator(_MAX_FOLDS)
+    if frac.numerator == 0 or abs(frac - Fraction(fraction)) > Fraction(fraction) / 4:
+        frac = Fraction(fraction).limit_denominator(_MAX_FINE_FOLDS)
+    return max(frac.numerator, 1), max(frac.denominator, 2)
+
+
 def carve_groups(
     labels: Sequence[str], groups: Sequence[int], fraction: float, seed: int
 ) -> np.ndarray:
     """Which items to hold out: about `fraction` of them, whole groups at a time, stratified by label.
 
     The fraction is taken as m of k folds of `StratifiedGroupKFold` (k ≤ 10, e.g. 0.2 = 1 of 5,
-    0.3 = 3 of 10). With fewer groups (or items of the largest class) than folds, fewer folds
+    0.3 = 3 of 10; a fraction that ten folds cannot come near, up to 100: 0.02 = 1 of 50). With fewer groups (or items of the largest class) than folds, fewer folds
     are used, so the fraction is coarser; below two, `GroupShuffleSplit` draws the groups.
 
     Returns:
@@ -150,8 +161,7 @@ def carve_groups(
     n_groups = len(np.unique(g))
     if n == 0 or fraction <= 0 or n_groups < 2:
         return out
-    frac = Fraction(fraction).limit_denominator(_MAX_FOLDS)
-    m, k = max(frac.numerator, 1), max(frac.denominator, 2)
+    m, k = _as_folds(fraction)
     y = np.unique(np.asarray(labels), return_inverse=True)[1]
     # Small data: fewer folds (a coarser fraction) rather than an unstratified draw.
     k_small = min(k, n_groups, int(np.bincount(y).max()))

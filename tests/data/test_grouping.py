@@ -79,3 +79,11 @@ def test_grouped_split_shares_no_lesion_where_an_image_split_shares_many():
     counts = Counter(grouped)
     assert abs(counts["test"] / len(labels) - 0.2) < 0.02
     assert abs(counts["val"] / (len(labels) - counts["test"]) - 0.1) < 0.02
+
+
+@pytest.mark.parametrize(("fraction", "held"), [(0.02, 20), (0.04, 40), (0.06, 60), (0.2, 200)])
+def test_carve_groups_holds_out_small_fractions_not_half(fraction, held):
+    # 0.02 was 0 of 10 folds, taken as 1 of 2: half the images held out, silently.
+    labels = ["a", "b"] * 500
+    got = carve_groups(labels, list(range(1000)), fraction, seed=0)
+    assert got.sum() == pytest.approx(held, abs=2)
