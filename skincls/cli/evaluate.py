@@ -226,6 +226,8 @@ def _notices(report, path: Path, *, save: bool, fitted: bool, as_json: bool) -> 
     overlap = report.training_overlap
     if as_json and overlap is not None and overlap.message:  # text output has it in the report
         click.echo(f"WARNING: {overlap.message}", err=True)
+    if as_json and report.missing_inputs:  # text output has it in the report
+        click.echo(report.missing_note(), err=True)
     if fitted and not save:
         click.echo(
             f"not stored: {path} is unchanged; give --save to store this threshold/temperature",

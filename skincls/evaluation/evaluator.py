@@ -121,6 +121,7 @@ class Evaluator:
         self.batch_size = batch_size
         self.tta = tta
         self._cache: dict[tuple, Outputs] = {}
+        self._missing: dict[tuple, list[str]] = {}  # metadata columns no image of a split has
         # (split, name, data dir) of another dataset a threshold/temperature was fitted on
         self._fitted_on: tuple[str, str, str] | None = None
         self._other: dict[str, tuple[str, str] | None] = {}  # `other_data` of each data dir
@@ -161,7 +162,24 @@ class Evaluator:
                 progress=self.progress,
             )
             self._cache[key] = out
+            self._missing[key] = _absent_columns(ds)
         return self._cache[key]
+
+    def missing_inputs(
+        self, data: str | Path | Dataset | Outputs, split: str = "test"
+    ) -> list[str]:
+        """The model's metadata columns that no image of the split has a value for (absent from
+        the manifest, or empty throughout): encoded as `unknown` for every image, so its metrics
+        are those of the model without them. Empty for an image-only model."""
+        if isinstance(data, Outputs):
+            return []
+        if isinstance(data, (str, Path)):
+            key = (str(data), split, self.tta)
+        else:
+            key = (data, getattr(data, "split", split), self.tta)
+        if key not in self._missing:
+            self.outputs(data, split)
+        return list(self._missing.get(key, []))
 
     def _dataset(self, data: str | Path | Dataset, split: str) -> Dataset:
         if not isinstance(data, (str, Path)):
@@ -305,6 +323,7 @@ class Evaluator:
         other = self.other_data(data)
         if other is not None:  # stored apart from the model's own metrics (`metrics_key`)
             result.data, result.data_dir = other
+        result.missing_inputs = self.missing_inputs(data, split)
         mapping = self.class_mapping(data)
         if mapping is not None:  # external data: which classes were measured, which left out
             result.class_mapping = mapping.counted(load_manifest(data).select(out.split), out.split)
@@ -421,6 +440,20 @@ def refuse_storing_fit(split: str, name: str, data_dir: str, path: Path) -> str:
         f"({data_dir}), not on data the model was trained on, and {path} would use it for every "
         f"prediction; measure with it without {opt('save')}, or fit it on the model's own val split"
     )
+
+
+def _absent_columns(ds: Dataset) -> list[str]:
+    """The encoder's columns whose missing indicator is set in every row of a fused model's
+    dataset (none for an image-only one, or an empty split)."""
+    matrix, encoder = getattr(ds, "metadata_matrix", None), getattr(ds, "metadata", None)
+    if matrix is None or encoder is None or not len(matrix):
+        return []
+    out, end = [], 0
+    for c in encoder.columns:  # each column's block ends with its missing indicator
+        end += c.width
+        if bool((matrix[:, end - 1] == 1.0).all()):
+            out.append(c.name)
+    return out
 
 
 def _manifest_of(data: Any) -> Manifest | None:

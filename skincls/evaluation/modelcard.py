@@ -310,6 +310,7 @@ def _metrics(rep: Mapping[str, Any], split: Any, n: Any, positive: str | None) -
         "",
         _overlap(rep.get("training_overlap")),
         "",
+        *_missing_inputs(rep.get("missing_inputs")),
         *_class_mapping(rep.get("class_mapping")),
         f"| metric | value | {level} CI |",
         "| --- | --- | --- |",
@@ -332,6 +333,18 @@ def _metrics(rep: Mapping[str, Any], split: Any, n: Any, positive: str | None) -
     if cm:
         lines += ["", f"Confusion matrix (rows = truth, columns = prediction): `{cm}`"]
     return lines
+
+
+def _missing_inputs(columns: Any) -> list[str]:
+    """A fused model measured on data without some of its metadata columns: say which."""
+    if not columns:
+        return []
+    cols = ", ".join(map(str, columns))
+    return [
+        f"**Metadata missing:** no image of this split has {cols}; they were `unknown` for every "
+        f"image, so these are the metrics of the model without {cols}.",
+        "",
+    ]
 
 
 def _class_mapping(mapping: Mapping[str, Any] | None) -> list[str]:

@@ -188,6 +188,8 @@ class EvalReport(BaseModel):
     # dir's folder name and its absolute path. None: the model's own data, or nothing tells.
     data: str | None = None
     data_dir: str | None = None
+    # A fused model's metadata columns no image of the split has a value for: unknown throughout.
+    missing_inputs: list[str] = []
 
     @computed_field
     @property
@@ -210,6 +212,8 @@ class EvalReport(BaseModel):
             out += self.class_mapping.lines()
         if self.training_overlap is not None and self.training_overlap.message:
             out.append(f"WARNING: {self.training_overlap.message}")
+        if self.missing_inputs:
+            out.append(self.missing_note())
         out.append(f"{name} Loss: {self.loss:.6f}")
         for c in self.per_class:
             pct = f"{100 * c.accuracy:.0f}%" if c.total else "n/a"
@@ -219,6 +223,14 @@ class EvalReport(BaseModel):
             f"{name} Accuracy (Overall): {100 * self.accuracy:.0f}% ({correct}/{self.n_images})"
         )
         return out
+
+    def missing_note(self) -> str:
+        """The one line saying which of the model's metadata columns the data lacked."""
+        cols = ", ".join(self.missing_inputs)
+        return (
+            f"note: the model also takes metadata, and no {self.split} image has {cols}: unknown "
+            f"for every image, so these metrics are for the model without {cols}"
+        )
 
     def metric_lines(self) -> list[str]:
         """The decision rule, clinical metrics with confidence intervals, and calibration."""

@@ -210,6 +210,36 @@ def test_predict_with_all_some_and_none_of_the_columns(fused_run, ham_data, tmp_
     assert "missing inputs" in r.stdout
 
 
+def test_evaluate_says_which_metadata_columns_the_data_lacks(fused_run, ham_data, tmp_path):
+    import csv
+    import shutil
+
+    data = tmp_path / "nosite"
+    shutil.copytree(ham_data, data)
+    with (data / "manifest.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    with (data / "manifest.csv").open("w", newline="") as f:  # no site column, every age empty
+        fields = [c for c in rows[0] if c != "site"]
+        writer = csv.DictWriter(f, fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({**r, "age": ""} for r in rows)
+    args = ["evaluate", str(fused_run), "--data-dir", str(data), "--device", "cpu", "--quiet"]
+    r = CliRunner().invoke(main, [*args, "--bootstrap", "0", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["missing_inputs"] == ["age", "site"]
+    note = (
+        "note: the model also takes metadata, and no test image has age, site: unknown for every "
+        "image, so these metrics are for the model without age, site"
+    )
+    assert r.stderr.count(note) == 1
+    card = tmp_path / "card.md"
+    r = CliRunner().invoke(main, [*args, "--bootstrap", "0", "--model-card", str(card)])
+    assert r.exit_code == 0 and r.stdout.count(note) == 1, r.output
+    assert "**Metadata missing:** no image of this split has age, site" in card.read_text()
+    ev = Evaluator(load_checkpoint(fused_run / "best.pt"), device="cpu")
+    assert ev.evaluate(ham_data, n_bootstrap=0).missing_inputs == []  # its own data has them all
+
+
 def test_metadata_changes_the_prediction_and_unseen_values_do_not_crash(fused_run, ham_data):
     from skincls.inference.predict import Predictor
 
