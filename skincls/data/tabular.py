@@ -115,8 +115,8 @@ class MetadataEncoder:
 
     @property
     def names(self) -> list[str]:
-        """The encoded columns, in order."""
-        return [c.name for c in self.columns]
+        """The encoded columns, in order (each once: an ensemble's encoder repeats its members')."""
+        return list(dict.fromkeys(c.name for c in self.columns))
 
     @property
     def width(self) -> int:
@@ -133,7 +133,8 @@ class MetadataEncoder:
     def missing(self, row: Mapping[str, str | None]) -> list[str]:
         """The encoded columns `row` has no value for (absent, empty, a missing spelling, or not a
         number in a numeric column): those whose missing indicator is set."""
-        return [c.name for c, x in zip(self.columns, self._blocks(row)) if x[-1] == 1.0]
+        out = [c.name for c, x in zip(self.columns, self._blocks(row)) if x[-1] == 1.0]
+        return list(dict.fromkeys(out))
 
     def _blocks(self, row: Mapping[str, str | None]) -> list[list[float]]:
         return [c.encode(row.get(c.name)) for c in self.columns]

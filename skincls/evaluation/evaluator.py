@@ -453,7 +453,7 @@ def _absent_columns(ds: Dataset) -> list[str]:
         end += c.width
         if bool((matrix[:, end - 1] == 1.0).all()):
             out.append(c.name)
-    return out
+    return list(dict.fromkeys(out))  # an ensemble's encoder repeats its members' columns
 
 
 def _manifest_of(data: Any) -> Manifest | None:

@@ -260,12 +260,16 @@ def _measured_data(rep: Mapping[str, Any], run: Mapping[str, Any]) -> list[str]:
 def inputs_line(ckpt: Checkpoint) -> str:
     """What the model needs: the image, and for a fused model its metadata columns and what
     happens when they are missing."""
-    if ckpt.is_ensemble:
+    if ckpt.is_ensemble and not ckpt.model_config.get("metadata"):
         return "- **Inputs:** the image"
     inputs = model_inputs(ckpt)
     if not inputs["metadata"]:
         return "- **Inputs:** the image only"
-    cols = "; ".join(f"{m['column']} ({m['encoding']})" for m in inputs["metadata"])
+    if ckpt.is_ensemble:  # each member's own encoding of the same columns
+        names = ", ".join(dict.fromkeys(m["column"] for m in inputs["metadata"]))
+        cols = f"{names} (each member encodes them with its own training images' encoder)"
+    else:
+        cols = "; ".join(f"{m['column']} ({m['encoding']})" for m in inputs["metadata"])
     image = "the image and" if inputs["image"] else "no image (a metadata-only model), only"
     return (
         f"- **Inputs:** {image} the metadata columns {cols}. A missing value, or one never seen "

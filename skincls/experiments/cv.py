@@ -75,7 +75,7 @@ class CVResult:
 
     cv_dir: Path
     report: CVReport
-    ensemble: Path | None  # None for models with metadata (each fold has its own encoding)
+    ensemble: Path | None  # None for models with patient context
     oof_csv: Path
     refit: Path | None
 
@@ -173,10 +173,10 @@ def cross_validate(
         plan.cv_dir / "oof.csv", plan.records, plan.fold, oof, plan.classes, point, plan.groups
     )
     ensemble = None
-    if plan.config.model.metadata.strip().lower() == "none":
+    if not plan.config.model.patient_context:  # fused members: each keeps its own encoder
         ensemble = build_ensemble(plan, completed, point, measured, backbone)
-    else:  # each fold's model has its own metadata encoder: they do not join one ensemble yet
-        log("no ensemble.pt: the fold models take metadata, each with its own encoding")
+    else:  # each fold's context comes from its own backbone's embeddings
+        log("no ensemble.pt: the fold models take patient context, computed by each one's backbone")
     refitted = refit_model(plan, completed, point, training) if refit else None
     return write_report(plan, completed, measured, point, ensemble, refitted, start)
 

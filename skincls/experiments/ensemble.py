@@ -59,11 +59,12 @@ def create_ensemble(
     if not ckpts:
         raise CheckpointError("an ensemble needs at least one member checkpoint")
     classes = ckpts[0].classes
-    fused = [str(c.path) for c in ckpts if c.model_config.get("metadata")]
-    if fused:  # its members' forward takes images only: the metadata would be silently dropped
+    context = [str(c.path) for c in ckpts if (c.model_config.get("metadata") or {}).get(
+        "patient_context")]  # fmt: skip
+    if context:  # each member's context comes from its own backbone's embeddings
         raise CheckpointError(
-            f"{fused[0]} takes metadata besides the image; ensembles of models with metadata "
-            "are not supported yet"
+            f"{context[0]} takes patient context; ensembles of models with patient context are "
+            "not supported: ensemble models trained without --patient-context"
         )
     for c in ckpts[1:]:
         if c.classes != classes:

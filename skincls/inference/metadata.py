@@ -39,8 +39,9 @@ IMAGE_COLUMNS = ("image", "image_id", "image_name", "file", "path")
 
 
 def metadata_encoder(ckpt: Checkpoint) -> MetadataEncoder | None:
-    """The encoder a fused checkpoint was trained with; None for an image-only model."""
-    settings = (ckpt.model_config.get("metadata") or {}) if not ckpt.is_ensemble else {}
+    """The encoder a fused checkpoint was trained with; None for an image-only model. An ensemble's
+    is its fused members' encoders side by side (`models.ensemble`)."""
+    settings = ckpt.model_config.get("metadata") or {}
     if not settings:
         return None
     try:
@@ -162,7 +163,8 @@ class FixedMetadata(nn.Module):
     def __init__(self, model: nn.Module, width: int):
         super().__init__()
         self.model = model
-        self.backbone = model.backbone
+        # An ensemble has no one backbone: Grad-CAM then looks through all of it, as for images only.
+        self.backbone = getattr(model, "backbone", model)
         self.meta = torch.zeros(1, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,12 @@ which every consumer of logits can take as they are (`softmax` of them gives the
 back, so evaluate, predict, export and TTA need no special case). Members that share one frozen
 backbone (the usual outcome of cross-validating a frozen-backbone recipe) run it once per batch, and a
 checkpoint stores its weights once.
+
+Members with metadata (`skincls.models.fused`) each keep their own encoder (fitted on their own
+training images: no member sees another's). The ensemble's second input is every fused member's
+encoding of the same raw row, side by side; `config["metadata"]["encoder"]` is those encoders'
+columns concatenated, itself an encoder, so whatever encodes a single fused model's rows (evaluate,
+predict, export, serve) encodes the ensemble's, and each member reads its own slice.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .classifier import SkinClassifier
+from .fused import FusedHead
 
 __all__ = ["EnsembleClassifier", "ensemble_config"]
 
@@ -35,13 +42,57 @@ def ensemble_config(members: Sequence[nn.Module]) -> dict[str, Any]:
         if k != "arch" and all(c.get(k) == v for c in configs[1:])
     }
     arches = {c.get("arch") for c in configs}
-    return {
+    out = {
         **shared,
         "arch": "ensemble",
         "member_arch": arches.pop() if len(arches) == 1 else None,
         "members": configs,
         "num_members": len(configs),
     }
+    out.pop("metadata", None)
+    metadata = _ensemble_metadata(configs)
+    if metadata is not None:
+        out["metadata"] = metadata
+    return out
+
+
+def _ensemble_metadata(configs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The fused members' encoders side by side, as one encoder (plain data); None without any."""
+    settings = [c.get("metadata") or {} for c in configs]
+    if not any(settings):
+        return None
+    if any(s.get("patient_context") for s in settings):
+        raise ModelError(
+            "ensembles of models with patient context are not supported (each member's context "
+            "comes from its own backbone's embeddings); ensemble models without --patient-context"
+        )
+    try:
+        columns = [c for s in settings if s for c in s["encoder"]["columns"]]
+        width = sum(int(s["encoder"]["width"]) for s in settings if s)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"a member's metadata encoding is missing ({exc})") from None
+    names = list(dict.fromkeys(str(c.get("name")) for c in columns))
+    return {
+        "width": width,
+        "columns": names,
+        "image": any(bool(s.get("image", True)) for s in settings if s),
+        "encoder": {"columns": columns, "width": width},
+    }
+
+
+def _metadata_slices(members: Sequence[nn.Module]) -> list[tuple[int, int] | None]:
+    """Each member's (start, end) in the ensemble's metadata input; None for an image-only one."""
+    out: list[tuple[int, int] | None] = []
+    start = 0
+    for m in members:
+        settings = (getattr(m, "config", None) or {}).get("metadata") or {}
+        if not settings:
+            out.append(None)
+            continue
+        width = int(settings["width"])
+        out.append((start, start + width))
+        start += width
+    return out
 
 
 class EnsembleClassifier(nn.Module):
@@ -84,6 +135,7 @@ class EnsembleClassifier(nn.Module):
         self.register_buffer("temperatures", temps)
         self.preprocessing = pres.pop()
         self.config = ensemble_config(members)
+        self._meta_slices = _metadata_slices(members)  # plain ints: a fixed graph for export
         self._feature_source: list[int | None] = []
         if share_backbones:
             self.share_identical_backbones()
@@ -111,6 +163,8 @@ class EnsembleClassifier(nn.Module):
                     stages=twin.stages,
                     preprocessing=m.preprocessing,
                     config=m.config,
+                    meta=m.meta,
+                    image_dim=m.image_dim,
                 ).train(m.training)
         self._update_sources()
         return len({id(getattr(m, "backbone", m)) for m in self.members})
@@ -132,25 +186,47 @@ class EnsembleClassifier(nn.Module):
             sources.append(src)
         self._feature_source = sources
 
-    def member_log_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) images → (K, N, C) each member's calibrated log-probabilities."""
+    @property
+    def takes_metadata(self) -> bool:
+        """Whether `forward` takes a second input: the fused members' encoded metadata, side by side."""
+        return any(s is not None for s in self._meta_slices)
+
+    def member_log_probs(
+        self, x: torch.Tensor, metadata: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(N, 3, H, W) images [+ (N, width) metadata] → (K, N, C) each member's calibrated
+        log-probabilities."""
+        if metadata is None and self.takes_metadata:
+            raise ModelError(
+                "this ensemble's members also take the images' metadata: call it as "
+                "model(images, metadata)"
+            )
         features: dict[int, torch.Tensor] = {}
         out = []
         for i, m in enumerate(self.members):
-            src = self._feature_source[i]
+            src, part = self._feature_source[i], self._meta_slices[i]
+            meta = None if part is None else metadata[:, part[0] : part[1]]
             if src is None:
-                z = m(x)
+                z = m(x) if meta is None else m(x, meta)
             else:
                 if src not in features:
                     features[src] = self.members[src].features(x)
-                z = m.head(features[src])
+                z = _head(m, features[src], meta)
             out.append(torch.log_softmax(z.float() / self.temperatures[i], dim=-1))
         return torch.stack(out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) images → (N, C) `log(mean_k softmax(z_k / T_k))`; softmax of it = the mean."""
-        log_probs = self.member_log_probs(x)
+    def forward(self, x: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, 3, H, W) images [+ (N, width) metadata] → (N, C) `log(mean_k softmax(z_k / T_k))`;
+        softmax of it = the mean."""
+        log_probs = self.member_log_probs(x, metadata)
         return torch.logsumexp(log_probs, dim=0) - math.log(len(self.members))
+
+
+def _head(m: SkinClassifier, features: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
+    """A member's head on its (shared) image features, with its metadata slice if it is fused."""
+    if meta is None:
+        return m.head(features)
+    return FusedHead(m.meta, m.head, int(m.image_dim or 0), m.uses_image).fuse(features, meta)
 
 
 def _same_body(a: SkinClassifier, b: SkinClassifier) -> bool:

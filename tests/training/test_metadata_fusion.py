@@ -278,7 +278,7 @@ def test_cv_with_metadata_pools_image_features_and_appends_each_folds_metadata(h
     result = skincls.cross_validate(
         config, 2, backbone=body, preprocessing=pre, progress=False, n_bootstrap=0
     )
-    assert result.ensemble is None and result.report.ensemble is None
+    assert result.ensemble == tmp_path / "cv" / "ensemble.pt"
     state = json.loads((tmp_path / "cv" / "cv_state.json").read_text())
     entries = state["completed"]
     assert [e["oof_source"] for e in entries] == ["head on the pooled features"] * 2
@@ -398,6 +398,12 @@ def test_train_and_evaluate_with_patient_context(ham_data, tmp_path):
     missing = [p.missing_inputs for p in predictor.predict(images, metadata=rows)]
     # Patient A has two images here (its context is defined), B one (no other image to compare).
     assert missing == [[], [], ["patient_distance", "patient_rank"]]
+    from skincls.errors import CheckpointError
+    from skincls.experiments.ensemble import create_ensemble
+
+    with pytest.raises(CheckpointError, match="takes patient context; ensembles of models with"):
+        create_ensemble([ckpt], tmp_path / "e.pt", backbone=body)
+    assert not (tmp_path / "e.pt").exists()
     model = config.model.model_copy(update={"freeze": "none"})
     config = config.model_copy(update={"model": model, "out": tmp_path / "other"})
     with pytest.raises(ConfigError, match="frozen backbone"):
@@ -447,13 +453,57 @@ def test_cv_compare_metadata_runs_three_models_on_the_same_folds(ham_data, tmp_p
     assert "metadata" not in load_checkpoint(out / "image" / "fold0" / "best.pt").model_config
 
 
-def test_an_ensemble_of_fused_models_is_refused(fused_run, tmp_path):
-    from skincls.errors import CheckpointError
-    from skincls.experiments.ensemble import create_ensemble
+def test_an_ensemble_of_fused_models_averages_each_members_own_encoding(ham_data, tmp_path):
+    import skincls
+    from skincls.models.ensemble import EnsembleClassifier
 
-    with pytest.raises(CheckpointError, match="takes metadata besides the image; ensembles"):
-        create_ensemble([fused_run / "best.pt"], tmp_path / "e.pt")
-    assert not (tmp_path / "e.pt").exists()
+    body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    config = skincls.RunConfig.model_validate(
+        {"data": {"data_dir": ham_data},
+         "model": {"arch": "custom", "head": [8], "freeze": "backbone", "metadata": "auto"},
+         "train": {"epochs": 1, "batch_size": 8, "device": "cpu", "precision": "fp32", "seed": 1},
+         "out": tmp_path / "cv"}
+    )  # fmt: skip
+    pre = {"resize_size": 32, "crop_size": 32}
+    skincls.cross_validate(config, 2, backbone=body, preprocessing=pre, progress=False,
+                           n_bootstrap=0, calibrate=True)  # fmt: skip
+    ens = load_checkpoint(tmp_path / "cv" / "ensemble.pt")
+    members = [load_checkpoint(tmp_path / "cv" / f"fold{k}" / "best.pt") for k in (0, 1)]
+    encoders = [MetadataEncoder.from_dict(m.model_config["metadata"]["encoder"]) for m in members]
+    assert encoders[0] != encoders[1]  # each fold's own, fitted on its own training images
+    assert ens.model_config["metadata"]["columns"] == ["age", "sex", "site"]
+    model = ens.build_model(copy.deepcopy(body))
+    temps = model.temperatures.tolist()
+    ev = Evaluator(ens, backbone=copy.deepcopy(body), device="cpu", precision="fp32")
+    got = ev.outputs(ham_data, "test").probs(1.0)
+    expected = np.mean(
+        [Evaluator(m, backbone=copy.deepcopy(body), device="cpu", precision="fp32")
+         .outputs(ham_data, "test").probs(t) for m, t in zip(members, temps)], axis=0
+    )  # fmt: skip
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    # Members run whole (no shared backbone) give the same; without metadata: one clear error.
+    whole = EnsembleClassifier(list(model.members), temps, share_backbones=False).eval()
+    ds = ManifestDataset(load_manifest(ham_data), "test", build_transform(ens.preprocessing),
+                         metadata=MetadataEncoder.from_dict(ens.model_config["metadata"]["encoder"]))  # fmt: skip
+    x = torch.stack([ds[i][0] for i in range(3)])
+    m = torch.stack([ds[i][1] for i in range(3)])
+    with torch.no_grad():
+        np.testing.assert_allclose(whole(x, m).exp().numpy(), expected[:3], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ModelError, match="call it as model\\(images, metadata\\)"):
+        model(x)
+    from skincls.inference.predict import Predictor
+
+    predictor = Predictor(ens, "cpu", backbone=copy.deepcopy(body), precision="fp32")
+    rows = [{"age": "50"}, {"age": "80", "sex": "male", "site": "face"}]
+    images = [ham_data / r.path for r in ds.records[:2]]
+    preds = predictor.predict(images, metadata=rows, cam_dir=tmp_path / "cams")
+    assert [p.missing_inputs for p in preds] == [["sex", "site"], []]  # each column named once
+    assert len(list((tmp_path / "cams").glob("*.png"))) == 2  # Grad-CAM with the metadata held
+    from skincls.evaluation.modelcard import inputs_line
+
+    assert inputs_line(ens).startswith(
+        "- **Inputs:** the image and the metadata columns age, sex, site (each member encodes"
+    )
 
 
 def test_generate_from_rows_keeps_the_rows_and_draws_each_lesion_once(tmp_path):
