@@ -129,6 +129,7 @@ def test_drop_two_images_and_see_two_results(page, tmp_path):
     expect(page.locator("#notice")).to_contain_text("not a medical device")
     expect(page.locator("#model h2")).to_contain_text("smallcnn classifier")
     expect(page.locator("#model")).to_contain_text("argmax")
+    expect(page.locator("#metadata")).to_be_hidden()  # an image-only model: no metadata fields
 
     _drop(
         page,
@@ -193,3 +194,21 @@ def test_three_class_model_shows_every_class_and_the_label(chromium_path, three_
         assert card.locator(".badge").inner_text() in (label, "uncertain")
         expect(card.locator(".opacity")).to_contain_text(f"({label})")
         expect(card.locator(".rule")).to_contain_text("most probable class")
+
+
+def test_a_model_with_metadata_gets_optional_fields_sent_with_each_image(chromium_path, fused_ckpt):
+    from skincls.serve.service import ModelService
+
+    service = ModelService.from_checkpoint(fused_ckpt, device="cpu")
+    with _serving(service) as url, _browsing(chromium_path, url) as page:
+        expect = sync_api.expect
+        fields = page.locator("#metadata input")
+        expect(fields).to_have_count(3)
+        assert [fields.nth(i).get_attribute("name") for i in range(3)] == ["age", "sex", "site"]
+        page.fill("#meta-age", "80")
+        page.fill("#meta-site", "face")
+        _drop(page, [("lesion.png", "image/png", image_bytes(41, (64, 48)))])
+        card = page.locator(".card.done")
+        expect(card).to_have_count(1, timeout=60_000)
+        # Only the field left empty is unknown: the two filled in reached the model.
+        expect(card.locator(".missing")).to_have_text("Unknown to the model (no value given): sex.")

@@ -89,6 +89,27 @@ function renderModel(m) {
     "per upload. Images are processed in memory and never stored.";
 }
 
+// ---- metadata form ------------------------------------------------------------------------
+
+function renderMetadata(m) {
+  // A model trained with metadata: one optional text field per column, sent with each image.
+  const columns = m.metadata_columns || [];
+  const section = $("#metadata");
+  section.hidden = columns.length === 0;
+  $(".fields", section).replaceChildren(...columns.map((c) => el("label", { class: "field" },
+    el("span", {}, c),
+    el("input", { type: "text", name: c, id: `meta-${c}`, placeholder: "unknown", autocomplete: "off" }))));
+}
+
+function metadataValues() {
+  const out = [];
+  for (const input of document.querySelectorAll("#metadata input")) {
+    const v = input.value.trim();
+    if (v) out.push([input.name, v]);
+  }
+  return out;
+}
+
 // ---- results -------------------------------------------------------------------------------
 
 function newCard(name) {
@@ -157,6 +178,11 @@ function showResult(card, r) {
     ? `Decision: the most probable class.${r.uncertain ? " Too close to call." : ""}`
     : `P(${r.positive_class}) = ${num(r.probability)}, threshold ${num(r.threshold)}` +
       (r.uncertain ? ` — within ±${model.uncertain_band} of it: uncertain.` : ".");
+  if (r.missing_inputs && r.missing_inputs.length) {
+    const missing = $(".missing", card);
+    missing.textContent = `Unknown to the model (no value given): ${r.missing_inputs.join(", ")}.`;
+    missing.hidden = false;
+  }
 }
 
 async function classify(file, card) {
@@ -166,6 +192,7 @@ async function classify(file, card) {
   }
   const body = new FormData();
   body.append("images", file, file.name);
+  for (const [name, value] of metadataValues()) body.append(name, value);
   try {
     const res = await fetch("/api/predict", { method: "POST", body });
     const data = await res.json();
@@ -208,5 +235,5 @@ $("#picker").addEventListener("change", (e) => {
 
 fetch("/api/model")
   .then((res) => res.json())
-  .then((m) => { model = m; renderModel(m); })
+  .then((m) => { model = m; renderModel(m); renderMetadata(m); })
   .catch((err) => { $("#model").textContent = `Could not load the model: ${err}`; });
