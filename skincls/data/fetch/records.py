@@ -63,6 +63,8 @@ class FetchOptions:
     near_dup_distance: int = DEFAULT_NEAR_DUP_DISTANCE
     near_dup_confirm: int | None = DEFAULT_CONFIRM_DISTANCE
     on_progress: ProgressCallback | None = None
+    # How: processes that decode and hash (None: every core); results do not depend on it.
+    workers: int | None = None
 
     def progress(self, stage: str) -> Callable[[int, int | None], None] | None:
         """`on_progress` bound to one stage name, or None without a callback."""
@@ -104,10 +106,15 @@ class FetchPlan:
 
 @dataclass
 class StagedFiles:
-    """The dataset's files, in place under `images`, and the layout they were read in."""
+    """The dataset's files, in place under `images`, and the layout they were read in.
+
+    `reader` reads an image's bytes by its path in the layout where they are not files under
+    `images` (an HDF5 source); None: files.
+    """
 
     images: Path
     layout: Layout
+    reader: Callable[[str], bytes] | None = None
 
 
 @dataclass(frozen=True)

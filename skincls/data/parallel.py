@@ -1,0 +1,134 @@
+"""Parallel: decode, hash and inspect a dataset's images over a process pool, in order.
+
+Each worker reads its images itself (a file under `images/`, or an entry of an HDF5 file) and sends
+back only the small `Inspection`: no pixels cross processes, and at most a few batches per worker
+are in flight, so memory stays bounded whatever the number of images. Results come back in the
+order asked, so the serial path (`workers=1`) and the pool give identical datasets. Images whose
+bytes the `HashCache` knows are not decoded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from .hashcache import HashCache
+from .ingest import IMAGE_SUFFIXES, Inspection, inspect_bytes
+
+__all__ = ["FileReader", "default_workers", "inspect_all"]
+
+# Images per task sent to a worker, and tasks in flight per worker.
+_BATCH = 32
+_IN_FLIGHT = 4
+# Fewer images to decode than this: no pool (starting one costs about a second).
+_POOL_FROM = 256
+
+Reader = Callable[[str], bytes]
+"""Reads one image's bytes by its path relative to the dataset (picklable: it goes to workers)."""
+
+
+@dataclass(frozen=True)
+class FileReader:
+    """Reads images from files under `root`."""
+
+    root: Path
+
+    def __call__(self, rel: str) -> bytes:
+        return (self.root / rel).read_bytes()
+
+
+def default_workers() -> int:
+    """The CPU cores this process may run on (all of them: fetch's default)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _not_an_image(rel: str) -> Inspection | None:
+    suffix = PurePosixPath(rel).suffix
+    if suffix.lower() not in IMAGE_SUFFIXES:
+        return Inspection(f"not an image file: suffix {suffix or 'none'}")
+    return None
+
+
+def inspect_one(read: Reader, rel: str) -> Inspection:
+    """`ingest.inspect_image` of one image read by `read`."""
+    return _not_an_image(rel) or inspect_bytes(read(rel))
+
+
+def _inspect_batch(read: Reader, rels: Sequence[str]) -> list[Inspection]:
+    return [inspect_one(read, rel) for rel in rels]
+
+
+class _Done:
+    """A finished "future": the serial path runs each batch where it is submitted."""
+
+    def __init__(self, value) -> None:
+        self._value = value
+
+    def result(self):
+        return self._value
+
+
+def inspect_all(
+    read: Reader,
+    rels: Sequence[str],
+    *,
+    workers: int = 1,
+    cache: HashCache | None = None,
+) -> Iterator[Inspection]:
+    """Inspect each of `rels` (`inspect_one`); yield the results in the order of `rels`.
+
+    Args:
+        read: Reads an image's bytes; sent to the workers (must pickle).
+        workers: Processes that decode and hash; 1 runs everything in this process.
+        cache: Known images by content hash: their bytes are read and hashed (SHA-256) here, and
+            only images it does not know are decoded; new usable images are added to it.
+    """
+    known = cache is not None and len(cache) > 0
+    pool = None
+    if workers > 1 and len(rels) >= _POOL_FROM:
+        # forkserver: no fork of a process running threads (a progress bar's refresher).
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+    pending: deque[tuple[list, Future | _Done]] = deque()
+    try:
+        for start in range(0, len(rels), _BATCH):
+            batch = rels[start : start + _BATCH]
+            slots = [_cached(read, rel, cache) if known else None for rel in batch]
+            todo = [rel for rel, hit in zip(batch, slots) if hit is None]
+            if pool is None:
+                pending.append((slots, _Done(_inspect_batch(read, todo))))
+            else:
+                pending.append((slots, pool.submit(_inspect_batch, read, todo)))
+            while len(pending) > _IN_FLIGHT * max(workers, 1) or (pool is None and pending):
+                yield from _fill(*pending.popleft(), cache)
+        while pending:
+            yield from _fill(*pending.popleft(), cache)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _cached(read: Reader, rel: str, cache: HashCache) -> Inspection | None:
+    """The cache's inspection of `rel`'s bytes, or None when it must be decoded."""
+    if _not_an_image(rel):
+        return None
+    data = read(rel)
+    return cache.get(hashlib.sha256(data).hexdigest()) if data else None
+
+
+def _fill(slots: list, future, cache: HashCache | None) -> Iterator[Inspection]:
+    """The batch's results in order: cached ones where known, the decoded ones in between."""
+    decoded = iter(future.result())
+    for hit in slots:
+        result = hit if hit is not None else next(decoded)
+        if cache is not None:
+            cache.put(result)
+        yield result
