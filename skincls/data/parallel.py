@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .hashcache import HashCache
+from .hdf5 import hdf5_member, read_member
 from .ingest import IMAGE_SUFFIXES, Inspection, inspect_bytes
 
 __all__ = ["FileReader", "default_workers", "inspect_all"]
@@ -35,12 +36,14 @@ Reader = Callable[[str], bytes]
 
 @dataclass(frozen=True)
 class FileReader:
-    """Reads images from files under `root`."""
+    """Reads images from files under `root` (or from an HDF5 file there, `skincls.data.hdf5`)."""
 
     root: Path
 
     def __call__(self, rel: str) -> bytes:
-        return (self.root / rel).read_bytes()
+        path = self.root / rel
+        member = hdf5_member(path)  # an image inside an HDF5 file (ISIC 2024)
+        return path.read_bytes() if member is None else read_member(*member)
 
 
 def default_workers() -> int:

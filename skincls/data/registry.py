@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 # How a dataset's files are read; see `skincls.data.layouts`.
-LAYOUTS = ("folders", "ham10000", "isic2019", "isic2020", "labels_csv", "auto")
+LAYOUTS = ("folders", "ham10000", "isic2019", "isic2020", "isic2024", "labels_csv", "auto")
 
 
 @dataclass(frozen=True)
@@ -152,5 +152,23 @@ register_dataset(
         "DICOM copies), unpack train.csv and jpeg/train/, and run "
         f"`{call('fetch', 'source_dir=DIR', dataset='siim-isic-melanoma-classification')}`; or "
         f"use {opt('dataset', value='isic2020')} (the same images, resized)",
+    )
+)
+register_dataset(
+    DatasetSpec(
+        "isic-2024-challenge",
+        "ISIC 2024 (SLICE-3D): 3D total-body-photo lesion crops",
+        "isic2024",
+        kaggle=False,
+        aliases=("isic2024", "isic-2024", "slice-3d"),
+        url="https://www.kaggle.com/competitions/isic-2024-challenge",
+        notes="train-image.hdf5 (the JPEG bytes of 401,059 crops of about 133 px, keyed by "
+        "isic_id) + train-metadata.csv (isic_id, target, patient_id, age_approx, sex, "
+        "anatom_site_general, tbp_lv_* measurements, attribution = hospital, ...); 1,042 patients, "
+        "393 malignant; CC BY-NC. Read from the HDF5 file in place (needs h5py: pip install "
+        "'skincls[hdf5]'); the class is target (1 = malignant). A Kaggle competition: accept its "
+        "rules, download it (`kaggle competitions download -c isic-2024-challenge`), and run "
+        f"`{call('fetch', 'source_dir=DIR', dataset='isic2024')}` on the folder holding the two "
+        f"files (or give the zip as {opt('archive')}).",
     )
 )

@@ -106,15 +106,10 @@ class FetchPlan:
 
 @dataclass
 class StagedFiles:
-    """The dataset's files, in place under `images`, and the layout they were read in.
-
-    `reader` reads an image's bytes by its path in the layout where they are not files under
-    `images` (an HDF5 source); None: files.
-    """
+    """The dataset's files, in place under `images`, and the layout they were read in."""
 
     images: Path
     layout: Layout
-    reader: Callable[[str], bytes] | None = None
 
 
 @dataclass(frozen=True)

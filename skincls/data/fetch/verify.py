@@ -40,8 +40,9 @@ def verify_images(
     n_files = len(layout.files) + len(skipped)
     skipped += sorted(layout.damaged.items())
     kept = []
-    read = staged.reader or FileReader(staged.images)
-    results = inspect_all(read, [c.rel for c in candidates], workers=workers, cache=cache)
+    results = inspect_all(
+        FileReader(staged.images), [c.rel for c in candidates], workers=workers, cache=cache
+    )
     for n, (c, result) in enumerate(zip(candidates, results), 1):
         if result.reason:
             skipped.append((c.rel, result.reason))
