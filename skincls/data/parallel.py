@@ -27,8 +27,8 @@ __all__ = ["FileReader", "default_workers", "inspect_all"]
 # Images per task sent to a worker, and tasks in flight per worker.
 _BATCH = 32
 _IN_FLIGHT = 4
-# Fewer images to decode than this: no pool (starting one costs about a second).
-_POOL_FROM = 256
+# Fewer images to decode than this: no pool (starting one costs 1-2 s, ~1,000 images on 2 cores).
+_POOL_FROM = 1000
 
 Reader = Callable[[str], bytes]
 """Reads one image's bytes by its path relative to the dataset (picklable: it goes to workers)."""
@@ -98,8 +98,11 @@ def inspect_all(
     known = cache is not None and len(cache) > 0
     pool = None
     if workers > 1 and len(rels) >= _POOL_FROM:
-        # forkserver: no fork of a process running threads (a progress bar's refresher).
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+        # forkserver: no fork of a process running threads (a progress bar's refresher); the
+        # server imports the decoders once, and each worker starts as a fork of it.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        pool = ProcessPoolExecutor(workers, mp_context=context)
     pending: deque[tuple[list, Future | _Done]] = deque()
     try:
         for start in range(0, len(rels), _BATCH):
