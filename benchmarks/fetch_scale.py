@@ -38,11 +38,20 @@ _CHILD = """
 import json, resource, sys, time
 from skincls.data.fetch import fetch
 kwargs = json.loads(sys.argv[1])
-start = time.perf_counter()
-report = fetch(kwargs.pop("data_dir"), **kwargs)
-print(json.dumps({"wall_s": round(time.perf_counter() - start, 2),
-                  "images": len(report.manifest.records),
-                  "main_maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
+start, stages = time.perf_counter(), {}
+
+def on_progress(stage, done, total):  # first and last call of each stage
+    now = time.perf_counter() - start
+    stages.setdefault(stage, [now, now])[1] = now
+
+report = fetch(kwargs.pop("data_dir"), on_progress=on_progress, **kwargs)
+wall = time.perf_counter() - start
+me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+print(json.dumps({"wall_s": round(wall, 2), "images": len(report.manifest.records),
+                  "stages_s": {k: [round(a, 1), round(b, 1)] for k, (a, b) in stages.items()},
+                  "cpu_main_s": round(me.ru_utime + me.ru_stime, 1),
+                  "cpu_workers_s": round(kids.ru_utime + kids.ru_stime, 1),
+                  "main_maxrss_mib": round(me.ru_maxrss / 1024)}))
 """
 
 

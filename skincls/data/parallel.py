@@ -12,12 +12,15 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ..errors import DataError, opt
 from .hashcache import HashCache
 from .hdf5 import hdf5_member, read_member
 from .ingest import IMAGE_SUFFIXES, Inspection, inspect_bytes
@@ -98,11 +101,7 @@ def inspect_all(
     known = cache is not None and len(cache) > 0
     pool = None
     if workers > 1 and len(rels) >= _POOL_FROM:
-        # forkserver: no fork of a process running threads (a progress bar's refresher); the
-        # server imports the decoders once, and each worker starts as a fork of it.
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-        pool = ProcessPoolExecutor(workers, mp_context=context)
+        pool = ProcessPoolExecutor(workers, mp_context=_context())
     pending: deque[tuple[list, Future | _Done]] = deque()
     try:
         for start in range(0, len(rels), _BATCH):
@@ -122,6 +121,20 @@ def inspect_all(
             pool.shutdown(cancel_futures=True)
 
 
+def _context():
+    """How workers start: forked where this process runs one thread (fastest, and a script
+    calling fetch needs no `if __name__ == "__main__":`); else from a fork server, since forking
+    a process with threads (a progress bar's refresher) can deadlock the child."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    if "forkserver" not in methods:
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # the server imports the decoders once
+    return context
+
+
 def _cached(read: Reader, rel: str, cache: HashCache) -> Inspection | None:
     """The cache's inspection of `rel`'s bytes, or None when it must be decoded."""
     if _not_an_image(rel):
@@ -132,7 +145,14 @@ def _cached(read: Reader, rel: str, cache: HashCache) -> Inspection | None:
 
 def _fill(slots: list, future, cache: HashCache | None) -> Iterator[Inspection]:
     """The batch's results in order: cached ones where known, the decoded ones in between."""
-    decoded = iter(future.result())
+    try:
+        decoded = iter(future.result())
+    except BrokenProcessPool as exc:
+        raise DataError(
+            f"a worker process stopped ({exc}): run fetch again with "
+            f"{opt('workers', value=1)}; from a script, call it under "
+            "`if __name__ == '__main__':` (workers started afresh import the script)"
+        ) from None
     for hit in slots:
         result = hit if hit is not None else next(decoded)
         if cache is not None:

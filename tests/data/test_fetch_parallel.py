@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -119,3 +122,32 @@ def test_workers_below_one_is_refused(tmp_path):
         main, ["fetch", "--data-dir", str(tmp_path / "d"), "--synthetic", "8", "--workers", "0"]
     )
     assert result.exit_code == 2 and "--workers" in result.output
+
+
+class _Dies:
+    """A reader whose worker process exits at once (killed, out of memory…)."""
+
+    def __call__(self, rel):
+        os._exit(3)
+
+
+def test_a_worker_that_dies_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(parallel, "_POOL_FROM", 0)
+    with pytest.raises(
+        DataError, match=r"a worker process stopped .*run fetch again with workers=1"
+    ):
+        list(parallel.inspect_all(_Dies(), [f"{i}.jpg" for i in range(8)], workers=2))
+
+
+def test_workers_start_from_a_fork_server_while_threads_run():
+    # One thread: a plain fork (a script without `if __name__ == '__main__':` works); with a
+    # progress bar's refresher running, forking could deadlock the child.
+    assert parallel._context().get_start_method() == "fork"
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert parallel._context().get_start_method() == "forkserver"
+    finally:
+        stop.set()
+        thread.join()
