@@ -119,7 +119,7 @@ def make_isic2020(archive: Path, metadata: Path, size: int, limit: int | None = 
 
 
 def _tree_rss(pid: int) -> int:
-    """Resident bytes of `pid` and all its descendants (Linux /proc)."""
+    """Memory of `pid` and all its descendants (Linux /proc), shared pages counted once."""
     parent: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -134,12 +134,11 @@ def _tree_rss(pid: int) -> int:
         tree.add(p)
         todo += [c for c, pp in parent.items() if pp == p and c not in tree]
     total = 0
-    for p in tree:
+    for p in tree:  # proportional set size: pages a forked worker shares are counted once
         try:
-            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * os.sysconf(
-                "SC_PAGE_SIZE"
-            )
-        except (OSError, IndexError, ValueError):
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text().splitlines()
+            total += 1024 * int(next(x for x in rollup if x.startswith("Pss:")).split()[1])
+        except (OSError, StopIteration, IndexError, ValueError):
             continue
     return total
 
@@ -159,7 +158,7 @@ def measure_fetch(**kwargs) -> dict:
     if proc.returncode:
         raise SystemExit(f"fetch failed ({proc.returncode}): {out}")
     result = json.loads(out.strip().splitlines()[-1])
-    result.update(peak_tree_rss_mib=round(peak / 2**20), load_before=load,
+    result.update(peak_tree_pss_mib=round(peak / 2**20), load_before=load,
                   load_after=[round(x, 2) for x in os.getloadavg()])  # fmt: skip
     return result
 
@@ -219,6 +218,7 @@ def run_isic2020(args) -> dict:
 
 
 def smoke() -> None:
+    _smoke.require("fetch_scale.py", ["h5py"], "pip install -e '.[hdf5]'")
     with _smoke.scratch(__file__) as tmp:
         ns = argparse.Namespace(work=tmp, sizes=[60, 300], size=32, workers=None, keep=False)
         result = run_isic2024(ns)
