@@ -142,7 +142,8 @@ def test_a_worker_that_dies_is_one_clear_error(monkeypatch):
 def test_workers_start_from_a_fork_server_while_threads_run():
     # One thread: a plain fork (a script without `if __name__ == '__main__':` works); with a
     # progress bar's refresher running, forking could deadlock the child.
-    assert parallel._context().get_start_method() == "fork"
+    if threading.active_count() == 1:  # other tests of the session may leave threads behind
+        assert parallel._context().get_start_method() == "fork"
     stop = threading.Event()
     thread = threading.Thread(target=stop.wait)
     thread.start()
