@@ -30,6 +30,7 @@ FLAGS: dict[str, str] = {
     "malignant": "--malignant",
     "reference": "--reference",
     "seed": "--seed",
+    "workers": "--workers",
     # train and cv (RunConfig keys)
     "model.weights": "--weights",
     "model.freeze": "--freeze",

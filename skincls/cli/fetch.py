@@ -144,6 +144,13 @@ def _default_cache_dir_shown() -> str:
     "images that are copies of its images inherit their ids, and the report says per class which "
     "source the images came from (repeatable).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes that decode and hash the images; the result does not depend on it "
+    "[default: every core].",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly_errors
 def fetch(
@@ -165,6 +172,7 @@ def fetch(
     label_column,
     group_columns,
     references,
+    workers,
     quiet,
 ):
     """Prepare a dataset: verified images, leak-free splits and the manifest every later step reads.
@@ -195,6 +203,7 @@ def fetch(
             label_column=label_column,
             group_columns=list(group_columns) or None,
             reference=list(references) or None,
+            workers=workers,
         )
     _print_counts(report.manifest)
     _print_fetch_details(report)
@@ -206,7 +215,13 @@ def _fetch_progress(quiet: bool):
     if quiet:
         yield None
         return
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     labels = {
         "download": "downloading",
@@ -221,6 +236,7 @@ def _fetch_progress(quiet: bool):
         BarColumn(),
         TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),  # the ETA; blank while the total is unknown (a download)
         console=console,
     )
 

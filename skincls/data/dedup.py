@@ -82,6 +82,12 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return _BYTE_POPCOUNT[x.view(np.uint8)].reshape(*x.shape, 8).sum(axis=-1, dtype=np.uint8)
 
 
+# Below this many images the all-pairs comparison is as fast as building the index.
+_BRUTE_FORCE_BELOW = 2000
+# Candidates compared at once by the index (each costs ~40 bytes while it is checked).
+_CANDIDATES_AT_ONCE = 1 << 22
+
+
 def near_duplicate_pairs(
     hashes: np.ndarray,
     max_distance: int = DEFAULT_NEAR_DUP_DISTANCE,
@@ -95,11 +101,15 @@ def near_duplicate_pairs(
     64-bit DCT hash. A candidate is confirmed when, at an orientation where the pHashes match, the
     dHashes (gradients, a different view of the image) also differ in at most `confirm_distance`.
 
+    Large sets are searched through a multi-index hash (`_close_hashes`), in time near linear in
+    the number of images; small ones by comparing all pairs. Both give the same pairs.
+
     Args:
         hashes: (N, 2, 8) uint64 from `perceptual_hashes`, one entry per image.
         max_distance: pHash threshold in bits (< 0: no near duplicates at all).
         confirm_distance: dHash threshold in bits; None accepts every pHash candidate.
-        chunk: Rows compared at once (memory ~ chunk × 8 × N × 9 bytes); default keeps it ~40 MB.
+        chunk: Rows compared at once by the all-pairs search (memory ~ chunk × 8 × N × 9 bytes);
+            default keeps it ~40 MB. Given, the all-pairs search is used whatever N.
 
     Returns:
         `(confirmed, rejected)`: lists of `(i, j, phash_distance)` with i < j, sorted.
@@ -108,6 +118,23 @@ def near_duplicate_pairs(
     n = len(hashes)
     if n < 2 or max_distance < 0:
         return [], []
+    if chunk is not None or n < _BRUTE_FORCE_BELOW:
+        return _all_pairs(hashes, max_distance, confirm_distance, chunk)
+    ph, dh = hashes[:, 0, :], hashes[:, 1, :]
+    i, k, j, d = _close_hashes(ph, ph[:, 0], max_distance)
+    keep = i != j
+    i, k, j, d = i[keep], k[keep], j[keep], d[keep]
+    ok = _confirmed(dh[i, k], dh[j, 0], confirm_distance)
+    # Turning i or turning j can differ by a bit: keep the closer, and any confirmation.
+    lo, hi, d, ok = _per_pair(np.minimum(i, j), np.maximum(i, j), d, ok, n)
+    confirmed = [(a, b, c) for a, b, c, y in zip(lo, hi, d, ok) if y]
+    rejected = [(a, b, c) for a, b, c, y in zip(lo, hi, d, ok) if not y]
+    return confirmed, rejected
+
+
+def _all_pairs(hashes, max_distance, confirm_distance, chunk):
+    """`near_duplicate_pairs` by comparing every image with every other (quadratic)."""
+    n = len(hashes)
     ph, dh = hashes[:, 0, :], hashes[:, 1, :]  # (N, 8) each
     chunk = chunk or max(1, 2**19 // n)
     found: dict[tuple[int, int], tuple[int, bool]] = {}
@@ -125,12 +152,101 @@ def near_duplicate_pairs(
             )
             key = (min(i, j), max(i, j))
             d = int(dist[r, :, j].min())
-            # Turning i or turning j can differ by a bit: keep the closer, and any confirmation.
             old_d, old_ok = found.get(key, (d, ok))
             found[key] = (min(d, old_d), ok or old_ok)
     confirmed = sorted((i, j, d) for (i, j), (d, ok) in found.items() if ok)
     rejected = sorted((i, j, d) for (i, j), (d, ok) in found.items() if not ok)
     return confirmed, rejected
+
+
+def _blocks(max_distance: int) -> list[tuple[int, int]]:
+    """`(shift, width)` of `max_distance + 1` disjoint bit blocks covering the 64 bits.
+
+    Two hashes within `max_distance` bits differ in at most that many blocks, so at least one of
+    the `max_distance + 1` blocks is equal in both (pigeonhole): candidates share a block exactly.
+    """
+    m = min(max_distance + 1, 64)
+    widths = [64 // m + (b < 64 % m) for b in range(m)]
+    shifts = np.cumsum([0, *widths[:-1]]).tolist()
+    return list(zip(shifts, widths))
+
+
+def _block(h: np.ndarray, shift: int, width: int) -> np.ndarray:
+    mask = np.uint64((1 << width) - 1)
+    return (h >> np.uint64(shift)) & mask
+
+
+def _close_hashes(query: np.ndarray, reference: np.ndarray, max_distance: int):
+    """Every `(i, k, j, distance)` with `query[i, k]` within `max_distance` bits of `reference[j]`.
+
+    Multi-index hashing: the reference is sorted by each bit block, every query looks up the
+    references sharing that block exactly, and only those candidates are compared bit by bit.
+
+    Args:
+        query: (N, K) uint64 hashes (K orientations of each image).
+        reference: (M,) uint64 hashes.
+
+    Returns:
+        Four int64 arrays (i, k, j, distance), each triple once, in no particular order.
+    """
+    flat = query.ravel()
+    found = []
+    for shift, width in _blocks(max_distance):
+        ref_keys = _block(reference, shift, width)
+        order = np.argsort(ref_keys, kind="stable")
+        sorted_keys = ref_keys[order]
+        q_keys = _block(flat, shift, width)
+        lo = np.searchsorted(sorted_keys, q_keys, "left")
+        counts = np.searchsorted(sorted_keys, q_keys, "right") - lo
+        for q, pos in _expand(lo, counts):
+            j = order[pos]
+            d = _popcount(flat[q] ^ reference[j]).astype(np.int64)
+            keep = d <= max_distance
+            found.append((q[keep] * len(reference) + j[keep], d[keep]))
+    if not found:
+        return (np.empty(0, np.int64),) * 4
+    key = np.concatenate([f[0] for f in found])
+    dist = np.concatenate([f[1] for f in found])
+    key, first = np.unique(key, return_index=True)  # a triple found by several blocks, once
+    q, j = np.divmod(key, len(reference))
+    i, k = np.divmod(q, query.shape[1])
+    return i, k, j, dist[first]
+
+
+def _expand(lo: np.ndarray, counts: np.ndarray):
+    """Yield `(query index, reference position)` arrays for the ranges `lo[q] : lo[q] + counts[q]`,
+    a bounded number of candidates at a time."""
+    ends = np.cumsum(counts)
+    start = 0
+    while start < len(counts):
+        base = ends[start - 1] if start else 0
+        stop = max(int(np.searchsorted(ends, base + _CANDIDATES_AT_ONCE, "right")), start + 1)
+        c = counts[start:stop]
+        q = np.repeat(np.arange(start, stop), c)
+        offset = np.arange(len(q)) - np.repeat(np.cumsum(c) - c, c)
+        yield q, np.repeat(lo[start:stop], c) + offset
+        start = stop
+
+
+def _confirmed(dh_a: np.ndarray, dh_b: np.ndarray, confirm_distance: int | None) -> np.ndarray:
+    """Whether each pair of dHashes is within `confirm_distance` bits (all True for None)."""
+    if confirm_distance is None:
+        return np.ones(len(dh_a), dtype=bool)
+    return _popcount(dh_a ^ dh_b) <= confirm_distance
+
+
+def _per_pair(a, b, d, ok, n):
+    """One entry per `(a, b)`: the smallest distance and whether any match confirmed it, sorted."""
+    if not len(a):
+        return [], [], [], []
+    key = a.astype(np.int64) * n + b
+    order = np.lexsort((key,))
+    key, d, ok = key[order], d[order], ok[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    d = np.minimum.reduceat(d, starts)
+    ok = np.logical_or.reduceat(ok, starts)
+    a, b = np.divmod(key[starts], n)
+    return a.tolist(), b.tolist(), d.tolist(), ok.tolist()
 
 
 def match_hashes(
@@ -154,9 +270,19 @@ def match_hashes(
         return []
     ph_q, dh_q = query[:, 0, :], query[:, 1, :]
     ph_r, dh_r = reference[:, 0, 0], reference[:, 1, 0]  # as stored
-    chunk = max(1, 2**19 // len(reference))
+    if len(query) * len(reference) < _BRUTE_FORCE_BELOW**2:
+        return _match_all_pairs(ph_q, dh_q, ph_r, dh_r, max_distance, confirm_distance)
+    i, k, j, d = _close_hashes(ph_q, ph_r, max_distance)
+    ok = _confirmed(dh_q[i, k], dh_r[j], confirm_distance)
+    i, j, d, ok = _per_pair(i, j, d, ok, len(reference))
+    return [(a, b, c) for a, b, c, y in zip(i, j, d, ok) if y]
+
+
+def _match_all_pairs(ph_q, dh_q, ph_r, dh_r, max_distance, confirm_distance):
+    """`match_hashes` by comparing every query with every reference (quadratic)."""
+    chunk = max(1, 2**19 // len(ph_r))
     out = []
-    for start in range(0, len(query), chunk):
+    for start in range(0, len(ph_q), chunk):
         dist = _popcount(ph_q[start : start + chunk, :, None] ^ ph_r[None, None, :])  # (c, 8, M)
         rows, cols = np.nonzero(dist.min(axis=1) <= max_distance)
         for r, j in zip(rows.tolist(), cols.tolist()):

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from ..errors import DataError
+from .hdf5 import hdf5_member
 from .listing import list_source
 from .splits import Manifest, load_manifest
 
@@ -50,6 +51,8 @@ def up_to_date(data_dir: Path, fingerprint: str) -> Manifest | None:
     if manifest.info.fingerprint != fingerprint:
         return None
     # Someone may have deleted images by hand; then the data dir is rebuilt, not trusted.
-    if not all((data_dir / r.path).is_file() for r in manifest.records):
+    if not all(
+        (data_dir / r.path).is_file() or hdf5_member(data_dir / r.path) for r in manifest.records
+    ):
         return None
     return manifest

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import DataError
+from .hdf5 import hdf5_member, read_member
 
 __all__ = [
     "DECODER",
@@ -166,12 +167,16 @@ def decode_image(
 def load_image(path: str | Path) -> Image.Image:
     """Open an image file as upright RGB, as `decode_image` does, with one-line errors.
 
+    A path inside an HDF5 file (`train-image.hdf5/ISIC_0015670.jpg`, see `skincls.data.hdf5`)
+    reads the image stored there.
+
     Raises:
         DataError: the file is missing, unreadable, broken, a decompression bomb or refused
             (`UnusableImage`).
     """
+    member = hdf5_member(path)
     try:
-        return decode_image(path)
+        return decode_image(path if member is None else read_member(*member))
     except UnusableImage as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError… for broken files

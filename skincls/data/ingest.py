@@ -40,6 +40,7 @@ __all__ = [
     "Layout",
     "copy_source",
     "extract_archive",
+    "inspect_bytes",
     "inspect_image",
     "select_layout",
     "to_rgb",
@@ -402,7 +403,11 @@ def inspect_image(path: str | Path) -> Inspection:
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return Inspection(f"not an image file: suffix {path.suffix or 'none'}")
-    data = path.read_bytes()
+    return inspect_bytes(path.read_bytes())
+
+
+def inspect_bytes(data: bytes) -> Inspection:
+    """`inspect_image` of a file's bytes (an image file read, or an image stored in an HDF5 file)."""
     if not data:
         return Inspection("empty file (0 bytes)")
     digest = hashlib.sha256(data).hexdigest()

@@ -25,6 +25,7 @@ LAYOUTS = (
     "ham10000",
     "isic2019",
     "isic2020",
+    "isic2024",
     "pad_ufes20",
     "ddi",
     "fitzpatrick17k",
@@ -209,5 +210,23 @@ register_dataset(
         "each from its url as md5hash.jpg into a folder next to the CSV (or ask the authors for "
         f"the archive), then run `{call('fetch', 'source_dir=DIR', dataset='fitzpatrick17k')}`; "
         "non-neoplastic conditions are in neither class of the binary task",
+    )
+)
+register_dataset(
+    DatasetSpec(
+        "isic-2024-challenge",
+        "ISIC 2024 (SLICE-3D): 3D total-body-photo lesion crops",
+        "isic2024",
+        kaggle=False,
+        aliases=("isic2024", "isic-2024", "slice-3d"),
+        url="https://www.kaggle.com/competitions/isic-2024-challenge",
+        notes="train-image.hdf5 (the JPEG bytes of 401,059 crops of about 133 px, keyed by "
+        "isic_id) + train-metadata.csv (isic_id, target, patient_id, age_approx, sex, "
+        "anatom_site_general, tbp_lv_* measurements, attribution = hospital, ...); 1,042 patients, "
+        "393 malignant; CC BY-NC. Read from the HDF5 file in place (needs h5py: pip install "
+        "'skincls[hdf5]'); the class is target (1 = malignant). A Kaggle competition: accept its "
+        "rules, download it (`kaggle competitions download -c isic-2024-challenge`), and run "
+        f"`{call('fetch', 'source_dir=DIR', dataset='isic2024')}` on the folder holding the two "
+        f"files (or give the zip as {opt('archive')}).",
     )
 )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import DataError, opt
 from .ingest import Layout
+from .isic2024 import LABEL_RULE
 from .layouts import LabelsCsv, MetadataLayout, Selector, make_selector
 from .metadata import LabelPolicy, MetaRow, binary_map
 from .registry import DatasetSpec, get_dataset
@@ -86,6 +87,13 @@ class SourcePlan:
 
     def labels_info(self, layout: Layout) -> dict:
         """The `labels` entry of `dataset.json`: task, map, and where the classes come from."""
+        if isinstance(layout, MetadataLayout) and layout.summary.get("layout") == "isic2024":
+            return {
+                "task": "binary",
+                "rule": "the metadata's own target column: 1 → malignant, 0 → benign",
+                "map": LABEL_RULE,
+                "source": layout.summary.get("metadata_files"),
+            }
         if isinstance(layout, MetadataLayout):
             return {**self.policy.describe(), "source": layout.summary.get("metadata_files")}
         return {"task": "folders", "rule": "classes are the class folder names"}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from skincls.data import dedup
 from skincls.data.dedup import _popcount, find_duplicates, near_duplicate_pairs, perceptual_hashes
 from skincls.data.synthetic import make_lesion
 
@@ -114,3 +115,52 @@ def test_distinct_synthetic_lesions_are_not_flagged_as_near_duplicates(tmp_path)
     dup = report.manifest.info.duplicates
     assert dup.images_in_clusters <= 6  # at most 2%
     assert len(report.manifest.info.moved) <= 3
+
+
+def _planted(rng, n: int, pairs: int, max_bits: int) -> np.ndarray:
+    """Random (n, 2, 8) hashes with `pairs` near copies planted: a turned copy of another row with
+    0 to `max_bits` pHash bits flipped (some exactly at, some just past the threshold)."""
+    h = rng.integers(0, 2**64, size=(n, 2, 8), dtype=np.uint64, endpoint=False)
+    for p in range(pairs):
+        i, j = rng.choice(n, 2, replace=False)
+        k, bits = int(rng.integers(8)), p % (max_bits + 1)
+        flip = rng.choice(64, bits, replace=False)
+        h[j, 0, 0] = h[i, 0, k] ^ np.uint64(sum(1 << int(b) for b in flip))
+        h[j, 1, 0] = h[i, 1, k] ^ np.uint64((1 << int(rng.integers(0, 16))) - 1)  # 0–15 dHash bits
+    return h
+
+
+@pytest.mark.parametrize("max_distance", [0, 1, 2, 3, 5])
+@pytest.mark.parametrize("confirm", [None, 10])
+def test_multi_index_search_equals_all_pairs(monkeypatch, max_distance, confirm):
+    rng = np.random.default_rng(max_distance)
+    h = _planted(rng, 600, 200, max_distance + 2)
+    # Low-entropy hashes too: many share whole blocks, so buckets hold many candidates.
+    h[:100] &= np.uint64(0x0F0F_0000_0000_00FF)
+    expected = dedup._all_pairs(h, max_distance, confirm, None)
+    monkeypatch.setattr(dedup, "_BRUTE_FORCE_BELOW", 0)
+    monkeypatch.setattr(dedup, "_CANDIDATES_AT_ONCE", 997)  # many small batches of candidates
+    got = near_duplicate_pairs(h, max_distance, confirm)
+    assert got == expected
+    assert {d for *_, d in got[0] + got[1]} >= {max_distance}  # pairs exactly at the threshold
+    assert len(got[0]) + len(got[1]) >= 30
+
+
+def test_multi_index_match_hashes_equals_all_pairs(monkeypatch):
+    rng = np.random.default_rng(9)
+    ref = rng.integers(0, 2**64, size=(500, 2, 8), dtype=np.uint64)
+    query = rng.integers(0, 2**64, size=(300, 2, 8), dtype=np.uint64)
+    for q in range(0, 300, 3):  # every third query is a turned copy of a reference, 0–3 bits off
+        r, k = int(rng.integers(500)), int(rng.integers(8))
+        ref[r, :, 0] = query[q, :, k] ^ np.uint64((1 << (q % 4)) - 1)
+    expected = dedup.match_hashes(query, ref, 2, 10)
+    monkeypatch.setattr(dedup, "_BRUTE_FORCE_BELOW", 0)
+    assert dedup.match_hashes(query, ref, 2, 10) == expected
+    assert len(expected) >= 60
+
+
+def test_blocks_cover_all_bits_and_any_close_pair_shares_one():
+    for d in (0, 1, 2, 5, 63, 80):
+        blocks = dedup._blocks(d)
+        assert sum(w for _, w in blocks) == 64 and len(blocks) == min(d + 1, 64)
+        assert [s for s, _ in blocks] == sorted(s for s, _ in blocks)

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from skincls.cli import main
+from skincls.data import parallel
 from skincls.data.fetch import fetch
-from skincls.data.fetch import verify as verify_stage
 from skincls.data.fetch import write as write_stage
 from skincls.errors import DataError
 from tests.data.test_fetch import FakeKaggle, _lesion, _tree, _zip_tree
@@ -224,18 +224,18 @@ def test_fetch_interrupted_after_replacing_the_images_is_never_up_to_date(tmp_pa
     for old, new in zip(sorted(b.rglob("*.jpg")), sorted(a.rglob("*.jpg"))):
         old.rename(b / new.relative_to(a))
     fetch(tmp_path / "d", source_dir=a)
-    real, calls = verify_stage.inspect_image, []
+    real, calls = parallel.inspect_one, []
 
-    def interrupted(path):  # Ctrl-C (or a kill) while B's images are being checked
-        calls.append(path)
+    def interrupted(read, rel):  # Ctrl-C (or a kill) while B's images are being checked
+        calls.append(rel)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(path)
+        return real(read, rel)
 
-    monkeypatch.setattr(verify_stage, "inspect_image", interrupted)
+    monkeypatch.setattr(parallel, "inspect_one", interrupted)
     with pytest.raises(KeyboardInterrupt):
         fetch(tmp_path / "d", source_dir=b)
-    monkeypatch.setattr(verify_stage, "inspect_image", real)
+    monkeypatch.setattr(parallel, "inspect_one", real)
     # images/ now holds B's files under A's names: fetching A again must rebuild, not trust them.
     report = fetch(tmp_path / "d", source_dir=a)
     assert report.changed

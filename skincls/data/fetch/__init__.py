@@ -15,12 +15,14 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from ...errors import opt
+from ...errors import DataError, opt
 from ...locks import lock_dir
 from ..dedup import DEFAULT_CONFIRM_DISTANCE, DEFAULT_NEAR_DUP_DISTANCE
 from ..download import DEFAULT_DATASET, DatasetClient
 from ..guards import output_dir_checked
+from ..hashcache import CACHE_NAME, HashCache
 from ..ingest import IMAGE_SUFFIXES, MAX_ARCHIVE_BYTES
+from ..parallel import default_workers
 from .curate import curate, load_references
 from .plan import plan_fetch
 from .records import FetchOptions, FetchReport, ProgressCallback
@@ -82,6 +84,7 @@ def fetch(
     label_column: str = "label",
     group_columns: list[str] | None = None,
     reference: list[str | Path] | None = None,
+    workers: int | None = None,
 ) -> FetchReport:
     """Prepare `data_dir`: `images/`, `manifest.csv` (path, label, split, sha256, cluster, group,
     lesion_id, patient_id) and `dataset.json`.
@@ -117,12 +120,17 @@ def fetch(
             None accepts every pHash match.
         max_archive_bytes: Refuse archives that would expand past this many bytes.
         on_progress: Progress callback, see `ProgressCallback`.
+        workers: Processes that decode and hash the images (default: every core); the result
+            does not depend on it. Hashes are cached in the data dir (`hash_cache.npz`) by the
+            SHA-256 of each image's bytes: fetching again decodes only images not seen before.
 
     Raises:
         DataError: conflicting sources, unreadable or unsafe inputs, fewer than two classes, a
             folder that cannot be written, an OS error, or a failed download (with how to fix it).
         LockError: another process is writing into `data_dir` (its pid is named).
     """
+    if workers is not None and workers < 1:
+        raise DataError(f"{opt('workers')} must be at least 1, not {workers}")
     options = FetchOptions(
         source_dir=source_dir,
         archive=archive,
@@ -145,6 +153,7 @@ def fetch(
         near_dup_distance=near_dup_distance,
         near_dup_confirm=near_dup_confirm,
         on_progress=on_progress,
+        workers=workers,
     )
     return _run(Path(data_dir), options)
 
@@ -158,7 +167,9 @@ def _run(data_dir: Path, options: FetchOptions) -> FetchReport:
     # References are read first: a bad one stops the run before anything is written.
     references = load_references(options)
     staged = stage_files(data_dir, plan, options)
-    verified = verify_images(staged, options.on_progress)
+    workers = options.workers or default_workers()
+    cache = HashCache(data_dir / CACHE_NAME)
+    verified = verify_images(staged, options.on_progress, workers=workers, cache=cache)
     curated = curate(verified.images, references, options)
     manifest = write_dataset(data_dir, plan, verified, curated)
     return FetchReport(manifest, verified.skipped, changed=True, downloaded=plan.downloaded)

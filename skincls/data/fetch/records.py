@@ -63,6 +63,8 @@ class FetchOptions:
     near_dup_distance: int = DEFAULT_NEAR_DUP_DISTANCE
     near_dup_confirm: int | None = DEFAULT_CONFIRM_DISTANCE
     on_progress: ProgressCallback | None = None
+    # How: processes that decode and hash (None: every core); results do not depend on it.
+    workers: int | None = None
 
     def progress(self, stage: str) -> Callable[[int, int | None], None] | None:
         """`on_progress` bound to one stage name, or None without a callback."""

@@ -10,8 +10,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path, PurePosixPath
 
+from ...errors import DataError
 from ..info import DATASET_JSON
 from ..ingest import Layout, copy_source, extract_archive
+from ..isic2024 import HDF5_NAME, METADATA_NAME, Isic2024Files, find_isic2024, index_isic2024
+from ..layouts import Selector
+from ..sources import SourcePlan
 from .records import FetchOptions, FetchPlan, StagedFiles
 
 __all__ = ["PARTIAL", "stage_files"]
@@ -45,17 +49,22 @@ def stage_files(data_dir: Path, plan: FetchPlan, options: FetchOptions) -> Stage
 
 def _fill(staging: Path, plan: FetchPlan, options: FetchOptions) -> Layout:
     """Write the source's dataset files into `staging`; return their layout."""
-    select = plan.reading.selector()
+    select = _select(plan.reading)
+    layout = None
     if plan.archive is not None:
-        return extract_archive(
+        layout = extract_archive(
             plan.archive,
             staging,
             max_bytes=options.max_archive_bytes,
             progress=options.on_progress,
             select=select,
         )
-    if plan.source_dir is not None:
-        return copy_source(plan.source_dir, staging, progress=options.on_progress, select=select)
+    elif plan.source_dir is not None:
+        layout = copy_source(plan.source_dir, staging, progress=options.on_progress, select=select)
+    if isinstance(layout, Isic2024Files):  # the HDF5 file went in whole: its images are indexed
+        return index_isic2024(staging, layout, plan.reading.policy)
+    if layout is not None:
+        return layout
     plan.reading.generate_synthetic(staging, plan.synthetic, options.seed)
     made = {PurePosixPath(p.relative_to(staging).as_posix()): p for p in staging.rglob("*")}
     files = [k for k, p in made.items() if p.is_file()]
@@ -63,3 +72,26 @@ def _fill(staging: Path, plan: FetchPlan, options: FetchOptions) -> Layout:
     for extra in set(files) - {PurePosixPath(*layout.prefix, *f.parts) for f in layout.files}:
         made[extra].unlink()  # the CSV: images/ holds images only
     return layout
+
+
+def _select(reading: SourcePlan) -> Selector:
+    """The source's selector, which first looks for ISIC 2024's HDF5 file when the layout is
+    `isic2024` or detected (then only that file and the metadata CSV are copied)."""
+    inner = reading.selector()
+    layout = reading.spec.layout if reading.forced else "auto"
+    if layout not in ("isic2024", "auto") or reading.labels_csv is not None:
+        return inner
+
+    def select(paths, fingerprints=None, read=None) -> Layout:
+        paths = list(paths)
+        found = find_isic2024(paths)
+        if found is not None:
+            return found
+        if layout == "isic2024":
+            raise DataError(
+                f"no {METADATA_NAME} with {HDF5_NAME} beside it in the source: is it ISIC 2024 "
+                "(the Kaggle competition isic-2024-challenge)?"
+            )
+        return inner(paths, fingerprints, read)
+
+    return select

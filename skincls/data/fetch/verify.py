@@ -8,8 +8,9 @@ without a class) is listed with the images that failed here, so nothing is dropp
 from __future__ import annotations
 
 from ...errors import DataError
-from ..ingest import inspect_image
+from ..hashcache import HashCache
 from ..layouts import layout_skipped
+from ..parallel import FileReader, inspect_all
 from ..sources import row_of
 from .records import ProgressCallback, StagedFiles, VerifiedImage, VerifiedImages
 
@@ -17,9 +18,16 @@ __all__ = ["verify_images"]
 
 
 def verify_images(
-    staged: StagedFiles, on_progress: ProgressCallback | None = None
+    staged: StagedFiles,
+    on_progress: ProgressCallback | None = None,
+    *,
+    workers: int = 1,
+    cache: HashCache | None = None,
 ) -> VerifiedImages:
     """Inspect each file the layout chose (damaged ones aside) and keep the images that decode.
+
+    `workers` processes decode and hash (`parallel.inspect_all`: same results in the same order
+    as one); images whose bytes `cache` knows are not decoded again, and the cache is saved.
 
     Raises:
         DataError: no image is usable, or only one class has usable images.
@@ -32,8 +40,10 @@ def verify_images(
     n_files = len(layout.files) + len(skipped)
     skipped += sorted(layout.damaged.items())
     kept = []
-    for n, c in enumerate(candidates, 1):
-        result = inspect_image(staged.images / c.rel)
+    results = inspect_all(
+        FileReader(staged.images), [c.rel for c in candidates], workers=workers, cache=cache
+    )
+    for n, (c, result) in enumerate(zip(candidates, results), 1):
         if result.reason:
             skipped.append((c.rel, result.reason))
         else:
@@ -45,6 +55,8 @@ def verify_images(
             )
         if on_progress:
             on_progress("verify", n, len(candidates))
+    if cache is not None:
+        cache.save()
     if not kept:
         raise DataError(
             f"no readable images found under {staged.images} (expected split/class/*.jpg)"

@@ -1,0 +1,87 @@
+"""HDF5: images stored as encoded bytes inside one HDF5 file (ISIC 2024's `train-image.hdf5`).
+
+Such an image's path is the HDF5 file's path followed by `/<key>.jpg` (`images/train-image.hdf5/
+ISIC_0015670.jpg`): the manifest names it like any other image, and every stage that reads an image
+(`images.load_image`) reads its bytes from the file, never from 401,059 files on disk. h5py is an
+optional dependency (`pip install 'skincls[hdf5]'`), imported only when such a file is read.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ..errors import DataError
+
+__all__ = ["HDF5_SUFFIXES", "Hdf5Reader", "hdf5_keys", "hdf5_member", "read_member"]
+
+HDF5_SUFFIXES = (".hdf5", ".h5")
+_INSTALL = "pip install 'skincls[hdf5]'"
+# Open files of this process, by (pid, path): a DataLoader worker forked from a process that had
+# the file open must open its own (an HDF5 handle does not survive a fork).
+_OPEN: dict[tuple[int, str], object] = {}
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise DataError(
+            f"reading images stored in an HDF5 file (ISIC 2024's train-image.hdf5) needs h5py, "
+            f"the hdf5 extra: {_INSTALL}"
+        ) from None
+    return h5py
+
+
+def _file(path: Path):
+    key = (os.getpid(), str(path))
+    handle = _OPEN.get(key)
+    if handle is None:
+        try:
+            handle = _h5py().File(path, "r")
+        except OSError as exc:
+            raise DataError(f"cannot read {path} as an HDF5 file: {exc}") from None
+        _OPEN[key] = handle
+    return handle
+
+
+def hdf5_keys(path: str | Path) -> list[str]:
+    """The names of the images stored in an HDF5 file, sorted."""
+    return sorted(_file(Path(path)).keys())
+
+
+def read_member(path: str | Path, key: str) -> bytes:
+    """The encoded bytes stored under `key` (a scalar dataset of bytes) in the HDF5 file `path`.
+
+    Raises:
+        DataError: the file cannot be read as HDF5, has no such key, or holds no bytes under it.
+    """
+    f = _file(Path(path))
+    if key not in f:
+        raise DataError(f"{path} holds no image {key!r}")
+    value = f[key][()]
+    if isinstance(value, bytes):
+        return value
+    if hasattr(value, "tobytes"):  # np.void (opaque) or a uint8 array
+        return value.tobytes()
+    raise DataError(f"{path}: {key!r} holds {type(value).__name__}, not the bytes of an image")
+
+
+def hdf5_member(path: str | Path) -> tuple[Path, str] | None:
+    """`(HDF5 file, key)` when `path` names an image inside an HDF5 file, else None."""
+    path = Path(path)
+    if path.parent.suffix.lower() in HDF5_SUFFIXES and path.parent.is_file():
+        return path.parent, path.stem
+    return None
+
+
+@dataclass(frozen=True)
+class Hdf5Reader:
+    """Reads images by their path in the layout (`train-image.hdf5/ISIC_0015670.jpg`) from the
+    HDF5 file `path`; picklable, so fetch's worker processes each open the file themselves."""
+
+    path: Path
+
+    def __call__(self, rel: str) -> bytes:
+        return read_member(self.path, PurePosixPath(rel).stem)

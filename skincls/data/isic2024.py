@@ -1,0 +1,148 @@
+"""ISIC 2024 (SLICE-3D): 401,059 lesion crops of 1,042 patients, read from the one HDF5 file they ship in.
+
+The Kaggle competition `isic-2024-challenge` ships `train-image.hdf5` (each image's JPEG bytes under
+its `isic_id`) and `train-metadata.csv` (isic_id, target, patient_id, age_approx, sex,
+anatom_site_general, the TBP measurements `tbp_lv_*`, attribution (the hospital), lesion_id,
+iddx_1…iddx_5 …). fetch copies the HDF5 file into `images/` as it is and names each image
+`train-image.hdf5/<isic_id>.jpg`; nothing is unpacked into 401,059 files. The class is the file's
+own `target`: 1 → malignant, 0 → benign. Patients (and lesions, where recorded) stay within one
+split; sex, age, site and source (the hospital, `attribution`) become manifest columns.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+from ..errors import DataError, opt
+from .hdf5 import hdf5_keys
+from .ingest import Layout
+from .layouts import MetadataLayout, _match
+from .listing import is_hidden
+from .metadata import (
+    BENIGN,
+    DEFAULT_BINARY_MAP,
+    MALIGNANT,
+    LabelPolicy,
+    MetaRow,
+    row_attributes,
+)
+
+__all__ = [
+    "HDF5_NAME",
+    "LABEL_RULE",
+    "METADATA_NAME",
+    "Isic2024Files",
+    "find_isic2024",
+    "index_isic2024",
+    "parse_isic2024",
+]
+
+HDF5_NAME = "train-image.hdf5"
+METADATA_NAME = "train-metadata.csv"
+REQUIRED = ("isic_id", "target", "patient_id")
+LABEL_RULE = {"target 1": MALIGNANT, "target 0": BENIGN}
+JPEG_FOLDER = "train-image"  # the competition's second copy of the images, as files
+
+
+class Isic2024Files(Layout):
+    """The two files fetch copies (`files`: the HDF5 file and the metadata CSV), before indexing."""
+
+
+def find_isic2024(paths: Sequence[PurePosixPath]) -> Isic2024Files | None:
+    """The shallowest `train-metadata.csv` with a `train-image.hdf5` beside it, or None.
+
+    The competition's JPEG copy (`train-image/image/*.jpg`) is counted as an ignored copy; any
+    other file is listed as outside the layout.
+    """
+    paths = [p for p in paths if not is_hidden(p.parts)]
+    present = set(paths)
+    for meta in sorted((p for p in paths if p.name.lower() == METADATA_NAME), key=_depth):
+        hdf5 = meta.parent / HDF5_NAME
+        if hdf5 not in present:
+            continue
+        root = meta.parent
+        rel = [PurePosixPath(*p.parts[len(root.parts) :]) for p in (hdf5, meta)]
+        copies = [p for p in paths if JPEG_FOLDER in p.parts[len(root.parts) : -1]]
+        taken = {hdf5, meta, *copies}
+        layout = Isic2024Files(
+            root.parts, rel, outside=sorted(str(p) for p in paths if p not in taken)
+        )
+        if copies:
+            layout.ignored_copies = {str(root / JPEG_FOLDER): len(copies)}
+        return layout
+    return None
+
+
+def _depth(p: PurePosixPath):
+    return (len(p.parts), str(p))
+
+
+def parse_isic2024(path: str | Path, name: str = METADATA_NAME):
+    """`train-metadata.csv`, streamed row by row: one `MetaRow` per isic_id, its own `target`.
+
+    Returns:
+        The rows, and `(isic_id, reason)` for rows whose target is neither 0 nor 1.
+
+    Raises:
+        DataError: not UTF-8 text, or a required column missing.
+    """
+    rows, bad = [], []
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            reader = csv.DictReader(fh)
+            header = [h.strip() for h in reader.fieldnames or []]
+            missing = [c for c in REQUIRED if c not in header]
+            if missing:
+                raise DataError(
+                    f"{name} lacks the column(s) {missing}; its columns are {header[:12]}…"
+                )
+            for raw in reader:
+                r = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+                if not r["isic_id"]:
+                    continue
+                target = {"0": False, "1": True, "0.0": False, "1.0": True}.get(r["target"])
+                if target is None:
+                    bad.append((r["isic_id"], f"{name}: target {r['target']!r} is neither 0 nor 1"))
+                    continue
+                rows.append(_row(r, target))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{name} is not UTF-8 text: {exc}") from None
+    return rows, bad
+
+
+def _row(r: dict[str, str], target: bool) -> MetaRow:
+    return MetaRow(
+        r["isic_id"],
+        "unk",  # the label is `target`; the diagnosis columns are not one code per image
+        lesion_id=r.get("lesion_id", ""),
+        patient_id=r["patient_id"],
+        malignant=target,
+        attributes=row_attributes(r),  # source: the hospital (attribution)
+    )
+
+
+def index_isic2024(staging: Path, files: Isic2024Files, policy: LabelPolicy) -> MetadataLayout:
+    """Match the staged CSV's rows to the images in the staged HDF5 file; the CSV is removed.
+
+    Raises:
+        DataError: a task other than binary (the labels are `target` only), an unreadable file.
+    """
+    if policy.task != "binary" or policy.as_given or policy.mapping != DEFAULT_BINARY_MAP:
+        raise DataError(
+            f"ISIC 2024's labels are its target column (1 = malignant, 0 = benign) only: leave "
+            f"out {opt('task', value='multiclass')}, {opt('malignant')} and {opt('labels_csv')}"
+        )
+    hdf5, meta = (staging / Path(*f.parts) for f in files.files)
+    rows, bad = parse_isic2024(meta, str(files.files[1]))
+    meta.unlink()  # images/ holds images only
+    prefix = PurePosixPath(*files.files[0].parts)
+    images = [prefix / f"{key}.jpg" for key in hdf5_keys(hdf5)]
+    meta_name = str(PurePosixPath(*files.prefix, *files.files[1].parts))
+    layout = _match(PurePosixPath(), rows, bad, images, {}, policy, [meta_name], False)
+    layout.summary["layout"] = "isic2024"
+    layout.prefix = files.prefix
+    layout.outside, layout.ignored_copies = files.outside, files.ignored_copies
+    layout.hidden, layout.damaged = files.hidden, files.damaged
+    return layout

@@ -1,0 +1,194 @@
+"""ISIC 2024 (SLICE-3D): read from its HDF5 file in place, classes from `target`, patients grouped."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from skincls.data import hdf5 as hdf5_module
+from skincls.data import parallel
+from skincls.data.fetch import fetch
+from skincls.data.images import load_image
+from skincls.data.isic2024 import LABEL_RULE
+from skincls.errors import DataError
+from tests.data.test_fetch import _lesion
+
+h5py = pytest.importorskip("h5py")
+
+# train-metadata.csv's header as the competition ships it (isic-2024-challenge).
+HEADER = [
+    "isic_id",
+    "target",
+    "patient_id",
+    "age_approx",
+    "sex",
+    "anatom_site_general",
+    "clin_size_long_diam_mm",
+    "image_type",
+    "tbp_tile_type",
+    "tbp_lv_A",
+    "tbp_lv_Aext",
+    "tbp_lv_B",
+    "tbp_lv_Bext",
+    "tbp_lv_C",
+    "tbp_lv_Cext",
+    "tbp_lv_H",
+    "tbp_lv_Hext",
+    "tbp_lv_L",
+    "tbp_lv_Lext",
+    "tbp_lv_areaMM2",
+    "tbp_lv_area_perim_ratio",
+    "tbp_lv_color_std_mean",
+    "tbp_lv_deltaA",
+    "tbp_lv_deltaB",
+    "tbp_lv_deltaL",
+    "tbp_lv_deltaLB",
+    "tbp_lv_deltaLBnorm",
+    "tbp_lv_eccentricity",
+    "tbp_lv_location",
+    "tbp_lv_location_simple",
+    "tbp_lv_minorAxisMM",
+    "tbp_lv_nevi_confidence",
+    "tbp_lv_norm_border",
+    "tbp_lv_norm_color",
+    "tbp_lv_perimeterMM",
+    "tbp_lv_radial_color_std_max",
+    "tbp_lv_stdL",
+    "tbp_lv_stdLExt",
+    "tbp_lv_symm_2axis",
+    "tbp_lv_symm_2axis_angle",
+    "tbp_lv_x",
+    "tbp_lv_y",
+    "tbp_lv_z",
+    "attribution",
+    "copyright_license",
+    "lesion_id",
+    "iddx_full",
+    "iddx_1",
+    "iddx_2",
+    "iddx_3",
+    "iddx_4",
+    "iddx_5",
+    "mel_mitotic_index",
+    "mel_thick_mm",
+    "tbp_lv_dnn_lesion_confidence",
+]
+HOSPITALS = ["Memorial Sloan Kettering Cancer Center", "ViDIR Group, Medical University of Vienna",
+             "Department of Dermatology, Hospital Clínic de Barcelona"]  # fmt: skip
+
+
+def _jpeg(seed: int, malignant: bool) -> bytes:
+    buf = io.BytesIO()
+    _lesion(seed, malignant, size=48).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def isic2024_source(root, n: int = 24, patients: int = 6, jpeg_copy: bool = False):
+    """The competition's layout: train-image.hdf5 (JPEG bytes by isic_id) + train-metadata.csv."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with h5py.File(root / "train-image.hdf5", "w") as f:
+        for i in range(n):
+            isic_id, target = f"ISIC_{15670 + i * 7:07d}", int(i % 4 == 0)
+            data = _jpeg(i, bool(target))
+            # Two ways to store bytes: a fixed-length string (the real file's |S) and an opaque blob.
+            f.create_dataset(isic_id, data=np.void(data) if i % 2 else np.bytes_(data))
+            if jpeg_copy:
+                (root / "train-image" / "image").mkdir(parents=True, exist_ok=True)
+                (root / "train-image" / "image" / f"{isic_id}.jpg").write_bytes(data)
+            row = dict.fromkeys(HEADER, "")
+            row.update(isic_id=isic_id, target=str(target), patient_id=f"IP_{i % patients:07d}",
+                       age_approx=str(40 + 5 * (i % 7)), sex=("male", "female")[i % 2],
+                       anatom_site_general="posterior torso", image_type="TBP tile: close-up",
+                       tbp_lv_A="20.5", attribution=HOSPITALS[i % 3],
+                       copyright_license="CC-BY-NC", iddx_full="Benign",
+                       iddx_1=("Benign", "Malignant")[target])  # fmt: skip
+            rows.append(row)
+    with open(root / "train-metadata.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, HEADER)
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def test_isic2024_is_read_from_its_hdf5_file_in_place(tmp_path):
+    src = isic2024_source(tmp_path / "src")
+    report = fetch(tmp_path / "d", source_dir=src, dataset="isic2024", workers=1)
+    records = report.manifest.records
+    assert len(records) == 24
+    assert all(r.path.startswith("images/train-image.hdf5/ISIC_") for r in records)
+    # One file in images/: the HDF5 as shipped; the CSV was read, not kept; no image unpacked.
+    assert [p.name for p in (tmp_path / "d" / "images").iterdir()] == ["train-image.hdf5"]
+    labels = {r.path.split("/")[-1][:-4]: r.label for r in records}
+    assert sum(v == "malignant" for v in labels.values()) == 6
+    assert labels["ISIC_0015670"] == "malignant" and labels["ISIC_0015677"] == "benign"
+    splits_per_patient: dict[str, set] = {}
+    for r in records:
+        splits_per_patient.setdefault(r.patient_id, set()).add(r.split)
+        assert r.column("source") in HOSPITALS and r.column("site") == "posterior torso"
+    assert all(len(s) == 1 for s in splits_per_patient.values())  # patients within one split
+    info = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    assert info["labels"]["map"] == LABEL_RULE == {"target 1": "malignant", "target 0": "benign"}
+    assert info["dataset"]["layout"] == info["metadata"]["layout"] == "isic2024"
+    assert info["groups"]["groups_by_kind"]["patient"] >= 1
+    # Every later stage reads the image from the HDF5 file.
+    assert load_image(tmp_path / "d" / records[0].path).size == (48, 48)
+    again = fetch(tmp_path / "d", source_dir=src, dataset="isic2024", workers=1)
+    assert not again.changed
+
+
+def test_isic2024_archive_is_detected_and_its_jpeg_copy_ignored(tmp_path, monkeypatch):
+    src = isic2024_source(tmp_path / "src", n=12, jpeg_copy=True)
+    (src / "sample_submission.csv").write_text("isic_id,target\n")
+    archive = tmp_path / "isic-2024-challenge.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(src.rglob("*")):
+            zf.write(p, p.relative_to(src).as_posix())
+    serial = fetch(tmp_path / "one", archive=archive, workers=1)  # layout detected
+    assert serial.info.metadata.layout == "isic2024" and len(serial.manifest.records) == 12
+    assert serial.info.source.ignored_copies == {"train-image": 12}
+    assert ("sample_submission.csv", "outside the split/class/file layout") in serial.skipped
+    monkeypatch.setattr(parallel, "_POOL_FROM", 0)  # workers open the HDF5 file themselves
+    fetch(tmp_path / "two", archive=archive, workers=2)
+    one, two = ((tmp_path / d / "manifest.csv").read_text() for d in ("one", "two"))
+    assert one == two
+
+
+def test_isic2024_without_h5py_names_the_extra(tmp_path, monkeypatch):
+    src = isic2024_source(tmp_path / "src", n=4)
+    monkeypatch.setitem(sys.modules, "h5py", None)  # as if not installed
+    monkeypatch.setattr(hdf5_module, "_OPEN", {})
+    with pytest.raises(
+        DataError, match=r"needs h5py, the hdf5 extra: pip install 'skincls\[hdf5\]'"
+    ):
+        fetch(tmp_path / "d", source_dir=src, dataset="isic2024", workers=1)
+
+
+def test_isic2024_refuses_other_tasks_and_reports_bad_targets(tmp_path):
+    src = isic2024_source(tmp_path / "src", n=8)
+    with pytest.raises(
+        DataError, match=r"labels are its target column .* leave out task='multiclass'"
+    ):
+        fetch(tmp_path / "d", source_dir=src, dataset="isic2024", task="multiclass", workers=1)
+    with pytest.raises(DataError, match=r"malignant"):
+        fetch(tmp_path / "d", source_dir=src, dataset="isic2024", malignant=["mel"], workers=1)
+    text = (src / "train-metadata.csv").read_text().splitlines()
+    text[1] = text[1].replace(",1,IP_", ",maybe,IP_", 1)
+    (src / "train-metadata.csv").write_text("\n".join(text) + "\n")
+    report = fetch(tmp_path / "d", source_dir=src, dataset="isic2024", workers=1)
+    assert len(report.manifest.records) == 7
+    bad = report.info.metadata.rows_unreadable
+    assert [b[0] for b in bad] == ["ISIC_0015670"] and "neither 0 nor 1" in bad[0][1]
+
+
+def test_isic2024_source_without_the_hdf5_file(tmp_path):
+    src = isic2024_source(tmp_path / "src", n=4)
+    (src / "train-image.hdf5").unlink()
+    with pytest.raises(DataError, match=r"no train-metadata.csv with train-image.hdf5 beside it"):
+        fetch(tmp_path / "d", source_dir=src, dataset="isic2024", workers=1)
