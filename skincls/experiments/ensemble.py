@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, opt
 from ..models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..models.ensemble import EnsembleClassifier
 
@@ -64,7 +64,7 @@ def create_ensemble(
     if context:  # each member's context comes from its own backbone's embeddings
         raise CheckpointError(
             f"{context[0]} takes patient context; ensembles of models with patient context are "
-            "not supported: ensemble models trained without --patient-context"
+            f"not supported: ensemble models trained without {opt('model.patient_context')}"
         )
     for c in ckpts[1:]:
         if c.classes != classes:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, opt
 from .classifier import SkinClassifier
 from .fused import FusedHead
 
@@ -64,7 +64,8 @@ def _ensemble_metadata(configs: Sequence[dict[str, Any]]) -> dict[str, Any] | No
     if any(s.get("patient_context") for s in settings):
         raise ModelError(
             "ensembles of models with patient context are not supported (each member's context "
-            "comes from its own backbone's embeddings); ensemble models without --patient-context"
+            f"comes from its own backbone's embeddings); ensemble models without "
+            f"{opt('model.patient_context')}"
         )
     try:
         columns = [c for s in settings if s for c in s["encoder"]["columns"]]
