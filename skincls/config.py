@@ -67,6 +67,12 @@ class DataConfig(_Config):
         default=False,
         description="Flips, 90° turns, small affine and colour jitter on train images.",
     )
+    augment_policy: Literal["basic", "strong"] = Field(
+        default="basic",
+        description="What augment does (it must be on for strong): basic (flips, 90° turns, small affine, mild colour "
+        "jitter) or strong (the ISIC winners' style: dihedral flips, shift-scale-rotate, "
+        "brightness/contrast/saturation/hue, blur or noise, coarse dropout).",
+    )
 
     _check_path = field_validator("data_dir")(_no_nul)
 
@@ -164,6 +170,20 @@ class TrainConfig(_Config):
     )
     backbone_lr_mult: float = Field(
         default=0.1, gt=0, le=1, description="Backbone LR = lr × this while fine-tuning."
+    )
+    layer_decay: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Layer-wise LR decay while fine-tuning: the backbone's last stage learns at "
+        "lr × backbone_lr_mult, each stage before it at this factor times the next one's; 1: off.",
+    )
+    ema_decay: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Exponential moving average of the weights (e.g. 0.999), updated every step; "
+        "validated, checkpointed (best.pt) and kept instead of the raw weights; 0: off.",
     )
     patience: int | None = Field(
         default=None,

@@ -87,6 +87,7 @@ _TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
     ("--lr", "train.lr", {}),
     ("--image-size", "data.image_size", {}),
     ("--augment/--no-augment", "data.augment", {}),
+    ("--augment-policy", "data.augment_policy", {"type": click.Choice(["basic", "strong"])}),
     ("--device", "train.device", {}),
     ("--seed", "train.seed", {"type": int}),  # the huge upper bound is noise in --help
     ("--out", "out", {"type": click.Path(file_okay=False, path_type=Path)}),
@@ -110,6 +111,8 @@ _TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
     ("--mixup", "train.mixup", {"metavar": "ALPHA"}),
     ("--class-weights", "train.class_weights", {"type": click.Choice(["none", "balanced"])}),
     ("--sampler", "train.sampler", {"type": click.Choice(["shuffle", "balanced"])}),
+    ("--layer-decay", "train.layer_decay", {}),
+    ("--ema-decay", "train.ema_decay", {}),
     ("--patience", "train.patience", {}),
     ("--monitor", "train.monitor", {"type": click.Choice(["val_loss", "val_accuracy"])}),
     (
