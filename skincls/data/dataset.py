@@ -66,6 +66,7 @@ def _strong(pre: Preprocessing, interp: T.InterpolationMode) -> list:
     CLAHE is left out: torchvision has none, and OpenCV's would add a dependency and a
     per-image CPU cost for what contrast jitter mostly covers.
     """
+    bilinear = T.InterpolationMode.BILINEAR
     return [
         T.RandomResizedCrop(
             pre.crop_size, scale=(0.6, 1.0), ratio=(0.8, 1.25), interpolation=interp, antialias=True
@@ -75,8 +76,8 @@ def _strong(pre: Preprocessing, interp: T.InterpolationMode) -> list:
         T.RandomChoice([T.RandomRotation((a, a)) for a in (0, 90, 180, 270)]),
         T.RandomApply(
             [
-                T.RandomAffine(
-                    degrees=45, translate=(0.1, 0.1), scale=(0.85, 1.15), interpolation=interp
+                T.RandomAffine(  # bilinear: tensors' affine knows no bicubic
+                    degrees=45, translate=(0.1, 0.1), scale=(0.85, 1.15), interpolation=bilinear
                 )
             ],
             p=0.7,

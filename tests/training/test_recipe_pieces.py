@@ -23,7 +23,7 @@ def _image() -> Image.Image:
 
 
 def test_strong_policy_is_random_and_has_the_winners_steps():
-    pre = Preprocessing(resize_size=36, crop_size=32)
+    pre = Preprocessing(resize_size=36, crop_size=32, interpolation="bicubic")  # as timm's
     strong = build_transform(pre, train=True, augment=True, policy="strong")
     names = {type(t).__name__ for t in strong.transforms}
     assert {"RandomErasing", "RandomVerticalFlip", "ColorJitter", "RandomApply"} <= names
