@@ -61,6 +61,7 @@ FLAGS: dict[str, str] = {
     "device": "--device",
     "precision": "--precision",
     "threshold": "--threshold",
+    "target_sensitivity": "--target-sensitivity",
     "tolerance": "--tolerance",
     "grad_cam=False": "--no-grad-cam",
 }
