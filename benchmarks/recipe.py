@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=None)
     ap.add_argument("--set", action="append", help="KEY=JSON config override (ablations)")
     ap.add_argument("--name", default=None, help="the run's name in report.json")
+    ap.add_argument("--checkpoint", type=Path, help="measure this checkpoint instead of training")
     ap.add_argument("--baseline", type=Path, help="a timm_lite_e2e.py workdir to compare with")
     ap.add_argument("--no-tta", action="store_true", help="measure without TTA only")
     ap.add_argument("--smoke", action="store_true", help="random weights, 60 synthetic images")
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         _smoke.require(__file__, needs, install)
         with _smoke.scratch(__file__) as folder:
-            args.workdir, args.variant, args.baseline = folder, 0, None
+            args.workdir, args.variant, args.baseline, args.checkpoint = folder, 0, None, None
             return _main(args)
     if args.archive is None and args.data_dir is None:
         ap.error("give --archive DEV_ZIP or --data-dir DIR (or --smoke)")
@@ -164,18 +165,24 @@ def _main(args: argparse.Namespace) -> int:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     data_dir = _data(args)
-    weights = weights_file(args.variant, args.workdir, args.smoke)
+    weights = None if args.checkpoint else weights_file(args.variant, args.workdir, args.smoke)
     name = args.name or f"lite{args.variant}-{args.recipe}"
     n_boot = 100 if args.smoke else N_BOOT
     entry: dict = {"load_before": load(), "uptime_before": _uptime()}
-    best, seconds = train(args, data_dir, weights, args.workdir / name)
-    entry.update(train_s=round(seconds, 1), load_after_train=load())
-    entry["history"] = json.loads((best.parent / "history.json").read_text())["epochs"]
+    if args.checkpoint is not None:  # measure a trained model (e.g. TTA alone) without training
+        best = args.checkpoint
+    else:
+        best, seconds = train(args, data_dir, weights, args.workdir / name)
+        entry.update(train_s=round(seconds, 1), load_after_train=load())
+        entry["history"] = json.loads((best.parent / "history.json").read_text())["epochs"]
     probs = {}
     for tta in (False,) if args.no_tta else (False, True):
         key = "tta" if tta else "plain"
         entry[key], probs[key] = measure(best, data_dir, tta, n_boot)
         print(name, key, json.dumps(entry[key]), flush=True)
+    if "tta" in probs:  # the same model with and without TTA, on the same images
+        y = probs["plain"][1].astype(int)
+        entry["paired_tta_vs_plain"] = paired(probs["tta"][0], probs["plain"][0], y, n_boot)
     _save(args.workdir, name, entry)
     baseline = args.baseline
     if args.smoke:  # the paired comparison's code path, against the run itself
