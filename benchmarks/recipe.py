@@ -179,6 +179,7 @@ def _main(args: argparse.Namespace) -> int:
     for tta in (False,) if args.no_tta else (False, True):
         key = "tta" if tta else "plain"
         entry[key], probs[key] = measure(best, data_dir, tta, n_boot)
+        np.save(args.workdir / f"{name}-{key}-test-probs.npy", probs[key][0])  # paired later
         print(name, key, json.dumps(entry[key]), flush=True)
     if "tta" in probs:  # the same model with and without TTA, on the same images
         y = probs["plain"][1].astype(int)
