@@ -24,6 +24,7 @@ from .errors import ConfigError
 __all__ = [
     "LOGGERS",
     "MAX_CONFIG_BYTES",
+    "RECIPES",
     "DataConfig",
     "LoggerConfig",
     "ModelConfig",
@@ -31,6 +32,7 @@ __all__ = [
     "TrainConfig",
     "load_config",
     "merge_overrides",
+    "recipe_file",
     "save_config",
 ]
 
@@ -66,6 +68,12 @@ class DataConfig(_Config):
     augment: bool = Field(
         default=False,
         description="Flips, 90° turns, small affine and colour jitter on train images.",
+    )
+    augment_policy: Literal["basic", "strong"] = Field(
+        default="basic",
+        description="What augment does (it must be on for strong): basic (flips, 90° turns, small affine, mild colour "
+        "jitter) or strong (the ISIC winners' style: dihedral flips, shift-scale-rotate, "
+        "brightness/contrast/saturation/hue, blur or noise, coarse dropout).",
     )
 
     _check_path = field_validator("data_dir")(_no_nul)
@@ -182,6 +190,20 @@ class TrainConfig(_Config):
     backbone_lr_mult: float = Field(
         default=0.1, gt=0, le=1, description="Backbone LR = lr × this while fine-tuning."
     )
+    layer_decay: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Layer-wise LR decay while fine-tuning: the backbone's last stage learns at "
+        "lr × backbone_lr_mult, each stage before it at this factor times the next one's; 1: off.",
+    )
+    ema_decay: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Exponential moving average of the weights (e.g. 0.999), updated every step; "
+        "validated, checkpointed (best.pt) and kept instead of the raw weights; 0: off.",
+    )
     patience: int | None = Field(
         default=None,
         ge=1,
@@ -250,13 +272,32 @@ class RunConfig(_Config):
     _check_path = field_validator("out")(_no_nul)
 
 
+RECIPES = ("seed", "finetune")
+"""The named recipes shipped with the package (skincls/recipes/NAME.yaml)."""
+
+
+def recipe_file(name: str) -> Path:
+    """The config file of a named recipe (`RECIPES`), shipped in the package.
+
+    Raises:
+        ConfigError: no recipe of that name.
+    """
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}: give one of {', '.join(RECIPES)}")
+    return Path(__file__).parent / "recipes" / f"{name}.yaml"
+
+
 def load_config(
     path: str | Path | None,
     overrides: dict[str, Any] | None = None,
     *,
     names: Mapping[str, str] | None = None,
+    recipe: str | None = None,
 ) -> RunConfig:
     """Read a YAML or JSON config file (optional) and apply dotted-key overrides on top.
+
+    With `recipe` (a name from `RECIPES`), its file is the base: the config file's keys override
+    the recipe's, and `overrides` both.
 
     The file is untrusted input: it may hold at most `MAX_CONFIG_BYTES`, must be UTF-8, and YAML
     aliases (`*name`, which let a few lines expand to gigabytes) are refused.
@@ -270,14 +311,24 @@ def load_config(
         ConfigError: unreadable, oversized or malformed file, or invalid values; one line naming
             the offending key (or option) and what it must be.
     """
-    raw: dict[str, Any] = {}
+    raw: dict[str, Any] = read_config_file(recipe_file(recipe)) if recipe is not None else {}
     if path is not None:
         path = Path(path)
-        raw = read_config_file(path)
+        raw = _deep_merge(raw, read_config_file(path))
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     merged = merge_overrides(raw, given)
     labels = {k: (names or {}).get(k, k) for k in given}
     return _validate(merged, source=path, labels=labels)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `top`'s keys set over it, mapping into mapping."""
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = _deep_merge(merged[key], value)
+        merged[key] = value
+    return merged
 
 
 def merge_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

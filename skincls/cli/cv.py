@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ._common import by_options, console, friendly_errors
-from .train import _overrides, _train_options
+from .train import _recipe_options, _train_options, load_run_config, print_config
 
 
 @click.command()
@@ -23,6 +23,7 @@ from .train import _overrides, _train_options
 @click.option(
     "--folds", type=click.IntRange(min=2), default=5, show_default=True, help="Number of folds K."
 )
+@_recipe_options
 @_train_options
 @click.option(
     "--calibrate/--no-calibrate",
@@ -84,6 +85,8 @@ from .train import _overrides, _train_options
 @friendly_errors
 def cv(
     config_file,
+    recipe,
+    print_config_,
     folds,
     calibrate,
     target_sensitivity,
@@ -107,7 +110,7 @@ def cv(
     checkpoint that evaluate, predict and export take like any other. Temperature and threshold are
     chosen on the out-of-fold predictions, never on test.
     """
-    from ..config import RunConfig, load_config
+    from ..config import RunConfig
     from ..experiments.cv import cross_validate
 
     err = Console(stderr=True)  # progress lines: stdout stays the report (pure JSON with --json)
@@ -117,8 +120,10 @@ def cv(
     out = options["out"]
     if resume and config_file is None and out is not None and (out / "config.json").is_file():
         config_file = out / "config.json"
-    overrides, names = _overrides(options)
-    config = load_config(config_file, overrides, names=names)
+    config = load_run_config(config_file, recipe, options)
+    if print_config_:
+        print_config(config)
+        return
     if out is None and config.out == RunConfig.model_fields["out"].default:
         config.out = Path("runs/cv")  # not train's default run dir
     cv_options = dict(

@@ -94,6 +94,7 @@ _TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
     ("--lr", "train.lr", {}),
     ("--image-size", "data.image_size", {}),
     ("--augment/--no-augment", "data.augment", {}),
+    ("--augment-policy", "data.augment_policy", {"type": click.Choice(["basic", "strong"])}),
     ("--device", "train.device", {}),
     ("--seed", "train.seed", {"type": int}),  # the huge upper bound is noise in --help
     ("--out", "out", {"type": click.Path(file_okay=False, path_type=Path)}),
@@ -117,6 +118,8 @@ _TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
     ("--mixup", "train.mixup", {"metavar": "ALPHA"}),
     ("--class-weights", "train.class_weights", {"type": click.Choice(["none", "balanced"])}),
     ("--sampler", "train.sampler", {"type": click.Choice(["shuffle", "balanced"])}),
+    ("--layer-decay", "train.layer_decay", {}),
+    ("--ema-decay", "train.ema_decay", {}),
     ("--patience", "train.patience", {}),
     ("--monitor", "train.monitor", {"type": click.Choice(["val_loss", "val_accuracy"])}),
     (
@@ -142,6 +145,42 @@ _TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
     ),
     ("--mlflow-uri", "logging.mlflow_uri", {"metavar": "URI"}),
 )
+
+
+RECIPES = ("seed", "finetune")  # config.RECIPES, without importing pydantic for --help
+
+
+def _recipe_options(fn):
+    """`--recipe NAME` and `--print-config`, for the commands that take the train options."""
+    fn = click.option(
+        "--print-config",
+        "print_config_",
+        is_flag=True,
+        help="Print the merged config (recipe, --config file, options) as YAML and exit.",
+    )(fn)
+    return click.option(
+        "--recipe",
+        type=click.Choice(RECIPES),
+        default=None,
+        help="A named recipe shipped with skincls as the base config: seed (the original "
+        "script's, the default) or finetune (a fine-tuned model in the ISIC winners' style). "
+        "--config and options override it.",
+    )(fn)
+
+
+def load_run_config(config_file, recipe, options: dict):
+    """The run's config: recipe, then config file, then the given options (checked, one line)."""
+    from ..config import load_config
+
+    overrides, names = _overrides(options)
+    return load_config(config_file, overrides, names=names, recipe=recipe)
+
+
+def print_config(config) -> None:
+    """The merged config as YAML (what `--config` takes back)."""
+    import yaml
+
+    click.echo(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), nl=False)
 
 
 def _config_field(key: str):
@@ -223,6 +262,7 @@ def _overrides(options: dict) -> tuple[dict, dict]:
     default=None,
     help="YAML or JSON config; options given here override it.",
 )
+@_recipe_options
 @_train_options
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option(
@@ -245,7 +285,7 @@ def _overrides(options: dict) -> tuple[dict, dict]:
     "global batch. For several machines run `torchrun ... -m skincls train` yourself.",
 )
 @friendly_errors
-def train(config_file, quiet, resume, overwrite, nproc, **options):
+def train(config_file, recipe, print_config_, quiet, resume, overwrite, nproc, **options):
     """Train a classifier; writes RUNDIR/best.pt, last.pt, history.json/csv, config.json and a plot.
 
     --logger tensorboard and --logger mlflow also log each epoch's metrics there.
@@ -255,9 +295,11 @@ def train(config_file, quiet, resume, overwrite, nproc, **options):
     With a frozen backbone and no augmentation, the backbone runs once per image (feature cache) and
     only the head trains. --finetune-epochs adds a phase with the backbone unfrozen.
     """
-    from ..config import load_config
     from ..training.run import train_from_config
 
+    if print_config_:
+        print_config(load_run_config(config_file, recipe, options))
+        return
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _launch_torchrun(nproc)
         return
@@ -265,8 +307,7 @@ def train(config_file, quiet, resume, overwrite, nproc, **options):
     out = options["out"]
     if resume and config_file is None and out is not None and (out / "config.json").is_file():
         config_file = out / "config.json"
-    overrides, names = _overrides(options)
-    config = load_config(config_file, overrides, names=names)
+    config = load_run_config(config_file, recipe, options)
     # With progress lines, the trainer's own note says the device as training starts; quiet, the
     # line is printed once training has succeeded (a failure then prints only its one-line error).
     device_line = _device_line()

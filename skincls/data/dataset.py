@@ -16,17 +16,34 @@ from .images import DECODER, load_image
 from .splits import Manifest, Record
 from .tabular import MetadataEncoder
 
-__all__ = ["ManifestDataset", "build_transform", "is_deterministic", "load_image"]
+__all__ = [
+    "AUGMENT_POLICIES",
+    "ManifestDataset",
+    "build_transform",
+    "is_deterministic",
+    "load_image",
+]
 
 
-def build_transform(pre: Preprocessing, *, train: bool = False, augment: bool = False) -> T.Compose:
+AUGMENT_POLICIES = ("basic", "strong")
+"""What `build_transform(augment=..., policy=...)` takes (`DataConfig.augment_policy`)."""
+
+
+def build_transform(
+    pre: Preprocessing, *, train: bool = False, augment: bool = False, policy: str = "basic"
+) -> T.Compose:
     """PIL image → normalised float tensor (3, crop, crop).
 
     Evaluation: resize, centre crop, normalise. Training with `augment`: a lesion has no canonical
-    orientation, so flips and 90° turns, plus a small affine and colour jitter.
+    orientation, so flips and 90° turns, plus (`policy` "basic") a small affine and colour jitter,
+    or ("strong", see `_strong`) the heavier policy of the ISIC challenge winners.
     """
+    if policy not in AUGMENT_POLICIES:
+        raise ValueError(f"augmentation policy {policy!r}: give one of {AUGMENT_POLICIES}")
     interp = T.InterpolationMode(pre.interpolation)
     steps: list = [T.ToImage(), T.Resize(pre.resize_size, interpolation=interp, antialias=True)]
+    if train and augment and policy == "strong":
+        return T.Compose(steps + _strong(pre, interp))
     if train and augment:
         steps += [
             T.RandomResizedCrop(
@@ -42,6 +59,41 @@ def build_transform(pre: Preprocessing, *, train: bool = False, augment: bool = 
         steps.append(T.CenterCrop(pre.crop_size))
     steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(pre.mean, pre.std)]
     return T.Compose(steps)
+
+
+def _strong(pre: Preprocessing, interp: T.InterpolationMode) -> list:
+    """The winners' policy (SIIM-ISIC 2020, ISIC 2019) in torchvision v2, after the resize.
+
+    Any of the 8 dihedral views (flips and 90° turns: transposes included), shift-scale-rotate,
+    brightness/contrast/saturation/hue, a blur or Gaussian noise, and one coarse dropout hole.
+    CLAHE is left out: torchvision has none, and OpenCV's would add a dependency and a
+    per-image CPU cost for what contrast jitter mostly covers.
+    """
+    bilinear = T.InterpolationMode.BILINEAR
+    return [
+        T.RandomResizedCrop(
+            pre.crop_size, scale=(0.6, 1.0), ratio=(0.8, 1.25), interpolation=interp, antialias=True
+        ),
+        T.RandomHorizontalFlip(),
+        T.RandomVerticalFlip(),
+        T.RandomChoice([T.RandomRotation((a, a)) for a in (0, 90, 180, 270)]),
+        T.RandomApply(
+            [
+                T.RandomAffine(  # bilinear: tensors' affine knows no bicubic
+                    degrees=45, translate=(0.1, 0.1), scale=(0.85, 1.15), interpolation=bilinear
+                )
+            ],
+            p=0.7,
+        ),
+        T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05),
+        T.ToDtype(torch.float32, scale=True),
+        T.RandomApply(
+            [T.RandomChoice([T.GaussianBlur(5, sigma=(0.1, 1.5)), T.GaussianNoise(sigma=0.03)])],
+            p=0.3,
+        ),
+        T.Normalize(pre.mean, pre.std),
+        T.RandomErasing(p=0.5, scale=(0.02, 0.12), ratio=(0.5, 2.0), value=0),
+    ]
 
 
 class ManifestDataset(Dataset):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel, computed_field
 
 from ..data.provenance import Overlap
+from ..errors import call, spell_options
 from .challenge import ChallengeResult
 from .classmap import ClassMapping
 from .subgroups import SubgroupTable
@@ -19,6 +22,21 @@ __all__ = [
 ]
 
 ECE_BINS = 15
+# A threshold chosen for a target sensitivity holds when the sensitivity it reached where it was
+# chosen is known to within ±this (the half-width of its 95% interval); fewer positive images than
+# that needs (about 300 at 95%) leave the operating point to chance: the report says so.
+SENSITIVITY_HALF_WIDTH = 0.025
+OUT_OF_FOLD = "out-of-fold"  # the split name of cross-validation's predictions (experiments.oof)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """The Wilson score interval of a proportion (95% for z = 1.96); None when n is 0."""
+    if n <= 0:
+        return None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 class ClassResult(BaseModel):
@@ -70,6 +88,43 @@ class ThresholdChoice(BaseModel):
             f"largest with sensitivity >= {self.target_sensitivity:g} on {self.split}{of} "
             f"(n={self.n_images}, {self.n_positive} positive)"
         )
+
+    @computed_field
+    @property
+    def sensitivity_ci(self) -> tuple[float, float] | None:
+        """95% Wilson interval of `sensitivity` on the split the threshold was chosen on."""
+        if self.sensitivity is None or not self.n_positive:
+            return None
+        return wilson_interval(round(self.sensitivity * self.n_positive), self.n_positive)
+
+    def source_lines(self) -> list[str]:
+        """What the threshold achieved where it was chosen, and a warning when too few positive
+        images there to hold it (with what to do instead)."""
+        if self.method != "target_sensitivity" or self.sensitivity is None:
+            return []
+        lo, hi = self.sensitivity_ci or (0.0, 1.0)
+        lines = [
+            f"At this threshold on {self.split} (n={self.n_images}, {self.n_positive} positive), "
+            f"where it was chosen: sensitivity {self.sensitivity:.3f} [95% CI {lo:.3f}-{hi:.3f}], "
+            f"specificity {self.specificity:.3f}"
+        ]
+        if (hi - lo) / 2 > SENSITIVITY_HALF_WIDTH:
+            cv = spell_options(
+                call("cross_validate", "...", target_sensitivity=self.target_sensitivity)
+            )
+            advice = (
+                f"choose the threshold on out-of-fold predictions ({cv}: its ensemble.pt keeps "
+                "that threshold)"
+                if self.split != OUT_OF_FOLD
+                else "it needs more labelled images"
+            )
+            lines.append(
+                f"WARNING: {self.n_positive} positive images in {self.split} are too few to hold "
+                f"this operating point: the sensitivity there is known only to {lo:.3f}-{hi:.3f} "
+                "(95% CI), so on new images it may fall short of the target, or overshoot it at a "
+                f"cost in specificity; {advice}"
+            )
+        return lines
 
 
 class CalibrationResult(BaseModel):
@@ -244,6 +299,8 @@ class EvalReport(BaseModel):
             + (", TTA (8 flips/turns)" if self.tta else "")
             + ("" if self.precision == "fp32" else f"; model run in {self.precision}")
         )
+        if self.threshold is not None and self.threshold_choice is not None:
+            out += self.threshold_choice.source_lines()
         for key, label in _LINE_METRICS:
             value = getattr(self, key)
             if value is None:

@@ -133,14 +133,24 @@ class SkinClassifier(nn.Module):
     # What the trainer asks of a model (the contract in `skincls.training.contract`).
     def param_groups(self, phase: Any) -> list[dict[str, Any]]:
         """Trainable parameters as optimizer groups: "head" (pool and head) at `phase.lr`, and
-        "backbone" at `phase.lr * phase.backbone_lr_mult` when some of it trains."""
+        "backbone" at `phase.lr * phase.backbone_lr_mult` when some of it trains.
+
+        With `phase.layer_decay` d < 1 (layer-wise LR decay) the backbone is one group per stage,
+        "stage{i}", the last at that rate and each one before it d times the next one's.
+        """
         head = [p for p in self.head_parameters() if p.requires_grad]
-        body = [p for p in self.backbone.parameters() if p.requires_grad]
         groups = [{"params": head, "lr": phase.lr, "name": "head"}]
-        if body:
-            groups.append(
-                {"params": body, "lr": phase.lr * phase.backbone_lr_mult, "name": "backbone"}
-            )
+        top = phase.lr * phase.backbone_lr_mult
+        decay = getattr(phase, "layer_decay", 1.0)
+        if decay < 1:
+            last = len(self.stages) - 1
+            for i, stage in enumerate(self.stages):
+                params = [p for m in stage for p in m.parameters() if p.requires_grad]
+                lr = top * decay ** (last - i)
+                groups.append({"params": params, "lr": lr, "name": f"stage{i}"})
+        else:
+            body = [p for p in self.backbone.parameters() if p.requires_grad]
+            groups.append({"params": body, "lr": top, "name": "backbone"})
         return [g for g in groups if g["params"]]
 
     def freeze(self, phase: Any) -> None:

@@ -66,6 +66,7 @@ class Phase:
     freeze: str | int | None  # freeze policy applied at the phase's start; None = leave the model's
     lr: float = 1e-3  # the configured learning rate
     backbone_lr_mult: float = 1.0  # what a pretrained part's lr is multiplied by in this phase
+    layer_decay: float = 1.0  # layer-wise LR decay: each stage's lr is this times the next one's
 
 
 @runtime_checkable
@@ -85,7 +86,7 @@ def plan_phases(config: TrainConfig, model: nn.Module) -> list[Phase]:
     """One training phase, or with `finetune_epochs` a head phase then a fine-tuning phase."""
     lr = config.lr
     if not config.finetune_epochs:
-        return [Phase("train", 1, config.epochs, None, lr)]
+        return [Phase("train", 1, config.epochs, None, lr, layer_decay=config.layer_decay)]
     if not callable(getattr(model, "freeze", None)):
         raise ConfigError(
             "fine-tuning needs a model with a freeze(phase) method that unfreezes its pretrained "
@@ -95,7 +96,15 @@ def plan_phases(config: TrainConfig, model: nn.Module) -> list[Phase]:
     last = config.epochs + config.finetune_epochs
     return [
         Phase("head", 1, config.epochs, None, lr),
-        Phase("finetune", config.epochs + 1, last, unfreeze, lr, config.backbone_lr_mult),
+        Phase(
+            "finetune",
+            config.epochs + 1,
+            last,
+            unfreeze,
+            lr,
+            config.backbone_lr_mult,
+            config.layer_decay,
+        ),
     ]
 
 

@@ -174,6 +174,7 @@ def plan_run(
     downloads) no model."""
     if backbone is None:
         _check_weights_train(config)
+    _check_augment(config)
     check_loggers(config.logging)  # tensorboard/mlflow loggers: their packages are installed
     resolve_device(device)
     arch = config.model.arch if backbone is None else "custom"
@@ -241,8 +242,8 @@ def _build_model_and_data(
     extra: dict[str, list | None] = {"train": None, "val": None}
     if m.patient_context:
         encoder, extra = _fit_context(model, manifest, encoder, resolve_device(device))
-    augment = config.data.augment
-    train_tf = build_transform(pre, train=True, augment=augment)
+    augment, policy = config.data.augment, config.data.augment_policy
+    train_tf = build_transform(pre, train=True, augment=augment, policy=policy)
     train = ManifestDataset(manifest, "train", train_tf, metadata=encoder, extra=extra["train"])
     val = None
     if manifest.select("val"):
@@ -492,6 +493,17 @@ def _interrupted(plan: RunPlan, run: RunDir, trainer: Trainer, last_epoch: int |
     return (
         f"interrupted {when}: {what}; {run.path} keeps its config.json: {command} starts it again"
     )
+
+
+def _check_augment(config: RunConfig) -> None:
+    """A strong augmentation policy with augmentation off would silently train unaugmented."""
+    data = config.data
+    if data.augment_policy != "basic" and not data.augment:
+        policy = opt("data.augment_policy", value=data.augment_policy)
+        basic = opt("data.augment_policy='basic'")
+        raise ConfigError(
+            f"{policy} needs {opt('data.augment=True')}; to train without augmentation give {basic}"
+        )
 
 
 def _check_weights_train(config: RunConfig) -> None:

@@ -48,6 +48,7 @@ from .contract import (
 )
 from .distributed import Dist, shard_bounds
 from .divergence import diverged, nonfinite_weight
+from .ema import WeightEMA
 from .features import FeatureSet, backbone_fingerprint, cache_refusal, load_or_extract
 from .history import BestTracker, EpochRecord, History
 from .mixup import mixed_shares
@@ -129,6 +130,8 @@ class Trainer:
         self._rest: nn.Module | None = None  # what trains after a frozen extractor (DDP-wrapped)
         self._whole: nn.Module = model  # what trains otherwise (DDP-wrapped)
         self._when = "none"  # when the phase's scheduler steps
+        # The weights' moving average: validated, and what callbacks (checkpoints) see.
+        self.ema = WeightEMA(self.config.ema_decay) if self.config.ema_decay > 0 else None
 
     @property
     def callbacks(self) -> list[Callback]:
@@ -152,6 +155,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "rng": get_rng_state(shuffle=self._shuffle, loader=self._loader_rng, mix=self._mix),
             "callbacks": callback_states(self.callbacks),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -193,6 +197,11 @@ class Trainer:
         self.history.monitor = self._best.monitor  # what picks the best epoch, as monitored
         self.history.precision = self.precision.to_dict()
         self.log(describe_device(self.device, self.precision))
+        if self.ema is not None:
+            self.log(
+                f"weight EMA (decay {self.ema.decay:g}): validated and checkpointed instead of "
+                "the raw weights"
+            )
         self._emit("on_fit_start")
         try:
             for phase in plan_phases(cfg, self.model):
@@ -278,8 +287,10 @@ class Trainer:
         global_batches, mixes = self._draw_batches(len(data.train), sample_weights, data.sampler)
         lr = self.optimizer.param_groups[0]["lr"]
         self._emit("on_epoch_start", epoch, len(data.sampler))
+        self._use_weights("raw")
         self.model.train()
         train_loss, train_acc = self._train_epoch(data, global_batches, epoch, mixes)
+        self._use_weights("ema")  # validated, and what the callbacks see and save
         val_loss = val_acc = None
         if data.val is not None:
             val_loss, val_acc = self._validate(data.val_fs, data.val_loader)
@@ -362,13 +373,24 @@ class Trainer:
             place=self._place,
             split=split,
             scaler=self.scaler,
-            after_step=self.scheduler.step if self._when == "step" else None,
+            after_step=self._after_step,
             on_batch_end=lambda loss, acc: self._emit("on_batch_end", loss, acc),
             diverged=partial(self._diverged, epoch),
             mixes=mixes,
         )
         total, correct, seen = self.dist.sum([total, correct, seen], self.device)
         return total / seen, correct / seen
+
+    def _after_step(self) -> None:
+        if self._when == "step":
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def _use_weights(self, which: str) -> None:
+        """With a weight EMA: put the "raw" (to train) or the "ema" weights into the model."""
+        if self.ema is not None:
+            self.ema.use(self.model, which)
 
     def _validate(
         self, features: FeatureSet | None, loader: DataLoader | None
@@ -458,6 +480,8 @@ class Trainer:
         self.history = History.from_dict(state["history"])
         set_rng_state(state["rng"], shuffle=self._shuffle, loader=self._loader_rng, mix=self._mix)
         load_callback_states(self.callbacks, state.get("callbacks", {}))
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"], self.device)
 
     def _emit(self, hook: str, *args) -> None:
         for cb in self.callbacks:

