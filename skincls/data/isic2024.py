@@ -79,7 +79,9 @@ def _depth(p: PurePosixPath):
     return (len(p.parts), str(p))
 
 
-def parse_isic2024(path: str | Path, name: str = METADATA_NAME):
+def parse_isic2024(
+    path: str | Path, name: str = METADATA_NAME
+) -> tuple[list[MetaRow], list[tuple[str, str]]]:
     """`train-metadata.csv`, streamed row by row: one `MetaRow` per isic_id, its own `target`.
 
     Returns:
