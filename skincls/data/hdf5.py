@@ -9,18 +9,19 @@ optional dependency (`pip install 'skincls[hdf5]'`), imported only when such a f
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ..errors import DataError
 
-__all__ = ["HDF5_SUFFIXES", "Hdf5Reader", "hdf5_keys", "hdf5_member", "read_member"]
+__all__ = ["HDF5_SUFFIXES", "hdf5_keys", "hdf5_member", "read_member"]
 
 HDF5_SUFFIXES = (".hdf5", ".h5")
 _INSTALL = "pip install 'skincls[hdf5]'"
-# Open files of this process, by (pid, path): a DataLoader worker forked from a process that had
-# the file open must open its own (an HDF5 handle does not survive a fork).
-_OPEN: dict[tuple[int, str], object] = {}
+# Open files of this process, by (pid, path, inode, mtime): a DataLoader worker forked from a
+# process that had the file open must open its own (an HDF5 handle does not survive a fork), and a
+# file replaced at the same path (fetch run again in one process) must not be read through the
+# old handle, which still reads the deleted file's images.
+_OPEN: dict[tuple[int, str, int, int], object] = {}
 
 
 def _h5py():
@@ -35,9 +36,15 @@ def _h5py():
 
 
 def _file(path: Path):
-    key = (os.getpid(), str(path))
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise DataError(f"cannot read {path} as an HDF5 file: {exc}") from None
+    key = (os.getpid(), str(path), st.st_ino, st.st_mtime_ns)
     handle = _OPEN.get(key)
     if handle is None:
+        for old in [k for k in _OPEN if k[:2] == key[:2]]:  # that path's earlier file
+            _OPEN.pop(old).close()
         try:
             handle = _h5py().File(path, "r")
         except OSError as exc:
@@ -74,14 +81,3 @@ def hdf5_member(path: str | Path) -> tuple[Path, str] | None:
     if path.parent.suffix.lower() in HDF5_SUFFIXES and path.parent.is_file():
         return path.parent, path.stem
     return None
-
-
-@dataclass(frozen=True)
-class Hdf5Reader:
-    """Reads images by their path in the layout (`train-image.hdf5/ISIC_0015670.jpg`) from the
-    HDF5 file `path`; picklable, so fetch's worker processes each open the file themselves."""
-
-    path: Path
-
-    def __call__(self, rel: str) -> bytes:
-        return read_member(self.path, PurePosixPath(rel).stem)

@@ -30,7 +30,6 @@ __all__ = [
     "ColumnCode",
     "MetadataEncoder",
     "metadata_columns",
-    "record_values",
 ]
 
 # What `--metadata auto` uses where a dataset records it: what a clinic knows before the diagnosis.
@@ -178,11 +177,6 @@ class MetadataEncoder:
 
     def __repr__(self) -> str:
         return f"MetadataEncoder({', '.join(f'{c.name}:{c.kind}' for c in self.columns)})"
-
-
-def record_values(attributes: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """A manifest record's `attributes` as the encoder's row."""
-    return dict(attributes)
 
 
 def metadata_columns(spec: str, available: Iterable[str]) -> list[str]:

@@ -192,3 +192,16 @@ def test_isic2024_source_without_the_hdf5_file(tmp_path):
     (src / "train-image.hdf5").unlink()
     with pytest.raises(DataError, match=r"no train-metadata.csv with train-image.hdf5 beside it"):
         fetch(tmp_path / "d", source_dir=src, dataset="isic2024", workers=1)
+
+
+def test_an_hdf5_file_replaced_at_the_same_path_is_read_anew(tmp_path):
+    # The process caches open HDF5 files; one replaced at the same path (fetch run again in a
+    # notebook) must be read as it is now, not through the old handle to the deleted file.
+    path = tmp_path / "images.hdf5"
+    for value in (b"first", b"second, longer"):
+        tmp = tmp_path / "new.hdf5"
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("ISIC_1", data=np.bytes_(value))
+        tmp.replace(path)
+        assert hdf5_module.read_member(path, "ISIC_1") == value
+        assert hdf5_module.hdf5_keys(path) == ["ISIC_1"]
