@@ -22,8 +22,9 @@ from ..atomic import atomic_write
 from ..config import RunConfig
 from ..data.splits import load_manifest
 from ..errors import ConfigError, opt
-from .cv import CVResult, cross_validate
-from .folds import pool_records, record_group
+from ..evaluation.metrics import percentile_interval
+from .cv import CV_STATE, CVResult, cross_validate
+from .folds import fold_groups, pool_records
 from .oof import gather_oof
 
 __all__ = ["ARMS", "CompareResult", "compare_metadata", "paired_difference"]
@@ -67,10 +68,11 @@ def compare_metadata(
         arm_config = config.model_copy(update={"model": model, "out": out / arm})
         results[arm] = cross_validate(arm_config, folds, n_bootstrap=n_bootstrap, **cv_options)
     records = pool_records(load_manifest(Path(config.data.data_dir)))
-    groups = np.array([record_group(r) for r in records])
+    # Resampled as the folds held them out: whole sites under group_by, not single lesions.
+    groups = np.array(fold_groups(records, cv_options.get("group_by")))
     probs, labels = {}, None
     for arm, result in results.items():
-        state = json.loads((result.cv_dir / "cv_state.json").read_text())
+        state = json.loads((result.cv_dir / CV_STATE).read_text())
         oof = gather_oof(result.cv_dir, state["completed"], len(records))
         probs[arm], labels = oof.probs(), oof.labels
     metric = "roc_auc" if probs["fused"].shape[-1] == 2 else "balanced_accuracy"
@@ -83,6 +85,7 @@ def compare_metadata(
     }
     result = CompareResult(out, metric, results, values, paired)
     report = {"metric": metric, "values": values, "paired": paired, "folds": folds,
+              "bootstrap_groups": len(set(groups.tolist())),
               "cv_dirs": {a: str(r.cv_dir) for a, r in results.items()}}  # fmt: skip
     with atomic_write(out / "compare_report.json", "w") as fh:
         fh.write(json.dumps(report, indent=2) + "\n")
@@ -120,5 +123,5 @@ def paired_difference(
         if len(np.unique(y[idx])) < len(np.unique(y)):
             continue
         draws.append(_score(metric, y[idx], p_a[idx]) - _score(metric, y[idx], p_b[idx]))
-    ci = [float(v) for v in np.percentile(draws, [2.5, 97.5])] if draws else [None, None]
+    ci = list(percentile_interval(np.array(draws))) if draws else [None, None]
     return {"diff": float(diff), "ci": ci, "n_bootstrap": len(draws)}

@@ -4,6 +4,7 @@ and the fused model through train, the feature cache, the checkpoint and evaluat
 from __future__ import annotations
 
 import copy
+import csv
 import json
 from pathlib import Path
 
@@ -451,6 +452,22 @@ def test_cv_compare_metadata_runs_three_models_on_the_same_folds(ham_data, tmp_p
     only = load_checkpoint(out / "metadata" / "fold0" / "best.pt").model_config["metadata"]
     assert fused["image"] is True and only["image"] is False
     assert "metadata" not in load_checkpoint(out / "image" / "fold0" / "best.pt").model_config
+
+
+def test_cv_compare_metadata_resamples_the_groups_the_folds_held_out(ham_data, tmp_path):
+    # With --group-by site the folds hold out whole sites; the paired CI must resample sites too,
+    # not single lesions (which would treat one site's images as independent).
+    out = tmp_path / "cmp"
+    train = [a for a in TINY_TRAIN if a not in ("--epochs", "2")] + ["--epochs", "1"]
+    args = ["cv", "--data-dir", str(ham_data), *train, "--folds", "2", "--out", str(out)]
+    r = CliRunner().invoke(
+        main, [*args, "--compare", "metadata", "--bootstrap", "5", "--group-by", "site"]
+    )
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "compare_report.json").read_text())
+    rows = list(csv.DictReader((out / "image" / "folds.csv").read_text().splitlines()))
+    sites, lesions = {r["fold_group"] for r in rows}, {r["group"] for r in rows}
+    assert report["bootstrap_groups"] == len(sites) < len(lesions)
 
 
 def test_an_ensemble_of_fused_models_averages_each_members_own_encoding(ham_data, tmp_path):
