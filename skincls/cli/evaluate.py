@@ -478,7 +478,8 @@ def export(checkpoint, fmt, out, tolerance):
         )
         if "metadata_input" in result.metadata:  # a fused model's second input
             console.print(f"input 2 (metadata): {result.metadata['metadata_input']}")
+    how = f"batches of {batches}" if batches else "every field and tensor read back bit for bit"
     console.print(
         f"parity: max abs difference {result.max_abs_diff:.3g} <= tolerance {result.tolerance:g} "
-        f"(batches of {batches})"
+        f"({how})"
     )
