@@ -22,7 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..errors import ModelError
 from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .backbones import Body, ModelSpec, Stage, get_spec, list_models, register_model
-from .fused import FusedExtractor, FusedHead, MetadataSpec, metadata_net
+from .fused import FusedExtractor, FusedHead, MetadataSpec, fuse, metadata_net
 from .timm_backbones import is_timm_arch, timm_spec
 
 __all__ = [
@@ -103,7 +103,7 @@ class SkinClassifier(nn.Module):
             raise ModelError(
                 "this model also takes the images' metadata: call it as model(images, metadata)"
             )
-        return self._fused_head().fuse(self.features(x), metadata)
+        return fuse(self.meta, self.head, self.features(x), metadata, self.uses_image)
 
     def _fused_head(self) -> FusedHead:
         return FusedHead(self.meta, self.head, int(self.image_dim or 0), self.uses_image)

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import ModelError, opt
 from .classifier import SkinClassifier
-from .fused import FusedHead
+from .fused import fuse
 
 __all__ = ["EnsembleClassifier", "ensemble_config"]
 
@@ -227,7 +227,7 @@ def _head(m: SkinClassifier, features: torch.Tensor, meta: torch.Tensor | None) 
     """A member's head on its (shared) image features, with its metadata slice if it is fused."""
     if meta is None:
         return m.head(features)
-    return FusedHead(m.meta, m.head, int(m.image_dim or 0), m.uses_image).fuse(features, meta)
+    return fuse(m.meta, m.head, features, meta, m.uses_image)
 
 
 def _same_body(a: SkinClassifier, b: SkinClassifier) -> bool:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import ModelError
 
-__all__ = ["FusedExtractor", "FusedHead", "MetadataSpec", "metadata_net"]
+__all__ = ["FusedExtractor", "FusedHead", "MetadataSpec", "fuse", "metadata_net"]
 
 DEFAULT_HIDDEN = 32
 
@@ -77,5 +77,13 @@ class FusedHead(nn.Module):
         return self.fuse(f[:, : self.image_dim], f[:, self.image_dim :])
 
     def fuse(self, image: torch.Tensor, metadata: torch.Tensor) -> torch.Tensor:
-        m = self.meta(metadata.to(image.dtype))
-        return self.head(torch.cat([image, m], 1) if self.image else m)
+        return fuse(self.meta, self.head, image, metadata, self.image)
+
+
+def fuse(
+    meta: nn.Module, head: nn.Module, image: torch.Tensor, metadata: torch.Tensor, use_image: bool
+) -> torch.Tensor:
+    """Logits of image features and encoded metadata: the metadata branch, [image | branch] (or the
+    branch alone for a metadata-only model), the head."""
+    m = meta(metadata.to(image.dtype))
+    return head(torch.cat([image, m], 1) if use_image else m)
