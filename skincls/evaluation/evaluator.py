@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from ..data.cells import printable
 from ..data.dataset import ManifestDataset, build_transform
 from ..data.provenance import Overlap, find_overlap, is_training_data
-from ..data.splits import Manifest, load_manifest
+from ..data.splits import MANIFEST_NAME, Manifest, load_manifest
 from ..errors import ConfigError, DataError, opt
 from ..inference.decision import positive_index
 from ..inference.metadata import context_rows, metadata_encoder, uses_patient_context
@@ -125,6 +125,7 @@ class Evaluator:
         # (split, name, data dir) of another dataset a threshold/temperature was fitted on
         self._fitted_on: tuple[str, str, str] | None = None
         self._other: dict[str, tuple[str, str] | None] = {}  # `other_data` of each data dir
+        self._manifests: dict[tuple, Manifest] = {}  # each data dir's, read once while unchanged
 
     @property
     def binary(self) -> bool:
@@ -181,10 +182,22 @@ class Evaluator:
             self.outputs(data, split)
         return list(self._missing.get(key, []))
 
+    def _manifest(self, data: str | Path) -> Manifest:
+        """`load_manifest(data)`, parsed once per data dir while its manifest file is unchanged
+        (one evaluation asks for it several times: dataset, class mapping, records, overlap)."""
+        try:
+            st = os.stat(Path(data) / MANIFEST_NAME)
+            key: tuple = (str(data), st.st_mtime_ns, st.st_size)
+        except OSError:
+            return load_manifest(data)  # its one-line error
+        if key not in self._manifests:
+            self._manifests = {key: load_manifest(data)}  # the latest data dir only
+        return self._manifests[key]
+
     def _dataset(self, data: str | Path | Dataset, split: str) -> Dataset:
         if not isinstance(data, (str, Path)):
             return data
-        manifest = load_manifest(data)
+        manifest = self._manifest(data)
         mapping = None if manifest.classes == self.classes else self.class_mapping(data)
         encoder = metadata_encoder(self.checkpoint) if self.checkpoint is not None else None
         transform = build_transform(self.preprocessing)
@@ -205,7 +218,7 @@ class Evaluator:
         """
         if not isinstance(data, (str, Path)):
             return None
-        classes = load_manifest(data).classes
+        classes = self._manifest(data).classes
         if classes == self.classes:
             return None
         return map_classes(classes, self.classes, self.labels)
@@ -326,7 +339,9 @@ class Evaluator:
         result.missing_inputs = self.missing_inputs(data, split)
         mapping = self.class_mapping(data)
         if mapping is not None:  # external data: which classes were measured, which left out
-            result.class_mapping = mapping.counted(load_manifest(data).select(out.split), out.split)
+            result.class_mapping = mapping.counted(
+                self._manifest(data).select(out.split), out.split
+            )
         if challenge is not None:
             probs = out.probs(self.temperature)
             result.challenge = challenge_metrics(
@@ -361,7 +376,7 @@ class Evaluator:
         """The manifest records of `split`, in the order the outputs hold them."""
         if isinstance(data, (str, Path)):
             mapping = self.class_mapping(data)
-            records = load_manifest(data).select(split)
+            records = self._manifest(data).select(split)
             return [r for r in records if mapping is None or r.label in mapping.mapped]
         records = getattr(data, "records", None)
         if records is None:
@@ -375,7 +390,7 @@ class Evaluator:
         key = str(data) if isinstance(data, (str, Path)) else None
         if key is not None and key in self._other:  # a data dir is read once, not per question
             return self._other[key]
-        manifest = _manifest_of(data)
+        manifest = self._manifest(data) if key is not None else getattr(data, "manifest", None)
         other = None
         if manifest is not None and is_training_data(self.training_data, manifest) is False:
             path = os.path.abspath(manifest.root)  # `..` resolved; a symbolic link keeps its name
@@ -401,7 +416,7 @@ class Evaluator:
         if not self.training_data:
             return None
         if isinstance(data, (str, Path)):
-            return find_overlap(self.training_data, load_manifest(data), split)
+            return find_overlap(self.training_data, self._manifest(data), split)
         manifest = getattr(data, "manifest", None)
         if manifest is None:
             return None
@@ -454,13 +469,6 @@ def _absent_columns(ds: Dataset) -> list[str]:
         if bool((matrix[:, end - 1] == 1.0).all()):
             out.append(c.name)
     return list(dict.fromkeys(out))  # an ensemble's encoder repeats its members' columns
-
-
-def _manifest_of(data: Any) -> Manifest | None:
-    """The manifest behind a data dir or a `ManifestDataset`; None for anything else."""
-    if isinstance(data, (str, Path)):
-        return load_manifest(data)
-    return getattr(data, "manifest", None)
 
 
 def _not_test(data: Any, split: str, what: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 
 import numpy as np
@@ -313,3 +314,21 @@ def test_nan_outputs_are_refused_not_measured(ckpt, tiny_data, monkeypatch):
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
     assert len(r.output.strip().splitlines()) == 1 and "NaN or infinite on" in r.output
+
+
+def test_one_evaluation_reads_the_manifest_once_and_again_when_it_changes(
+    ckpt, tiny_data, monkeypatch
+):
+    import skincls.evaluation.evaluator as evaluator_module
+
+    calls = []
+    real = evaluator_module.load_manifest
+    monkeypatch.setattr(evaluator_module, "load_manifest", lambda d: calls.append(d) or real(d))
+    ev = Evaluator(ckpt, device="cpu")
+    first = ev.evaluate(tiny_data, "test", n_bootstrap=0, by=["skin_tone"], min_group_n=1)
+    assert len(calls) == 1
+    manifest = tiny_data / "manifest.csv"
+    st = manifest.stat()
+    os.utime(manifest, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # fetched again
+    again = ev.evaluate(tiny_data, "test", n_bootstrap=0)
+    assert len(calls) == 2 and again.confusion_matrix == first.confusion_matrix
