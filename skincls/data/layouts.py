@@ -115,10 +115,7 @@ def _find_isic2019(paths, read):
 def _find_isic2020(paths, read):
     for csv_path in _named(paths, "train.csv"):
         data = read(csv_path)
-        head = data[:4096].decode("utf-8", "replace").splitlines()[:1]
-        if head and {"image_name", "patient_id", "diagnosis"} <= {
-            c.strip().lstrip("\ufeff") for c in head[0].split(",")
-        }:
+        if {"image_name", "patient_id", "diagnosis"} <= _header(data):
             return csv_path.parent, parse_isic2020(data, str(csv_path)), [], [csv_path]
     return None
 
