@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from ..errors import DataError, opt
 from .hdf5 import hdf5_keys
 from .ingest import Layout
-from .layouts import MetadataLayout, _match
+from .layouts import MetadataLayout, _match, _named
 from .listing import is_hidden
 from .metadata import (
     BENIGN,
@@ -58,7 +58,7 @@ def find_isic2024(paths: Sequence[PurePosixPath]) -> Isic2024Files | None:
     """
     paths = [p for p in paths if not is_hidden(p.parts)]
     present = set(paths)
-    for meta in sorted((p for p in paths if p.name.lower() == METADATA_NAME), key=_depth):
+    for meta in _named(paths, METADATA_NAME):
         hdf5 = meta.parent / HDF5_NAME
         if hdf5 not in present:
             continue
@@ -73,10 +73,6 @@ def find_isic2024(paths: Sequence[PurePosixPath]) -> Isic2024Files | None:
             layout.ignored_copies = {str(root / JPEG_FOLDER): len(copies)}
         return layout
     return None
-
-
-def _depth(p: PurePosixPath):
-    return (len(p.parts), str(p))
 
 
 def parse_isic2024(
