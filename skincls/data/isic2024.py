@@ -11,7 +11,6 @@ split; sex, age, site and source (the hospital, `attribution`) become manifest c
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -26,6 +25,7 @@ from .metadata import (
     MALIGNANT,
     LabelPolicy,
     MetaRow,
+    iter_csv_rows,
     row_attributes,
 )
 
@@ -89,15 +89,7 @@ def parse_isic2024(
     rows, bad = [], []
     try:
         with open(path, encoding="utf-8-sig", newline="") as fh:
-            reader = csv.DictReader(fh)
-            header = [h.strip() for h in reader.fieldnames or []]
-            missing = [c for c in REQUIRED if c not in header]
-            if missing:
-                raise DataError(
-                    f"{name} lacks the column(s) {missing}; its columns are {header[:12]}…"
-                )
-            for raw in reader:
-                r = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+            for r in iter_csv_rows(fh, name, REQUIRED)[1]:
                 if not r["isic_id"]:
                     continue
                 target = {"0": False, "1": True, "0.0": False, "1.0": True}.get(r["target"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import DataError, opt
@@ -25,6 +25,7 @@ __all__ = [
     "LabelPolicy",
     "MetaRow",
     "binary_map",
+    "iter_csv_rows",
     "normalise_diagnosis",
     "parse_ham10000",
     "parse_isic2019",
@@ -232,12 +233,28 @@ def read_csv_rows(
             data = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise DataError(f"{name} is not UTF-8 text: {exc}") from None
-    reader = csv.DictReader(io.StringIO(data.lstrip("\ufeff")))
+    header, rows = iter_csv_rows(io.StringIO(data.lstrip("\ufeff")), name, required)
+    return header, list(rows)
+
+
+def iter_csv_rows(
+    lines: Iterable[str], name: str, required: Sequence[str]
+) -> tuple[list[str], Iterator[dict[str, str]]]:
+    """Header and rows (streamed, names and values stripped) of CSV text, checking that
+    `required` columns exist.
+
+    Raises:
+        DataError: a required column missing (naming the file and its first columns).
+    """
+    reader = csv.DictReader(lines)
     header = [h.strip() for h in reader.fieldnames or []]
     missing = [c for c in required if c not in header]
     if missing:
-        raise DataError(f"{name} lacks the column(s) {missing}; its columns are {header}")
-    rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+        more = "…" if len(header) > 12 else ""
+        raise DataError(
+            f"{name} lacks the column(s) {missing}; its columns are {header[:12]}{more}"
+        )
+    rows = ({(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader)
     return header, rows
 
 
