@@ -29,7 +29,9 @@ def test_every_recipe_is_shipped_and_valid():
     for name in RECIPES:
         assert recipe_file(name).is_file()
         load_config(None, recipe=name)
-    with pytest.raises(ConfigError, match="unknown recipe 'fast': give one of seed, finetune, winners"):
+    with pytest.raises(
+        ConfigError, match="unknown recipe 'fast': give one of seed, finetune, winners"
+    ):
         load_config(None, recipe="fast")
 
 
