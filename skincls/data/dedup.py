@@ -314,10 +314,7 @@ class Duplicates:
 
     def groups(self) -> list[list[int]]:
         """Clusters of 2 or more images, as index lists in image order."""
-        members: dict[int, list[int]] = {}
-        for i, c in enumerate(self.cluster):
-            members.setdefault(c, []).append(i)
-        return [m for m in members.values() if len(m) > 1]
+        return _shared(self.cluster)
 
 
 def find_duplicates(
@@ -348,10 +345,7 @@ def find_duplicates(
         if a != b:
             parent[max(a, b)] = min(a, b)
 
-    by_hash: dict[str, list[int]] = {}
-    for i, h in enumerate(sha256):
-        by_hash.setdefault(h, []).append(i)
-    exact = [g for g in by_hash.values() if len(g) > 1]
+    exact = _shared(sha256)
     for g in exact:
         for j in g[1:]:
             union(g[0], j)
@@ -363,25 +357,47 @@ def find_duplicates(
     return Duplicates(cluster, sorted(exact), pairs, rejected)
 
 
-def summarize_duplicates(dups: Duplicates, kept, rel, splits) -> DuplicateSummary:
+def _shared(values: Sequence) -> list[list[int]]:
+    """The indices of each value held by two or more items, in index order, values in the order
+    of their first item (no list per item: numpy over the whole column)."""
+    values = np.asarray(values)
+    if not len(values):
+        return []
+    _, first, inverse, counts = np.unique(
+        values, return_index=True, return_inverse=True, return_counts=True
+    )
+    inverse = inverse.ravel()
+    several = np.flatnonzero(counts[inverse] > 1)
+    several = several[np.lexsort((several, first[inverse[several]]))]
+    cuts = np.flatnonzero(np.diff(inverse[several])) + 1
+    return [g.tolist() for g in np.split(several, cuts)] if len(several) else []
+
+
+def summarize_duplicates(
+    dups: Duplicates,
+    labels: Sequence[str],
+    source_splits: Sequence[str | None],
+    rel: Sequence[str],
+    splits: Sequence[str],
+) -> DuplicateSummary:
     """`dataset.json`'s duplicate record: exact groups, near pairs, clusters and label conflicts.
 
-    `kept` are the ingested images (`.label`, `.split` of the source), `rel` their paths in the
-    data dir and `splits` the split each was assigned; indices are those of `dups`.
+    Per image (indices are those of `dups`): its class, the split its source put it in (or None),
+    its path in the data dir and the split it was assigned.
     """
     clusters = [
         DuplicateCluster(
             id=dups.cluster[members[0]],
             paths=[rel[i] for i in members],
-            labels=sorted({kept[i].label for i in members}),
-            source_splits=sorted({kept[i].split or "-" for i in members}),
+            labels=sorted({labels[i] for i in members}),
+            source_splits=sorted({source_splits[i] or "-" for i in members}),
             split=splits[members[0]],
         )
         for members in dups.groups()
     ]
 
     def across(pairs) -> int:
-        return sum(1 for i, j, _ in pairs if (kept[i].split or "-") != (kept[j].split or "-"))
+        return sum(1 for i, j, _ in pairs if (source_splits[i] or "-") != (source_splits[j] or "-"))
 
     return DuplicateSummary(
         exact_groups=[[rel[i] for i in g] for g in dups.exact_groups],
