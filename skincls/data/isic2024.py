@@ -163,13 +163,15 @@ def _match_keys(
     m = _Matches()
     seen: dict[str, MetaRow] = {}
     for row in rows:
-        earlier = seen.setdefault(row.image, row)
-        if earlier is not row:
+        earlier = seen.get(row.image)
+        if earlier is not None:
             if earlier != row:
                 m.conflicts.append(repr(row.image))
             else:
                 m.repeats += 1
-        elif row.image not in present:
+            continue
+        seen[row.image] = row
+        if row.image not in present:
             m.missing.append(row.image)
         else:
             label, why = policy.label(row)
