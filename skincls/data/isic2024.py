@@ -11,8 +11,8 @@ split; sex, age, site and source (the hospital, `attribution`) become manifest c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from ..errors import DataError, opt
@@ -54,7 +54,8 @@ class Isic2024Files(Layout):
 
 class Members(Sequence[PurePosixPath]):
     """The images of one HDF5 file matched to a metadata row, in file order: each one's key, row
-    and class; its path (`<hdf5>/<key>.jpg`) is made when asked for."""
+    (its image id left blank: rows are shared) and class; its path (`<hdf5>/<key>.jpg`) is made
+    when asked for."""
 
     def __init__(self, hdf5: str, keys: list[str], rows: list[MetaRow], labels: list[str]):
         self.hdf5, self.keys, self.rows, self.labels = hdf5, keys, rows, labels
@@ -183,13 +184,22 @@ def _match_keys(
     _refuse_conflicts(m.conflicts, meta_name)
     _check_labels(m.labels, m.chosen, meta_name)
     chosen = sorted(m.chosen, key=lambda k: f"{k}.jpg")  # as their paths sort
-    members = Members(hdf5, chosen, [m.chosen[k] for k in chosen], [m.labels[k] for k in chosen])
+    members = Members(
+        hdf5, chosen, _shared_rows(m.chosen[k] for k in chosen), [m.labels[k] for k in chosen]
+    )
     return Isic2024Layout(
         (),
         members,
         skipped=sorted(m.skipped),
         summary=_summary(m, len(rows) + len(bad_rows), bad_rows, [meta_name]),
     )
+
+
+def _shared_rows(rows: Iterable[MetaRow]) -> list[MetaRow]:
+    """The rows less their image id (the key names the image): equal ones are one object, so a
+    patient's images at one visit and site cost a pointer each."""
+    shared: dict[MetaRow, MetaRow] = {}
+    return [shared.setdefault(r, r) for r in (replace(r, image="") for r in rows)]
 
 
 def index_isic2024(staging: Path, files: Isic2024Files, policy: LabelPolicy) -> Isic2024Layout:
