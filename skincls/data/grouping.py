@@ -102,14 +102,18 @@ def build_grouping(keys: Sequence[Iterable[str]], clusters: Sequence[int]) -> Gr
     n = len(keys)
     node: dict[str, int] = {}
     rows, cols = array("q"), array("q")
-    for i, (ks, c) in enumerate(zip(keys, clusters)):
-        for k in (*ks, f"\0cluster:{c}"):
-            j = node.setdefault(k, n + len(node))
+    for i, ks in enumerate(keys):
+        for k in ks:
             rows.append(i)
-            cols.append(j)
-    size = n + len(node)
-    edges = (np.frombuffer(rows, np.int64), np.frombuffer(cols, np.int64))
-    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), edges), shape=(size, size))
+            cols.append(node.setdefault(k, n + len(node)))
+    # Each cluster is a node too, after the keys' (no string or dict entry per cluster).
+    cluster_node = np.unique(np.asarray(clusters), return_inverse=True)[1].ravel()
+    size = n + len(node) + (int(cluster_node.max()) + 1 if n else 0)
+    edges = (
+        np.concatenate([np.frombuffer(rows, np.int64), np.arange(n)]),
+        np.concatenate([np.frombuffer(cols, np.int64), n + len(node) + cluster_node]),
+    )
+    graph = coo_matrix((np.ones(len(edges[0]), dtype=np.int8), edges), shape=(size, size))
     _, component = connected_components(graph, directed=False)
     ids: dict[int, int] = {}
     group = [ids.setdefault(int(component[i]), len(ids)) for i in range(n)]

@@ -11,8 +11,9 @@ split; sex, age, site and source (the hospital, `attribution`) become manifest c
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from pathlib import Path, PurePosixPath
 
 from ..errors import DataError, opt
@@ -38,6 +39,7 @@ __all__ = [
     "Isic2024Layout",
     "find_isic2024",
     "index_isic2024",
+    "iter_isic2024",
     "parse_isic2024",
 ]
 
@@ -120,7 +122,13 @@ def parse_isic2024(
     Raises:
         DataError: not UTF-8 text, or a required column missing.
     """
-    rows, bad = [], []
+    bad: list[tuple[str, str]] = []
+    return list(iter_isic2024(path, name, bad)), bad
+
+
+def iter_isic2024(path: str | Path, name: str, bad: list[tuple[str, str]]) -> Iterator[MetaRow]:
+    """`parse_isic2024`'s rows one at a time (401,059 are never all held); `(isic_id, reason)` of
+    rows whose target is neither 0 nor 1 go to `bad`."""
     shared: dict = {}  # one object per distinct value: 401,059 rows share a few thousand
     try:
         with open(path, encoding="utf-8-sig", newline="") as fh:
@@ -131,10 +139,9 @@ def parse_isic2024(
                 if target is None:
                     bad.append((r["isic_id"], f"{name}: target {r['target']!r} is neither 0 nor 1"))
                     continue
-                rows.append(_row(r, target, shared))
+                yield _row(r, target, shared)
     except UnicodeDecodeError as exc:
         raise DataError(f"{name} is not UTF-8 text: {exc}") from None
-    return rows, bad
 
 
 def _row(r: dict[str, str], target: bool, shared: dict) -> MetaRow:
@@ -152,54 +159,57 @@ def _row(r: dict[str, str], target: bool, shared: dict) -> MetaRow:
 
 def _match_keys(
     hdf5: str,
-    rows: list[MetaRow],
+    rows: Iterable[MetaRow],
     bad_rows: list[tuple[str, str]],
     keys: list[str],
     policy: LabelPolicy,
     meta_name: str,
 ) -> Isic2024Layout:
     """`layouts._match` for the images in one HDF5 file, named by key (`<hdf5>/<key>.jpg`): the
-    same skips, checks and summary, each row matched to the key equal to its isic_id."""
-    present = set(keys)
+    same skips, checks and summary, each row matched to the key equal to its isic_id.
+
+    Rows are taken one at a time and kept less their image id, equal ones as one object: past
+    matching an image costs its key and two pointers."""
+    present = {k: k for k in keys}  # each id as one string object, the HDF5 file's
     m = _Matches()
-    seen: dict[str, MetaRow] = {}
+    seen: dict[str, MetaRow] = {}  # image id → its first row
+    shared: dict[MetaRow, MetaRow] = {}
+    n_rows = 0
     for row in rows:
-        earlier = seen.get(row.image)
+        n_rows += 1
+        image = present.get(row.image, row.image)
+        blank = replace(row, image="")
+        row = shared.setdefault(blank, blank)
+        earlier = seen.get(image)
         if earlier is not None:
             if earlier != row:
-                m.conflicts.append(repr(row.image))
+                m.conflicts.append(repr(image))
             else:
                 m.repeats += 1
             continue
-        seen[row.image] = row
-        if row.image not in present:
-            m.missing.append(row.image)
+        seen[image] = row
+        if image not in present:
+            m.missing.append(image)
+            continue
+        label, why = policy.label(row)
+        if label is None:
+            m.skipped.append((f"{hdf5}/{image}.jpg", why or "no class"))
         else:
-            label, why = policy.label(row)
-            if label is None:
-                m.skipped.append((f"{hdf5}/{row.image}.jpg", why or "no class"))
-            else:
-                m.chosen[row.image], m.labels[row.image] = row, label
+            m.chosen[image], m.labels[image] = row, label
     m.skipped += [(f"{hdf5}/{k}.jpg", f"not listed in {meta_name}") for k in keys if k not in seen]
+    del present, seen, shared
     _refuse_conflicts(m.conflicts, meta_name)
     _check_labels(m.labels, m.chosen, meta_name)
-    chosen = sorted(m.chosen, key=lambda k: f"{k}.jpg")  # as their paths sort
-    members = Members(
-        hdf5, chosen, _shared_rows(m.chosen[k] for k in chosen), [m.labels[k] for k in chosen]
-    )
+    chosen = [k for k in keys if k in m.chosen]
+    if any(f"{a}.jpg" > f"{b}.jpg" for a, b in pairwise(chosen)):
+        chosen.sort(key=lambda k: f"{k}.jpg")  # as their paths sort
+    members = Members(hdf5, chosen, [m.chosen[k] for k in chosen], [m.labels[k] for k in chosen])
     return Isic2024Layout(
         (),
         members,
         skipped=sorted(m.skipped),
-        summary=_summary(m, len(rows) + len(bad_rows), bad_rows, [meta_name]),
+        summary=_summary(m, n_rows + len(bad_rows), bad_rows, [meta_name]),
     )
-
-
-def _shared_rows(rows: Iterable[MetaRow]) -> list[MetaRow]:
-    """The rows less their image id (the key names the image): equal ones are one object, so a
-    patient's images at one visit and site cost a pointer each."""
-    shared: dict[MetaRow, MetaRow] = {}
-    return [shared.setdefault(r, r) for r in (replace(r, image="") for r in rows)]
 
 
 def index_isic2024(staging: Path, files: Isic2024Files, policy: LabelPolicy) -> Isic2024Layout:
@@ -214,11 +224,12 @@ def index_isic2024(staging: Path, files: Isic2024Files, policy: LabelPolicy) -> 
             f"out {opt('task', value='multiclass')}, {opt('malignant')} and {opt('labels_csv')}"
         )
     hdf5, meta = (staging / Path(*f.parts) for f in files.files)
-    rows, bad = parse_isic2024(meta, str(files.files[1]))
-    meta.unlink()  # images/ holds images only
     name = str(PurePosixPath(*files.files[0].parts))
     meta_name = str(PurePosixPath(*files.prefix, *files.files[1].parts))
+    bad: list[tuple[str, str]] = []
+    rows = iter_isic2024(meta, str(files.files[1]), bad)
     layout = _match_keys(name, rows, bad, hdf5_keys(hdf5), policy, meta_name)
+    meta.unlink()  # images/ holds images only
     layout.summary["layout"] = "isic2024"
     layout.prefix = files.prefix
     layout.outside, layout.ignored_copies = files.outside, files.ignored_copies

@@ -426,9 +426,9 @@ def _check_labels(labels: dict, rows: dict[PurePosixPath, MetaRow], source: str)
                 f"labels {shown} in {source} differ only in case: change them to one spelling to "
                 "merge them, or to clearly different names, and run fetch again"
             )
-    values = [("label", v) for v in labels.values()]
-    values += [(k, getattr(r, k)) for r in rows.values() for k in ("lesion_id", "patient_id")]
-    for (what, value), n in Counter(values).items():
+    values = Counter(("label", v) for v in labels.values())  # counted as made: no list per row
+    values.update((k, getattr(r, k)) for r in rows.values() for k in ("lesion_id", "patient_id"))
+    for (what, value), n in values.items():
         char = formula_start(value)
         if char:
             raise DataError(

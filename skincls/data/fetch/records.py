@@ -1,7 +1,8 @@
 """Records fetch's stages hand one another: the options, the plan, staged, verified and curated images.
 
 plan (`FetchPlan`) → stage (`StagedFiles`) → verify (`VerifiedImages`) → curate (`Curated`) → write
-(`Manifest`, reported as `FetchReport`). Each stage reads `FetchOptions` and the record before it.
+(`DatasetInfo`, reported as `FetchReport`). Each stage reads `FetchOptions` and the record before it.
+Past verification the images are columns (`table.ImageTable`), never an object per image.
 """
 
 from __future__ import annotations
@@ -160,11 +161,10 @@ class Curated:
         """One manifest row per verified image, in table order, each made when it is asked for."""
         columns = zip(self.table, self.split, self.cluster, self.group, self.lesion, self.patient)
         for im, split, cluster, group, lesion, patient in columns:
-            attributes = (im.row.attributes if im.row else ()) + im.skin
+            path, attributes = f"images/{im.rel}", (im.row.attributes if im.row else ()) + im.skin
             yield Record(
-                f"images/{im.rel}", im.label, split, im.sha256, cluster, group, lesion, patient,
-                attributes,
-            )  # fmt: skip
+                path, im.label, split, im.sha256, cluster, group, lesion, patient, attributes
+            )
 
 
 @dataclass

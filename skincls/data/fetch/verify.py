@@ -40,13 +40,13 @@ def verify_images(
     """
     layout = staged.layout
     # Damaged archive members and unreadable files were never written: skipped with their reason.
-    rels = [c.rel for c in layout.candidates() if c.rel not in layout.damaged]
+    candidates = [c for c in layout.candidates() if c.rel not in layout.damaged]
+    rels = [c.rel for c in candidates]
     skipped = layout_skipped(layout)
     n_files = len(layout.files) + len(skipped)
     skipped += sorted(layout.damaged.items())
     table = ImageTable(len(rels))
     results = inspect_all(FileReader(staged.images), rels, workers=workers, cache=cache)
-    candidates = (c for c in layout.candidates() if c.rel not in layout.damaged)
     for n, (c, result) in enumerate(zip(candidates, results), 1):
         if result.reason:
             skipped.append((c.rel, result.reason))
@@ -54,6 +54,7 @@ def verify_images(
             table.append(c.rel, c.label, c.split, result.sha256, result.hashes, c.row, result.skin)
         if on_progress:
             on_progress("verify", n, len(rels))
+    del candidates, rels, results  # before the cache is saved: its arrays are made then
     if cache is not None:
         cache.save(table.sha256, table.hashes, table.skin_pairs())
     _check_classes(table, staged)
