@@ -47,7 +47,7 @@ def on_progress(stage, done, total):  # first and last call of each stage
 report = fetch(kwargs.pop("data_dir"), on_progress=on_progress, **kwargs)
 wall = time.perf_counter() - start
 me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-print(json.dumps({"wall_s": round(wall, 2), "images": len(report.manifest.records),
+print(json.dumps({"wall_s": round(wall, 2), "images": report.info.n_kept,
                   "stages_s": {k: [round(a, 1), round(b, 1)] for k, (a, b) in stages.items()},
                   "cpu_main_s": round(me.ru_utime + me.ru_stime, 1),
                   "cpu_workers_s": round(kids.ru_utime + kids.ru_stime, 1),

@@ -205,7 +205,10 @@ def fetch(
             reference=list(references) or None,
             workers=workers,
         )
-    _print_counts(report.manifest)
+    # From dataset.json: the manifest is read only where an old dataset.json lacks the counts.
+    _print_counts(
+        report.data_dir, report.info.classes, report.info.counts or report.manifest.counts()
+    )
     _print_fetch_details(report)
 
 
@@ -257,7 +260,7 @@ def _fetch_progress(quiet: bool):
 
 def _print_fetch_details(report) -> None:
     info = report.info
-    data_dir = report.manifest.root
+    data_dir = report.data_dir
     if not report.changed:
         console.print(
             f"[green]already up to date[/]: {data_dir} was prepared from the same inputs and "
@@ -416,12 +419,12 @@ def _print_provenance(prov) -> None:
         console.print(f"[bold yellow]warning:[/] {warning}")
 
 
-def _print_counts(manifest) -> None:
-    table = Table(title=f"dataset in {manifest.root}")
+def _print_counts(data_dir, classes: list[str], counts: dict[str, dict[str, int]]) -> None:
+    table = Table(title=f"dataset in {data_dir}")
     table.add_column("split")
-    for c in manifest.classes:
+    for c in classes:
         table.add_column(c, justify="right")
     table.add_column("total", justify="right")
-    for split, row in manifest.counts().items():
+    for split, row in counts.items():
         table.add_row(split, *map(str, row.values()), str(sum(row.values())))
     console.print(table)

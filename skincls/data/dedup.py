@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import imagehash
 import numpy as np
 from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from .info import DuplicateCluster, DuplicateSummary
 
@@ -86,6 +88,8 @@ def _popcount(x: np.ndarray) -> np.ndarray:
 _BRUTE_FORCE_BELOW = 2000
 # Candidates compared at once by the index (each costs ~40 bytes while it is checked).
 _CANDIDATES_AT_ONCE = 1 << 22
+# Query hashes looked up at once by the index (~40 bytes each while they are).
+_QUERIES_AT_ONCE = 1 << 18
 
 
 def near_duplicate_pairs(
@@ -189,20 +193,23 @@ def _close_hashes(query: np.ndarray, reference: np.ndarray, max_distance: int):
     Returns:
         Four int64 arrays (i, k, j, distance), each triple once, in no particular order.
     """
-    flat = query.ravel()
     found = []
+    rows = max(1, _QUERIES_AT_ONCE // query.shape[1])  # a fixed amount of memory, whatever N
     for shift, width in _blocks(max_distance):
         ref_keys = _block(reference, shift, width)
         order = np.argsort(ref_keys, kind="stable")
         sorted_keys = ref_keys[order]
-        q_keys = _block(flat, shift, width)
-        lo = np.searchsorted(sorted_keys, q_keys, "left")
-        counts = np.searchsorted(sorted_keys, q_keys, "right") - lo
-        for q, pos in _expand(lo, counts):
-            j = order[pos]
-            d = _popcount(flat[q] ^ reference[j]).astype(np.int64)
-            keep = d <= max_distance
-            found.append((q[keep] * len(reference) + j[keep], d[keep]))
+        for start in range(0, len(query), rows):
+            flat = query[start : start + rows].ravel()
+            q_keys = _block(flat, shift, width)
+            lo = np.searchsorted(sorted_keys, q_keys, "left")
+            counts = np.searchsorted(sorted_keys, q_keys, "right") - lo
+            for q, pos in _expand(lo, counts):
+                j = order[pos]
+                d = _popcount(flat[q] ^ reference[j]).astype(np.int64)
+                keep = d <= max_distance
+                q = q[keep] + start * query.shape[1]  # its place in query.ravel()
+                found.append((q * len(reference) + j[keep], d[keep]))
     if not found:
         return (np.empty(0, np.int64),) * 4
     key = np.concatenate([f[0] for f in found])
@@ -314,10 +321,7 @@ class Duplicates:
 
     def groups(self) -> list[list[int]]:
         """Clusters of 2 or more images, as index lists in image order."""
-        members: dict[int, list[int]] = {}
-        for i, c in enumerate(self.cluster):
-            members.setdefault(c, []).append(i)
-        return [m for m in members.values() if len(m) > 1]
+        return _shared(self.cluster)
 
 
 def find_duplicates(
@@ -326,7 +330,8 @@ def find_duplicates(
     max_distance: int = DEFAULT_NEAR_DUP_DISTANCE,
     confirm_distance: int | None = DEFAULT_CONFIRM_DISTANCE,
 ) -> Duplicates:
-    """Cluster images that are exact or near copies of one another (transitively, by union-find).
+    """Cluster images that are exact or near copies of one another (transitively: connected
+    components).
 
     Args:
         sha256: Content hash per image.
@@ -334,54 +339,68 @@ def find_duplicates(
         max_distance: pHash threshold in bits; negative turns near duplicates off.
         confirm_distance: dHash threshold confirming a pHash match (see `near_duplicate_pairs`).
     """
-    n = len(sha256)
-    parent = list(range(n))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]  # path halving keeps trees flat
-            i = parent[i]
-        return i
-
-    def union(i: int, j: int) -> None:
-        a, b = root(i), root(j)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-
-    by_hash: dict[str, list[int]] = {}
-    for i, h in enumerate(sha256):
-        by_hash.setdefault(h, []).append(i)
-    exact = [g for g in by_hash.values() if len(g) > 1]
-    for g in exact:
-        for j in g[1:]:
-            union(g[0], j)
+    exact = _shared(sha256)
     pairs, rejected = near_duplicate_pairs(hashes, max_distance, confirm_distance)
-    for i, j, _ in pairs:
-        union(i, j)
-    ids: dict[int, int] = {}
-    cluster = [ids.setdefault(root(i), len(ids)) for i in range(n)]
+    edges = [(g[0], j) for g in exact for j in g[1:]] + [(i, j) for i, j, _ in pairs]
+    cluster = _components(len(sha256), edges)
     return Duplicates(cluster, sorted(exact), pairs, rejected)
 
 
-def summarize_duplicates(dups: Duplicates, kept, rel, splits) -> DuplicateSummary:
+def _components(n: int, edges: list[tuple[int, int]]) -> list[int]:
+    """Connected component of each of `n` items joined by `edges`, numbered by first item (scipy's
+    `connected_components`: no Python object per item until the list returned)."""
+    if not n:
+        return []
+    a, b = np.array(edges, dtype=np.int64).reshape(-1, 2).T
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+    labels = connected_components(graph, directed=False)[1]
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inverse.ravel()].tolist()
+
+
+def _shared(values: Sequence) -> list[list[int]]:
+    """The indices of each value held by two or more items, in index order, values in the order
+    of their first item (no list per item: numpy over the whole column)."""
+    values = np.asarray(values)
+    if not len(values):
+        return []
+    _, first, inverse, counts = np.unique(
+        values, return_index=True, return_inverse=True, return_counts=True
+    )
+    inverse = inverse.ravel()
+    several = np.flatnonzero(counts[inverse] > 1)
+    several = several[np.lexsort((several, first[inverse[several]]))]
+    cuts = np.flatnonzero(np.diff(inverse[several])) + 1
+    return [g.tolist() for g in np.split(several, cuts)] if len(several) else []
+
+
+def summarize_duplicates(
+    dups: Duplicates,
+    labels: Sequence[str],
+    source_splits: Sequence[str | None],
+    rel: Sequence[str],
+    splits: Sequence[str],
+) -> DuplicateSummary:
     """`dataset.json`'s duplicate record: exact groups, near pairs, clusters and label conflicts.
 
-    `kept` are the ingested images (`.label`, `.split` of the source), `rel` their paths in the
-    data dir and `splits` the split each was assigned; indices are those of `dups`.
+    Per image (indices are those of `dups`): its class, the split its source put it in (or None),
+    its path in the data dir and the split it was assigned.
     """
     clusters = [
         DuplicateCluster(
             id=dups.cluster[members[0]],
             paths=[rel[i] for i in members],
-            labels=sorted({kept[i].label for i in members}),
-            source_splits=sorted({kept[i].split or "-" for i in members}),
+            labels=sorted({labels[i] for i in members}),
+            source_splits=sorted({source_splits[i] or "-" for i in members}),
             split=splits[members[0]],
         )
         for members in dups.groups()
     ]
 
     def across(pairs) -> int:
-        return sum(1 for i, j, _ in pairs if (kept[i].split or "-") != (kept[j].split or "-"))
+        return sum(1 for i, j, _ in pairs if (source_splits[i] or "-") != (source_splits[j] or "-"))
 
     return DuplicateSummary(
         exact_groups=[[rel[i] for i in g] for g in dups.exact_groups],

@@ -10,6 +10,7 @@ and its duplicate cluster (scipy's `connected_components`). Splits then move who
 from __future__ import annotations
 
 import warnings
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -61,9 +62,9 @@ class Grouping:
             {k for i in m for k in self.keys[i] if k.startswith("lesion:")}
             for m in members.values()
         ]
-        by_cluster: dict[int, set] = {}
-        for i, c in enumerate(self.clusters):
-            by_cluster.setdefault(c, set()).add(tuple(self.keys[i]))
+        by_cluster: dict[int, set] = {}  # clusters of several images (only they can join ids)
+        for i in _in_several(self.clusters):
+            by_cluster.setdefault(self.clusters[i], set()).add(tuple(self.keys[i]))
         largest = sorted(members.values(), key=lambda m: (-len(m), m[0]))[:_LARGEST]
         out = {
             "n_groups": len(members),
@@ -97,17 +98,22 @@ def build_grouping(keys: Sequence[Iterable[str]], clusters: Sequence[int]) -> Gr
         keys: Per image, its grouping keys (may be empty).
         clusters: Per image, its duplicate-cluster id (`Duplicates.cluster`).
     """
-    keys = [sorted(set(k)) for k in keys]
+    keys = _sorted_keys(keys)
     n = len(keys)
     node: dict[str, int] = {}
-    rows, cols = [], []
-    for i, (ks, c) in enumerate(zip(keys, clusters)):
-        for k in (*ks, f"\0cluster:{c}"):
-            j = node.setdefault(k, n + len(node))
+    rows, cols = array("q"), array("q")
+    for i, ks in enumerate(keys):
+        for k in ks:
             rows.append(i)
-            cols.append(j)
-    size = n + len(node)
-    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(size, size))
+            cols.append(node.setdefault(k, n + len(node)))
+    # Each cluster is a node too, after the keys' (no string or dict entry per cluster).
+    cluster_node = np.unique(np.asarray(clusters), return_inverse=True)[1].ravel()
+    size = n + len(node) + (int(cluster_node.max()) + 1 if n else 0)
+    edges = (
+        np.concatenate([np.frombuffer(rows, np.int64), np.arange(n)]),
+        np.concatenate([np.frombuffer(cols, np.int64), n + len(node) + cluster_node]),
+    )
+    graph = coo_matrix((np.ones(len(edges[0]), dtype=np.int8), edges), shape=(size, size))
     _, component = connected_components(graph, directed=False)
     ids: dict[int, int] = {}
     group = [ids.setdefault(int(component[i]), len(ids)) for i in range(n)]
@@ -123,6 +129,27 @@ def build_grouping(keys: Sequence[Iterable[str]], clusters: Sequence[int]) -> Gr
         first_cluster.setdefault(group[i], int(c))
     names = [best[g][1] if g in best else f"cluster:{first_cluster[g]}" for g in group]
     return Grouping(group, names, keys, [int(c) for c in clusters])
+
+
+def _in_several(values: Sequence[int]) -> list[int]:
+    """Indices of the items whose value another item also has."""
+    if not len(values):
+        return []
+    inverse, counts = np.unique(np.asarray(values), return_inverse=True, return_counts=True)[1:]
+    return np.flatnonzero(counts[inverse.ravel()] > 1).tolist()
+
+
+def _sorted_keys(keys: Sequence[Iterable[str]]) -> list[list[str]]:
+    """Each image's keys, sorted and without repeats; images with equal keys share one list."""
+    shared: dict[tuple[str, ...], list[str]] = {}
+    out = []
+    for k in keys:
+        k = tuple(k)
+        found = shared.get(k)
+        if found is None:
+            found = shared[k] = sorted(set(k))
+        out.append(found)
+    return out
 
 
 def groups_across_splits(groups: Sequence, splits: Sequence[str]) -> int:

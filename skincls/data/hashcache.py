@@ -3,7 +3,8 @@
 Decoding and hashing an image in its 8 orientations is most of what fetch spends per image. The
 results depend on the bytes alone, so a re-fetch, or a dataset that grew, looks each file's SHA-256
 up here and decodes only images it has not seen. The cache names the decoder and hashes it was made
-with (`CACHE_VERSION`); a cache of another version is ignored, never mixed in.
+with (`CACHE_VERSION`); a cache of another version is ignored, never mixed in. It is held as
+fixed-width arrays (~300 bytes an image), searched by sorted SHA-256: no object per image.
 """
 
 from __future__ import annotations
@@ -27,59 +28,62 @@ CACHE_VERSION = f"{DECODER}|phash+dhash 8x8 of 32px, 8 orientations|ita border r
 class HashCache:
     """SHA-256 (hex) → the `Inspection` of a usable image, loaded from and saved to one `.npz` file.
 
-    Only the entries used since loading (`get` hits and `put`) are saved: a cache never grows past
-    the images of the last fetch.
+    `save` writes the images of this fetch only: a cache never grows past the images of the last
+    fetch.
     """
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else None
-        self._rows: dict[str, int] = {}
+        self._sha = np.empty(0, "S64")  # sorted, ASCII hex
+        self._row = np.empty(0, np.int64)  # each sorted entry's row in `_hashes` and `_skin`
         self._hashes = np.empty((0, 2, 8), np.uint64)
         self._skin = np.empty((0, 2), dtype=str)
-        self._used: dict[str, Inspection] = {}
         if self.path is not None and self.path.is_file():
             self._load(self.path)
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._sha)
 
     def _load(self, path: Path) -> None:
         try:
             with np.load(path, allow_pickle=False) as z:
                 if str(z["version"]) != CACHE_VERSION:
                     return
-                sha, hashes, skin = z["sha256"], z["hashes"], z["skin"]
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                sha, hashes, skin = z["sha256"].astype("S64"), z["hashes"], z["skin"]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeEncodeError):
             return  # a damaged cache is only slower: everything is hashed again
-        self._rows = {s: i for i, s in enumerate(sha.tolist())}
-        self._hashes, self._skin = hashes, skin
+        self._row = np.argsort(sha, kind="stable")
+        self._sha, self._hashes, self._skin = sha[self._row], hashes, skin
 
     def get(self, sha256: str) -> Inspection | None:
         """The cached inspection of a usable image with these bytes, or None."""
-        hit = self._used.get(sha256)
-        if hit is None and sha256 in self._rows:
-            i = self._rows[sha256]
-            skin = (("ita", str(self._skin[i, 0])), ("skin_tone", str(self._skin[i, 1])))
-            hit = Inspection(None, sha256, self._hashes[i].copy(), skin)
-            self._used[sha256] = hit
-        return hit
+        key = sha256.encode("ascii")
+        i = int(np.searchsorted(self._sha, key))
+        if i == len(self._sha) or self._sha[i] != key:
+            return None
+        row = self._row[i]
+        skin = (("ita", str(self._skin[row, 0])), ("skin_tone", str(self._skin[row, 1])))
+        return Inspection(None, sha256, self._hashes[row].copy(), skin)
 
-    def put(self, result: Inspection) -> None:
-        """Keep a usable image's inspection (images that were refused are not cached)."""
-        if result.reason is None and result.hashes is not None:
-            self._used[result.sha256] = result
+    def save(self, sha256: np.ndarray, hashes: np.ndarray, skin: np.ndarray) -> None:
+        """Write the usable images of this fetch (atomically), each SHA-256 once (its first
+        entry); without a path, nothing.
 
-    def save(self) -> None:
-        """Write the entries used since loading (atomically); without a path, nothing."""
+        Args:
+            sha256: (N,) ASCII hex (`S64`).
+            hashes: (N, 2, 8) perceptual hashes.
+            skin: (N, 2) ITA and skin tone, "" where unknown.
+        """
         if self.path is None:
             return
-        used = list(self._used.values())
-        skin = [[dict(r.skin).get("ita", ""), dict(r.skin).get("skin_tone", "")] for r in used]
+        first = np.sort(np.unique(sha256, return_index=True)[1])
+        if len(first) == len(sha256):  # no image twice: no copies
+            first = slice(None)
         with atomic_path(self.path) as tmp, open(tmp, "wb") as fh:
             np.savez(
                 fh,
                 version=np.array(CACHE_VERSION),
-                sha256=np.array([r.sha256 for r in used], dtype="U64"),
-                hashes=np.array([r.hashes for r in used], dtype=np.uint64).reshape(-1, 2, 8),
-                skin=np.array(skin, dtype=str).reshape(-1, 2),
+                sha256=np.asarray(sha256, dtype="S64")[first],  # ASCII: a quarter of U64
+                hashes=np.asarray(hashes, dtype=np.uint64)[first].reshape(-1, 2, 8),
+                skin=np.asarray(skin, dtype=str)[first].reshape(-1, 2),
             )

@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import UnidentifiedImageError
@@ -31,6 +32,9 @@ from .guards import CountingReader, check_archive_members, os_error
 from .images import IMAGE_SUFFIXES, UnusableImage, decode_image, to_rgb
 from .listing import is_hidden, list_source
 from .skintone import skin_tone_attributes
+
+if TYPE_CHECKING:
+    from .metadata import MetaRow
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -370,13 +374,15 @@ def copy_source(
     return layout
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
-    """A file found under `images/`: its path relative to it, source split (or None) and class."""
+    """A file found under `images/`: its path relative to it, source split (or None), class and
+    metadata row (`metadata.MetaRow`: lesion, patient, attributes; None in a class-folder layout)."""
 
     rel: str
     split: str | None
     label: str
+    row: MetaRow | None = None
 
 
 @dataclass

@@ -74,8 +74,8 @@ class MetadataLayout(Layout):
     summary: dict = field(default_factory=dict)
 
     def candidates(self) -> list[Candidate]:
-        """The chosen files with the class their metadata gives (no source split)."""
-        return [Candidate(str(f), None, self.labels[str(f)]) for f in self.files]
+        """The chosen files with the class and row their metadata gives (no source split)."""
+        return [Candidate(str(f), None, self.labels[str(f)], self.rows[str(f)]) for f in self.files]
 
 
 def layout_skipped(layout: Layout) -> list[tuple[str, str]]:
@@ -318,13 +318,7 @@ def _match(
     for p in images:
         if p not in listed and str(p.parent) not in copy_dirs:
             m.skipped.append((str(p), f"not listed in {meta_files[0]}"))
-    if m.conflicts:
-        shown = "; ".join(sorted(set(m.conflicts))[:5])
-        more = len(set(m.conflicts)) - 5
-        raise DataError(
-            f"{meta_files[0]} describes image(s) {shown}{f' (and {more} more)' if more > 0 else ''} "
-            "twice, differently; fix the file"
-        )
+    _refuse_conflicts(m.conflicts, meta_files[0])
     _check_labels(m.labels, m.chosen, meta_files[0])
     n_root = len(root.parts)
     rel = {p: PurePosixPath(*p.parts[n_root:]) for p in m.chosen}
@@ -337,6 +331,17 @@ def _match(
         skipped=sorted(m.skipped),
         summary=_summary(m, len(rows) + len(bad_rows), bad_rows, meta_files),
     )
+
+
+def _refuse_conflicts(conflicts: list[str], source: str) -> None:
+    """Images two rows of `source` describe differently: refused, a few named."""
+    if conflicts:
+        shown = "; ".join(sorted(set(conflicts))[:5])
+        more = len(set(conflicts)) - 5
+        raise DataError(
+            f"{source} describes image(s) {shown}{f' (and {more} more)' if more > 0 else ''} "
+            "twice, differently; fix the file"
+        )
 
 
 def _match_rows(
@@ -421,9 +426,9 @@ def _check_labels(labels: dict, rows: dict[PurePosixPath, MetaRow], source: str)
                 f"labels {shown} in {source} differ only in case: change them to one spelling to "
                 "merge them, or to clearly different names, and run fetch again"
             )
-    values = [("label", v) for v in labels.values()]
-    values += [(k, getattr(r, k)) for r in rows.values() for k in ("lesion_id", "patient_id")]
-    for (what, value), n in Counter(values).items():
+    values = Counter(("label", v) for v in labels.values())  # counted as made: no list per row
+    values.update((k, getattr(r, k)) for r in rows.values() for k in ("lesion_id", "patient_id"))
+    for (what, value), n in values.items():
         char = formula_start(value)
         if char:
             raise DataError(

@@ -111,7 +111,7 @@ def binary_map(malignant: Iterable[str] | None = None) -> dict[str, str]:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MetaRow:
     """One image as a metadata file describes it.
 

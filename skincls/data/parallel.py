@@ -96,7 +96,7 @@ def inspect_all(
         read: Reads an image's bytes; sent to the workers (must pickle).
         workers: Processes that decode and hash; 1 runs everything in this process.
         cache: Known images by content hash: their bytes are read and hashed (SHA-256) here, and
-            only images it does not know are decoded; new usable images are added to it.
+            only images it does not know are decoded.
     """
     known = cache is not None and len(cache) > 0
     pool = None
@@ -113,9 +113,9 @@ def inspect_all(
             else:
                 pending.append((slots, pool.submit(_inspect_batch, read, todo)))
             while len(pending) > _IN_FLIGHT * max(workers, 1) or (pool is None and pending):
-                yield from _fill(*pending.popleft(), cache)
+                yield from _fill(*pending.popleft())
         while pending:
-            yield from _fill(*pending.popleft(), cache)
+            yield from _fill(*pending.popleft())
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -143,7 +143,7 @@ def _cached(read: Reader, rel: str, cache: HashCache) -> Inspection | None:
     return cache.get(hashlib.sha256(data).hexdigest()) if data else None
 
 
-def _fill(slots: list, future, cache: HashCache | None) -> Iterator[Inspection]:
+def _fill(slots: list, future) -> Iterator[Inspection]:
     """The batch's results in order: cached ones where known, the decoded ones in between."""
     try:
         decoded = iter(future.result())
@@ -154,7 +154,4 @@ def _fill(slots: list, future, cache: HashCache | None) -> Iterator[Inspection]:
             "`if __name__ == '__main__':` (workers started afresh import the script)"
         ) from None
     for hit in slots:
-        result = hit if hit is not None else next(decoded)
-        if cache is not None:
-            cache.put(result)
-        yield result
+        yield hit if hit is not None else next(decoded)

@@ -19,7 +19,7 @@ import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -200,7 +200,7 @@ def load_reference(
     ref = Reference(name, str(path), rows, np.stack(hashes), skipped)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"name": name, "skipped": skipped, "rows": [r.__dict__ for r in rows]}
+        meta = {"name": name, "skipped": skipped, "rows": [asdict(r) for r in rows]}
         with atomic_write(cached) as fh:  # a killed run never leaves half a cache file
             np.savez(fh, hashes=ref.hashes, meta=json.dumps(meta))
     return ref

@@ -15,7 +15,7 @@ from ..errors import DataError, opt
 from .ingest import Layout
 from .isic2024 import LABEL_RULE
 from .layouts import LabelsCsv, MetadataLayout, Selector, make_selector
-from .metadata import LabelPolicy, MetaRow, binary_map
+from .metadata import LabelPolicy, binary_map
 from .registry import DatasetSpec, get_dataset
 
 __all__ = ["SourcePlan", "plan_source"]
@@ -97,11 +97,6 @@ class SourcePlan:
         if isinstance(layout, MetadataLayout):
             return {**self.policy.describe(), "source": layout.summary.get("metadata_files")}
         return {"task": "folders", "rule": "classes are the class folder names"}
-
-
-def row_of(layout: Layout, rel: str) -> MetaRow | None:
-    """The metadata row of a chosen file, or None in a class-folder layout."""
-    return layout.rows.get(rel) if isinstance(layout, MetadataLayout) else None
 
 
 def plan_source(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ __all__ = [
     "Record",
     "assign_splits",
     "load_manifest",
+    "stream_manifest",
     "unify_groups",
     "write_manifest",
 ]
@@ -169,14 +170,30 @@ def write_manifest(data_dir: str | Path, records: Iterable[Record], info: Datase
     Returns:
         The manifest as written; its `info` is the `dataset.json` content.
     """
-    data_dir = Path(data_dir)
     records = list(records)
-    path = data_dir / MANIFEST_NAME
-    extra = list(dict.fromkeys(k for r in records for k, _ in r.attributes))
-    with atomic_write(path, "w", newline="") as fh:
+    info = stream_manifest(data_dir, lambda: records, info)
+    return Manifest(Path(data_dir), list(info.classes), records, info)
+
+
+def stream_manifest(
+    data_dir: str | Path, records: Callable[[], Iterable[Record]], info: DatasetInfo
+) -> DatasetInfo:
+    """`write_manifest` of records made as they are written: `records()` is iterated twice (the
+    columns and counts, then the rows), and no more than one record is held at a time.
+
+    Returns:
+        The `dataset.json` content as written.
+    """
+    data_dir = Path(data_dir)
+    extra: dict[str, None] = {}
+    pairs: Counter = Counter()
+    for r in records():
+        extra.update((k, None) for k, _ in r.attributes)
+        pairs[(r.split, r.label)] += 1
+    with atomic_write(data_dir / MANIFEST_NAME, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=[*_COLUMNS, *extra])
         writer.writeheader()
-        for r in records:
+        for r in records():
             row = asdict(r)
             row.pop("attributes")
             writer.writerow({**row, **dict(r.attributes)})
@@ -185,10 +202,10 @@ def write_manifest(data_dir: str | Path, records: Iterable[Record], info: Datase
         out.writerow(("path", "reason"))
         # For people, often in a spreadsheet: no cell it would run as a formula, no undecodable name.
         out.writerows((safe_path(path), safe_text(reason)) for path, reason in info.skipped)
-    manifest = Manifest(data_dir, list(info.classes), records)
-    manifest.info = info.model_copy(update={"counts": manifest.counts()})
-    manifest.info.save(data_dir)
-    return manifest
+    counts = {s: {k: pairs[(s, k)] for k in info.classes} for s in SPLITS}
+    info = info.model_copy(update={"counts": counts})
+    info.save(data_dir)
+    return info
 
 
 def load_manifest(data_dir: str | Path) -> Manifest:

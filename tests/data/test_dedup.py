@@ -140,6 +140,7 @@ def test_multi_index_search_equals_all_pairs(monkeypatch, max_distance, confirm)
     expected = dedup._all_pairs(h, max_distance, confirm, None)
     monkeypatch.setattr(dedup, "_BRUTE_FORCE_BELOW", 0)
     monkeypatch.setattr(dedup, "_CANDIDATES_AT_ONCE", 997)  # many small batches of candidates
+    monkeypatch.setattr(dedup, "_QUERIES_AT_ONCE", 8 * 37)  # and of queries: 37 images at once
     got = near_duplicate_pairs(h, max_distance, confirm)
     assert got == expected
     assert {d for *_, d in got[0] + got[1]} >= {max_distance}  # pairs exactly at the threshold
@@ -155,6 +156,8 @@ def test_multi_index_match_hashes_equals_all_pairs(monkeypatch):
         ref[r, :, 0] = query[q, :, k] ^ np.uint64((1 << (q % 4)) - 1)
     expected = dedup.match_hashes(query, ref, 2, 10)
     monkeypatch.setattr(dedup, "_BRUTE_FORCE_BELOW", 0)
+    assert dedup.match_hashes(query, ref, 2, 10) == expected
+    monkeypatch.setattr(dedup, "_QUERIES_AT_ONCE", 8 * 41)
     assert dedup.match_hashes(query, ref, 2, 10) == expected
     assert len(expected) >= 60
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from skincls.cli import main
 from skincls.data import parallel
 from skincls.data.fetch import fetch
-from skincls.data.hashcache import CACHE_NAME, HashCache
+from skincls.data.hashcache import CACHE_NAME, CACHE_VERSION, HashCache
 from skincls.errors import DataError
 from tests.data.test_fetch import _lesion, _tree
 
@@ -152,3 +152,21 @@ def test_workers_start_from_a_fork_server_while_threads_run():
     finally:
         stop.set()
         thread.join()
+
+
+def test_cache_reads_hex_digests_stored_as_unicode_and_saves_each_once(tmp_path):
+    # Caches written before the cache held ASCII digests stored them as U64: still read.
+    path = tmp_path / CACHE_NAME
+    sha = [f"{i:064x}" for i in range(3)]
+    hashes = np.arange(3 * 16, dtype=np.uint64).reshape(3, 2, 8)
+    skin = np.array([["12.5", "tan"], ["", "unknown"], ["40.1", "light"]])
+    np.savez(path, version=np.array(CACHE_VERSION), sha256=np.array(sha), hashes=hashes, skin=skin)
+    cache = HashCache(path)
+    hit = cache.get(sha[2])
+    assert len(cache) == 3 and cache.get("f" * 64) is None
+    assert hit.skin == (("ita", "40.1"), ("skin_tone", "light"))
+    assert np.array_equal(hit.hashes, hashes[2])
+    twice = np.array([sha[1], sha[0], sha[1]], dtype="S64")  # one image's bytes twice
+    cache.save(twice, hashes[[1, 0, 1]], skin[[1, 0, 1]])
+    again = HashCache(path)
+    assert len(again) == 2 and np.array_equal(again.get(sha[1]).hashes, hashes[1])

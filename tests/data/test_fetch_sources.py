@@ -246,18 +246,18 @@ def test_fetch_interrupted_after_replacing_the_images_is_never_up_to_date(tmp_pa
 
 def test_os_error_writing_the_manifest_is_fatal_and_not_up_to_date(tmp_path, monkeypatch):
     src = _flat(tmp_path / "src")
-    real = write_stage.write_manifest
+    real = write_stage.stream_manifest
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "d" / "manifest.csv"))
 
-    monkeypatch.setattr(write_stage, "write_manifest", full)
+    monkeypatch.setattr(write_stage, "stream_manifest", full)
     with pytest.raises(DataError) as err:
         fetch(tmp_path / "d", source_dir=src)
     assert "No space left on device (ENOSPC)" in str(err.value) and "free disk space" in str(
         err.value
     )
-    monkeypatch.setattr(write_stage, "write_manifest", real)
+    monkeypatch.setattr(write_stage, "stream_manifest", real)
     assert fetch(tmp_path / "d", source_dir=src).changed
 
 

@@ -13,7 +13,6 @@ from skincls.data.fetch import fetch
 from skincls.data.fetch.curate import curate
 from skincls.data.fetch.plan import plan_fetch
 from skincls.data.fetch.records import (
-    Curated,
     FetchOptions,
     FetchPlan,
     StagedFiles,
@@ -21,13 +20,14 @@ from skincls.data.fetch.records import (
     VerifiedImages,
 )
 from skincls.data.fetch.stage import PARTIAL, stage_files
+from skincls.data.fetch.table import ImageTable
 from skincls.data.fetch.verify import verify_images
 from skincls.data.fetch.write import write_dataset
 from skincls.data.freshness import FORMAT_VERSION
 from skincls.data.ingest import Layout
 from skincls.data.metadata import MetaRow
 from skincls.data.sources import plan_source
-from skincls.data.splits import Record, load_manifest
+from skincls.data.splits import load_manifest
 from skincls.errors import DataError
 from tests.data.test_fetch import FakeKaggle, _lesion, _tree, _zip_tree
 
@@ -44,7 +44,7 @@ def _flat(root: Path, per_class: int = 3) -> Path:
 def _image(rel: str, label: str, split: str | None = None, seed: int = 0, row=None):
     """A verified image as the verify stage hands it on (hashes of a real synthetic lesion)."""
     look = perceptual_hashes(_lesion(seed, label == "malignant"))
-    return VerifiedImage(rel, label, split, f"sha-{seed}", look, row)
+    return VerifiedImage(rel, label, split, f"{seed:064x}", look, row)  # SHA-256: 64 hex digits
 
 
 # --- plan ------------------------------------------------------------------------------------
@@ -144,9 +144,9 @@ def test_verify_keeps_what_decodes_and_lists_every_entry_left_out(tmp_path):
     layout = Layout((), files, outside=["README.md"], damaged={"malignant/gone.jpg": "crc"})
     seen = []
     verified = verify_images(StagedFiles(images, layout), lambda *a: seen.append(a))
-    assert [im.rel for im in verified.images] == [str(f) for f in files if f.name != "broken.jpg"]
+    assert [im.rel for im in verified.table] == [str(f) for f in files if f.name != "broken.jpg"]
     assert verified.classes == ["benign", "malignant"]
-    assert all(im.split is None and im.hashes.shape == (2, 8) for im in verified.images)
+    assert all(im.split is None and im.hashes.shape == (2, 8) for im in verified.table)
     reasons = dict(verified.skipped)
     assert reasons["README.md"] == "outside the split/class/file layout"
     assert reasons["malignant/gone.jpg"] == "crc"
@@ -174,9 +174,10 @@ def test_curate_keeps_copies_and_patients_together_and_records_moves():
         _image("train/malignant/b.jpg", "malignant", "train", seed=2),
         _image("train/benign/c.jpg", "benign", "train", seed=3),
     ]
-    curated = curate(images, [], FetchOptions(val_fraction=0.0, seed=0))
-    assert [r.path for r in curated.records] == [f"images/{im.rel}" for im in images]
-    first, copy = curated.records[:2]
+    curated = curate(ImageTable.of(images), [], FetchOptions(val_fraction=0.0, seed=0))
+    records = list(curated.records())
+    assert [r.path for r in records] == [f"images/{im.rel}" for im in images]
+    first, copy = records[:2]
     assert first.cluster == copy.cluster and first.group == copy.group
     assert first.split == copy.split == "test"
     [moved] = curated.moved
@@ -195,14 +196,16 @@ def test_curate_gives_one_patient_one_split_and_carves_the_fractions():
         _image(f"x/i{n}.jpg", ("benign", "malignant")[n % 2], seed=n, row=rows[n])
         for n in range(40)
     ]
-    curated = curate(images, [], FetchOptions(val_fraction=0.2, test_fraction=0.2, seed=3))
-    assert [r.lesion_id for r in curated.records] == [f"L{n}" for n in range(40)]
-    assert [r.group for r in curated.records] == [f"patient:P{n // 4}" for n in range(40)]
+    options = FetchOptions(val_fraction=0.2, test_fraction=0.2, seed=3)
+    curated = curate(ImageTable.of(images), [], options)
+    records = list(curated.records())
+    assert [r.lesion_id for r in records] == [f"L{n}" for n in range(40)]
+    assert [r.group for r in records] == [f"patient:P{n // 4}" for n in range(40)]
     split_of: dict[str, set[str]] = {}
-    for r in curated.records:
+    for r in records:
         split_of.setdefault(r.patient_id, set()).add(r.split)
     assert all(len(s) == 1 for s in split_of.values())
-    counts = {s: sum(r.split == s for r in curated.records) for s in ("train", "val", "test")}
+    counts = {s: sum(r.split == s for r in records) for s in ("train", "val", "test")}
     assert counts["val"] > 0 and counts["test"] > 0 and counts["train"] > counts["test"]
     assert curated.moved == []  # no source splits: nothing was moved
 
@@ -222,22 +225,28 @@ def test_write_puts_manifest_skipped_and_dataset_json_in_the_data_dir(tmp_path):
         fingerprint="f" * 64,
     )
     layout = Layout(("root",), [PurePosixPath("benign/a.jpg"), PurePosixPath("malignant/b.jpg")])
-    kept = [_image("benign/a.jpg", "benign"), _image("malignant/b.jpg", "malignant", seed=1)]
-    verified = VerifiedImages(kept, ["benign", "malignant"], [("=bad.jpg", "empty")], 3, layout)
-    records = [
-        Record("images/benign/a.jpg", "benign", "train", "s1", 0, "cluster:0"),
-        Record("images/malignant/b.jpg", "malignant", "test", "s2", 1, "cluster:1", "L1", "P1"),
+    rows = [None, MetaRow("b", "mel", lesion_id="L1", patient_id="P1")]
+    kept = [
+        _image("benign/a.jpg", "benign"),
+        _image("malignant/b.jpg", "malignant", seed=1, row=rows[1]),
     ]
-    manifest = write_dataset(data, plan, verified, Curated(records))
+    table = ImageTable.of(kept)
+    verified = VerifiedImages(table, ["benign", "malignant"], [("=bad.jpg", "empty")], 3, layout)
+    curated = curate(table, [], FetchOptions(val_fraction=0.0, test_fraction=0.5, seed=0))
+    written = write_dataset(data, plan, verified, curated)
     assert sorted(p.name for p in data.iterdir()) == ["dataset.json", "manifest.csv", "skipped.csv"]
     info = json.loads((data / "dataset.json").read_text())
     assert info["fingerprint"] == "f" * 64 and info["format"] == FORMAT_VERSION
     assert info["source"]["n"] == 3 and info["source"]["layout_root"] == "root"
     assert info["seed"] == 7 and info["n_files"] == 3 and info["n_kept"] == 2
     assert info["labels"]["task"] == "folders"  # what the classes are, not the policy asked for
-    assert info["counts"]["train"] == {"benign": 1, "malignant": 0}
-    assert info["counts"]["test"] == {"benign": 0, "malignant": 1}
     with (data / "skipped.csv").open(newline="") as fh:
         assert list(csv.reader(fh)) == [["path", "reason"], ["./=bad.jpg", "empty"]]
     again = load_manifest(data)
-    assert again.records == manifest.records == records and again.info == manifest.info
+    records = list(curated.records())  # made row by row, as write_dataset streamed them
+    assert [(r.path, r.lesion_id, r.patient_id) for r in records] == [
+        ("images/benign/a.jpg", "", ""),
+        ("images/malignant/b.jpg", "L1", "P1"),
+    ]
+    assert again.records == records and again.info == written
+    assert info["counts"] == again.counts() and sum(info["counts"]["test"].values()) == 1

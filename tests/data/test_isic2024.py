@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 import sys
 import zipfile
+from collections import Counter
+from dataclasses import replace
+from pathlib import PosixPath, PurePosixPath
 
 import numpy as np
 import pytest
@@ -14,8 +18,13 @@ import pytest
 from skincls.data import hdf5 as hdf5_module
 from skincls.data import parallel
 from skincls.data.fetch import fetch
+from skincls.data.fetch.records import VerifiedImage
 from skincls.data.images import load_image
-from skincls.data.isic2024 import LABEL_RULE
+from skincls.data.ingest import Candidate, Inspection
+from skincls.data.isic2024 import LABEL_RULE, _match_keys
+from skincls.data.layouts import _match
+from skincls.data.metadata import LabelPolicy, MetaRow
+from skincls.data.splits import Record
 from skincls.errors import DataError
 from tests.data.test_fetch import _lesion
 
@@ -205,3 +214,59 @@ def test_an_hdf5_file_replaced_at_the_same_path_is_read_anew(tmp_path):
         tmp.replace(path)
         assert hdf5_module.read_member(path, "ISIC_1") == value
         assert hdf5_module.hdf5_keys(path) == ["ISIC_1"]
+
+
+def _per_image_objects() -> Counter:
+    """Live objects of the kinds fetch once kept one of (or more) per image, by type."""
+    kinds = {MetaRow, Record, VerifiedImage, Candidate, Inspection, PurePosixPath, PosixPath}
+    gc.collect()
+    return Counter(type(o).__name__ for o in gc.get_objects() if type(o) in kinds)
+
+
+def test_fetch_holds_no_object_per_image_past_verification(tmp_path, monkeypatch):
+    # ISIC 2024 has 401,059 images: past verification fetch keeps columns (hashes, SHA-256,
+    # pooled rows), never an object per image; the manifest is written row by row.
+    n = 400  # 84 distinct (patient, age, sex, hospital) rows
+    src = isic2024_source(tmp_path / "src", n=n, patients=4)
+    stages = sys.modules["skincls.data.fetch"]
+    seen = {}
+
+    def spy(name):
+        real = getattr(stages, name)
+
+        def counted(*args, **kwargs):
+            seen[f"{name} called"] = _per_image_objects()
+            out = real(*args, **kwargs)
+            seen[f"{name} returned"] = _per_image_objects()
+            return out
+
+        monkeypatch.setattr(stages, name, counted)
+
+    spy("curate")
+    spy("write_dataset")
+    before = _per_image_objects()
+    report = fetch(tmp_path / "d", source_dir=src, dataset="isic2024", workers=1)
+    assert report.info.n_kept == n and len(seen) == 4
+    for point, counts in seen.items():
+        assert (counts - before).total() < n // 4, (point, counts - before)
+    assert len(report.manifest.records) == n  # read from the data dir when asked for
+
+
+def test_isic2024_keys_are_matched_as_the_generic_matcher_matches_paths():
+    # _match_keys is layouts._match for one HDF5 file's keys: the same files in the same order,
+    # rows, classes, skips and summary. Keys sort differently from their paths ("a-b" < "a"
+    # as files: "a-b.jpg" < "a.jpg"); rows repeat, name no image, or have no class.
+    policy = LabelPolicy()
+    row = [MetaRow(k, "unk", patient_id="P1", malignant=k != "b") for k in ("a", "a-b", "b", "c")]
+    rows = [row[0], row[1], row[0], row[2], MetaRow("gone", "unk"), row[3], MetaRow("x", "zz")]
+    keys = ["a", "a-b", "c", "d", "x"]  # d is in no row; x has no class
+    new = _match_keys("train-image.hdf5", rows, [("e", "bad")], keys, policy, "m.csv")
+    paths = [PurePosixPath("train-image.hdf5", f"{k}.jpg") for k in keys]
+    old = _match(PurePosixPath(), rows, [("e", "bad")], paths, {}, policy, ["m.csv"], False)
+    assert list(new.files) == old.files == [paths[1], paths[0], paths[2]]
+    assert [replace(c, row=replace(c.row, image="")) for c in old.candidates()] == new.candidates()
+    assert (new.skipped, new.summary) == (old.skipped, old.summary)
+    assert new.summary["rows_repeating_an_image"] == 1 and new.summary["rows_without_image"] == 2
+    conflict = [*rows, MetaRow("a", "unk", patient_id="P2")]
+    with pytest.raises(DataError, match=r"m.csv describes image\(s\) 'a' twice, differently"):
+        _match_keys("train-image.hdf5", conflict, [], keys, policy, "m.csv")

@@ -162,14 +162,19 @@ def _run(data_dir: Path, options: FetchOptions) -> FetchReport:
     """The stages in order; each hands its record to the next."""
     plan = plan_fetch(data_dir, options)
     if plan.current is not None:  # already prepared from these inputs: nothing is written
-        skipped = list(plan.current.info.skipped)
-        return FetchReport(plan.current, skipped, changed=False, downloaded=plan.downloaded)
+        current = plan.current
+        skipped = list(current.info.skipped)
+        return FetchReport(data_dir, current.info, skipped, False, plan.downloaded, current)
     # References are read first: a bad one stops the run before anything is written.
     references = load_references(options)
-    staged = stage_files(data_dir, plan, options)
     workers = options.workers or default_workers()
-    cache = HashCache(data_dir / CACHE_NAME)
-    verified = verify_images(staged, options.on_progress, workers=workers, cache=cache)
-    curated = curate(verified.images, references, options)
-    manifest = write_dataset(data_dir, plan, verified, curated)
-    return FetchReport(manifest, verified.skipped, changed=True, downloaded=plan.downloaded)
+    # The staged layout's record per file is dropped after verification: columns go on.
+    verified = verify_images(
+        stage_files(data_dir, plan, options),
+        options.on_progress,
+        workers=workers,
+        cache=HashCache(data_dir / CACHE_NAME),
+    )
+    curated = curate(verified.table, references, options)
+    info = write_dataset(data_dir, plan, verified, curated)
+    return FetchReport(data_dir, info, verified.skipped, changed=True, downloaded=plan.downloaded)

@@ -9,15 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from ..dedup import find_duplicates, summarize_duplicates
 from ..download import default_cache_dir
 from ..grouping import Grouping, build_grouping
 from ..info import MovedImage
+from ..metadata import MetaRow
 from ..references import Provenance, Reference, load_reference, match_references
-from ..splits import Record, assign_splits, unify_groups
-from .records import Curated, FetchOptions, VerifiedImage
+from ..splits import assign_splits, unify_groups
+from .records import Curated, FetchOptions
+from .table import ImageTable
 
 __all__ = ["curate", "load_references"]
 
@@ -36,59 +36,61 @@ def load_references(options: FetchOptions) -> list[Reference]:
     ]
 
 
-def curate(
-    images: Sequence[VerifiedImage],
-    references: Sequence[Reference],
-    options: FetchOptions,
-) -> Curated:
-    """The manifest rows of `images` (in their order), with duplicate clusters, groups and splits
-    (`options`: fractions, seed, near-duplicate distances), and what was found on the way."""
-    hashes = np.stack([im.hashes for im in images])
+def curate(table: ImageTable, references: Sequence[Reference], options: FetchOptions) -> Curated:
+    """The images' duplicate clusters, groups and splits (`options`: fractions, seed,
+    near-duplicate distances), in table order, and what was found on the way."""
+    hashes = table.hashes
     dups = find_duplicates(
-        [im.sha256 for im in images], hashes, options.near_dup_distance, options.near_dup_confirm
+        table.sha256, hashes, options.near_dup_distance, options.near_dup_confirm
     )
     prov = match_references(hashes, references) if references else None
-    keys, lesion, patient = _identities(images, prov)
+    keys, lesion, patient = _identities(table, prov)
     # Lesion, patient and duplicate cluster, joined: one group never straddles two splits.
     grouping = build_grouping(keys, dups.cluster)
-    labels = [im.label for im in images]
+    del keys
+    labels, sources = table.column("label"), table.column("split")
     splits = assign_splits(
         labels,
-        [im.split for im in images],
+        sources,
         val_fraction=options.val_fraction,
         test_fraction=options.test_fraction,
         seed=options.seed,
         groups=grouping.ids,
     )
-    rel = [f"images/{im.rel}" for im in images]
-    records = [
-        Record(
-            rel[i],
-            im.label,
-            splits[i],
-            im.sha256,
-            dups.cluster[i],
-            grouping.names[i],
-            lesion[i],
-            patient[i],
-            (im.row.attributes if im.row else ()) + im.skin,
-        )
-        for i, im in enumerate(images)
-    ]
+    rel = _Paths(table.rel)
     return Curated(
-        records,
-        _moved(images, rel, grouping, dups.cluster),
-        duplicates=summarize_duplicates(dups, images, rel, splits),
+        table,
+        splits,
+        dups.cluster,
+        grouping.names,
+        lesion,
+        patient,
+        _moved(sources, rel, grouping, dups.cluster),
+        duplicates=summarize_duplicates(dups, labels, sources, rel, splits),
         groups=grouping.summary(rel, labels, splits),
         provenance=prov.report(labels) if prov else None,
     )
 
 
+class _Paths(Sequence[str]):
+    """Paths in the data dir (`images/…`) of paths under `images/`, each made when asked for."""
+
+    def __init__(self, rel: list[str]) -> None:
+        self._rel = rel
+
+    def __len__(self) -> int:
+        return len(self._rel)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [f"images/{r}" for r in self._rel[i]]
+        return f"images/{self._rel[i]}"
+
+
 def _moved(
-    images: Sequence[VerifiedImage], rel: list[str], grouping: Grouping, cluster: list[int]
+    source_splits: list[str | None], rel: Sequence[str], grouping: Grouping, cluster: list[int]
 ) -> list[MovedImage]:
     """Images out of their source split: their group is whole in another (`unify_groups`)."""
-    source_splits = [im.split for im in images]
     unified = unify_groups(source_splits, grouping.ids)
     return [
         MovedImage(
@@ -100,14 +102,17 @@ def _moved(
 
 
 def _identities(
-    images: Sequence[VerifiedImage], prov: Provenance | None
-) -> tuple[list[list[str]], list[str], list[str]]:
+    table: ImageTable, prov: Provenance | None
+) -> tuple[list[tuple[str, ...]], list[str], list[str]]:
     """Per image: its grouping keys, lesion id and patient id, from its metadata row first, then
-    from the reference image it is a copy of."""
+    from the reference image it is a copy of. Images of one row share its keys' tuple."""
     keys, lesion, patient = [], [], []
-    for i, im in enumerate(images):
-        r = im.row
-        keys.append((r.keys() if r else []) + (prov.keys[i] if prov else []))
-        lesion.append((r.lesion_id if r else "") or (prov.lesion_ids[i] if prov else ""))
-        patient.append((r.patient_id if r else "") or (prov.patient_ids[i] if prov else ""))
+    own: dict[MetaRow, tuple[str, ...]] = {}
+    for i, r in enumerate(table.column("row")):
+        k = own.get(r)
+        if k is None:
+            k = own[r] = tuple(r.keys())
+        keys.append(k + tuple(prov.keys[i]) if prov else k)
+        lesion.append(r.lesion_id or (prov.lesion_ids[i] if prov else ""))
+        patient.append(r.patient_id or (prov.patient_ids[i] if prov else ""))
     return keys, lesion, patient

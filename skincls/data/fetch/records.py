@@ -1,24 +1,23 @@
 """Records fetch's stages hand one another: the options, the plan, staged, verified and curated images.
 
 plan (`FetchPlan`) → stage (`StagedFiles`) → verify (`VerifiedImages`) → curate (`Curated`) → write
-(`Manifest`, reported as `FetchReport`). Each stage reads `FetchOptions` and the record before it.
+(`DatasetInfo`, reported as `FetchReport`). Each stage reads `FetchOptions` and the record before it.
+Past verification the images are columns (`table.ImageTable`), never an object per image.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from ..dedup import DEFAULT_CONFIRM_DISTANCE, DEFAULT_NEAR_DUP_DISTANCE
 from ..download import DatasetClient
 from ..info import DatasetInfo, DuplicateSummary, MovedImage
 from ..ingest import MAX_ARCHIVE_BYTES, Layout
-from ..metadata import MetaRow
 from ..sources import SourcePlan
-from ..splits import Manifest, Record
+from ..splits import Manifest, Record, load_manifest
+from .table import ImageTable, VerifiedImage
 
 __all__ = [
     "Curated",
@@ -112,42 +111,20 @@ class StagedFiles:
     layout: Layout
 
 
-@dataclass(frozen=True)
-class VerifiedImage:
-    """An image that decoded: its path under `images/`, class, source split, hashes and metadata.
-
-    Attributes:
-        rel: Path relative to `images/` (`train/benign/3.jpg`).
-        label: Its class.
-        split: The split its source put it in, or None.
-        sha256: Hash of its bytes.
-        hashes: (2, 8) perceptual hashes (`dedup.perceptual_hashes`).
-        row: Its metadata row (lesion and patient ids), or None in a class-folder layout.
-        skin: Its estimated skin tone, `(("ita", "…"), ("skin_tone", "…"))` (`data.skintone`).
-    """
-
-    rel: str
-    label: str
-    split: str | None
-    sha256: str
-    hashes: np.ndarray
-    row: MetaRow | None = None
-    skin: tuple[tuple[str, str], ...] = ()
-
-
 @dataclass
 class VerifiedImages:
     """What verification kept and left out.
 
     Attributes:
-        images: The usable images, in layout order.
+        table: The usable images, in layout order, as columns.
         classes: Their classes, sorted (label id = position); at least two.
         skipped: `(path, reason)` for every entry left out, layout and verification alike.
         n_files: Entries of the source tree considered (kept or skipped before verification).
-        layout: The layout the files were read in.
+        layout: The layout the files were read in, without its per-file records (dropped once the
+            table holds what the later stages need of them).
     """
 
-    images: list[VerifiedImage]
+    table: ImageTable
     classes: list[str]
     skipped: list[tuple[str, str]]
     n_files: int
@@ -158,19 +135,36 @@ class VerifiedImages:
 class Curated:
     """The images with their split and group, and what curation found on the way.
 
+    Per image (lists in table order; their strings are shared, one per distinct value): `split`,
+    duplicate `cluster`, `group` name, `lesion` and `patient` id. The manifest rows are made from
+    them one at a time (`records`).
+
     Attributes:
-        records: One manifest row per verified image, in the same order.
         moved: Images moved out of their source split to keep a group whole.
         duplicates: Exact and near copies, their clusters and label conflicts.
         groups: `Grouping.summary` (groups, sizes, largest groups).
         provenance: `Provenance.report` when references were given, else None.
     """
 
-    records: list[Record]
+    table: ImageTable
+    split: list[str]
+    cluster: list[int]
+    group: list[str]
+    lesion: list[str]
+    patient: list[str]
     moved: list[MovedImage] = field(default_factory=list)
     duplicates: DuplicateSummary | None = None
     groups: dict | None = None
     provenance: dict | None = None
+
+    def records(self) -> Iterator[Record]:
+        """One manifest row per verified image, in table order, each made when it is asked for."""
+        columns = zip(self.table, self.split, self.cluster, self.group, self.lesion, self.patient)
+        for im, split, cluster, group, lesion, patient in columns:
+            path, attributes = f"images/{im.rel}", (im.row.attributes if im.row else ()) + im.skin
+            yield Record(
+                path, im.label, split, im.sha256, cluster, group, lesion, patient, attributes
+            )
 
 
 @dataclass
@@ -178,19 +172,25 @@ class FetchReport:
     """What fetch did.
 
     Attributes:
-        manifest: The resulting manifest (its `info` is `dataset.json`).
+        data_dir: The data dir.
+        info: Its `dataset.json` content: source, counts, duplicates, moved images, label conflicts.
         skipped: `(path, reason)` for every entry left out (also in `skipped.csv` in the data dir);
             the reason's text before its first colon is its kind.
         changed: False when the data dir was already up to date and nothing was written.
         downloaded: True when the archive was downloaded in this call (Kaggle source only).
     """
 
-    manifest: Manifest
+    data_dir: Path
+    info: DatasetInfo
     skipped: list[tuple[str, str]] = field(default_factory=list)
     changed: bool = True
     downloaded: bool = False
+    loaded: Manifest | None = field(default=None, repr=False)
 
     @property
-    def info(self) -> DatasetInfo:
-        """The dataset.json content: source, duplicates, moved images, label conflicts."""
-        return self.manifest.info
+    def manifest(self) -> Manifest:
+        """The resulting manifest, read from the data dir when first asked for: fetch itself never
+        holds a record per image (401,059 for ISIC 2024)."""
+        if self.loaded is None:
+            self.loaded = load_manifest(self.data_dir)
+        return self.loaded

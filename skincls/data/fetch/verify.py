@@ -7,12 +7,15 @@ without a class) is listed with the images that failed here, so nothing is dropp
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ...errors import DataError
 from ..hashcache import HashCache
-from ..layouts import layout_skipped
+from ..ingest import Layout
+from ..layouts import MetadataLayout, layout_skipped
 from ..parallel import FileReader, inspect_all
-from ..sources import row_of
-from .records import ProgressCallback, StagedFiles, VerifiedImage, VerifiedImages
+from .records import ProgressCallback, StagedFiles, VerifiedImages
+from .table import ImageTable
 
 __all__ = ["verify_images"]
 
@@ -27,7 +30,9 @@ def verify_images(
     """Inspect each file the layout chose (damaged ones aside) and keep the images that decode.
 
     `workers` processes decode and hash (`parallel.inspect_all`: same results in the same order
-    as one); images whose bytes `cache` knows are not decoded again, and the cache is saved.
+    as one); images whose bytes `cache` knows are not decoded again, and the cache is saved with
+    this fetch's images. Only columns are kept per image (`table.ImageTable`), and the layout
+    handed on has no per-file records left.
 
     Raises:
         DataError: no image is usable, or only one class has usable images.
@@ -36,37 +41,45 @@ def verify_images(
     layout = staged.layout
     # Damaged archive members and unreadable files were never written: skipped with their reason.
     candidates = [c for c in layout.candidates() if c.rel not in layout.damaged]
+    rels = [c.rel for c in candidates]
     skipped = layout_skipped(layout)
     n_files = len(layout.files) + len(skipped)
     skipped += sorted(layout.damaged.items())
-    kept = []
-    results = inspect_all(
-        FileReader(staged.images), [c.rel for c in candidates], workers=workers, cache=cache
-    )
+    table = ImageTable(len(rels))
+    results = inspect_all(FileReader(staged.images), rels, workers=workers, cache=cache)
     for n, (c, result) in enumerate(zip(candidates, results), 1):
         if result.reason:
             skipped.append((c.rel, result.reason))
         else:
-            row = row_of(layout, c.rel)
-            kept.append(
-                VerifiedImage(
-                    c.rel, c.label, c.split, result.sha256, result.hashes, row, result.skin
-                )
-            )
+            table.append(c.rel, c.label, c.split, result.sha256, result.hashes, c.row, result.skin)
         if on_progress:
-            on_progress("verify", n, len(candidates))
+            on_progress("verify", n, len(rels))
+    del candidates, rels, results  # before the cache is saved: its arrays are made then
     if cache is not None:
-        cache.save()
-    if not kept:
+        cache.save(table.sha256, table.hashes, table.skin_pairs())
+    _check_classes(table, staged)
+    classes = sorted(table.pools["label"].values)
+    return VerifiedImages(table, classes, skipped, n_files, without_files(layout))
+
+
+def _check_classes(table: ImageTable, staged: StagedFiles) -> None:
+    if not len(table):
         raise DataError(
             f"no readable images found under {staged.images} (expected split/class/*.jpg)"
         )
-    classes = sorted({im.label for im in kept})
+    classes = sorted(table.pools["label"].values)
     if len(classes) < 2:
-        lost = sorted({c.label for c in layout.candidates()} - set(classes))
+        lost = sorted({c.label for c in staged.layout.candidates()} - set(classes))
         raise DataError(
             f"only one class ({classes[0]}) has usable images"
             + (f"; every image of {', '.join(lost)} was skipped" if lost else "")
             + ": a classifier needs at least two classes, e.g. benign/ and malignant/"
         )
-    return VerifiedImages(kept, classes, skipped, n_files, layout)
+
+
+def without_files(layout: Layout) -> Layout:
+    """`layout` less its per-file records (files, and a metadata layout's rows and labels): what
+    `dataset.json` needs of it, a fixed size whatever the number of images."""
+    if isinstance(layout, MetadataLayout):
+        return replace(layout, files=[], rows={}, labels={})
+    return replace(layout, files=[])

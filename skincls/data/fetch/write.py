@@ -11,7 +11,7 @@ from pathlib import Path
 from ..freshness import FORMAT_VERSION
 from ..info import DatasetInfo, DatasetSource
 from ..skintone import skin_tone_summary
-from ..splits import Manifest, write_manifest
+from ..splits import stream_manifest
 from .records import Curated, FetchPlan, VerifiedImages
 
 __all__ = ["dataset_info", "write_dataset"]
@@ -19,10 +19,10 @@ __all__ = ["dataset_info", "write_dataset"]
 
 def write_dataset(
     data_dir: Path, plan: FetchPlan, verified: VerifiedImages, curated: Curated
-) -> Manifest:
-    """Write `manifest.csv` (curated records), `skipped.csv` and `dataset.json` into `data_dir`;
-    return the manifest as written."""
-    return write_manifest(data_dir, curated.records, dataset_info(plan, verified, curated))
+) -> DatasetInfo:
+    """Write `manifest.csv` (the curated records, made row by row), `skipped.csv` and
+    `dataset.json` into `data_dir`; return `dataset.json`'s content as written."""
+    return stream_manifest(data_dir, curated.records, dataset_info(plan, verified, curated))
 
 
 def dataset_info(plan: FetchPlan, verified: VerifiedImages, curated: Curated) -> DatasetInfo:
@@ -44,11 +44,11 @@ def dataset_info(plan: FetchPlan, verified: VerifiedImages, curated: Curated) ->
         labels=plan.reading.labels_info(layout),
         metadata=getattr(layout, "summary", None),
         n_files=verified.n_files,
-        n_kept=len(verified.images),
+        n_kept=len(verified.table),
         skipped=verified.skipped,
         duplicates=curated.duplicates,
         groups=curated.groups,
         provenance=curated.provenance,
         moved=curated.moved,
-        skin_tone=skin_tone_summary(curated.records),
+        skin_tone=skin_tone_summary(curated.records()),
     )
