@@ -284,7 +284,9 @@ def test_isic2024_keys_are_matched_as_the_generic_matcher_matches_paths():
     paths = [PurePosixPath("train-image.hdf5", f"{k}.jpg") for k in keys]
     old = _match(PurePosixPath(), rows, [("e", "bad")], paths, {}, policy, ["m.csv"], False)
     assert list(new.files) == old.files == [paths[1], paths[0], paths[2]]
-    assert [replace(c, row=replace(c.row, image="")) for c in old.candidates()] == new.candidates()
+    assert [replace(c, row=replace(c.row, image="")) for c in old.candidates()] == list(
+        new.candidates()
+    )
     assert (new.skipped, new.summary) == (old.skipped, old.summary)
     assert new.summary["rows_repeating_an_image"] == 1 and new.summary["rows_without_image"] == 2
     conflict = [*rows, MetaRow("a", "unk", patient_id="P2")]
