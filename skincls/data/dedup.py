@@ -88,8 +88,8 @@ def _popcount(x: np.ndarray) -> np.ndarray:
 _BRUTE_FORCE_BELOW = 2000
 # Candidates compared at once by the index (each costs ~40 bytes while it is checked).
 _CANDIDATES_AT_ONCE = 1 << 22
-# Query hashes looked up at once by the index (~40 bytes each while they are).
-_QUERIES_AT_ONCE = 1 << 18
+# Query hashes looked up at once by the index (~40 bytes each while they are: ~3 MB).
+_QUERIES_AT_ONCE = 1 << 16
 
 
 def near_duplicate_pairs(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..hashcache import sha256_hex
 from ..metadata import MetaRow
 
 __all__ = ["Coded", "ImageTable", "Pool", "VerifiedImage"]
@@ -146,8 +147,7 @@ class ImageTable:
     @property
     def sha256(self) -> np.ndarray:
         """(N,) SHA-256 of each image's bytes, ASCII hex (`S64`)."""
-        raw = np.frombuffer(self._sha, np.uint8).reshape(-1, 32)
-        return _HEX[raw].reshape(len(self), 64).view("S64").ravel()
+        return sha256_hex(np.frombuffer(self._sha, "V32"))
 
     @property
     def sha256_raw(self) -> np.ndarray:
@@ -207,8 +207,3 @@ class _Paths(Sequence[str]):
         i %= len(self)
         start = self._ends[i - 1] if i else 0
         return self._blob[start : self._ends[i]].decode("utf-8", "surrogatepass")
-
-
-_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)[
-    np.stack([np.arange(256) >> 4, np.arange(256) & 15], axis=1)
-]  # byte → its two hex digits
