@@ -62,10 +62,13 @@ def _skin_tones(curated: Curated) -> dict | None:
     tone, metadata row): no manifest record is made for it."""
     table = curated.table
     skin, rows = table.pools["skin"].values, table.pools["row"].values
-    codes = np.stack([curated.split.astype(np.int64), table.codes("skin"), table.codes("row")])
-    combos, n = np.unique(codes, axis=1, return_counts=True)
+    # One integer per image for its (split, skin tone, row): a sort of N integers, no more.
+    shape = (len(SPLITS), len(skin), len(rows))
+    key = (curated.split.astype(np.int64) * shape[1] + table.codes("skin")) * shape[2]
+    key += table.codes("row")
+    combos, n = np.unique(key, return_counts=True)
     counts: Counter = Counter()
-    for (s, k, r), m in zip(combos.T.tolist(), n.tolist()):
+    for (s, k, r), m in zip(zip(*np.unravel_index(combos, shape)), n.tolist()):
         a = dict(rows[r].attributes + skin[k])  # as the manifest row's columns
         counts[SPLITS[s], a.get("skin_tone", ""), a.get("ita", ""), a.get("fitzpatrick", "")] += m
     return skin_tone_counts(counts)
