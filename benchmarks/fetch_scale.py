@@ -8,7 +8,8 @@
 JPEG crops of `--size` px, `train-metadata.csv` with its real column names, ~385 images per patient
 as in the real set) and `skincls.fetch(dataset='isic2024', source_dir=...)` in a fresh process:
 wall time and peak memory (the whole process tree: fetch and its workers), then a straight-line
-fit of time on size, extrapolated to ISIC 2024's 401,059 images. `isic2020`: SIIM-ISIC 2020's real
+fit of time (and of the fetch process's peak memory) on size, extrapolated to ISIC 2024's 401,059
+images; `--keep` keeps the sources, and a later run reuses them. `isic2020`: SIIM-ISIC 2020's real
 `train.csv` rows (`--metadata`) with generated 256 px JPEGs, zipped in the resized Kaggle dataset's
 layout (`train.csv`, `train/<image_name>.jpg`), fetched with `workers=1` (one process: the serial
 path) and with every core, one after the other in one run: the ratio is the speed-up. Each
@@ -185,18 +186,27 @@ def run_isic2024(args) -> dict:
 
 
 def _extrapolate(results: list[dict]) -> dict:
-    """Least-squares line of wall time on images, evaluated at ISIC 2024's size."""
+    """Least-squares lines of wall time and of the fetch process's peak memory on images,
+    evaluated at ISIC 2024's size."""
     if len(results) < 2:
         return {}
     xs = [r["images"] for r in results]
-    ys = [r["wall_s"] for r in results]
+    time_slope, time_at = _fit(xs, [r["wall_s"] for r in results])
+    rss_slope, rss_at = _fit(xs, [r["main_maxrss_mib"] for r in results])
+    return {
+        "ms_per_image": round(time_slope * 1000, 3),
+        "intercept_s": round(time_at(0), 1),
+        f"extrapolated_s_at_{ISIC2024}": round(time_at(ISIC2024)),
+        "main_rss_bytes_per_image": round(rss_slope * 2**20),
+        f"main_rss_mib_at_{ISIC2024}": round(rss_at(ISIC2024)),
+    }
+
+
+def _fit(xs: list[float], ys: list[float]):
+    """Slope of the least-squares line through `(xs, ys)`, and the line as a function."""
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-    return {
-        "ms_per_image": round(slope * 1000, 3),
-        "intercept_s": round(my - slope * mx, 1),
-        f"extrapolated_s_at_{ISIC2024}": round(my + slope * (ISIC2024 - mx)),
-    }
+    return slope, lambda x: my + slope * (x - mx)
 
 
 def run_isic2020(args) -> dict:

@@ -88,8 +88,8 @@ def _popcount(x: np.ndarray) -> np.ndarray:
 _BRUTE_FORCE_BELOW = 2000
 # Candidates compared at once by the index (each costs ~40 bytes while it is checked).
 _CANDIDATES_AT_ONCE = 1 << 22
-# Query hashes looked up at once by the index (~40 bytes each while they are).
-_QUERIES_AT_ONCE = 1 << 18
+# Query hashes looked up at once by the index (~40 bytes each while they are: ~3 MB).
+_QUERIES_AT_ONCE = 1 << 16
 
 
 def near_duplicate_pairs(
@@ -308,13 +308,14 @@ class Duplicates:
     """Duplicate structure of a list of images.
 
     Attributes:
-        cluster: Cluster id per image (0..K-1, numbered by first member); duplicates share one.
+        cluster: Cluster id per image (0..K-1, numbered by first member; int64 array): duplicates
+            share one.
         exact_groups: Index lists of images with identical bytes (groups of 2 or more).
         near_pairs: Confirmed `(i, j, phash_distance)` pairs (exact copies included, at 0).
         rejected_pairs: pHash matches the dHash check turned down (look-alikes, not copies).
     """
 
-    cluster: list[int]
+    cluster: np.ndarray
     exact_groups: list[list[int]]
     near_pairs: list[tuple[int, int, int]]
     rejected_pairs: list[tuple[int, int, int]] = field(default_factory=list)
@@ -346,18 +347,18 @@ def find_duplicates(
     return Duplicates(cluster, sorted(exact), pairs, rejected)
 
 
-def _components(n: int, edges: list[tuple[int, int]]) -> list[int]:
+def _components(n: int, edges: list[tuple[int, int]]) -> np.ndarray:
     """Connected component of each of `n` items joined by `edges`, numbered by first item (scipy's
-    `connected_components`: no Python object per item until the list returned)."""
+    `connected_components`: no Python object per item)."""
     if not n:
-        return []
+        return np.zeros(0, np.int64)
     a, b = np.array(edges, dtype=np.int64).reshape(-1, 2).T
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     labels = connected_components(graph, directed=False)[1]
     _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
     rank = np.empty(len(first), np.int64)
     rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-    return rank[inverse.ravel()].tolist()
+    return rank[inverse.ravel()]
 
 
 def _shared(values: Sequence) -> list[list[int]]:
@@ -390,7 +391,7 @@ def summarize_duplicates(
     """
     clusters = [
         DuplicateCluster(
-            id=dups.cluster[members[0]],
+            id=int(dups.cluster[members[0]]),
             paths=[rel[i] for i in members],
             labels=sorted({labels[i] for i in members}),
             source_splits=sorted({source_splits[i] or "-" for i in members}),

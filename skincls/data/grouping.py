@@ -10,7 +10,6 @@ and its duplicate cluster (scipy's `connected_components`). Splits then move who
 from __future__ import annotations
 
 import warnings
-from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
-__all__ = ["Grouping", "build_grouping", "carve_groups", "groups_across_splits"]
+__all__ = ["Grouping", "build_grouping", "carve_groups", "group_images", "groups_across_splits"]
 
 # Which key names a group, when a group holds several: a patient before a lesion before others.
 _KIND_ORDER = {"patient": 0, "lesion": 1}
@@ -32,63 +31,112 @@ _LARGEST = 10
 
 @dataclass
 class Grouping:
-    """One group per image.
+    """One group per image, as arrays (no object per image).
 
     Attributes:
         ids: Group number per image (0..G-1, numbered by first image).
-        names: Group name per image: its patient (`patient:IP_123`), else its lesion
-            (`lesion:HAM_0000118`), else another key, else its duplicate cluster (`cluster:17`).
-        keys: The grouping keys each image brought (patient, lesion, other columns).
+        key_sets: The distinct sets of grouping keys images brought (patient, lesion, other
+            columns), each sorted.
+        key_set: Per image, its position in `key_sets`.
+        clusters: Per image, its duplicate cluster.
+        best: Per group, the position in `ranked` of the key naming it, or -1 (none: its first
+            image's duplicate cluster names it).
+        ranked: The keys that name a group, best first (`_KIND_ORDER`, then by name).
+        first: Per group, its first image.
     """
 
-    ids: list[int]
-    names: list[str]
-    keys: list[list[str]]
-    clusters: list[int]
+    ids: np.ndarray
+    key_sets: list[list[str]]
+    key_set: np.ndarray
+    clusters: np.ndarray
+    best: np.ndarray
+    ranked: list[str]
+    first: np.ndarray
 
     def __len__(self) -> int:
-        return len(set(self.ids))
+        return len(self.first)
+
+    def group_name(self, g: int) -> str:
+        """Group `g`'s name: its patient, else its lesion, else another key, else its cluster."""
+        b = int(self.best[g])
+        return self.ranked[b] if b >= 0 else f"cluster:{int(self.clusters[self.first[g]])}"
+
+    @property
+    def names(self) -> Sequence[str]:
+        """Group name per image: its patient (`patient:IP_123`), else its lesion
+        (`lesion:HAM_0000118`), else another key, else its duplicate cluster (`cluster:17`)."""
+        return _PerImage(self.ids, self.group_name)
 
     def summary(
         self, paths: Sequence[str], labels: Sequence[str], splits: Sequence[str] | None = None
     ) -> dict:
         """Groups, images per group, the largest groups and what joined them (for `dataset.json`)."""
-        members: dict[int, list[int]] = {}
-        for i, g in enumerate(self.ids):
-            members.setdefault(g, []).append(i)
-        sizes = Counter(len(m) for m in members.values())
-        kinds = Counter(self.names[m[0]].split(":", 1)[0] for m in members.values())
-        lesions = [
-            {k for i in m for k in self.keys[i] if k.startswith("lesion:")}
-            for m in members.values()
-        ]
-        by_cluster: dict[int, set] = {}  # clusters of several images (only they can join ids)
-        for i in _in_several(self.clusters):
-            by_cluster.setdefault(self.clusters[i], set()).add(tuple(self.keys[i]))
-        largest = sorted(members.values(), key=lambda m: (-len(m), m[0]))[:_LARGEST]
+        size = np.bincount(self.ids, minlength=len(self))
+        sizes = Counter(size.tolist())
+        kinds = Counter(self.group_name(g).split(":", 1)[0] for g in range(len(self)))
+        largest = np.lexsort((self.first, -size))[:_LARGEST]
+        order = np.argsort(self.ids, kind="stable")  # images by group, in image order
+        starts = np.cumsum(size) - size
         out = {
-            "n_groups": len(members),
+            "n_groups": len(self),
             "n_images": len(self.ids),
             "groups_by_kind": dict(sorted(kinds.items())),
             "images_per_group": {str(k): sizes[k] for k in sorted(sizes)},
-            "groups_with_several_images": sum(1 for m in members.values() if len(m) > 1),
-            "groups_with_several_lesions": sum(1 for ls in lesions if len(ls) > 1),
+            "groups_with_several_images": int((size > 1).sum()),
+            "groups_with_several_lesions": self._several_lesions(),
             # Copies of one image filed under different lesion/patient ids: the ids are joined.
-            "duplicates_joining_ids": sum(1 for ks in by_cluster.values() if len(ks - {()}) > 1),
+            "duplicates_joining_ids": self._joining_ids(),
             "largest": [
                 {
-                    "group": self.names[m[0]],
-                    "images": len(m),
-                    "labels": dict(sorted(Counter(labels[i] for i in m).items())),
-                    "example": paths[m[0]],
-                    **({"split": splits[m[0]]} if splits is not None else {}),
+                    "group": self.group_name(g),
+                    "images": int(size[g]),
+                    "labels": dict(
+                        sorted(
+                            Counter(
+                                labels[i] for i in order[starts[g] : starts[g] + size[g]]
+                            ).items()
+                        )
+                    ),
+                    "example": paths[self.first[g]],
+                    **({"split": splits[self.first[g]]} if splits is not None else {}),
                 }
-                for m in largest
+                for g in largest.tolist()
             ],
         }
         if splits is not None:
             out["groups_across_splits"] = groups_across_splits(self.ids, splits)
         return out
+
+    def _several_lesions(self) -> int:
+        """Groups whose images bring two or more lesion ids."""
+        pairs = np.unique(self.ids * len(self.key_sets) + self.key_set)
+        g, k = np.divmod(pairs, len(self.key_sets))
+        lesions = [[x for x in ks if x.startswith("lesion:")] for ks in self.key_sets]
+        seen = {(int(a), x) for a, b in zip(g.tolist(), k.tolist()) for x in lesions[b]}
+        return sum(n > 1 for n in Counter(a for a, _ in seen).values())
+
+    def _joining_ids(self) -> int:
+        """Duplicate clusters whose images bring two or more different (non-empty) key sets."""
+        by_cluster: dict[int, set] = {}  # clusters of several images (only they can join ids)
+        for i in _in_several(self.clusters):
+            by_cluster.setdefault(int(self.clusters[i]), set()).add(int(self.key_set[i]))
+        empty = {k for k, ks in enumerate(self.key_sets) if not ks}
+        return sum(1 for ks in by_cluster.values() if len(ks - empty) > 1)
+
+
+class _PerImage(Sequence):
+    """A value per image, made when asked for: `value(ids[i])`."""
+
+    def __init__(self, ids: np.ndarray, value) -> None:
+        self._ids, self._value = ids, value
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._value(g) for g in self._ids[i].tolist()]
+        return self._value(int(self._ids[i]))
 
 
 def build_grouping(keys: Sequence[Iterable[str]], clusters: Sequence[int]) -> Grouping:
@@ -98,37 +146,58 @@ def build_grouping(keys: Sequence[Iterable[str]], clusters: Sequence[int]) -> Gr
         keys: Per image, its grouping keys (may be empty).
         clusters: Per image, its duplicate-cluster id (`Duplicates.cluster`).
     """
-    keys = _sorted_keys(keys)
-    n = len(keys)
+    shared: dict[tuple[str, ...], int] = {}
+    codes = np.fromiter((shared.setdefault(tuple(k), len(shared)) for k in keys), np.int64)
+    return group_images(list(shared), codes, clusters)
+
+
+def group_images(
+    key_sets: Sequence[Iterable[str]], key_set: np.ndarray, clusters: Sequence[int]
+) -> Grouping:
+    """`build_grouping` of images given as codes: image i brings the keys `key_sets[key_set[i]]`.
+
+    A graph of images, key sets, keys and clusters (scipy's `connected_components`): no Python
+    object per image.
+    """
+    canon: dict[tuple[str, ...], int] = {}  # equal sets, however ordered, as one
+    same = np.array([canon.setdefault(tuple(sorted(set(k))), len(canon)) for k in key_sets])
+    key_set = same[np.asarray(key_set, dtype=np.int64)] if len(key_set) else np.zeros(0, np.int64)
+    sets = [list(k) for k in canon]
+    clusters = np.asarray(clusters, dtype=np.int64).reshape(-1)
+    n, s = len(key_set), len(sets)
+    used = np.zeros(s, bool)
+    used[key_set] = True  # a set no image brought joins nothing
     node: dict[str, int] = {}
-    rows, cols = array("q"), array("q")
-    for i, ks in enumerate(keys):
-        for k in ks:
-            rows.append(i)
-            cols.append(node.setdefault(k, n + len(node)))
-    # Each cluster is a node too, after the keys' (no string or dict entry per cluster).
-    cluster_node = np.unique(np.asarray(clusters), return_inverse=True)[1].ravel()
-    size = n + len(node) + (int(cluster_node.max()) + 1 if n else 0)
+    pairs = [(a, node.setdefault(k, len(node))) for a, ks in enumerate(sets) if used[a] for k in ks]
+    set_of, key_of = np.array(pairs, dtype=np.int64).reshape(-1, 2).T
+    cluster_node = np.unique(clusters, return_inverse=True)[1].ravel()
+    keyed = np.array([bool(k) for k in sets], bool)[key_set]  # an empty set joins nothing
+    # Nodes: images, then key sets, keys and clusters.
+    size = n + s + len(node) + (int(cluster_node.max()) + 1 if n else 0)
     edges = (
-        np.concatenate([np.frombuffer(rows, np.int64), np.arange(n)]),
-        np.concatenate([np.frombuffer(cols, np.int64), n + len(node) + cluster_node]),
+        np.concatenate([np.flatnonzero(keyed), np.arange(n), n + set_of]),
+        np.concatenate([n + key_set[keyed], n + s + len(node) + cluster_node, n + s + key_of]),
     )
     graph = coo_matrix((np.ones(len(edges[0]), dtype=np.int8), edges), shape=(size, size))
-    _, component = connected_components(graph, directed=False)
-    ids: dict[int, int] = {}
-    group = [ids.setdefault(int(component[i]), len(ids)) for i in range(n)]
-    best: dict[int, tuple] = {}
-    for i, ks in enumerate(keys):
-        for k in ks:
-            kind = k.split(":", 1)[0]
-            rank = (_KIND_ORDER.get(kind, 2), k)
-            if group[i] not in best or rank < best[group[i]]:
-                best[group[i]] = rank
-    first_cluster: dict[int, int] = {}
-    for i, c in enumerate(clusters):
-        first_cluster.setdefault(group[i], int(c))
-    names = [best[g][1] if g in best else f"cluster:{first_cluster[g]}" for g in group]
-    return Grouping(group, names, keys, [int(c) for c in clusters])
+    component = connected_components(graph, directed=False)[1][:n]
+    _, first, ids = np.unique(component, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    ids = rank[ids.ravel()]
+    first = np.sort(first)
+    # Each key set's best key, then each group's best over its images' key sets.
+    ranked = sorted({min(ks, key=_key_rank) for ks in sets if ks}, key=_key_rank)
+    place = {k: r for r, k in enumerate(ranked)}
+    set_best = np.array([place[min(ks, key=_key_rank)] if ks else len(ranked) for ks in sets])
+    best = np.full(len(first), len(ranked), np.int64)
+    if n:
+        np.minimum.at(best, ids, set_best[key_set])
+    best[best == len(ranked)] = -1
+    return Grouping(ids, sets, key_set, clusters, best, ranked, first)
+
+
+def _key_rank(key: str) -> tuple[int, str]:
+    return _KIND_ORDER.get(key.split(":", 1)[0], 2), key
 
 
 def _in_several(values: Sequence[int]) -> list[int]:
@@ -139,25 +208,14 @@ def _in_several(values: Sequence[int]) -> list[int]:
     return np.flatnonzero(counts[inverse.ravel()] > 1).tolist()
 
 
-def _sorted_keys(keys: Sequence[Iterable[str]]) -> list[list[str]]:
-    """Each image's keys, sorted and without repeats; images with equal keys share one list."""
-    shared: dict[tuple[str, ...], list[str]] = {}
-    out = []
-    for k in keys:
-        k = tuple(k)
-        found = shared.get(k)
-        if found is None:
-            found = shared[k] = sorted(set(k))
-        out.append(found)
-    return out
-
-
 def groups_across_splits(groups: Sequence, splits: Sequence[str]) -> int:
     """How many groups have images in more than one split (0 for a leak-free split)."""
-    seen: dict = {}
-    for g, s in zip(groups, splits):
-        seen.setdefault(g, set()).add(s)
-    return sum(1 for s in seen.values() if len(s) > 1)
+    if not len(groups):
+        return 0
+    g = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+    s = np.unique(np.asarray(splits), return_inverse=True)[1].ravel()
+    pairs = np.unique(g * (int(s.max()) + 1) + s)
+    return int((np.bincount(pairs // (int(s.max()) + 1)) > 1).sum())
 
 
 def _as_folds(fraction: float) -> tuple[int, int]:

@@ -10,6 +10,7 @@ fixed-width arrays (~300 bytes an image), searched by sorted SHA-256: no object 
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from ..atomic import atomic_path
 from .images import DECODER
 from .ingest import Inspection
 
-__all__ = ["CACHE_NAME", "CACHE_VERSION", "HashCache"]
+__all__ = ["CACHE_NAME", "CACHE_VERSION", "HashCache", "sha256_hex"]
 
 CACHE_NAME = "hash_cache.npz"
 # What a cached entry depends on besides the bytes: change it when the hashes or the ITA change.
@@ -65,25 +66,50 @@ class HashCache:
         skin = (("ita", str(self._skin[row, 0])), ("skin_tone", str(self._skin[row, 1])))
         return Inspection(None, sha256, self._hashes[row].copy(), skin)
 
-    def save(self, sha256: np.ndarray, hashes: np.ndarray, skin: np.ndarray) -> None:
+    def save(self, sha256: np.ndarray, hashes: np.ndarray, skin) -> None:
         """Write the usable images of this fetch (atomically), each SHA-256 once (its first
-        entry); without a path, nothing.
+        entry); without a path, nothing. The arrays are made and written one at a time: the
+        cache's transient memory is its largest array's, not their sum.
 
         Args:
-            sha256: (N,) ASCII hex (`S64`).
+            sha256: (N,) raw bytes (`V32`) or ASCII hex (`S64`).
             hashes: (N, 2, 8) perceptual hashes.
-            skin: (N, 2) ITA and skin tone, "" where unknown.
+            skin: (N, 2) ITA and skin tone, "" where unknown; or a function that makes it.
         """
         if self.path is None:
             return
         first = np.sort(np.unique(sha256, return_index=True)[1])
         if len(first) == len(sha256):  # no image twice: no copies
             first = slice(None)
+        arrays = {
+            "version": lambda: np.array(CACHE_VERSION),
+            "sha256": lambda: sha256_hex(sha256[first]),  # ASCII: a quarter of U64
+            "hashes": lambda: np.asarray(hashes, dtype=np.uint64)[first].reshape(-1, 2, 8),
+            "skin": lambda: np.asarray(skin() if callable(skin) else skin, dtype=str)[
+                first
+            ].reshape(-1, 2),
+        }
         with atomic_path(self.path) as tmp, open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                version=np.array(CACHE_VERSION),
-                sha256=np.asarray(sha256, dtype="S64")[first],  # ASCII: a quarter of U64
-                hashes=np.asarray(hashes, dtype=np.uint64)[first].reshape(-1, 2, 8),
-                skin=np.asarray(skin, dtype=str)[first].reshape(-1, 2),
-            )
+            _write_npz(fh, arrays)
+
+
+def _write_npz(fh, arrays: dict[str, Callable[[], np.ndarray]]) -> None:
+    """`np.savez` of arrays made one at a time, each freed once written."""
+    with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, make in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as out:
+                np.lib.format.write_array(out, np.asanyarray(make()), allow_pickle=False)
+
+
+# Each byte's two hex digits, as ASCII codes: (256, 2) uint8.
+_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)[
+    np.stack([np.arange(256) >> 4, np.arange(256) & 15], axis=1)
+]
+
+
+def sha256_hex(sha256: np.ndarray) -> np.ndarray:
+    """(N,) SHA-256 as ASCII hex (`S64`), of raw bytes (`V32`) or hex already."""
+    if sha256.dtype.kind == "S":
+        return np.asarray(sha256, dtype="S64")
+    raw = np.ascontiguousarray(sha256).view(np.uint8).reshape(-1, 32)
+    return _HEX[raw].reshape(len(raw), 64).view("S64").ravel()

@@ -70,11 +70,27 @@ class Members(Sequence[PurePosixPath]):
             return [PurePosixPath(self.hdf5, f"{k}.jpg") for k in self.keys[i]]
         return PurePosixPath(self.hdf5, f"{self.keys[i]}.jpg")
 
-    def candidates(self) -> list[Candidate]:
-        return [
-            Candidate(f"{self.hdf5}/{k}.jpg", None, label, row)
-            for k, row, label in zip(self.keys, self.rows, self.labels)
-        ]
+    def candidates(self) -> Sequence[Candidate]:
+        """The images as `Candidate`s, each made when indexed (401,059 are never all held)."""
+        return _MemberCandidates(self)
+
+    def candidate(self, i: int) -> Candidate:
+        return Candidate(f"{self.hdf5}/{self.keys[i]}.jpg", None, self.labels[i], self.rows[i])
+
+
+class _MemberCandidates(Sequence[Candidate]):
+    def __init__(self, members: Members) -> None:
+        self._members = members
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._members.candidate(j) for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return self._members.candidate(i % len(self))
 
 
 @dataclass
@@ -82,7 +98,7 @@ class Isic2024Layout(MetadataLayout):
     """ISIC 2024's matched images: `files` is a `Members` (a key, row and class per image, no
     path object or dict entry per image: 401,059 of them); `rows` and `labels` stay empty."""
 
-    def candidates(self) -> list[Candidate]:
+    def candidates(self) -> Sequence[Candidate]:
         return self.files.candidates() if isinstance(self.files, Members) else []
 
 

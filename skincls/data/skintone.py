@@ -21,6 +21,8 @@ category `unknown`, counted as such, never guessed.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Mapping
 
 import numpy as np
 from PIL import Image
@@ -33,6 +35,7 @@ __all__ = [
     "rgb_to_lab",
     "skin_ita",
     "skin_tone_attributes",
+    "skin_tone_counts",
     "skin_tone_summary",
 ]
 
@@ -127,26 +130,48 @@ def skin_tone_attributes(image: Image.Image) -> tuple[tuple[str, str], ...]:
 def skin_tone_summary(records) -> dict | None:
     """`dataset.json`'s `skin_tone`: images per ITA category in each split and in all, the median
     ITA, and the recorded Fitzpatrick types where the metadata has them; None without any ITA."""
-    tones = [(r.split, r.column("skin_tone"), r.column("ita")) for r in records]
-    tones = [t for t in tones if t[1]]
+    return skin_tone_counts(
+        Counter(
+            (r.split, r.column("skin_tone"), r.column("ita"), r.column("fitzpatrick"))
+            for r in records
+        )
+    )
+
+
+def skin_tone_counts(counts: Mapping[tuple[str, str, str, str], int]) -> dict | None:
+    """`skin_tone_summary` of images counted by `(split, skin_tone, ita, fitzpatrick)` (each
+    "" where unknown): no object per image."""
+    tones = {k: n for k, n in counts.items() if k[1]}
     if not tones:
         return None
     order = [*(name for _, name in ITA_CATEGORIES), UNKNOWN]
-    known = [float(t[2]) for t in tones if t[2]]
+    known = [(float(k[2]), n) for k, n in tones.items() if k[2]]
+    total, by = Counter(), Counter()
+    for (split, tone, _, _), n in tones.items():
+        total[tone] += n
+        by[split, tone] += n
     out: dict = {
         "method": "ITA of the image's border ring, darkest quarter left out, unknown where its "
         f"median b* <= {MIN_B:g} (a colour cast) (skincls.data.skintone)",
-        "median_ita": round(float(np.median(known)), 1) if known else None,
-        "counts": {c: sum(t[1] == c for t in tones) for c in order},
-        "by_split": {
-            s: {c: sum(t[0] == s and t[1] == c for t in tones) for c in order}
-            for s in ("train", "val", "test")
-        },
+        "median_ita": _median(known),
+        "counts": {c: total[c] for c in order},
+        "by_split": {s: {c: by[s, c] for c in order} for s in ("train", "val", "test")},
     }
-    fitz = [r.column("fitzpatrick") for r in records if r.column("fitzpatrick")]
+    fitz = Counter()
+    for k, n in counts.items():
+        if k[3]:
+            fitz[k[3]] += n
     if fitz:
-        out["fitzpatrick"] = {v: fitz.count(v) for v in sorted(set(fitz))}
+        out["fitzpatrick"] = {v: fitz[v] for v in sorted(fitz)}
     return out
+
+
+def _median(values: list[tuple[float, int]]) -> float | None:
+    """The median (one decimal) of values given with their counts; None without any."""
+    if not values:
+        return None
+    x, n = np.array([v for v, _ in values]), np.array([n for _, n in values])
+    return round(float(np.median(np.repeat(x, n))), 1)
 
 
 def describe_skin_tones(summary: dict | None) -> str | None:

@@ -28,8 +28,11 @@ __all__ = [
     "Record",
     "assign_splits",
     "load_manifest",
+    "split_codes",
+    "split_rank",
     "stream_manifest",
     "unify_groups",
+    "unify_ranks",
     "write_manifest",
 ]
 
@@ -102,6 +105,14 @@ class Manifest:
         return self.classes.index(label)
 
 
+_RANK = {s: k for k, s in enumerate(SPLITS)}  # how held out: train 0, val 1, test 2
+
+
+def split_rank(source_split: str | None) -> int:
+    """How held out a source split is: its position in `SPLITS` (none or another name: train)."""
+    return _RANK.get(source_split or "train", 0)
+
+
 def unify_groups(source_splits: Sequence[str | None], groups: Sequence[int]) -> list[str]:
     """Put every group wholly in its most held-out split (test, then val, then train).
 
@@ -111,12 +122,18 @@ def unify_groups(source_splits: Sequence[str | None], groups: Sequence[int]) -> 
     Returns:
         A split per item; compare with `source_splits` to see which items moved.
     """
-    rank = {"train": 0, "val": 1, "test": 2}
-    best: dict[int, int] = {}
-    for s, g in zip(source_splits, groups):
-        best[g] = max(best.get(g, 0), rank.get(s or "train", 0))
-    names = {v: k for k, v in rank.items()}
-    return [names[best[g]] for g in groups]
+    rank = np.array([split_rank(s) for s in source_splits], np.int8)
+    return [SPLITS[k] for k in unify_ranks(rank, groups).tolist()]
+
+
+def unify_ranks(rank: np.ndarray, groups: Sequence[int]) -> np.ndarray:
+    """`unify_groups` of codes: per item, the highest `split_rank` in its group."""
+    if not len(rank):
+        return np.zeros(0, np.int8)
+    g = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+    best = np.zeros(int(g.max()) + 1, np.int8)
+    np.maximum.at(best, g, rank)
+    return best[g]
 
 
 def assign_splits(
@@ -140,24 +157,41 @@ def assign_splits(
     Returns:
         A split name per item, in input order.
     """
+    y = np.unique(np.asarray(labels), return_inverse=True)[1].ravel()
+    rank = np.array([split_rank(s) for s in source_splits], np.int8)
+    codes = split_codes(
+        y, rank, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, groups=groups
+    )
+    return [SPLITS[k] for k in codes.tolist()]
+
+
+def split_codes(
+    labels: np.ndarray,
+    source_ranks: np.ndarray,
+    *,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    groups: Sequence[int] | None = None,
+) -> np.ndarray:
+    """`assign_splits` of codes: `labels` as integers in the classes' sorted order,
+    `source_ranks` by `split_rank`; returns each item's position in `SPLITS` (int8)."""
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1:
         raise DataError("val and test fractions must be in [0, 1)")
     n = len(labels)
-    group_ids = list(groups) if groups is not None else list(range(n))
-    out = unify_groups(source_splits, group_ids)
-    has_test, has_val = "test" in out, "val" in out
+    group_ids = np.asarray(groups) if groups is not None else np.arange(n)
+    out = unify_ranks(np.asarray(source_ranks, np.int8), group_ids)
+    has_test, has_val = (out == 2).any(), (out == 1).any()
 
-    def carve(target: str, fraction: float) -> None:
+    def carve(target: int, fraction: float) -> None:
         # Whole groups, stratified by label, among the items still in train.
-        idx = [i for i in range(n) if out[i] == "train"]
-        held = carve_groups([labels[i] for i in idx], [group_ids[i] for i in idx], fraction, seed)
-        for i in np.asarray(idx, dtype=int)[held]:
-            out[i] = target
+        idx = np.flatnonzero(out == 0)
+        out[idx[carve_groups(labels[idx], group_ids[idx], fraction, seed)]] = target
 
     if not has_test and test_fraction > 0:
-        carve("test", test_fraction)
+        carve(2, test_fraction)
     if not has_val and val_fraction > 0:
-        carve("val", val_fraction)
+        carve(1, val_fraction)
     return out
 
 

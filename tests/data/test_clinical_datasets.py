@@ -4,6 +4,7 @@ its real layout through the registry, with its label map recorded and nothing dr
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,9 @@ def test_pad_ufes20_is_detected_with_codes_lesions_patients_and_attributes(tmp_p
     assert any("ACK" in n for n in info.metadata.label_notes)
     saved = json.loads((tmp_path / "d" / "dataset.json").read_text())
     assert saved["metadata"]["label_map"]["NEV"] == "nv"
+    # The recorded Fitzpatrick types are summed up beside the ITA estimate (the model card's).
+    fitz = Counter(r.column("fitzpatrick") for r in m.records)
+    assert saved["skin_tone"]["fitzpatrick"] == dict(sorted(fitz.items())) and len(fitz) == 6
 
 
 def test_pad_ufes20_binary_counts_ack_by_the_map_and_malignant_changes_it(tmp_path, pad):

@@ -22,7 +22,7 @@ def test_lesion_patient_and_duplicates_join_transitively():
     ]
     clusters = [0, 1, 2, 2, 3, 4]
     g = build_grouping(keys, clusters)
-    assert g.ids == [0, 0, 0, 0, 1, 2]
+    assert g.ids.tolist() == [0, 0, 0, 0, 1, 2]
     assert g.names[:4] == ["patient:P"] * 4  # a patient names the group before a lesion
     assert g.names[4:] == ["lesion:L3", "cluster:4"]
     summary = g.summary([f"i{k}" for k in range(6)], ["a"] * 6, ["train"] * 4 + ["test"] * 2)

@@ -18,7 +18,7 @@ import pytest
 from skincls.data import hdf5 as hdf5_module
 from skincls.data import parallel
 from skincls.data.fetch import fetch
-from skincls.data.fetch.records import VerifiedImage
+from skincls.data.fetch.records import Curated, VerifiedImage
 from skincls.data.images import load_image
 from skincls.data.ingest import Candidate, Inspection
 from skincls.data.isic2024 import LABEL_RULE, _match_keys
@@ -216,39 +216,59 @@ def test_an_hdf5_file_replaced_at_the_same_path_is_read_anew(tmp_path):
         assert hdf5_module.hdf5_keys(path) == ["ISIC_1"]
 
 
-def _per_image_objects() -> Counter:
-    """Live objects of the kinds fetch once kept one of (or more) per image, by type."""
+def _per_image_objects(n: int) -> Counter:
+    """Live objects of the kinds fetch once kept one of (or more) per image, by type; and lists
+    of `n` items: an entry per image (`list of n`)."""
     kinds = {MetaRow, Record, VerifiedImage, Candidate, Inspection, PurePosixPath, PosixPath}
     gc.collect()
-    return Counter(type(o).__name__ for o in gc.get_objects() if type(o) in kinds)
+    objects = gc.get_objects()
+    found = Counter(type(o).__name__ for o in objects if type(o) in kinds)
+    found["list of n"] = sum(1 for o in objects if type(o) is list and len(o) == n)
+    return found
 
 
 def test_fetch_holds_no_object_per_image_past_verification(tmp_path, monkeypatch):
     # ISIC 2024 has 401,059 images: past verification fetch keeps columns (hashes, SHA-256,
-    # pooled rows), never an object per image; the manifest is written row by row.
+    # pooled rows) and curation arrays of codes, never an object or a list entry per image; the
+    # manifest is written row by row, and no row is made before it is written.
     n = 400  # 84 distinct (patient, age, sex, hospital) rows
     src = isic2024_source(tmp_path / "src", n=n, patients=4)
     stages = sys.modules["skincls.data.fetch"]
-    seen = {}
+    write = sys.modules["skincls.data.fetch.write"]
+    seen, made = {}, Counter()
 
-    def spy(name):
-        real = getattr(stages, name)
+    def spy(module, name, count=True):
+        real = getattr(module, name)
 
         def counted(*args, **kwargs):
-            seen[f"{name} called"] = _per_image_objects()
+            seen[f"{name} called"] = _per_image_objects(n) if count else None
+            made[f"before {name}"] = made["records"]
             out = real(*args, **kwargs)
-            seen[f"{name} returned"] = _per_image_objects()
+            seen[f"{name} returned"] = _per_image_objects(n) if count else None
             return out
 
-        monkeypatch.setattr(stages, name, counted)
+        monkeypatch.setattr(module, name, counted)
 
-    spy("curate")
-    spy("write_dataset")
-    before = _per_image_objects()
+    real_records = Curated.records
+
+    def records(self):
+        for r in real_records(self):
+            made["records"] += 1
+            yield r
+
+    monkeypatch.setattr(Curated, "records", records)
+    spy(stages, "curate")
+    spy(stages, "write_dataset")
+    spy(write, "stream_manifest", count=False)
+    before = _per_image_objects(n)
     report = fetch(tmp_path / "d", source_dir=src, dataset="isic2024", workers=1)
-    assert report.info.n_kept == n and len(seen) == 4
+    assert report.info.n_kept == n and len(seen) == 6
     for point, counts in seen.items():
-        assert (counts - before).total() < n // 4, (point, counts - before)
+        if counts is not None:
+            more = counts - before
+            assert more.pop("list of n", 0) == 0, (point, "a list with an entry per image")
+            assert more.total() < n // 4, (point, more)
+    assert made["before stream_manifest"] == 0 and made["records"] == 2 * n  # two passes
     assert len(report.manifest.records) == n  # read from the data dir when asked for
 
 
@@ -264,7 +284,9 @@ def test_isic2024_keys_are_matched_as_the_generic_matcher_matches_paths():
     paths = [PurePosixPath("train-image.hdf5", f"{k}.jpg") for k in keys]
     old = _match(PurePosixPath(), rows, [("e", "bad")], paths, {}, policy, ["m.csv"], False)
     assert list(new.files) == old.files == [paths[1], paths[0], paths[2]]
-    assert [replace(c, row=replace(c.row, image="")) for c in old.candidates()] == new.candidates()
+    assert [replace(c, row=replace(c.row, image="")) for c in old.candidates()] == list(
+        new.candidates()
+    )
     assert (new.skipped, new.summary) == (old.skipped, old.summary)
     assert new.summary["rows_repeating_an_image"] == 1 and new.summary["rows_without_image"] == 2
     conflict = [*rows, MetaRow("a", "unk", patient_id="P2")]

@@ -9,15 +9,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from ..dedup import find_duplicates, summarize_duplicates
 from ..download import default_cache_dir
-from ..grouping import Grouping, build_grouping
+from ..grouping import Grouping, group_images
 from ..info import MovedImage
-from ..metadata import MetaRow
 from ..references import Provenance, Reference, load_reference, match_references
-from ..splits import assign_splits, unify_groups
+from ..splits import SPLITS, split_codes, split_rank, unify_ranks
 from .records import Curated, FetchOptions
-from .table import ImageTable
+from .table import Coded, ImageTable, Pool
 
 __all__ = ["curate", "load_references"]
 
@@ -38,25 +39,28 @@ def load_references(options: FetchOptions) -> list[Reference]:
 
 def curate(table: ImageTable, references: Sequence[Reference], options: FetchOptions) -> Curated:
     """The images' duplicate clusters, groups and splits (`options`: fractions, seed,
-    near-duplicate distances), in table order, and what was found on the way."""
+    near-duplicate distances), in table order, and what was found on the way.
+
+    Per image only arrays of codes are made (cluster, group, split); names and paths are looked
+    up for the few images a summary lists."""
     hashes = table.hashes
     dups = find_duplicates(
-        table.sha256, hashes, options.near_dup_distance, options.near_dup_confirm
+        table.sha256_raw, hashes, options.near_dup_distance, options.near_dup_confirm
     )
     prov = match_references(hashes, references) if references else None
-    keys, lesion, patient = _identities(table, prov)
+    key_sets, key_set, lesion, patient = _identities(table, prov)
     # Lesion, patient and duplicate cluster, joined: one group never straddles two splits.
-    grouping = build_grouping(keys, dups.cluster)
-    del keys
-    labels, sources = table.column("label"), table.column("split")
-    splits = assign_splits(
-        labels,
-        sources,
+    grouping = group_images(key_sets, key_set, dups.cluster)
+    del key_set
+    splits = split_codes(
+        _label_ranks(table),
+        _source_ranks(table),
         val_fraction=options.val_fraction,
         test_fraction=options.test_fraction,
         seed=options.seed,
         groups=grouping.ids,
     )
+    labels, sources, names = table.values("label"), table.values("split"), Coded(splits, SPLITS)
     rel = _Paths(table.rel)
     return Curated(
         table,
@@ -65,9 +69,9 @@ def curate(table: ImageTable, references: Sequence[Reference], options: FetchOpt
         grouping.names,
         lesion,
         patient,
-        _moved(sources, rel, grouping, dups.cluster),
-        duplicates=summarize_duplicates(dups, labels, sources, rel, splits),
-        groups=grouping.summary(rel, labels, splits),
+        _moved(table, rel, grouping, dups.cluster),
+        duplicates=summarize_duplicates(dups, labels, sources, rel, names),
+        groups=grouping.summary(rel, labels, names),
         provenance=prov.report(labels) if prov else None,
     )
 
@@ -75,7 +79,7 @@ def curate(table: ImageTable, references: Sequence[Reference], options: FetchOpt
 class _Paths(Sequence[str]):
     """Paths in the data dir (`images/…`) of paths under `images/`, each made when asked for."""
 
-    def __init__(self, rel: list[str]) -> None:
+    def __init__(self, rel: Sequence[str]) -> None:
         self._rel = rel
 
     def __len__(self) -> int:
@@ -87,32 +91,60 @@ class _Paths(Sequence[str]):
         return f"images/{self._rel[i]}"
 
 
+def _label_ranks(table: ImageTable) -> np.ndarray:
+    """Each image's class as its position among the classes sorted (the label id)."""
+    values = table.pools["label"].values
+    rank = {v: r for r, v in enumerate(sorted(values))}
+    return np.array([rank[v] for v in values], np.int64)[table.codes("label")]
+
+
+def _source_ranks(table: ImageTable) -> np.ndarray:
+    """Each image's source split as `split_rank` (none: train)."""
+    values = table.pools["split"].values
+    return np.array([split_rank(v) for v in values], np.int8)[table.codes("split")]
+
+
 def _moved(
-    source_splits: list[str | None], rel: Sequence[str], grouping: Grouping, cluster: list[int]
+    table: ImageTable, rel: Sequence[str], grouping: Grouping, cluster: np.ndarray
 ) -> list[MovedImage]:
     """Images out of their source split: their group is whole in another (`unify_groups`)."""
-    unified = unify_groups(source_splits, grouping.ids)
+    unified = unify_ranks(_source_ranks(table), grouping.ids)
+    values, code = table.pools["split"].values, table.codes("split")
+    # Per source split and split it is unified into: whether the image moved.
+    differs = np.array([[v is not None and v != s for s in SPLITS] for v in values], bool)
     return [
         MovedImage(
-            path=rel[i], from_split=s, to=unified[i], cluster=cluster[i], group=grouping.names[i]
+            path=rel[i],
+            from_split=values[code[i]],
+            to=SPLITS[unified[i]],
+            cluster=int(cluster[i]),
+            group=grouping.names[i],
         )
-        for i, s in enumerate(source_splits)
-        if s is not None and s != unified[i]
+        for i in np.flatnonzero(differs[code, unified]).tolist()
     ]
 
 
 def _identities(
     table: ImageTable, prov: Provenance | None
-) -> tuple[list[tuple[str, ...]], list[str], list[str]]:
-    """Per image: its grouping keys, lesion id and patient id, from its metadata row first, then
-    from the reference image it is a copy of. Images of one row share its keys' tuple."""
-    keys, lesion, patient = [], [], []
-    own: dict[MetaRow, tuple[str, ...]] = {}
-    for i, r in enumerate(table.column("row")):
-        k = own.get(r)
-        if k is None:
-            k = own[r] = tuple(r.keys())
-        keys.append(k + tuple(prov.keys[i]) if prov else k)
-        lesion.append(r.lesion_id or (prov.lesion_ids[i] if prov else ""))
-        patient.append(r.patient_id or (prov.patient_ids[i] if prov else ""))
-    return keys, lesion, patient
+) -> tuple[list[tuple[str, ...]], np.ndarray, Coded, Coded]:
+    """The images' distinct sets of grouping keys, each image's set (a code), lesion id and
+    patient id: from its metadata row first, then from the reference image it is a copy of."""
+    rows, row = table.pools["row"].values, table.codes("row")
+    if prov is None:  # an image's row says it all: the rows are the codes
+        lesion = Coded(row, [r.lesion_id for r in rows])
+        return (
+            [tuple(r.keys()) for r in rows],
+            row,
+            lesion,
+            Coded(row, [r.patient_id for r in rows]),
+        )
+    pools, codes = (Pool(), Pool(), Pool()), np.empty((3, len(row)), np.int64)
+    for i, c in enumerate(row.tolist()):
+        r = rows[c]
+        codes[:, i] = (
+            pools[0].code(tuple(r.keys()) + tuple(prov.keys[i])),
+            pools[1].code(r.lesion_id or prov.lesion_ids[i]),
+            pools[2].code(r.patient_id or prov.patient_ids[i]),
+        )
+    keys, lesion, patient = (p.values for p in pools)
+    return keys, codes[0], Coded(codes[1], lesion), Coded(codes[2], patient)

@@ -7,16 +7,18 @@ Past verification the images are columns (`table.ImageTable`), never an object p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from ..dedup import DEFAULT_CONFIRM_DISTANCE, DEFAULT_NEAR_DUP_DISTANCE
 from ..download import DatasetClient
 from ..info import DatasetInfo, DuplicateSummary, MovedImage
 from ..ingest import MAX_ARCHIVE_BYTES, Layout
 from ..sources import SourcePlan
-from ..splits import Manifest, Record, load_manifest
+from ..splits import SPLITS, Manifest, Record, load_manifest
 from .table import ImageTable, VerifiedImage
 
 __all__ = [
@@ -135,9 +137,10 @@ class VerifiedImages:
 class Curated:
     """The images with their split and group, and what curation found on the way.
 
-    Per image (lists in table order; their strings are shared, one per distinct value): `split`,
-    duplicate `cluster`, `group` name, `lesion` and `patient` id. The manifest rows are made from
-    them one at a time (`records`).
+    Per image, in table order: `split` (int8 codes, positions in `splits.SPLITS`) and duplicate
+    `cluster` (int64) as arrays; `group`, `lesion` and `patient` as sequences that look each name
+    up when indexed (`table.Coded`). The manifest rows are made from them one at a time
+    (`records`).
 
     Attributes:
         moved: Images moved out of their source split to keep a group whole.
@@ -147,11 +150,11 @@ class Curated:
     """
 
     table: ImageTable
-    split: list[str]
-    cluster: list[int]
-    group: list[str]
-    lesion: list[str]
-    patient: list[str]
+    split: np.ndarray
+    cluster: np.ndarray
+    group: Sequence[str]
+    lesion: Sequence[str]
+    patient: Sequence[str]
     moved: list[MovedImage] = field(default_factory=list)
     duplicates: DuplicateSummary | None = None
     groups: dict | None = None
@@ -159,11 +162,18 @@ class Curated:
 
     def records(self) -> Iterator[Record]:
         """One manifest row per verified image, in table order, each made when it is asked for."""
-        columns = zip(self.table, self.split, self.cluster, self.group, self.lesion, self.patient)
-        for im, split, cluster, group, lesion, patient in columns:
+        for i, im in enumerate(self.table):
             path, attributes = f"images/{im.rel}", (im.row.attributes if im.row else ()) + im.skin
             yield Record(
-                path, im.label, split, im.sha256, cluster, group, lesion, patient, attributes
+                path,
+                im.label,
+                SPLITS[self.split[i]],
+                im.sha256,
+                int(self.cluster[i]),
+                self.group[i],
+                self.lesion[i],
+                self.patient[i],
+                attributes,
             )
 
 

@@ -1,22 +1,25 @@
 """The verified images as columns: a few fixed-width values per image, not objects per image.
 
 ISIC 2024 has 401,059 images: one dataclass, tuple and string per image and field cost ~4 KB an
-image in the fetch process. Here an image costs its path, its perceptual hashes (128 bytes), its
-SHA-256 (64) and four codes (16); each distinct class, source split, skin tone and metadata row
-(lesion, patient, attributes) is kept once (`Pool`), however many images share it.
+image in the fetch process. Here an image costs its path's bytes (in one blob), its perceptual
+hashes (128 bytes), its SHA-256 (32) and four codes (16); each distinct class, source split, skin
+tone and metadata row (lesion, patient, attributes) is kept once (`Pool`), however many images
+share it. Columns are read back as arrays of codes (`codes`) or as sequences made when indexed
+(`Coded`), never as a list per image.
 """
 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..hashcache import sha256_hex
 from ..metadata import MetaRow
 
-__all__ = ["ImageTable", "Pool", "VerifiedImage"]
+__all__ = ["Coded", "ImageTable", "Pool", "VerifiedImage"]
 
 _NO_ROW = MetaRow("", "")
 _FIELDS = ("label", "split", "skin", "row")  # the codes kept per image, in this order
@@ -60,30 +63,53 @@ class Pool:
         return found
 
 
+class Coded(Sequence):
+    """A value per item, looked up when asked for: `values[codes[i]]` (`values` may itself be
+    any sequence, e.g. one that makes its values)."""
+
+    def __init__(self, codes: np.ndarray, values: Sequence) -> None:
+        self.codes, self.values = codes, values
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.values[c] for c in self.codes[i].tolist()]
+        return self.values[int(self.codes[i])]
+
+    def __iter__(self) -> Iterator:
+        for start in range(0, len(self.codes), 1 << 16):
+            yield from self[start : start + (1 << 16)]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(list(self.values), dtype=dtype)[self.codes]
+
+
 class ImageTable:
     """The verified images, in order: their paths, hashes, SHA-256 and pooled fields.
 
     Attributes:
-        rel: Path relative to `images/` per image (`train/benign/3.jpg`).
         pools: The distinct labels, source splits (None: none), skin tones and metadata rows.
     """
 
     def __init__(self, capacity: int) -> None:
-        self.rel: list[str] = []
         self._hashes = np.empty((capacity, 2, 8), np.uint64)
-        self._sha = bytearray()  # 64 ASCII hex digits per image
+        self._sha = bytearray()  # 32 bytes per image
+        self._rel = bytearray()  # each path's UTF-8 bytes, one after another
+        self._ends = array("Q")  # where each path's bytes end in `_rel`
         self._codes = array("I")  # len(_FIELDS) codes per image
         self.pools = {name: Pool() for name in _FIELDS}
 
     def __len__(self) -> int:
-        return len(self.rel)
+        return len(self._ends)
 
     def append(self, rel, label, split, sha256, hashes, row=None, skin=()) -> None:
         """Add one image (the fields of `VerifiedImage`); `capacity` images at most."""
         if len(sha256) != 64:
             raise ValueError(f"a SHA-256 is 64 hex digits, not {sha256!r}")
-        self._hashes[len(self.rel)] = hashes
-        self._sha += sha256.encode("ascii")
+        self._hashes[len(self)] = hashes
+        self._sha += bytes.fromhex(sha256)
         # Only what the manifest and the groups need of the row: rows differing in image alone
         # (a patient's images, one lesion's photos) share one.
         row = replace(row, image="", diagnosis="", malignant=None) if row is not None else _NO_ROW
@@ -96,7 +122,8 @@ class ImageTable:
                 p["row"].code(row),
             )
         )
-        self.rel.append(rel)
+        self._rel += rel.encode("utf-8", "surrogatepass")  # any str, undecodable names too
+        self._ends.append(len(self._rel))
 
     @classmethod
     def of(cls, images: Iterable[VerifiedImage]) -> ImageTable:
@@ -108,20 +135,43 @@ class ImageTable:
         return table
 
     @property
+    def rel(self) -> Sequence[str]:
+        """Path relative to `images/` per image (`train/benign/3.jpg`), made when indexed."""
+        return _Paths(self._rel, self._ends)
+
+    @property
     def hashes(self) -> np.ndarray:
         """(N, 2, 8) perceptual hashes (`dedup.perceptual_hashes`)."""
-        return self._hashes[: len(self.rel)]
+        return self._hashes[: len(self)]
 
     @property
     def sha256(self) -> np.ndarray:
         """(N,) SHA-256 of each image's bytes, ASCII hex (`S64`)."""
-        return np.frombuffer(self._sha, dtype="S64")
+        return sha256_hex(np.frombuffer(self._sha, "V32"))
+
+    @property
+    def sha256_raw(self) -> np.ndarray:
+        """(N,) SHA-256 of each image's bytes, 32 raw bytes each (`V32`, a copy)."""
+        return np.frombuffer(self._sha, "V32").copy()
+
+    def sha_hex(self, i: int) -> str:
+        """Image `i`'s SHA-256, hex."""
+        return self._sha[32 * i : 32 * i + 32].hex()
+
+    def codes(self, name: str) -> np.ndarray:
+        """(N,) codes of one pooled field (`label`, `split`, `skin`, `row`): positions in
+        `pools[name].values`."""
+        k = len(_FIELDS)
+        return np.frombuffer(self._codes, np.uint32)[_FIELDS.index(name) :: k].astype(np.int64)
+
+    def values(self, name: str) -> Coded:
+        """One pooled field per image, looked up when indexed: `label`, `split`, `skin` or `row`
+        (a `MetaRow`, its image and diagnosis blank; blank altogether where the image has none)."""
+        return Coded(self.codes(name), self.pools[name].values)
 
     def column(self, name: str) -> list:
-        """One pooled field per image: `label`, `split`, `skin` or `row` (a `MetaRow`, its image
-        and diagnosis blank; blank altogether where the image has none)."""
-        values = self.pools[name].values
-        return [values[c] for c in self._codes[_FIELDS.index(name) :: len(_FIELDS)]]
+        """`values(name)` as a list (tests and small sources)."""
+        return list(self.values(name))
 
     def skin_pairs(self) -> np.ndarray:
         """(N, 2) ITA and skin tone per image, "" where unknown."""
@@ -129,8 +179,7 @@ class ImageTable:
             (dict(s).get("ita", ""), dict(s).get("skin_tone", ""))
             for s in self.pools["skin"].values
         ]
-        codes = np.frombuffer(self._codes, np.uint32)[_FIELDS.index("skin") :: len(_FIELDS)]
-        return np.array(pairs or [("", "")], dtype=str)[codes]
+        return np.array(pairs or [("", "")], dtype=str)[self.codes("skin")]
 
     def __iter__(self) -> Iterator[VerifiedImage]:
         """The images one at a time, as `VerifiedImage`s (made as they are asked for)."""
@@ -138,5 +187,23 @@ class ImageTable:
         k = len(_FIELDS)
         for i, rel in enumerate(self.rel):
             label, split, skin, row = (v[c] for v, c in zip(values, self._codes[k * i : k * i + k]))
-            sha = self._sha[64 * i : 64 * i + 64].decode("ascii")
-            yield VerifiedImage(rel, label, split, sha, self._hashes[i], row, skin)
+            yield VerifiedImage(rel, label, split, self.sha_hex(i), self._hashes[i], row, skin)
+
+
+class _Paths(Sequence[str]):
+    """Strings stored one after another in a blob, `ends[i]` where string i ends."""
+
+    def __init__(self, blob: bytearray, ends: array) -> None:
+        self._blob, self._ends = blob, ends
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        start = self._ends[i - 1] if i else 0
+        return self._blob[start : self._ends[i]].decode("utf-8", "surrogatepass")

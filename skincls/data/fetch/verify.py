@@ -7,11 +7,12 @@ without a class) is listed with the images that failed here, so nothing is dropp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from ...errors import DataError
 from ..hashcache import HashCache
-from ..ingest import Layout
+from ..ingest import Candidate, Layout
 from ..layouts import MetadataLayout, layout_skipped
 from ..parallel import FileReader, inspect_all
 from .records import ProgressCallback, StagedFiles, VerifiedImages
@@ -39,9 +40,11 @@ def verify_images(
         OSError: a staged file cannot be read (fetch wrote it itself: that is fatal).
     """
     layout = staged.layout
-    # Damaged archive members and unreadable files were never written: skipped with their reason.
-    candidates = [c for c in layout.candidates() if c.rel not in layout.damaged]
-    rels = [c.rel for c in candidates]
+    candidates = layout.candidates()  # ISIC 2024's: made when indexed, never all held
+    if layout.damaged:
+        # Damaged archive members and unreadable files were never written: skipped with their reason.
+        candidates = [c for c in candidates if c.rel not in layout.damaged]
+    rels = _Rels(candidates)
     skipped = layout_skipped(layout)
     n_files = len(layout.files) + len(skipped)
     skipped += sorted(layout.damaged.items())
@@ -56,7 +59,7 @@ def verify_images(
             on_progress("verify", n, len(rels))
     del candidates, rels, results  # before the cache is saved: its arrays are made then
     if cache is not None:
-        cache.save(table.sha256, table.hashes, table.skin_pairs())
+        cache.save(table.sha256_raw, table.hashes, table.skin_pairs)  # skin: made last
     _check_classes(table, staged)
     classes = sorted(table.pools["label"].values)
     return VerifiedImages(table, classes, skipped, n_files, without_files(layout))
@@ -83,3 +86,18 @@ def without_files(layout: Layout) -> Layout:
     if isinstance(layout, MetadataLayout):
         return replace(layout, files=[], rows={}, labels={})
     return replace(layout, files=[])
+
+
+class _Rels(Sequence[str]):
+    """The candidates' paths, each read when indexed."""
+
+    def __init__(self, candidates: Sequence[Candidate]) -> None:
+        self._candidates = candidates
+
+    def __len__(self) -> int:
+        return len(self._candidates)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [c.rel for c in self._candidates[i]]
+        return self._candidates[i].rel

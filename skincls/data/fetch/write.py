@@ -6,12 +6,15 @@ only once everything else is in place.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
+
+import numpy as np
 
 from ..freshness import FORMAT_VERSION
 from ..info import DatasetInfo, DatasetSource
-from ..skintone import skin_tone_summary
-from ..splits import stream_manifest
+from ..skintone import skin_tone_counts
+from ..splits import SPLITS, stream_manifest
 from .records import Curated, FetchPlan, VerifiedImages
 
 __all__ = ["dataset_info", "write_dataset"]
@@ -50,5 +53,22 @@ def dataset_info(plan: FetchPlan, verified: VerifiedImages, curated: Curated) ->
         groups=curated.groups,
         provenance=curated.provenance,
         moved=curated.moved,
-        skin_tone=skin_tone_summary(curated.records()),
+        skin_tone=_skin_tones(curated),
     )
+
+
+def _skin_tones(curated: Curated) -> dict | None:
+    """`skintone.skin_tone_summary` of the curated images, counted from their codes (split, skin
+    tone, metadata row): no manifest record is made for it."""
+    table = curated.table
+    skin, rows = table.pools["skin"].values, table.pools["row"].values
+    # One integer per image for its (split, skin tone, row): a sort of N integers, no more.
+    shape = (len(SPLITS), len(skin), len(rows))
+    key = (curated.split.astype(np.int64) * shape[1] + table.codes("skin")) * shape[2]
+    key += table.codes("row")
+    combos, n = np.unique(key, return_counts=True)
+    counts: Counter = Counter()
+    for (s, k, r), m in zip(zip(*np.unravel_index(combos, shape)), n.tolist()):
+        a = dict(rows[r].attributes + skin[k])  # as the manifest row's columns
+        counts[SPLITS[s], a.get("skin_tone", ""), a.get("ita", ""), a.get("fitzpatrick", "")] += m
+    return skin_tone_counts(counts)
