@@ -66,7 +66,12 @@ class HashCache:
         skin = (("ita", str(self._skin[row, 0])), ("skin_tone", str(self._skin[row, 1])))
         return Inspection(None, sha256, self._hashes[row].copy(), skin)
 
-    def save(self, sha256: np.ndarray, hashes: np.ndarray, skin) -> None:
+    def save(
+        self,
+        sha256: np.ndarray,
+        hashes: np.ndarray,
+        skin: np.ndarray | Callable[[], np.ndarray],
+    ) -> None:
         """Write the usable images of this fetch (atomically), each SHA-256 once (its first
         entry); without a path, nothing. The arrays are made and written one at a time: the
         cache's transient memory is its largest array's, not their sum.
