@@ -20,6 +20,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
+from .lazy import Mapped
+
 __all__ = ["Grouping", "build_grouping", "carve_groups", "group_images", "groups_across_splits"]
 
 # Which key names a group, when a group holds several: a patient before a lesion before others.
@@ -65,7 +67,8 @@ class Grouping:
     def names(self) -> Sequence[str]:
         """Group name per image: its patient (`patient:IP_123`), else its lesion
         (`lesion:HAM_0000118`), else another key, else its duplicate cluster (`cluster:17`)."""
-        return _PerImage(self.ids, self.group_name)
+        ids = self.ids
+        return Mapped(len(ids), lambda i: self.group_name(int(ids[i])))
 
     def summary(
         self, paths: Sequence[str], labels: Sequence[str], splits: Sequence[str] | None = None
@@ -122,21 +125,6 @@ class Grouping:
             by_cluster.setdefault(int(self.clusters[i]), set()).add(int(self.key_set[i]))
         empty = {k for k, ks in enumerate(self.key_sets) if not ks}
         return sum(1 for ks in by_cluster.values() if len(ks - empty) > 1)
-
-
-class _PerImage(Sequence):
-    """A value per image, made when asked for: `value(ids[i])`."""
-
-    def __init__(self, ids: np.ndarray, value) -> None:
-        self._ids, self._value = ids, value
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self._value(g) for g in self._ids[i].tolist()]
-        return self._value(int(self._ids[i]))
 
 
 def build_grouping(keys: Sequence[Iterable[str]], clusters: Sequence[int]) -> Grouping:

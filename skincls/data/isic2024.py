@@ -20,6 +20,7 @@ from ..errors import DataError, opt
 from .hdf5 import hdf5_keys
 from .ingest import Candidate, Layout
 from .layouts import MetadataLayout, _check_labels, _Matches, _named, _refuse_conflicts, _summary
+from .lazy import Mapped
 from .listing import is_hidden
 from .metadata import (
     BENIGN,
@@ -72,25 +73,10 @@ class Members(Sequence[PurePosixPath]):
 
     def candidates(self) -> Sequence[Candidate]:
         """The images as `Candidate`s, each made when indexed (401,059 are never all held)."""
-        return _MemberCandidates(self)
+        return Mapped(len(self), self.candidate)
 
     def candidate(self, i: int) -> Candidate:
         return Candidate(f"{self.hdf5}/{self.keys[i]}.jpg", None, self.labels[i], self.rows[i])
-
-
-class _MemberCandidates(Sequence[Candidate]):
-    def __init__(self, members: Members) -> None:
-        self._members = members
-
-    def __len__(self) -> int:
-        return len(self._members)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self._members.candidate(j) for j in range(*i.indices(len(self)))]
-        if not -len(self) <= i < len(self):
-            raise IndexError(i)
-        return self._members.candidate(i % len(self))
 
 
 @dataclass

@@ -15,6 +15,7 @@ from ..dedup import find_duplicates, summarize_duplicates
 from ..download import default_cache_dir
 from ..grouping import Grouping, group_images
 from ..info import MovedImage
+from ..lazy import Mapped
 from ..references import Provenance, Reference, load_reference, match_references
 from ..splits import SPLITS, split_codes, split_rank, unify_ranks
 from .records import Curated, FetchOptions
@@ -61,7 +62,8 @@ def curate(table: ImageTable, references: Sequence[Reference], options: FetchOpt
         groups=grouping.ids,
     )
     labels, sources, names = table.values("label"), table.values("split"), Coded(splits, SPLITS)
-    rel = _Paths(table.rel)
+    paths = table.rel
+    rel = Mapped(len(paths), lambda i: f"images/{paths[i]}")  # as in the data dir
     return Curated(
         table,
         splits,
@@ -74,21 +76,6 @@ def curate(table: ImageTable, references: Sequence[Reference], options: FetchOpt
         groups=grouping.summary(rel, labels, names),
         provenance=prov.report(labels) if prov else None,
     )
-
-
-class _Paths(Sequence[str]):
-    """Paths in the data dir (`images/…`) of paths under `images/`, each made when asked for."""
-
-    def __init__(self, rel: Sequence[str]) -> None:
-        self._rel = rel
-
-    def __len__(self) -> int:
-        return len(self._rel)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [f"images/{r}" for r in self._rel[i]]
-        return f"images/{self._rel[i]}"
 
 
 def _label_ranks(table: ImageTable) -> np.ndarray:

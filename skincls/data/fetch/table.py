@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..hashcache import sha256_hex
+from ..lazy import Mapped
 from ..metadata import MetaRow
 
 __all__ = ["Coded", "ImageTable", "Pool", "VerifiedImage"]
@@ -137,7 +138,11 @@ class ImageTable:
     @property
     def rel(self) -> Sequence[str]:
         """Path relative to `images/` per image (`train/benign/3.jpg`), made when indexed."""
-        return _Paths(self._rel, self._ends)
+        return Mapped(len(self), self._path)
+
+    def _path(self, i: int) -> str:
+        start = self._ends[i - 1] if i else 0
+        return self._rel[start : self._ends[i]].decode("utf-8", "surrogatepass")
 
     @property
     def hashes(self) -> np.ndarray:
@@ -188,22 +193,3 @@ class ImageTable:
         for i, rel in enumerate(self.rel):
             label, split, skin, row = (v[c] for v, c in zip(values, self._codes[k * i : k * i + k]))
             yield VerifiedImage(rel, label, split, self.sha_hex(i), self._hashes[i], row, skin)
-
-
-class _Paths(Sequence[str]):
-    """Strings stored one after another in a blob, `ends[i]` where string i ends."""
-
-    def __init__(self, blob: bytearray, ends: array) -> None:
-        self._blob, self._ends = blob, ends
-
-    def __len__(self) -> int:
-        return len(self._ends)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        if not -len(self) <= i < len(self):
-            raise IndexError(i)
-        i %= len(self)
-        start = self._ends[i - 1] if i else 0
-        return self._blob[start : self._ends[i]].decode("utf-8", "surrogatepass")

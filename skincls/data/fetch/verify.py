@@ -7,13 +7,13 @@ without a class) is listed with the images that failed here, so nothing is dropp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 
 from ...errors import DataError
 from ..hashcache import HashCache
-from ..ingest import Candidate, Layout
+from ..ingest import Layout
 from ..layouts import MetadataLayout, layout_skipped
+from ..lazy import Mapped
 from ..parallel import FileReader, inspect_all
 from .records import ProgressCallback, StagedFiles, VerifiedImages
 from .table import ImageTable
@@ -44,7 +44,7 @@ def verify_images(
     if layout.damaged:
         # Damaged archive members and unreadable files were never written: skipped with their reason.
         candidates = [c for c in candidates if c.rel not in layout.damaged]
-    rels = _Rels(candidates)
+    rels = Mapped(len(candidates), lambda i, held=candidates: held[i].rel)
     skipped = layout_skipped(layout)
     n_files = len(layout.files) + len(skipped)
     skipped += sorted(layout.damaged.items())
@@ -86,18 +86,3 @@ def without_files(layout: Layout) -> Layout:
     if isinstance(layout, MetadataLayout):
         return replace(layout, files=[], rows={}, labels={})
     return replace(layout, files=[])
-
-
-class _Rels(Sequence[str]):
-    """The candidates' paths, each read when indexed."""
-
-    def __init__(self, candidates: Sequence[Candidate]) -> None:
-        self._candidates = candidates
-
-    def __len__(self) -> int:
-        return len(self._candidates)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [c.rel for c in self._candidates[i]]
-        return self._candidates[i].rel
