@@ -6,7 +6,9 @@ measures its best.pt (the weight EMA) on the test split, plain and with 8-view T
 argmax and ROC-AUC with 1,000-resample bootstrap CIs, and sensitivity/specificity on test at the
 threshold chosen on val for 95% sensitivity (never on test). With `--baseline LITE` (a
 `timm_lite_e2e.py` workdir) the frozen and plain fine-tuned checkpoints there are measured on the
-same test images and the paired differences (recipe − baseline, paired bootstrap) are reported.
+same test images and the paired differences (recipe − baseline, paired bootstrap) are reported;
+`--paired-with PROBS` pairs the run with another run's saved test probabilities (an ablation that
+changes one setting with `--set`, against the run without it).
 
     python benchmarks/recipe.py --archive DEV_ZIP --workdir RECIPE --variant 0 --image-size 256 \\
         --baseline LITE
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--paired-with",
         type=Path,
-        help="a single model's *-test-probs.npy to pair the ensemble with",
+        help="a model's *-test-probs.npy to pair this run (or its ensemble) with",
     )
     ap.add_argument("--smoke", action="store_true", help="random weights, 60 synthetic images")
     args = ap.parse_args(argv)
@@ -159,11 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         with _smoke.scratch(__file__) as folder:
             args.workdir, args.variant, args.baseline, args.checkpoint = folder, 0, None, None
             args.folds, single = 0, args.name or "lite0-finetune"
+            args.paired_with = folder / f"{single}-plain-test-probs.npy"  # paired with itself
             _main(args)  # the single model, then its 2-fold ensemble paired with it
-            args.folds, args.paired_with = 2, folder / f"{single}-plain-test-probs.npy"
+            args.folds = 2
             _main(args)
             report = json.loads((folder / "report.json").read_text())
             assert len(report[f"{single}-cv2"]["members"]) == 2, report.keys()
+            assert report[single]["paired_vs_single"]["roc_auc"]["diff"] == 0, report[single]
             return 0
     if args.archive is None and args.data_dir is None:
         ap.error("give --archive DEV_ZIP or --data-dir DIR (or --smoke)")
@@ -208,9 +212,11 @@ def _main(args: argparse.Namespace) -> int:
         entry[key], probs[key] = measure(best, data_dir, tta, n_boot)
         np.save(args.workdir / f"{name}-{key}-test-probs.npy", probs[key][0])  # paired later
         print(name, key, json.dumps(entry[key]), flush=True)
+    y = probs["plain"][1].astype(int)
     if "tta" in probs:  # the same model with and without TTA, on the same images
-        y = probs["plain"][1].astype(int)
         entry["paired_tta_vs_plain"] = paired(probs["tta"][0], probs["plain"][0], y, n_boot)
+    if args.paired_with is not None:  # an ablation against the run it changes one thing of
+        entry["paired_vs_single"] = paired(probs["plain"][0], np.load(args.paired_with), y, n_boot)
     _save(args.workdir, name, entry)
     baseline = args.baseline
     if args.smoke:  # the paired comparison's code path, against the run itself
