@@ -4,7 +4,9 @@ Decoding and hashing an image in its 8 orientations is most of what fetch spends
 results depend on the bytes alone, so a re-fetch, or a dataset that grew, looks each file's SHA-256
 up here and decodes only images it has not seen. The cache names the decoder and hashes it was made
 with (`CACHE_VERSION`); a cache of another version is ignored, never mixed in. It is held as
-fixed-width arrays (~300 bytes an image), searched by sorted SHA-256: no object per image.
+fixed-width arrays (~200 bytes an image), searched by sorted SHA-256: no object per image. Skin
+tones are stored as a code per image into a table of the distinct (ITA, skin tone) pairs; caches
+written before (an (N, 2) array of pairs, `skin`) are still read.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ class HashCache:
         self._sha = np.empty(0, "S64")  # sorted, ASCII hex
         self._row = np.empty(0, np.int64)  # each sorted entry's row in `_hashes` and `_skin`
         self._hashes = np.empty((0, 2, 8), np.uint64)
-        self._skin = np.empty((0, 2), dtype=str)
+        self._skin = np.empty(0, np.uint32)  # each row's code in `_skin_values`
+        self._skin_values = np.empty((0, 2), dtype=str)  # distinct (ITA, skin tone) pairs
         if self.path is not None and self.path.is_file():
             self._load(self.path)
 
@@ -50,11 +53,22 @@ class HashCache:
             with np.load(path, allow_pickle=False) as z:
                 if str(z["version"]) != CACHE_VERSION:
                     return
-                sha, hashes, skin = z["sha256"].astype("S64"), z["hashes"], z["skin"]
+                sha, hashes, (skin, values) = z["sha256"].astype("S64"), z["hashes"], _skin(z)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeEncodeError):
             return  # a damaged cache is only slower: everything is hashed again
+        n = len(sha)
+        if (
+            skin.dtype.kind not in "iu"
+            or hashes.shape != (n, 2, 8)
+            or skin.shape != (n,)
+            or values.shape[1:] != (2,)
+        ):
+            return
+        if n and not 0 <= skin.min() <= skin.max() < len(values):
+            return
         self._row = np.argsort(sha, kind="stable")
-        self._sha, self._hashes, self._skin = sha[self._row], hashes, skin
+        self._sha, self._hashes = sha[self._row], hashes
+        self._skin, self._skin_values = skin.astype(np.uint32), values
 
     def get(self, sha256: str) -> Inspection | None:
         """The cached inspection of a usable image with these bytes, or None."""
@@ -63,14 +77,16 @@ class HashCache:
         if i == len(self._sha) or self._sha[i] != key:
             return None
         row = self._row[i]
-        skin = (("ita", str(self._skin[row, 0])), ("skin_tone", str(self._skin[row, 1])))
+        ita, tone = (str(v) for v in self._skin_values[self._skin[row]])
+        skin = (("ita", ita), ("skin_tone", tone))
         return Inspection(None, sha256, self._hashes[row].copy(), skin)
 
     def save(
         self,
         sha256: np.ndarray,
         hashes: np.ndarray,
-        skin: np.ndarray | Callable[[], np.ndarray],
+        skin: np.ndarray,
+        skin_values: np.ndarray,
     ) -> None:
         """Write the usable images of this fetch (atomically), each SHA-256 once (its first
         entry); without a path, nothing. The arrays are made and written one at a time: the
@@ -79,7 +95,8 @@ class HashCache:
         Args:
             sha256: (N,) raw bytes (`V32`) or ASCII hex (`S64`).
             hashes: (N, 2, 8) perceptual hashes.
-            skin: (N, 2) ITA and skin tone, "" where unknown; or a function that makes it.
+            skin: (N,) each image's code in `skin_values`.
+            skin_values: (K, 2) the distinct ITA and skin tone pairs, "" where unknown.
         """
         if self.path is None:
             return
@@ -90,12 +107,19 @@ class HashCache:
             "version": lambda: np.array(CACHE_VERSION),
             "sha256": lambda: sha256_hex(sha256[first]),  # ASCII: a quarter of U64
             "hashes": lambda: np.asarray(hashes, dtype=np.uint64)[first].reshape(-1, 2, 8),
-            "skin": lambda: np.asarray(skin() if callable(skin) else skin, dtype=str)[
-                first
-            ].reshape(-1, 2),
+            "skin_codes": lambda: np.asarray(skin, dtype=np.uint32)[first],
+            "skin_values": lambda: np.asarray(skin_values, dtype=str).reshape(-1, 2),
         }
         with atomic_path(self.path) as tmp, open(tmp, "wb") as fh:
             _write_npz(fh, arrays)
+
+
+def _skin(z) -> tuple[np.ndarray, np.ndarray]:
+    """A cache file's skin tones as (codes, distinct pairs); an older file's (N, 2) pairs coded."""
+    if "skin_codes" in z:
+        return z["skin_codes"], z["skin_values"]
+    values, codes = np.unique(z["skin"].reshape(-1, 2), axis=0, return_inverse=True)
+    return codes.reshape(-1), values
 
 
 def _write_npz(fh, arrays: dict[str, Callable[[], np.ndarray]]) -> None:

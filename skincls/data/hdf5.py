@@ -47,12 +47,15 @@ def _file(path: Path):
     if handle is None:
         for old in [k for k in _OPEN if k[:2] == key[:2]]:  # that path's earlier file
             _OPEN.pop(old).close()
-        try:
-            handle = _h5py().File(path, "r")
-        except OSError as exc:
-            raise DataError(f"cannot read {path} as an HDF5 file: {exc}") from None
-        _OPEN[key] = handle
+        handle = _OPEN[key] = _open(path)
     return handle
+
+
+def _open(path: Path):
+    try:
+        return _h5py().File(path, "r")
+    except OSError as exc:
+        raise DataError(f"cannot read {path} as an HDF5 file: {exc}") from None
 
 
 def hdf5_keys(path: str | Path) -> list[str]:
@@ -71,9 +74,14 @@ def hdf5_key_array(path: str | Path) -> np.ndarray:
     (`S<longest>`, in the order `hdf5_keys` sorts them): no object per name.
 
     Listed twice by HDF5's link iteration: once for the count and the longest name, once into
-    the array (`key_text` turns one back into `hdf5_keys`' value).
+    the array (`key_text` turns one back into `hdf5_keys`' value). The file is opened for this
+    alone: closing it frees HDF5's cache of the group's metadata (~6 MiB at 40,000 names).
     """
-    links = _file(Path(path)).id.links
+    with _open(Path(path)) as f:
+        return _key_array(f.id.links)
+
+
+def _key_array(links) -> np.ndarray:
     size = [0, 1]  # names, longest
 
     def measure(name: bytes) -> None:

@@ -178,13 +178,16 @@ class ImageTable:
         """`values(name)` as a list (tests and small sources)."""
         return list(self.values(name))
 
-    def skin_pairs(self) -> np.ndarray:
-        """(N, 2) ITA and skin tone per image, "" where unknown."""
+    def skin_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each image's skin tone as (N,) codes (a view, no copy) into (K, 2) distinct ITA and
+        skin tone pairs, "" where unknown: 4 bytes an image."""
         pairs = [
             (dict(s).get("ita", ""), dict(s).get("skin_tone", ""))
             for s in self.pools["skin"].values
         ]
-        return np.array(pairs or [("", "")], dtype=str)[self.codes("skin")]
+        k = len(_FIELDS)
+        codes = np.frombuffer(self._codes, np.uint32)[_FIELDS.index("skin") :: k]
+        return codes, np.array(pairs, dtype=str).reshape(-1, 2)
 
     def __iter__(self) -> Iterator[VerifiedImage]:
         """The images one at a time, as `VerifiedImage`s (made as they are asked for)."""

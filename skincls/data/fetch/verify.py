@@ -59,7 +59,7 @@ def verify_images(
             on_progress("verify", n, len(rels))
     del candidates, rels, results  # before the cache is saved: its arrays are made then
     if cache is not None:
-        cache.save(table.sha256_raw, table.hashes, table.skin_pairs)  # skin: made last
+        cache.save(table.sha256_raw, table.hashes, *table.skin_table())
     _check_classes(table, staged)
     classes = sorted(table.pools["label"].values)
     return VerifiedImages(table, classes, skipped, n_files, without_files(layout))
