@@ -125,7 +125,7 @@ def near_duplicate_pairs(
     if chunk is not None or n < _BRUTE_FORCE_BELOW:
         return _all_pairs(hashes, max_distance, confirm_distance, chunk)
     ph, dh = hashes[:, 0, :], hashes[:, 1, :]
-    i, k, j, d = _close_hashes(ph, ph[:, 0], max_distance)
+    i, k, j, d = _close_hashes(ph, ph[:, 0], max_distance, skip_self=True)
     keep = i != j
     i, k, j, d = i[keep], k[keep], j[keep], d[keep]
     ok = _confirmed(dh[i, k], dh[j, 0], confirm_distance)
@@ -180,8 +180,12 @@ def _block(h: np.ndarray, shift: int, width: int) -> np.ndarray:
     return (h >> np.uint64(shift)) & mask
 
 
-def _close_hashes(query: np.ndarray, reference: np.ndarray, max_distance: int):
-    """Every `(i, k, j, distance)` with `query[i, k]` within `max_distance` bits of `reference[j]`.
+def _close_hashes(
+    query: np.ndarray, reference: np.ndarray, max_distance: int, *, skip_self: bool = False
+):
+    """Every `(i, k, j, distance)` with `query[i, k]` within `max_distance` bits of `reference[j]`
+    (`skip_self`: but `i == j`, dropped as found: a set searched against itself finds each image
+    in each block, and those N entries per block would be held until the end).
 
     Multi-index hashing: the reference is sorted by each bit block, every query looks up the
     references sharing that block exactly, and only those candidates are compared bit by bit.
@@ -208,8 +212,10 @@ def _close_hashes(query: np.ndarray, reference: np.ndarray, max_distance: int):
                 j = order[pos]
                 d = _popcount(flat[q] ^ reference[j]).astype(np.int64)
                 keep = d <= max_distance
-                q = q[keep] + start * query.shape[1]  # its place in query.ravel()
-                found.append((q * len(reference) + j[keep], d[keep]))
+                q = q + start * query.shape[1]  # its place in query.ravel()
+                if skip_self:
+                    keep &= q // query.shape[1] != j
+                found.append((q[keep] * len(reference) + j[keep], d[keep]))
     if not found:
         return (np.empty(0, np.int64),) * 4
     key = np.concatenate([f[0] for f in found])
