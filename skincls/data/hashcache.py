@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..atomic import atomic_path
+from .dedup import _shared
 from .images import DECODER
 from .ingest import Inspection
 
@@ -89,8 +91,8 @@ class HashCache:
         skin_values: np.ndarray,
     ) -> None:
         """Write the usable images of this fetch (atomically), each SHA-256 once (its first
-        entry); without a path, nothing. The arrays are made and written one at a time: the
-        cache's transient memory is its largest array's, not their sum.
+        entry); without a path, nothing. The arrays are written one at a time, `_CHUNK` rows at
+        a time: the hex digests and copies are never made whole.
 
         Args:
             sha256: (N,) raw bytes (`V32`) or ASCII hex (`S64`).
@@ -100,18 +102,46 @@ class HashCache:
         """
         if self.path is None:
             return
-        first = np.sort(np.unique(sha256, return_index=True)[1])
-        if len(first) == len(sha256):  # no image twice: no copies
-            first = slice(None)
+        again = [i for group in _shared(sha256) for i in group[1:]]  # an image's bytes again
+        first = None  # no image twice: no copies
+        if again:
+            keep = np.ones(len(sha256), bool)
+            keep[again] = False
+            first = np.flatnonzero(keep)
+        n = len(sha256) - len(again)
+
+        def rows(a: np.ndarray, start: int, end: int) -> np.ndarray:
+            return a[start:end] if first is None else a[first[start:end]]
+
         arrays = {
             "version": lambda: np.array(CACHE_VERSION),
-            "sha256": lambda: sha256_hex(sha256[first]),  # ASCII: a quarter of U64
-            "hashes": lambda: np.asarray(hashes, dtype=np.uint64)[first].reshape(-1, 2, 8),
-            "skin_codes": lambda: np.asarray(skin, dtype=np.uint32)[first],
+            "sha256": _Rows("S64", (n,), lambda i, j: sha256_hex(rows(sha256, i, j))),  # ASCII
+            "hashes": _Rows(np.uint64, (n, 2, 8), lambda i, j: rows(hashes, i, j)),
+            "skin_codes": _Rows(np.uint32, (n,), lambda i, j: rows(skin, i, j)),
             "skin_values": lambda: np.asarray(skin_values, dtype=str).reshape(-1, 2),
         }
         with atomic_path(self.path) as tmp, open(tmp, "wb") as fh:
             _write_npz(fh, arrays)
+
+
+_CHUNK = 1 << 16  # rows of an array made and written at once
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """An array of `shape` written `_CHUNK` rows at a time: `part(start, end)` makes those rows."""
+
+    dtype: object
+    shape: tuple[int, ...]
+    part: Callable[[int, int], np.ndarray]
+
+    def write(self, out) -> None:
+        dtype = np.dtype(self.dtype)
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
+        np.lib.format.write_array_header_1_0(out, {**header, "shape": self.shape})
+        for start in range(0, self.shape[0], _CHUNK):
+            part = self.part(start, min(start + _CHUNK, self.shape[0]))
+            out.write(np.ascontiguousarray(part, dtype=dtype).tobytes())
 
 
 def _skin(z) -> tuple[np.ndarray, np.ndarray]:
@@ -122,12 +152,16 @@ def _skin(z) -> tuple[np.ndarray, np.ndarray]:
     return codes.reshape(-1), values
 
 
-def _write_npz(fh, arrays: dict[str, Callable[[], np.ndarray]]) -> None:
-    """`np.savez` of arrays made one at a time, each freed once written."""
+def _write_npz(fh, arrays: dict[str, Callable[[], np.ndarray] | _Rows]) -> None:
+    """`np.savez` of arrays made one at a time (or a chunk of rows at a time), each freed once
+    written."""
     with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, make in arrays.items():
             with zf.open(f"{name}.npy", "w", force_zip64=True) as out:
-                np.lib.format.write_array(out, np.asanyarray(make()), allow_pickle=False)
+                if isinstance(make, _Rows):
+                    make.write(out)
+                else:
+                    np.lib.format.write_array(out, np.asanyarray(make()), allow_pickle=False)
 
 
 # Each byte's two hex digits, as ASCII codes: (256, 2) uint8.
