@@ -10,7 +10,7 @@ import sys
 import zipfile
 from collections import Counter
 from dataclasses import replace
-from pathlib import PosixPath, PurePosixPath
+from pathlib import Path, PosixPath, PurePosixPath
 
 import numpy as np
 import pytest
@@ -289,6 +289,29 @@ def test_fetch_holds_no_object_per_image_past_verification(tmp_path, monkeypatch
             assert more.total() < n // 4, (point, more)
     assert made["before stream_manifest"] == 0 and made["records"] == 2 * n  # two passes
     assert len(report.manifest.records) == n  # read from the data dir when asked for
+
+
+def test_fetch_keeps_the_hashes_in_a_file_it_removes_after(tmp_path, monkeypatch):
+    # The perceptual hashes (128 bytes an image) are a memory-mapped file in the data dir's
+    # .columns.partial while fetch runs, not the process's own memory; the folder goes after,
+    # and one a killed fetch left is removed first.
+    src = isic2024_source(tmp_path / "src", n=40, patients=2)
+    data = tmp_path / "d"
+    (data / ".columns.partial").mkdir(parents=True)
+    (data / ".columns.partial" / "hashes.npy").write_bytes(b"left by a killed fetch")
+    stages = sys.modules["skincls.data.fetch"]
+    real, seen = stages.curate, {}
+
+    def curate(table, *args, **kwargs):
+        seen["file"] = getattr(table.hashes, "filename", None)
+        seen["hashes"] = np.array(table.hashes)
+        return real(table, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "curate", curate)
+    report = fetch(data, source_dir=src, dataset="isic2024", workers=1)
+    assert Path(seen["file"]) == (data / ".columns.partial" / "hashes.npy").resolve()
+    assert seen["hashes"].shape == (40, 2, 8) and seen["hashes"].any()
+    assert report.info.n_kept == 40 and not (data / ".columns.partial").exists()
 
 
 def test_isic2024_keys_are_matched_as_the_generic_matcher_matches_paths():
