@@ -7,7 +7,8 @@
 `isic2024`: for each size, a synthetic source in ISIC 2024's layout (`train-image.hdf5` holding
 JPEG crops of `--size` px, `train-metadata.csv` with its real column names, ~385 images per patient
 as in the real set) and `skincls.fetch(dataset='isic2024', source_dir=...)` in a fresh process:
-wall time and peak memory (the whole process tree: fetch and its workers), then a straight-line
+wall time and peak memory (the whole process tree: fetch and its workers; the fetch process's
+peak RSS, and its peak anonymous RSS: memory not backed by a file, sampled), then a straight-line
 fit of time (and of the fetch process's peak memory) on size, extrapolated to ISIC 2024's 401,059
 images; `--keep` keeps the sources, and a later run reuses them. `isic2020`: SIIM-ISIC 2020's real
 `train.csv` rows (`--metadata`) with generated 256 px JPEGs, zipped in the resized Kaggle dataset's
@@ -144,23 +145,33 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
+def _anon_rss(pid: int) -> int:
+    """Anonymous resident memory of `pid` (`RssAnon`: heap and mappings no file backs), bytes."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        return 1024 * int(next(x for x in status if x.startswith("RssAnon:")).split()[1])
+    except (OSError, StopIteration, IndexError, ValueError):
+        return 0
+
+
 def measure_fetch(**kwargs) -> dict:
     """`skincls.fetch(**kwargs)` in a fresh process: its wall time, and the peak memory of the
-    process tree (sampled every 0.2 s) and of the fetch process itself."""
+    process tree (sampled every 0.2 s) and of the fetch process itself (its peak RSS, and its
+    anonymous RSS sampled with the tree's)."""
     load = [round(x, 2) for x in os.getloadavg()]
     args = [sys.executable, "-c", _CHILD, json.dumps({k: str(v) if isinstance(v, Path) else v
                                                      for k, v in kwargs.items()})]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-    peak = 0
+    peak = anon = 0
     while proc.poll() is None:
-        peak = max(peak, _tree_rss(proc.pid))
+        peak, anon = max(peak, _tree_rss(proc.pid)), max(anon, _anon_rss(proc.pid))
         time.sleep(0.2)
     out = proc.stdout.read()
     if proc.returncode:
         raise SystemExit(f"fetch failed ({proc.returncode}): {out}")
     result = json.loads(out.strip().splitlines()[-1])
-    result.update(peak_tree_pss_mib=round(peak / 2**20), load_before=load,
-                  load_after=[round(x, 2) for x in os.getloadavg()])  # fmt: skip
+    result.update(peak_tree_pss_mib=round(peak / 2**20), peak_main_anon_mib=round(anon / 2**20),
+                  load_before=load, load_after=[round(x, 2) for x in os.getloadavg()])  # fmt: skip
     return result
 
 
@@ -193,12 +204,14 @@ def _extrapolate(results: list[dict]) -> dict:
     xs = [r["images"] for r in results]
     time_slope, time_at = _fit(xs, [r["wall_s"] for r in results])
     rss_slope, rss_at = _fit(xs, [r["main_maxrss_mib"] for r in results])
+    anon_slope, _ = _fit(xs, [r["peak_main_anon_mib"] for r in results])
     return {
         "ms_per_image": round(time_slope * 1000, 3),
         "intercept_s": round(time_at(0), 1),
         f"extrapolated_s_at_{ISIC2024}": round(time_at(ISIC2024)),
         "main_rss_bytes_per_image": round(rss_slope * 2**20),
         f"main_rss_mib_at_{ISIC2024}": round(rss_at(ISIC2024)),
+        "main_anon_bytes_per_image": round(anon_slope * 2**20),
     }
 
 

@@ -125,7 +125,7 @@ def near_duplicate_pairs(
     if chunk is not None or n < _BRUTE_FORCE_BELOW:
         return _all_pairs(hashes, max_distance, confirm_distance, chunk)
     ph, dh = hashes[:, 0, :], hashes[:, 1, :]
-    i, k, j, d = _close_hashes(ph, ph[:, 0], max_distance)
+    i, k, j, d = _close_hashes(ph, ph[:, 0], max_distance, skip_self=True)
     keep = i != j
     i, k, j, d = i[keep], k[keep], j[keep], d[keep]
     ok = _confirmed(dh[i, k], dh[j, 0], confirm_distance)
@@ -180,8 +180,12 @@ def _block(h: np.ndarray, shift: int, width: int) -> np.ndarray:
     return (h >> np.uint64(shift)) & mask
 
 
-def _close_hashes(query: np.ndarray, reference: np.ndarray, max_distance: int):
-    """Every `(i, k, j, distance)` with `query[i, k]` within `max_distance` bits of `reference[j]`.
+def _close_hashes(
+    query: np.ndarray, reference: np.ndarray, max_distance: int, *, skip_self: bool = False
+):
+    """Every `(i, k, j, distance)` with `query[i, k]` within `max_distance` bits of `reference[j]`
+    (`skip_self`: but `i == j`, dropped as found: a set searched against itself finds each image
+    in each block, and those N entries per block would be held until the end).
 
     Multi-index hashing: the reference is sorted by each bit block, every query looks up the
     references sharing that block exactly, and only those candidates are compared bit by bit.
@@ -208,8 +212,10 @@ def _close_hashes(query: np.ndarray, reference: np.ndarray, max_distance: int):
                 j = order[pos]
                 d = _popcount(flat[q] ^ reference[j]).astype(np.int64)
                 keep = d <= max_distance
-                q = q[keep] + start * query.shape[1]  # its place in query.ravel()
-                found.append((q * len(reference) + j[keep], d[keep]))
+                q = q + start * query.shape[1]  # its place in query.ravel()
+                if skip_self:
+                    keep &= q // query.shape[1] != j
+                found.append((q[keep] * len(reference) + j[keep], d[keep]))
     if not found:
         return (np.empty(0, np.int64),) * 4
     key = np.concatenate([f[0] for f in found])
@@ -363,10 +369,22 @@ def _components(n: int, edges: list[tuple[int, int]]) -> np.ndarray:
 
 def _shared(values: Sequence) -> list[list[int]]:
     """The indices of each value held by two or more items, in index order, values in the order
-    of their first item (no list per item: numpy over the whole column)."""
+    of their first item (no list per item: numpy over the whole column).
+
+    Fixed-width bytes (raw or hex SHA-256) are first narrowed to the items whose first 8 bytes
+    another item shares (`_same_prefix`): ~24 transient bytes an item, not a sort of the whole
+    values with its inverse and counts."""
     values = np.asarray(values)
     if not len(values):
         return []
+    if values.dtype.kind in "SV" and values.dtype.itemsize >= 8:
+        some = _same_prefix(values)
+        return [some[g].tolist() for g in _groups(values[some])] if len(some) else []
+    return [g.tolist() for g in _groups(values)]
+
+
+def _groups(values: np.ndarray) -> list[np.ndarray]:
+    """`_shared`'s groups over all of `values` (not empty), as arrays of indices."""
     _, first, inverse, counts = np.unique(
         values, return_index=True, return_inverse=True, return_counts=True
     )
@@ -374,7 +392,19 @@ def _shared(values: Sequence) -> list[list[int]]:
     several = np.flatnonzero(counts[inverse] > 1)
     several = several[np.lexsort((several, first[inverse[several]]))]
     cuts = np.flatnonzero(np.diff(inverse[several])) + 1
-    return [g.tolist() for g in np.split(several, cuts)] if len(several) else []
+    return np.split(several, cuts) if len(several) else []
+
+
+def _same_prefix(values: np.ndarray) -> np.ndarray:
+    """Indices (ascending) of the items whose first 8 bytes another item's first 8 bytes equal:
+    every item whose whole value another holds, and the few whose prefix alone collides."""
+    raw = np.ascontiguousarray(values).view(np.uint8).reshape(len(values), -1)
+    key = np.ascontiguousarray(raw[:, :8]).view(np.uint64).ravel()
+    del raw
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    same = np.flatnonzero(key[1:] == key[:-1])
+    return np.unique(np.concatenate([order[same], order[same + 1]]))
 
 
 def summarize_duplicates(

@@ -4,18 +4,22 @@ Decoding and hashing an image in its 8 orientations is most of what fetch spends
 results depend on the bytes alone, so a re-fetch, or a dataset that grew, looks each file's SHA-256
 up here and decodes only images it has not seen. The cache names the decoder and hashes it was made
 with (`CACHE_VERSION`); a cache of another version is ignored, never mixed in. It is held as
-fixed-width arrays (~300 bytes an image), searched by sorted SHA-256: no object per image.
+fixed-width arrays (~200 bytes an image), searched by sorted SHA-256: no object per image. Skin
+tones are stored as a code per image into a table of the distinct (ITA, skin tone) pairs; caches
+written before (an (N, 2) array of pairs, `skin`) are still read.
 """
 
 from __future__ import annotations
 
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..atomic import atomic_path
+from .dedup import _shared
 from .images import DECODER
 from .ingest import Inspection
 
@@ -38,7 +42,8 @@ class HashCache:
         self._sha = np.empty(0, "S64")  # sorted, ASCII hex
         self._row = np.empty(0, np.int64)  # each sorted entry's row in `_hashes` and `_skin`
         self._hashes = np.empty((0, 2, 8), np.uint64)
-        self._skin = np.empty((0, 2), dtype=str)
+        self._skin = np.empty(0, np.uint32)  # each row's code in `_skin_values`
+        self._skin_values = np.empty((0, 2), dtype=str)  # distinct (ITA, skin tone) pairs
         if self.path is not None and self.path.is_file():
             self._load(self.path)
 
@@ -50,11 +55,22 @@ class HashCache:
             with np.load(path, allow_pickle=False) as z:
                 if str(z["version"]) != CACHE_VERSION:
                     return
-                sha, hashes, skin = z["sha256"].astype("S64"), z["hashes"], z["skin"]
+                sha, hashes, (skin, values) = z["sha256"].astype("S64"), z["hashes"], _skin(z)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeEncodeError):
             return  # a damaged cache is only slower: everything is hashed again
+        n = len(sha)
+        if (
+            skin.dtype.kind not in "iu"
+            or hashes.shape != (n, 2, 8)
+            or skin.shape != (n,)
+            or values.shape[1:] != (2,)
+        ):
+            return
+        if n and not 0 <= skin.min() <= skin.max() < len(values):
+            return
         self._row = np.argsort(sha, kind="stable")
-        self._sha, self._hashes, self._skin = sha[self._row], hashes, skin
+        self._sha, self._hashes = sha[self._row], hashes
+        self._skin, self._skin_values = skin.astype(np.uint32), values
 
     def get(self, sha256: str) -> Inspection | None:
         """The cached inspection of a usable image with these bytes, or None."""
@@ -63,47 +79,89 @@ class HashCache:
         if i == len(self._sha) or self._sha[i] != key:
             return None
         row = self._row[i]
-        skin = (("ita", str(self._skin[row, 0])), ("skin_tone", str(self._skin[row, 1])))
+        ita, tone = (str(v) for v in self._skin_values[self._skin[row]])
+        skin = (("ita", ita), ("skin_tone", tone))
         return Inspection(None, sha256, self._hashes[row].copy(), skin)
 
     def save(
         self,
         sha256: np.ndarray,
         hashes: np.ndarray,
-        skin: np.ndarray | Callable[[], np.ndarray],
+        skin: np.ndarray,
+        skin_values: np.ndarray,
     ) -> None:
         """Write the usable images of this fetch (atomically), each SHA-256 once (its first
-        entry); without a path, nothing. The arrays are made and written one at a time: the
-        cache's transient memory is its largest array's, not their sum.
+        entry); without a path, nothing. The arrays are written one at a time, `_CHUNK` rows at
+        a time: the hex digests and copies are never made whole.
 
         Args:
             sha256: (N,) raw bytes (`V32`) or ASCII hex (`S64`).
             hashes: (N, 2, 8) perceptual hashes.
-            skin: (N, 2) ITA and skin tone, "" where unknown; or a function that makes it.
+            skin: (N,) each image's code in `skin_values`.
+            skin_values: (K, 2) the distinct ITA and skin tone pairs, "" where unknown.
         """
         if self.path is None:
             return
-        first = np.sort(np.unique(sha256, return_index=True)[1])
-        if len(first) == len(sha256):  # no image twice: no copies
-            first = slice(None)
+        again = [i for group in _shared(sha256) for i in group[1:]]  # an image's bytes again
+        first = None  # no image twice: no copies
+        if again:
+            keep = np.ones(len(sha256), bool)
+            keep[again] = False
+            first = np.flatnonzero(keep)
+        n = len(sha256) - len(again)
+
+        def rows(a: np.ndarray, start: int, end: int) -> np.ndarray:
+            return a[start:end] if first is None else a[first[start:end]]
+
         arrays = {
             "version": lambda: np.array(CACHE_VERSION),
-            "sha256": lambda: sha256_hex(sha256[first]),  # ASCII: a quarter of U64
-            "hashes": lambda: np.asarray(hashes, dtype=np.uint64)[first].reshape(-1, 2, 8),
-            "skin": lambda: np.asarray(skin() if callable(skin) else skin, dtype=str)[
-                first
-            ].reshape(-1, 2),
+            "sha256": _Rows("S64", (n,), lambda i, j: sha256_hex(rows(sha256, i, j))),  # ASCII
+            "hashes": _Rows(np.uint64, (n, 2, 8), lambda i, j: rows(hashes, i, j)),
+            "skin_codes": _Rows(np.uint32, (n,), lambda i, j: rows(skin, i, j)),
+            "skin_values": lambda: np.asarray(skin_values, dtype=str).reshape(-1, 2),
         }
         with atomic_path(self.path) as tmp, open(tmp, "wb") as fh:
             _write_npz(fh, arrays)
 
 
-def _write_npz(fh, arrays: dict[str, Callable[[], np.ndarray]]) -> None:
-    """`np.savez` of arrays made one at a time, each freed once written."""
+_CHUNK = 1 << 16  # rows of an array made and written at once
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """An array of `shape` written `_CHUNK` rows at a time: `part(start, end)` makes those rows."""
+
+    dtype: object
+    shape: tuple[int, ...]
+    part: Callable[[int, int], np.ndarray]
+
+    def write(self, out) -> None:
+        dtype = np.dtype(self.dtype)
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
+        np.lib.format.write_array_header_1_0(out, {**header, "shape": self.shape})
+        for start in range(0, self.shape[0], _CHUNK):
+            part = self.part(start, min(start + _CHUNK, self.shape[0]))
+            out.write(np.ascontiguousarray(part, dtype=dtype).tobytes())
+
+
+def _skin(z) -> tuple[np.ndarray, np.ndarray]:
+    """A cache file's skin tones as (codes, distinct pairs); an older file's (N, 2) pairs coded."""
+    if "skin_codes" in z:
+        return z["skin_codes"], z["skin_values"]
+    values, codes = np.unique(z["skin"].reshape(-1, 2), axis=0, return_inverse=True)
+    return codes.reshape(-1), values
+
+
+def _write_npz(fh, arrays: dict[str, Callable[[], np.ndarray] | _Rows]) -> None:
+    """`np.savez` of arrays made one at a time (or a chunk of rows at a time), each freed once
+    written."""
     with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, make in arrays.items():
             with zf.open(f"{name}.npy", "w", force_zip64=True) as out:
-                np.lib.format.write_array(out, np.asanyarray(make()), allow_pickle=False)
+                if isinstance(make, _Rows):
+                    make.write(out)
+                else:
+                    np.lib.format.write_array(out, np.asanyarray(make()), allow_pickle=False)
 
 
 # Each byte's two hex digits, as ASCII codes: (256, 2) uint8.

@@ -11,13 +11,14 @@ split; sex, age, site and source (the hospital, `attribution`) become manifest c
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from itertools import pairwise
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+
 from ..errors import DataError, opt
-from .hdf5 import hdf5_keys
+from .hdf5 import hdf5_key_array, key_text
 from .ingest import Candidate, Layout
 from .layouts import MetadataLayout, _check_labels, _Matches, _named, _refuse_conflicts, _summary
 from .lazy import Mapped
@@ -56,27 +57,32 @@ class Isic2024Files(Layout):
 
 
 class Members(Sequence[PurePosixPath]):
-    """The images of one HDF5 file matched to a metadata row, in file order: each one's key, row
-    (its image id left blank: rows are shared) and class; its path (`<hdf5>/<key>.jpg`) is made
-    when asked for."""
+    """The images of one HDF5 file matched to a metadata row, in path order, as two arrays: each
+    one's key (its bytes, `keys`) and the code of its row (`codes`) in `rows` (distinct rows,
+    image ids blank: a patient's images share one) and `labels` (each row's class). A path or
+    `Candidate` is made when asked for: past matching an image costs its key's bytes and 4."""
 
-    def __init__(self, hdf5: str, keys: list[str], rows: list[MetaRow], labels: list[str]):
-        self.hdf5, self.keys, self.rows, self.labels = hdf5, keys, rows, labels
+    def __init__(
+        self, hdf5: str, keys: np.ndarray, codes: np.ndarray, rows: list[MetaRow], labels: list
+    ) -> None:
+        self.hdf5, self.keys, self.codes, self.rows, self.labels = hdf5, keys, codes, rows, labels
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return [PurePosixPath(self.hdf5, f"{k}.jpg") for k in self.keys[i]]
-        return PurePosixPath(self.hdf5, f"{self.keys[i]}.jpg")
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return PurePosixPath(self.hdf5, f"{key_text(self.keys[i])}.jpg")
 
     def candidates(self) -> Sequence[Candidate]:
         """The images as `Candidate`s, each made when indexed (401,059 are never all held)."""
         return Mapped(len(self), self.candidate)
 
     def candidate(self, i: int) -> Candidate:
-        return Candidate(f"{self.hdf5}/{self.keys[i]}.jpg", None, self.labels[i], self.rows[i])
+        row = int(self.codes[i])
+        rel = f"{self.hdf5}/{key_text(self.keys[i])}.jpg"
+        return Candidate(rel, None, self.labels[row], self.rows[row])
 
 
 @dataclass
@@ -159,53 +165,108 @@ def _row(r: dict[str, str], target: bool, shared: dict) -> MetaRow:
     )
 
 
+class _RowPool:
+    """Distinct rows (image ids blank), each with its code, class and why it has none."""
+
+    def __init__(self, policy: LabelPolicy) -> None:
+        self.policy, self.rows, self.labels, self.why = policy, [], [], []
+        self._codes: dict[MetaRow, int] = {}
+
+    def code(self, row: MetaRow) -> int:
+        blank = replace(row, image="")
+        code = self._codes.get(blank)
+        if code is None:
+            code = self._codes[blank] = len(self.rows)
+            label, why = self.policy.label(blank)
+            self.rows.append(blank)
+            self.labels.append(label)
+            self.why.append(why or "no class")
+        return code
+
+
+class _ByIndex(Mapping):
+    """Key index → `values[codes[index]]` for the indices in `taken` (a summary's view of the
+    matched images: made as iterated, never a dict per image)."""
+
+    def __init__(self, taken: np.ndarray, codes: np.ndarray, values: list) -> None:
+        self.taken, self.codes, self._values = taken, codes, values
+
+    def __len__(self) -> int:
+        return len(self.taken)
+
+    def __iter__(self) -> Iterator[int]:
+        for start in range(0, len(self.taken), 1 << 16):
+            yield from self.taken[start : start + (1 << 16)].tolist()
+
+    def __getitem__(self, i: int):
+        at = int(np.searchsorted(self.taken, i))  # `taken` is sorted
+        if at == len(self.taken) or self.taken[at] != i:
+            raise KeyError(i)
+        return self._values[int(self.codes[i])]
+
+
+def _find(keys: np.ndarray, image: str) -> int:
+    """The position of `image`'s key in the sorted `keys`, or -1."""
+    try:
+        key = image.encode("utf-8")
+    except UnicodeEncodeError:
+        return -1
+    if not key or b"\0" in key or len(key) > keys.dtype.itemsize:  # S arrays pad with NUL
+        return -1
+    i = int(np.searchsorted(keys, key))
+    return i if i < len(keys) and keys[i] == key else -1
+
+
 def _match_keys(
     hdf5: str,
     rows: Iterable[MetaRow],
     bad_rows: list[tuple[str, str]],
-    keys: list[str],
+    keys: np.ndarray,
     policy: LabelPolicy,
     meta_name: str,
 ) -> Isic2024Layout:
-    """`layouts._match` for the images in one HDF5 file, named by key (`<hdf5>/<key>.jpg`): the
-    same skips, checks and summary, each row matched to the key equal to its isic_id.
+    """`layouts._match` for the images in one HDF5 file, named by key (`<hdf5>/<key>.jpg`;
+    `keys`: their bytes, sorted, as `hdf5.hdf5_key_array` gives them): the same skips, checks and
+    summary, each row matched to the key equal to its isic_id.
 
-    Rows are taken one at a time and kept less their image id, equal ones as one object: past
-    matching an image costs its key and two pointers."""
-    present = {k: k for k in keys}  # each id as one string object, the HDF5 file's
+    Rows are taken one at a time and kept once per distinct row (less the image id): per image
+    only an array entry is kept, its first row's code, never an object or dict entry."""
+    pool = _RowPool(policy)
+    first = np.full(len(keys), -1, np.int32)  # each key's first row
+    elsewhere: dict[str, int] = {}  # rows naming no key: image → its first row
     m = _Matches()
-    seen: dict[str, MetaRow] = {}  # image id → its first row
-    shared: dict[MetaRow, MetaRow] = {}
     n_rows = 0
     for row in rows:
         n_rows += 1
-        image = present.get(row.image, row.image)
-        blank = replace(row, image="")
-        row = shared.setdefault(blank, blank)
-        earlier = seen.get(image)
-        if earlier is not None:
-            if earlier != row:
-                m.conflicts.append(repr(image))
+        code, i = pool.code(row), _find(keys, row.image)
+        earlier = int(first[i]) if i >= 0 else elsewhere.get(row.image, -1)
+        if earlier >= 0:
+            if earlier != code:
+                m.conflicts.append(repr(row.image))
             else:
                 m.repeats += 1
-            continue
-        seen[image] = row
-        if image not in present:
-            m.missing.append(image)
-            continue
-        label, why = policy.label(row)
-        if label is None:
-            m.skipped.append((f"{hdf5}/{image}.jpg", why or "no class"))
+        elif i < 0:
+            elsewhere[row.image] = code
+            m.missing.append(row.image)
         else:
-            m.chosen[image], m.labels[image] = row, label
-    m.skipped += [(f"{hdf5}/{k}.jpg", f"not listed in {meta_name}") for k in keys if k not in seen]
-    del present, seen, shared
+            first[i] = code
+            if pool.labels[code] is None:
+                m.skipped.append((f"{hdf5}/{row.image}.jpg", pool.why[code]))
+    del elsewhere
+    not_listed = f"not listed in {meta_name}"
+    m.skipped += [
+        (f"{hdf5}/{key_text(keys[i])}.jpg", not_listed) for i in np.flatnonzero(first < 0)
+    ]
+    labelled = np.array([label is not None for label in pool.labels] + [False])
+    taken = np.flatnonzero(labelled[first])  # first -1: the appended False
+    m.chosen, m.labels = _ByIndex(taken, first, pool.rows), _ByIndex(taken, first, pool.labels)
     _refuse_conflicts(m.conflicts, meta_name)
     _check_labels(m.labels, m.chosen, meta_name)
-    chosen = [k for k in keys if k in m.chosen]
-    if any(f"{a}.jpg" > f"{b}.jpg" for a, b in pairwise(chosen)):
-        chosen.sort(key=lambda k: f"{k}.jpg")  # as their paths sort
-    members = Members(hdf5, chosen, [m.chosen[k] for k in chosen], [m.labels[k] for k in chosen])
+    paths = np.char.add(keys[taken], b".jpg")
+    if len(paths) > 1 and bool(np.any(paths[:-1] > paths[1:])):
+        taken = taken[np.argsort(paths, kind="stable")]  # as their paths sort
+    del paths
+    members = Members(hdf5, keys[taken], first[taken], pool.rows, pool.labels)
     return Isic2024Layout(
         (),
         members,
@@ -230,7 +291,7 @@ def index_isic2024(staging: Path, files: Isic2024Files, policy: LabelPolicy) -> 
     meta_name = str(PurePosixPath(*files.prefix, *files.files[1].parts))
     bad: list[tuple[str, str]] = []
     rows = iter_isic2024(meta, str(files.files[1]), bad)
-    layout = _match_keys(name, rows, bad, hdf5_keys(hdf5), policy, meta_name)
+    layout = _match_keys(name, rows, bad, hdf5_key_array(hdf5), policy, meta_name)
     meta.unlink()  # images/ holds images only
     layout.summary["layout"] = "isic2024"
     layout.prefix = files.prefix

@@ -162,8 +162,54 @@ def test_multi_index_match_hashes_equals_all_pairs(monkeypatch):
     assert len(expected) >= 60
 
 
+def test_multi_index_search_holds_no_entry_per_image_it_finds_itself(monkeypatch):
+    # Searched against itself, every image meets itself in each bit block: dropped as found,
+    # not held until the end (3 blocks x 16 bytes an image, concatenated and sorted: ~220 bytes
+    # an image at ISIC 2024's size, at the fetch's peak). Left: each block's sort, ~24 an image.
+    import tracemalloc
+
+    monkeypatch.setattr(dedup, "_QUERIES_AT_ONCE", 1 << 10)  # a small fixed share
+    n = 20_000
+    hashes = np.random.default_rng(0).integers(0, 2**63, (n, 2, 8), dtype=np.uint64)
+    hashes[1] = hashes[0]
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        confirmed, rejected = near_duplicate_pairs(hashes)
+        peak = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+    assert confirmed == [(0, 1, 0)] and rejected == []
+    assert peak / n < 80, f"{peak / n:.0f} bytes an image"  # 219 before
+
+
 def test_blocks_cover_all_bits_and_any_close_pair_shares_one():
     for d in (0, 1, 2, 5, 63, 80):
         blocks = dedup._blocks(d)
         assert sum(w for _, w in blocks) == 64 and len(blocks) == min(d + 1, 64)
         assert [s for s, _ in blocks] == sorted(s for s, _ in blocks)
+
+
+def test_exact_copies_found_by_prefix_then_whole_value_equal_a_full_sort():
+    # Raw SHA-256 (V32) are narrowed to those sharing their first 8 bytes, then compared whole:
+    # the same groups as sorting every value; a prefix shared alone makes no group.
+    import tracemalloc
+
+    n = 20_000
+    raw = np.frombuffer(np.random.default_rng(1).bytes(32 * n), "V32").copy()
+    u8 = raw.view(np.uint8).reshape(n, 32)
+    u8[[7, 300, 19_999]] = u8[5]  # one content four times
+    u8[[11, 12]] = u8[10]
+    u8[40, :8] = u8[41, :8]  # same first 8 bytes, different content
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        groups = dedup._shared(raw)
+        peak = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+    assert groups == [g.tolist() for g in dedup._groups(raw)] == [[5, 7, 300, 19_999], [10, 11, 12]]
+    assert (
+        dedup._shared(raw.view("S32")) == groups == dedup._shared([r.tobytes().hex() for r in u8])
+    )
+    assert peak / n < 40, f"{peak / n:.0f} bytes an image"

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from skincls.cli import main
-from skincls.data import parallel
+from skincls.data import hashcache, parallel
 from skincls.data.fetch import fetch
 from skincls.data.hashcache import CACHE_NAME, CACHE_VERSION, HashCache
 from skincls.errors import DataError
@@ -154,7 +154,7 @@ def test_workers_start_from_a_fork_server_while_threads_run():
         thread.join()
 
 
-def test_cache_reads_hex_digests_stored_as_unicode_and_saves_each_once(tmp_path):
+def test_cache_reads_hex_digests_stored_as_unicode_and_saves_each_once(tmp_path, monkeypatch):
     # Caches written before the cache held ASCII digests stored them as U64: still read.
     path = tmp_path / CACHE_NAME
     sha = [f"{i:064x}" for i in range(3)]
@@ -166,7 +166,31 @@ def test_cache_reads_hex_digests_stored_as_unicode_and_saves_each_once(tmp_path)
     assert len(cache) == 3 and cache.get("f" * 64) is None
     assert hit.skin == (("ita", "40.1"), ("skin_tone", "light"))
     assert np.array_equal(hit.hashes, hashes[2])
+    monkeypatch.setattr(hashcache, "_CHUNK", 1)  # written a row at a time
     twice = np.array([sha[1], sha[0], sha[1]], dtype="S64")  # one image's bytes twice
-    cache.save(twice, hashes[[1, 0, 1]], skin[[1, 0, 1]])
+    cache.save(twice, hashes[[1, 0, 1]], np.array([1, 0, 1]), skin)
     again = HashCache(path)
     assert len(again) == 2 and np.array_equal(again.get(sha[1]).hashes, hashes[1])
+    assert again.get(sha[1]).skin == (("ita", ""), ("skin_tone", "unknown"))
+    assert np.array_equal(again.get(sha[0]).hashes, hashes[0])
+
+
+def test_cache_keeps_a_skin_code_per_image_and_ignores_codes_it_cannot_read(tmp_path, monkeypatch):
+    # ISIC 2024 has 401,059 images and a few hundred distinct (ITA, skin tone) pairs: the cache
+    # stores each image's code into a table of them, not the pair's strings (~96 bytes an image).
+    src = _tree(tmp_path / "src", per_folder=2)
+    monkeypatch.setattr(hashcache, "_CHUNK", 3)  # rows written 3 at a time: 3 + 3 + 2
+    fetch(tmp_path / "d", source_dir=src, workers=1)
+    path = tmp_path / "d" / CACHE_NAME
+    with np.load(path) as z:
+        files = {name: z[name] for name in z.files}
+    assert sorted(files) == ["hashes", "sha256", "skin_codes", "skin_values", "version"]
+    codes, values = files["skin_codes"], files["skin_values"]
+    assert codes.dtype == np.uint32 and codes.shape == (8,) and values.shape[1] == 2
+    cache = HashCache(path)
+    first = cache.get(files["sha256"][0].decode())
+    tone = (("ita", str(values[codes[0], 0])), ("skin_tone", str(values[codes[0], 1])))
+    assert first.skin == tone and first.skin[1][1] != ""
+    # A code past the table (a damaged or foreign file) is no skin tone: the cache is not used.
+    np.savez(path, **{**files, "skin_codes": codes + np.uint32(len(values))})
+    assert len(HashCache(path)) == 0

@@ -208,9 +208,10 @@ def test_unwritable_data_dir_is_a_one_line_error(tmp_path, monkeypatch):
     _one_line_error(r, f"--data-dir {tmp_path / 'd'} is not writable")
 
 
-def test_source_inside_the_replaced_images_folder_is_refused(tmp_path):
+@pytest.mark.parametrize("folder", ["images", ".columns.partial"])  # the hashes' file: removed
+def test_source_inside_the_replaced_images_folder_is_refused(tmp_path, folder):
     data = tmp_path / "d"
-    src = _flat(data / "images" / "mine")
+    src = _flat(data / folder / "mine")
     (src / "notes.txt").write_text("the user's own file")
     with pytest.raises(DataError, match=r"lies inside .*which fetch replaces"):
         fetch(data, source_dir=src)

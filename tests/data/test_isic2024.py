@@ -10,7 +10,7 @@ import sys
 import zipfile
 from collections import Counter
 from dataclasses import replace
-from pathlib import PosixPath, PurePosixPath
+from pathlib import Path, PosixPath, PurePosixPath
 
 import numpy as np
 import pytest
@@ -216,35 +216,51 @@ def test_an_hdf5_file_replaced_at_the_same_path_is_read_anew(tmp_path):
         assert hdf5_module.hdf5_keys(path) == ["ISIC_1"]
 
 
+def test_hdf5_key_array_holds_the_keys_hdf5_keys_lists(tmp_path):
+    # One array of bytes (no object per key), sorted as hdf5_keys sorts the text; non-ASCII names
+    # as their UTF-8 bytes.
+    path = tmp_path / "images.hdf5"
+    with h5py.File(path, "w") as f:
+        for key in ("b", "ISIC_10", "a-b", "é", "a", "ISIC_9"):
+            f.create_dataset(key, data=np.bytes_(key.encode()))
+    keys = hdf5_module.hdf5_key_array(path)
+    assert keys.dtype == "S7" and [hdf5_module.key_text(k) for k in keys] == sorted(
+        hdf5_module.hdf5_keys(path)
+    ) == ["ISIC_10", "ISIC_9", "a", "a-b", "b", "é"]
+
+
 def _per_image_objects(n: int) -> Counter:
     """Live objects of the kinds fetch once kept one of (or more) per image, by type; and lists
-    of `n` items: an entry per image (`list of n`)."""
+    and dicts of `n` items: an entry per image (`list of n`, `dict of n`)."""
     kinds = {MetaRow, Record, VerifiedImage, Candidate, Inspection, PurePosixPath, PosixPath}
     gc.collect()
     objects = gc.get_objects()
     found = Counter(type(o).__name__ for o in objects if type(o) in kinds)
     found["list of n"] = sum(1 for o in objects if type(o) is list and len(o) == n)
+    found["dict of n"] = sum(1 for o in objects if type(o) is dict and len(o) == n)
     return found
 
 
 def test_fetch_holds_no_object_per_image_past_verification(tmp_path, monkeypatch):
-    # ISIC 2024 has 401,059 images: past verification fetch keeps columns (hashes, SHA-256,
-    # pooled rows) and curation arrays of codes, never an object or a list entry per image; the
-    # manifest is written row by row, and no row is made before it is written.
+    # ISIC 2024 has 401,059 images: matching its rows to the HDF5 keys and verifying keep arrays
+    # (keys' bytes, row codes), past verification fetch keeps columns (hashes, SHA-256, pooled
+    # rows) and curation arrays of codes, never an object or a list or dict entry per image;
+    # the manifest is written row by row, and no row is made before it is written.
     n = 400  # 84 distinct (patient, age, sex, hospital) rows
     src = isic2024_source(tmp_path / "src", n=n, patients=4)
     stages = sys.modules["skincls.data.fetch"]
     write = sys.modules["skincls.data.fetch.write"]
     seen, made = {}, Counter()
 
-    def spy(module, name, count=True):
+    def spy(module, name, count=True, returned=True):
         real = getattr(module, name)
 
         def counted(*args, **kwargs):
             seen[f"{name} called"] = _per_image_objects(n) if count else None
             made[f"before {name}"] = made["records"]
             out = real(*args, **kwargs)
-            seen[f"{name} returned"] = _per_image_objects(n) if count else None
+            if returned:  # (verify's argument still holds the staged layout's rows: 84)
+                seen[f"{name} returned"] = _per_image_objects(n) if count else None
             return out
 
         monkeypatch.setattr(module, name, counted)
@@ -257,19 +273,45 @@ def test_fetch_holds_no_object_per_image_past_verification(tmp_path, monkeypatch
             yield r
 
     monkeypatch.setattr(Curated, "records", records)
+    spy(sys.modules["skincls.data.isic2024"], "_check_labels")  # rows all matched
+    spy(stages, "verify_images", returned=False)  # the matched images, as verification starts
     spy(stages, "curate")
     spy(stages, "write_dataset")
     spy(write, "stream_manifest", count=False)
     before = _per_image_objects(n)
     report = fetch(tmp_path / "d", source_dir=src, dataset="isic2024", workers=1)
-    assert report.info.n_kept == n and len(seen) == 6
+    assert report.info.n_kept == n and len(seen) == 9
     for point, counts in seen.items():
         if counts is not None:
             more = counts - before
             assert more.pop("list of n", 0) == 0, (point, "a list with an entry per image")
+            assert more.pop("dict of n", 0) == 0, (point, "a dict with an entry per image")
             assert more.total() < n // 4, (point, more)
     assert made["before stream_manifest"] == 0 and made["records"] == 2 * n  # two passes
     assert len(report.manifest.records) == n  # read from the data dir when asked for
+
+
+def test_fetch_keeps_the_hashes_in_a_file_it_removes_after(tmp_path, monkeypatch):
+    # The perceptual hashes (128 bytes an image) are a memory-mapped file in the data dir's
+    # .columns.partial while fetch runs, not the process's own memory; the folder goes after,
+    # and one a killed fetch left is removed first.
+    src = isic2024_source(tmp_path / "src", n=40, patients=2)
+    data = tmp_path / "d"
+    (data / ".columns.partial").mkdir(parents=True)
+    (data / ".columns.partial" / "hashes.npy").write_bytes(b"left by a killed fetch")
+    stages = sys.modules["skincls.data.fetch"]
+    real, seen = stages.curate, {}
+
+    def curate(table, *args, **kwargs):
+        seen["file"] = getattr(table.hashes, "filename", None)
+        seen["hashes"] = np.array(table.hashes)
+        return real(table, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "curate", curate)
+    report = fetch(data, source_dir=src, dataset="isic2024", workers=1)
+    assert Path(seen["file"]) == (data / ".columns.partial" / "hashes.npy").resolve()
+    assert seen["hashes"].shape == (40, 2, 8) and seen["hashes"].any()
+    assert report.info.n_kept == 40 and not (data / ".columns.partial").exists()
 
 
 def test_isic2024_keys_are_matched_as_the_generic_matcher_matches_paths():
@@ -279,8 +321,10 @@ def test_isic2024_keys_are_matched_as_the_generic_matcher_matches_paths():
     policy = LabelPolicy()
     row = [MetaRow(k, "unk", patient_id="P1", malignant=k != "b") for k in ("a", "a-b", "b", "c")]
     rows = [row[0], row[1], row[0], row[2], MetaRow("gone", "unk"), row[3], MetaRow("x", "zz")]
+    rows.append(MetaRow("c\0", "unk"))  # a key padded with NUL bytes is no key
     keys = ["a", "a-b", "c", "d", "x"]  # d is in no row; x has no class
-    new = _match_keys("train-image.hdf5", rows, [("e", "bad")], keys, policy, "m.csv")
+    array = np.array([k.encode() for k in keys])  # as hdf5_key_array gives them: sorted bytes
+    new = _match_keys("train-image.hdf5", rows, [("e", "bad")], array, policy, "m.csv")
     paths = [PurePosixPath("train-image.hdf5", f"{k}.jpg") for k in keys]
     old = _match(PurePosixPath(), rows, [("e", "bad")], paths, {}, policy, ["m.csv"], False)
     assert list(new.files) == old.files == [paths[1], paths[0], paths[2]]
@@ -288,7 +332,7 @@ def test_isic2024_keys_are_matched_as_the_generic_matcher_matches_paths():
         new.candidates()
     )
     assert (new.skipped, new.summary) == (old.skipped, old.summary)
-    assert new.summary["rows_repeating_an_image"] == 1 and new.summary["rows_without_image"] == 2
+    assert new.summary["rows_repeating_an_image"] == 1 and new.summary["rows_without_image"] == 3
     conflict = [*rows, MetaRow("a", "unk", patient_id="P2")]
     with pytest.raises(DataError, match=r"m.csv describes image\(s\) 'a' twice, differently"):
-        _match_keys("train-image.hdf5", conflict, [], keys, policy, "m.csv")
+        _match_keys("train-image.hdf5", conflict, [], array, policy, "m.csv")

@@ -13,6 +13,7 @@ folder) → `verify_images` (decode, hash, skip with reasons) → `curate` (dupl
 from __future__ import annotations
 
 import functools
+import shutil
 from pathlib import Path
 
 from ...errors import DataError, opt
@@ -27,6 +28,7 @@ from .curate import curate, load_references
 from .plan import plan_fetch
 from .records import FetchOptions, FetchReport, ProgressCallback
 from .stage import stage_files
+from .table import COLUMNS
 from .verify import verify_images
 from .write import write_dataset
 
@@ -168,13 +170,19 @@ def _run(data_dir: Path, options: FetchOptions) -> FetchReport:
     # References are read first: a bad one stops the run before anything is written.
     references = load_references(options)
     workers = options.workers or default_workers()
-    # The staged layout's record per file is dropped after verification: columns go on.
-    verified = verify_images(
-        stage_files(data_dir, plan, options),
-        options.on_progress,
-        workers=workers,
-        cache=HashCache(data_dir / CACHE_NAME),
-    )
-    curated = curate(verified.table, references, options)
-    info = write_dataset(data_dir, plan, verified, curated)
+    columns = data_dir / COLUMNS  # the hashes, file-backed; a killed fetch's are removed first
+    shutil.rmtree(columns, ignore_errors=True)
+    try:
+        # The staged layout's record per file is dropped after verification: columns go on.
+        verified = verify_images(
+            stage_files(data_dir, plan, options),
+            options.on_progress,
+            workers=workers,
+            cache=HashCache(data_dir / CACHE_NAME),
+            columns=columns,
+        )
+        curated = curate(verified.table, references, options)
+        info = write_dataset(data_dir, plan, verified, curated)
+    finally:
+        shutil.rmtree(columns, ignore_errors=True)
     return FetchReport(data_dir, info, verified.skipped, changed=True, downloaded=plan.downloaded)

@@ -15,6 +15,7 @@ from ..guards import check_inputs_outside
 from ..references import reference_fingerprint
 from ..sources import SourcePlan, plan_source
 from .records import FetchOptions, FetchPlan
+from .table import COLUMNS
 
 __all__ = ["plan_fetch"]
 
@@ -29,7 +30,7 @@ def plan_fetch(data_dir: Path, options: FetchOptions) -> FetchPlan:
     """
     o = options
     check_inputs_outside(
-        [data_dir / "images", data_dir / ".images.partial"],
+        [data_dir / "images", data_dir / ".images.partial", data_dir / COLUMNS],
         {
             opt("source_dir"): o.source_dir,
             opt("archive"): o.archive,

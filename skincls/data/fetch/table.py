@@ -13,6 +13,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -20,7 +21,9 @@ from ..hashcache import sha256_hex
 from ..lazy import Mapped
 from ..metadata import MetaRow
 
-__all__ = ["Coded", "ImageTable", "Pool", "VerifiedImage"]
+__all__ = ["COLUMNS", "Coded", "ImageTable", "Pool", "VerifiedImage"]
+
+COLUMNS = ".columns.partial"  # the data dir's folder for a fetch's file-backed columns
 
 _NO_ROW = MetaRow("", "")
 _FIELDS = ("label", "split", "skin", "row")  # the codes kept per image, in this order
@@ -90,12 +93,21 @@ class Coded(Sequence):
 class ImageTable:
     """The verified images, in order: their paths, hashes, SHA-256 and pooled fields.
 
+    With a `folder`, the perceptual hashes (128 of the ~220 bytes an image costs) are a
+    memory-mapped `.npy` file there: the page cache holds them, not the process's own memory.
+
     Attributes:
         pools: The distinct labels, source splits (None: none), skin tones and metadata rows.
     """
 
-    def __init__(self, capacity: int) -> None:
-        self._hashes = np.empty((capacity, 2, 8), np.uint64)
+    def __init__(self, capacity: int, folder: Path | None = None) -> None:
+        if folder is None or not capacity:  # (an empty file cannot be mapped)
+            self._hashes = np.empty((capacity, 2, 8), np.uint64)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._hashes = np.lib.format.open_memmap(
+                folder / "hashes.npy", "w+", np.uint64, (capacity, 2, 8)
+            )
         self._sha = bytearray()  # 32 bytes per image
         self._rel = bytearray()  # each path's UTF-8 bytes, one after another
         self._ends = array("Q")  # where each path's bytes end in `_rel`
@@ -178,13 +190,16 @@ class ImageTable:
         """`values(name)` as a list (tests and small sources)."""
         return list(self.values(name))
 
-    def skin_pairs(self) -> np.ndarray:
-        """(N, 2) ITA and skin tone per image, "" where unknown."""
+    def skin_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each image's skin tone as (N,) codes (a view, no copy) into (K, 2) distinct ITA and
+        skin tone pairs, "" where unknown: 4 bytes an image."""
         pairs = [
             (dict(s).get("ita", ""), dict(s).get("skin_tone", ""))
             for s in self.pools["skin"].values
         ]
-        return np.array(pairs or [("", "")], dtype=str)[self.codes("skin")]
+        k = len(_FIELDS)
+        codes = np.frombuffer(self._codes, np.uint32)[_FIELDS.index("skin") :: k]
+        return codes, np.array(pairs, dtype=str).reshape(-1, 2)
 
     def __iter__(self) -> Iterator[VerifiedImage]:
         """The images one at a time, as `VerifiedImage`s (made as they are asked for)."""

@@ -8,6 +8,7 @@ without a class) is listed with the images that failed here, so nothing is dropp
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from ...errors import DataError
 from ..hashcache import HashCache
@@ -27,13 +28,15 @@ def verify_images(
     *,
     workers: int = 1,
     cache: HashCache | None = None,
+    columns: Path | None = None,
 ) -> VerifiedImages:
     """Inspect each file the layout chose (damaged ones aside) and keep the images that decode.
 
     `workers` processes decode and hash (`parallel.inspect_all`: same results in the same order
     as one); images whose bytes `cache` knows are not decoded again, and the cache is saved with
-    this fetch's images. Only columns are kept per image (`table.ImageTable`), and the layout
-    handed on has no per-file records left.
+    this fetch's images. Only columns are kept per image (`table.ImageTable`; with `columns`, a
+    folder, its hashes in a memory-mapped file there), and the layout handed on has no per-file
+    records left.
 
     Raises:
         DataError: no image is usable, or only one class has usable images.
@@ -48,7 +51,7 @@ def verify_images(
     skipped = layout_skipped(layout)
     n_files = len(layout.files) + len(skipped)
     skipped += sorted(layout.damaged.items())
-    table = ImageTable(len(rels))
+    table = ImageTable(len(rels), columns)
     results = inspect_all(FileReader(staged.images), rels, workers=workers, cache=cache)
     for n, (c, result) in enumerate(zip(candidates, results), 1):
         if result.reason:
@@ -59,7 +62,7 @@ def verify_images(
             on_progress("verify", n, len(rels))
     del candidates, rels, results  # before the cache is saved: its arrays are made then
     if cache is not None:
-        cache.save(table.sha256_raw, table.hashes, table.skin_pairs)  # skin: made last
+        cache.save(table.sha256_raw, table.hashes, *table.skin_table())
     _check_classes(table, staged)
     classes = sorted(table.pools["label"].values)
     return VerifiedImages(table, classes, skipped, n_files, without_files(layout))
