@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +125,7 @@ class ImageTable:
         self._sha += bytes.fromhex(sha256)
         # Only what the manifest and the groups need of the row: rows differing in image alone
         # (a patient's images, one lesion's photos) share one.
-        row = replace(row, image="", diagnosis="", malignant=None) if row is not None else _NO_ROW
+        row = row.grouping() if row is not None else _NO_ROW
         p = self.pools
         self._codes.extend(
             (
