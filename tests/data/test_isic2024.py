@@ -314,6 +314,34 @@ def test_fetch_keeps_the_hashes_in_a_file_it_removes_after(tmp_path, monkeypatch
     assert report.info.n_kept == 40 and not (data / ".columns.partial").exists()
 
 
+def test_fetch_keeps_every_column_of_the_table_in_files(tmp_path, monkeypatch):
+    # Past the hashes, the table's SHA-256 (32 bytes an image), codes (16) and paths are files in
+    # .columns.partial too, read back memory-mapped: the process keeps the pools alone.
+    src = isic2024_source(tmp_path / "src", n=40, patients=2)
+    data = tmp_path / "d"
+    stages = sys.modules["skincls.data.fetch"]
+    real, seen = stages.curate, {}
+
+    def curate(table, *args, **kwargs):
+        seen["rel"] = list(table.rel)  # (read: what was buffered is written out)
+        folder = data / ".columns.partial"
+        seen["files"] = {p.name: p.stat().st_size for p in folder.iterdir()}
+        seen["mapped"] = isinstance(table.skin_table()[0], np.memmap)
+        return real(table, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "curate", curate)
+    report = fetch(data, source_dir=src, dataset="isic2024", workers=1)
+    paths = sum(len(rel.encode()) for rel in seen["rel"])
+    assert seen["files"] == {
+        "hashes.npy": seen["files"]["hashes.npy"],
+        "sha256.bin": 32 * 40,
+        "codes.bin": 16 * 40,
+        "path_ends.bin": 8 * 40,
+        "paths.bin": paths,
+    }
+    assert seen["mapped"] and report.info.n_kept == 40 and not (data / ".columns.partial").exists()
+
+
 def test_fetch_keeps_each_metadata_row_once(tmp_path, monkeypatch):
     # The distinct metadata rows (one per ~3 images at scale) are one set of objects: those the
     # matching hands on are the ones the verified table's pool holds, not a copy per pool.
