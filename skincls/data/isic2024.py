@@ -58,8 +58,8 @@ class Isic2024Files(Layout):
 
 class Members(Sequence[PurePosixPath]):
     """The images of one HDF5 file matched to a metadata row, in path order, as two arrays: each
-    one's key (its bytes, `keys`) and the code of its row (`codes`) in `rows` (distinct rows,
-    image ids blank: a patient's images share one) and `labels` (each row's class). A path or
+    one's key (its bytes, `keys`) and the code of its row (`codes`) in `rows` (distinct rows as
+    `MetaRow.grouping` keeps them: a patient's images share one) and `labels` (each row's class). A path or
     `Candidate` is made when asked for: past matching an image costs its key's bytes and 4."""
 
     def __init__(
@@ -266,7 +266,10 @@ def _match_keys(
     if len(paths) > 1 and bool(np.any(paths[:-1] > paths[1:])):
         taken = taken[np.argsort(paths, kind="stable")]  # as their paths sort
     del paths
-    members = Members(hdf5, keys[taken], first[taken], pool.rows, pool.labels)
+    # The rows as the table keeps them (`MetaRow.grouping`): its pool holds these same objects,
+    # and the full rows (with their target) go with the pool.
+    rows = [r.grouping() for r in pool.rows]
+    members = Members(hdf5, keys[taken], first[taken], rows, pool.labels)
     return Isic2024Layout(
         (),
         members,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import DataError, opt
 
@@ -141,6 +141,15 @@ class MetaRow:
         out = [f"patient:{self.patient_id}"] if self.patient_id else []
         out += [f"lesion:{self.lesion_id}"] if self.lesion_id else []
         return out + list(self.groups)
+
+    def grouping(self) -> MetaRow:
+        """What a fetched image keeps of its row (`fetch.table.ImageTable`): image, diagnosis and
+        malignant blank, so rows differing in these alone are one. Itself where they are already
+        blank: a layout that hands rows on this way shares them with the table (one object each).
+        """
+        if self.image or self.diagnosis or self.malignant is not None:
+            return replace(self, image="", diagnosis="", malignant=None)
+        return self
 
 
 @dataclass

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import pytest
 
 from skincls.data.dedup import perceptual_hashes
@@ -20,7 +22,7 @@ from skincls.data.fetch.records import (
     VerifiedImages,
 )
 from skincls.data.fetch.stage import PARTIAL, stage_files
-from skincls.data.fetch.table import ImageTable
+from skincls.data.fetch.table import Column, ImageTable
 from skincls.data.fetch.verify import verify_images
 from skincls.data.fetch.write import write_dataset
 from skincls.data.freshness import FORMAT_VERSION
@@ -45,6 +47,44 @@ def _image(rel: str, label: str, split: str | None = None, seed: int = 0, row=No
     """A verified image as the verify stage hands it on (hashes of a real synthetic lesion)."""
     look = perceptual_hashes(_lesion(seed, label == "malignant"))
     return VerifiedImage(rel, label, split, f"{seed:064x}", look, row)  # SHA-256: 64 hex digits
+
+
+def test_image_table_in_files_reads_back_as_the_one_in_memory(tmp_path, monkeypatch):
+    # With a folder, the SHA-256, codes and paths are appended to files a chunk at a time (here
+    # 40 bytes, so values straddle chunks) and read back memory-mapped: the same table.
+    monkeypatch.setattr(Column, "_CHUNK", 40)
+    row = MetaRow("x", "mel", lesion_id="L1", patient_id="P1")
+    names = ["benign/a.jpg", "malignant/é\udcff.jpg", "benign/" + "b" * 70 + ".jpg"]
+    images = [
+        replace(
+            _image(names[i % 3], names[i % 3].split("/")[0], "train", i, row),
+            rel=f"{i}{names[i % 3]}",
+        )
+        for i in range(9)
+    ]
+    in_memory = ImageTable.of(images)
+    in_files = ImageTable(len(images), tmp_path / "columns")
+    for im in images:
+        in_files.append(im.rel, im.label, im.split, im.sha256, im.hashes, im.row, im.skin)
+    assert list(in_files.rel) == list(in_memory.rel) == [im.rel for im in images]
+    assert (in_files.sha256 == in_memory.sha256).all()
+    assert in_files.sha256_raw.tobytes() == in_memory.sha256_raw.tobytes()
+    assert [in_files.sha_hex(i) for i in range(9)] == [im.sha256 for im in images]
+    for name in ("label", "split", "skin", "row"):
+        assert in_files.column(name) == in_memory.column(name)
+    assert isinstance(in_files.skin_table()[0], np.memmap)
+    assert [(v.rel, v.label, v.row, v.sha256) for v in in_files] == [
+        (v.rel, v.label, v.row, v.sha256) for v in in_memory
+    ]
+    # (what the buffer held is written out when read)
+    sizes = {p.name: p.stat().st_size for p in (tmp_path / "columns").iterdir()}
+    assert sizes == {
+        "hashes.npy": sizes["hashes.npy"],
+        "sha256.bin": 32 * 9,
+        "codes.bin": 16 * 9,
+        "path_ends.bin": 8 * 9,
+        "paths.bin": sum(len(im.rel.encode("utf-8", "surrogatepass")) for im in images),
+    }
 
 
 # --- plan ------------------------------------------------------------------------------------

@@ -314,6 +314,54 @@ def test_fetch_keeps_the_hashes_in_a_file_it_removes_after(tmp_path, monkeypatch
     assert report.info.n_kept == 40 and not (data / ".columns.partial").exists()
 
 
+def test_fetch_keeps_every_column_of_the_table_in_files(tmp_path, monkeypatch):
+    # Past the hashes, the table's SHA-256 (32 bytes an image), codes (16) and paths are files in
+    # .columns.partial too, read back memory-mapped: the process keeps the pools alone.
+    src = isic2024_source(tmp_path / "src", n=40, patients=2)
+    data = tmp_path / "d"
+    stages = sys.modules["skincls.data.fetch"]
+    real, seen = stages.curate, {}
+
+    def curate(table, *args, **kwargs):
+        seen["rel"] = list(table.rel)  # (read: what was buffered is written out)
+        folder = data / ".columns.partial"
+        seen["files"] = {p.name: p.stat().st_size for p in folder.iterdir()}
+        seen["mapped"] = isinstance(table.skin_table()[0], np.memmap)
+        return real(table, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "curate", curate)
+    report = fetch(data, source_dir=src, dataset="isic2024", workers=1)
+    paths = sum(len(rel.encode()) for rel in seen["rel"])
+    assert seen["files"] == {
+        "hashes.npy": seen["files"]["hashes.npy"],
+        "sha256.bin": 32 * 40,
+        "codes.bin": 16 * 40,
+        "path_ends.bin": 8 * 40,
+        "paths.bin": paths,
+    }
+    assert seen["mapped"] and report.info.n_kept == 40 and not (data / ".columns.partial").exists()
+
+
+def test_fetch_keeps_each_metadata_row_once(tmp_path, monkeypatch):
+    # The distinct metadata rows (one per ~3 images at scale) are one set of objects: those the
+    # matching hands on are the ones the verified table's pool holds, not a copy per pool.
+    src = isic2024_source(tmp_path / "src", n=60, patients=3)
+    stages = sys.modules["skincls.data.fetch"]
+    real, seen = stages.verify_images, {}
+
+    def verify_images(staged, *args, **kwargs):
+        out = real(staged, *args, **kwargs)
+        seen["matched"] = {id(r) for r in staged.layout.files.rows}
+        seen["kept"] = list(out.table.pools["row"].values)
+        return out
+
+    monkeypatch.setattr(stages, "verify_images", verify_images)
+    report = fetch(tmp_path / "d", source_dir=src, dataset="isic2024", workers=1)
+    assert report.info.n_kept == 60 and len(seen["kept"]) > 1
+    assert [id(r) in seen["matched"] for r in seen["kept"]] == [True] * len(seen["kept"])
+    assert {(r.diagnosis, r.malignant) for r in seen["kept"]} == {("", None)}
+
+
 def test_isic2024_keys_are_matched_as_the_generic_matcher_matches_paths():
     # _match_keys is layouts._match for one HDF5 file's keys: the same files in the same order,
     # rows, classes, skips and summary. Keys sort differently from their paths ("a-b" < "a"
@@ -328,9 +376,8 @@ def test_isic2024_keys_are_matched_as_the_generic_matcher_matches_paths():
     paths = [PurePosixPath("train-image.hdf5", f"{k}.jpg") for k in keys]
     old = _match(PurePosixPath(), rows, [("e", "bad")], paths, {}, policy, ["m.csv"], False)
     assert list(new.files) == old.files == [paths[1], paths[0], paths[2]]
-    assert [replace(c, row=replace(c.row, image="")) for c in old.candidates()] == list(
-        new.candidates()
-    )
+    # (their rows as the verified table keeps them: `MetaRow.grouping`)
+    assert [replace(c, row=c.row.grouping()) for c in old.candidates()] == list(new.candidates())
     assert (new.skipped, new.summary) == (old.skipped, old.summary)
     assert new.summary["rows_repeating_an_image"] == 1 and new.summary["rows_without_image"] == 3
     conflict = [*rows, MetaRow("a", "unk", patient_id="P2")]

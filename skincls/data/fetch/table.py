@@ -10,9 +10,9 @@ share it. Columns are read back as arrays of codes (`codes`) or as sequences mad
 
 from __future__ import annotations
 
-from array import array
+import struct
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from ..hashcache import sha256_hex
 from ..lazy import Mapped
 from ..metadata import MetaRow
 
-__all__ = ["COLUMNS", "Coded", "ImageTable", "Pool", "VerifiedImage"]
+__all__ = ["COLUMNS", "Coded", "Column", "ImageTable", "Pool", "VerifiedImage"]
 
 COLUMNS = ".columns.partial"  # the data dir's folder for a fetch's file-backed columns
 
@@ -67,6 +67,48 @@ class Pool:
         return found
 
 
+class Column:
+    """Fixed-width values appended one after another, read back as one array. In memory, or with a
+    `path` (a new file): appended there a chunk (~1 MiB) at a time and read back memory-mapped,
+    read-only, so the page cache holds them, not the process's own memory."""
+
+    _CHUNK = 1 << 20
+
+    def __init__(self, dtype: np.dtype | str, path: Path | None = None) -> None:
+        self.dtype, self.path = np.dtype(dtype), path
+        self._buf = bytearray()
+        self._written = 0  # bytes in the file
+        self._mapped: np.ndarray | None = None
+        if path is not None:
+            path.write_bytes(b"")
+
+    def extend(self, data: bytes) -> None:
+        """Append values as their bytes (`dtype`'s layout)."""
+        self._buf += data
+        if self.path is not None and len(self._buf) >= self._CHUNK:
+            self._write()
+
+    def _write(self) -> None:
+        with open(self.path, "ab") as fh:
+            fh.write(self._buf)
+        self._written += len(self._buf)
+        self._buf = bytearray()
+
+    @property
+    def array(self) -> np.ndarray:
+        """The values appended so far, (N,) of `dtype`: with a `path`, a read-only memory map."""
+        if self.path is None:
+            return np.frombuffer(self._buf, self.dtype)
+        if self._buf:
+            self._write()
+        n = self._written // self.dtype.itemsize
+        if not n:  # (an empty file cannot be mapped)
+            return np.empty(0, self.dtype)
+        if self._mapped is None or len(self._mapped) != n:
+            self._mapped = np.memmap(self.path, self.dtype, "r", shape=(n,))
+        return self._mapped
+
+
 class Coded(Sequence):
     """A value per item, looked up when asked for: `values[codes[i]]` (`values` may itself be
     any sequence, e.g. one that makes its values)."""
@@ -93,50 +135,52 @@ class Coded(Sequence):
 class ImageTable:
     """The verified images, in order: their paths, hashes, SHA-256 and pooled fields.
 
-    With a `folder`, the perceptual hashes (128 of the ~220 bytes an image costs) are a
-    memory-mapped `.npy` file there: the page cache holds them, not the process's own memory.
+    With a `folder`, every per-image column (perceptual hashes, SHA-256, codes, paths: ~220 bytes
+    an image) is a file there, read back memory-mapped: the page cache holds them, not the
+    process's own memory, which keeps the pools alone (a value per distinct class, split, skin
+    tone and metadata row).
 
     Attributes:
         pools: The distinct labels, source splits (None: none), skin tones and metadata rows.
     """
 
     def __init__(self, capacity: int, folder: Path | None = None) -> None:
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
         if folder is None or not capacity:  # (an empty file cannot be mapped)
             self._hashes = np.empty((capacity, 2, 8), np.uint64)
         else:
-            folder.mkdir(parents=True, exist_ok=True)
             self._hashes = np.lib.format.open_memmap(
                 folder / "hashes.npy", "w+", np.uint64, (capacity, 2, 8)
             )
-        self._sha = bytearray()  # 32 bytes per image
-        self._rel = bytearray()  # each path's UTF-8 bytes, one after another
-        self._ends = array("Q")  # where each path's bytes end in `_rel`
-        self._codes = array("I")  # len(_FIELDS) codes per image
+        file = (lambda name: folder / name) if folder is not None else (lambda name: None)
+        self._sha = Column("V32", file("sha256.bin"))  # 32 bytes per image
+        self._rel = Column(np.uint8, file("paths.bin"))  # each path's UTF-8 bytes, in turn
+        self._ends = Column("<u8", file("path_ends.bin"))  # where each path's bytes end in `_rel`
+        self._codes = Column("<u4", file("codes.bin"))  # len(_FIELDS) codes per image
+        self._n, self._rel_end = 0, 0
         self.pools = {name: Pool() for name in _FIELDS}
 
     def __len__(self) -> int:
-        return len(self._ends)
+        return self._n
 
     def append(self, rel, label, split, sha256, hashes, row=None, skin=()) -> None:
         """Add one image (the fields of `VerifiedImage`); `capacity` images at most."""
         if len(sha256) != 64:
             raise ValueError(f"a SHA-256 is 64 hex digits, not {sha256!r}")
         self._hashes[len(self)] = hashes
-        self._sha += bytes.fromhex(sha256)
+        self._sha.extend(bytes.fromhex(sha256))
         # Only what the manifest and the groups need of the row: rows differing in image alone
         # (a patient's images, one lesion's photos) share one.
-        row = replace(row, image="", diagnosis="", malignant=None) if row is not None else _NO_ROW
+        row = row.grouping() if row is not None else _NO_ROW
         p = self.pools
-        self._codes.extend(
-            (
-                p["label"].code(label),
-                p["split"].code(split),
-                p["skin"].code(skin),
-                p["row"].code(row),
-            )
-        )
-        self._rel += rel.encode("utf-8", "surrogatepass")  # any str, undecodable names too
-        self._ends.append(len(self._rel))
+        codes = (p["label"].code(label), p["split"].code(split), p["skin"].code(skin))
+        self._codes.extend(struct.pack("<4I", *codes, p["row"].code(row)))
+        path = rel.encode("utf-8", "surrogatepass")  # any str, undecodable names too
+        self._rel.extend(path)
+        self._rel_end += len(path)
+        self._ends.extend(struct.pack("<Q", self._rel_end))
+        self._n += 1
 
     @classmethod
     def of(cls, images: Iterable[VerifiedImage]) -> ImageTable:
@@ -153,8 +197,9 @@ class ImageTable:
         return Mapped(len(self), self._path)
 
     def _path(self, i: int) -> str:
-        start = self._ends[i - 1] if i else 0
-        return self._rel[start : self._ends[i]].decode("utf-8", "surrogatepass")
+        ends = self._ends.array
+        start = int(ends[i - 1]) if i else 0
+        return self._rel.array[start : int(ends[i])].tobytes().decode("utf-8", "surrogatepass")
 
     @property
     def hashes(self) -> np.ndarray:
@@ -164,22 +209,21 @@ class ImageTable:
     @property
     def sha256(self) -> np.ndarray:
         """(N,) SHA-256 of each image's bytes, ASCII hex (`S64`)."""
-        return sha256_hex(np.frombuffer(self._sha, "V32"))
+        return sha256_hex(self._sha.array)
 
     @property
     def sha256_raw(self) -> np.ndarray:
         """(N,) SHA-256 of each image's bytes, 32 raw bytes each (`V32`, a copy)."""
-        return np.frombuffer(self._sha, "V32").copy()
+        return np.array(self._sha.array)
 
     def sha_hex(self, i: int) -> str:
         """Image `i`'s SHA-256, hex."""
-        return self._sha[32 * i : 32 * i + 32].hex()
+        return self._sha.array[i].tobytes().hex()
 
     def codes(self, name: str) -> np.ndarray:
         """(N,) codes of one pooled field (`label`, `split`, `skin`, `row`): positions in
         `pools[name].values`."""
-        k = len(_FIELDS)
-        return np.frombuffer(self._codes, np.uint32)[_FIELDS.index(name) :: k].astype(np.int64)
+        return self._codes.array[_FIELDS.index(name) :: len(_FIELDS)].astype(np.int64)
 
     def values(self, name: str) -> Coded:
         """One pooled field per image, looked up when indexed: `label`, `split`, `skin` or `row`
@@ -197,14 +241,13 @@ class ImageTable:
             (dict(s).get("ita", ""), dict(s).get("skin_tone", ""))
             for s in self.pools["skin"].values
         ]
-        k = len(_FIELDS)
-        codes = np.frombuffer(self._codes, np.uint32)[_FIELDS.index("skin") :: k]
+        codes = self._codes.array[_FIELDS.index("skin") :: len(_FIELDS)]
         return codes, np.array(pairs, dtype=str).reshape(-1, 2)
 
     def __iter__(self) -> Iterator[VerifiedImage]:
         """The images one at a time, as `VerifiedImage`s (made as they are asked for)."""
         values = [self.pools[name].values for name in _FIELDS]
-        k = len(_FIELDS)
+        k, codes = len(_FIELDS), self._codes.array
         for i, rel in enumerate(self.rel):
-            label, split, skin, row = (v[c] for v, c in zip(values, self._codes[k * i : k * i + k]))
+            label, split, skin, row = (v[c] for v, c in zip(values, codes[k * i : k * i + k]))
             yield VerifiedImage(rel, label, split, self.sha_hex(i), self._hashes[i], row, skin)
