@@ -28,6 +28,7 @@ __all__ = [
     "match_hashes",
     "near_duplicate_pairs",
     "perceptual_hashes",
+    "shared_indices",
     "summarize_duplicates",
 ]
 
@@ -328,7 +329,7 @@ class Duplicates:
 
     def groups(self) -> list[list[int]]:
         """Clusters of 2 or more images, as index lists in image order."""
-        return _shared(self.cluster)
+        return shared_indices(self.cluster)
 
 
 def find_duplicates(
@@ -346,7 +347,7 @@ def find_duplicates(
         max_distance: pHash threshold in bits; negative turns near duplicates off.
         confirm_distance: dHash threshold confirming a pHash match (see `near_duplicate_pairs`).
     """
-    exact = _shared(sha256)
+    exact = shared_indices(sha256)
     pairs, rejected = near_duplicate_pairs(hashes, max_distance, confirm_distance)
     edges = [(g[0], j) for g in exact for j in g[1:]] + [(i, j) for i, j, _ in pairs]
     cluster = _components(len(sha256), edges)
@@ -367,7 +368,7 @@ def _components(n: int, edges: list[tuple[int, int]]) -> np.ndarray:
     return rank[inverse.ravel()]
 
 
-def _shared(values: Sequence) -> list[list[int]]:
+def shared_indices(values: Sequence) -> list[list[int]]:
     """The indices of each value held by two or more items, in index order, values in the order
     of their first item (no list per item: numpy over the whole column).
 
@@ -384,7 +385,7 @@ def _shared(values: Sequence) -> list[list[int]]:
 
 
 def _groups(values: np.ndarray) -> list[np.ndarray]:
-    """`_shared`'s groups over all of `values` (not empty), as arrays of indices."""
+    """`shared_indices`'s groups over all of `values` (not empty), as arrays of indices."""
     _, first, inverse, counts = np.unique(
         values, return_index=True, return_inverse=True, return_counts=True
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path
-from .dedup import _shared
+from .dedup import shared_indices
 from .images import DECODER
 from .ingest import Inspection
 
@@ -102,7 +102,7 @@ class HashCache:
         """
         if self.path is None:
             return
-        again = [i for group in _shared(sha256) for i in group[1:]]  # an image's bytes again
+        again = [i for group in shared_indices(sha256) for i in group[1:]]  # an image's bytes again
         first = None  # no image twice: no copies
         if again:
             keep = np.ones(len(sha256), bool)

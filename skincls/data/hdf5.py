@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["HDF5_SUFFIXES", "hdf5_key_array", "hdf5_keys", "hdf5_member", "key_text", "read_member"]
+__all__ = ["HDF5_SUFFIXES", "hdf5_key_array", "hdf5_member", "key_text", "read_member"]
 
 HDF5_SUFFIXES = (".hdf5", ".h5")
 _INSTALL = "pip install 'skincls[hdf5]'"
@@ -58,23 +58,12 @@ def _open(path: Path):
         raise DataError(f"cannot read {path} as an HDF5 file: {exc}") from None
 
 
-def hdf5_keys(path: str | Path) -> list[str]:
-    """The names of the images stored in an HDF5 file, sorted.
-
-    Listed by HDF5's own link iteration: for 160,000 names it leaves the process ~14 MiB larger
-    (the names themselves: 11), where h5py's `keys()` leaves it ~28 MiB larger.
-    """
-    names: list = []
-    _file(Path(path)).id.links.iterate(lambda name: names.append(key_text(name)))
-    return sorted(names)
-
-
 def hdf5_key_array(path: str | Path) -> np.ndarray:
     """The names of the images stored in an HDF5 file as one sorted array of their bytes
-    (`S<longest>`, in the order `hdf5_keys` sorts them): no object per name.
+    (`S<longest>`, sorted: bytes order, which is UTF-8 text's order too): no object per name.
 
     Listed twice by HDF5's link iteration: once for the count and the longest name, once into
-    the array (`key_text` turns one back into `hdf5_keys`' value). The file is opened for this
+    the array (`key_text` turns one back into the name h5py's `keys()` gives). The file is opened for this
     alone: closing it frees HDF5's cache of the group's metadata (~6 MiB at 40,000 names).
     """
     with _open(Path(path)) as f:

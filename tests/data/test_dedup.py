@@ -204,12 +204,14 @@ def test_exact_copies_found_by_prefix_then_whole_value_equal_a_full_sort():
     tracemalloc.start()
     try:
         start = tracemalloc.get_traced_memory()[0]
-        groups = dedup._shared(raw)
+        groups = dedup.shared_indices(raw)
         peak = tracemalloc.get_traced_memory()[1] - start
     finally:
         tracemalloc.stop()
     assert groups == [g.tolist() for g in dedup._groups(raw)] == [[5, 7, 300, 19_999], [10, 11, 12]]
     assert (
-        dedup._shared(raw.view("S32")) == groups == dedup._shared([r.tobytes().hex() for r in u8])
+        dedup.shared_indices(raw.view("S32"))
+        == groups
+        == dedup.shared_indices([r.tobytes().hex() for r in u8])
     )
     assert peak / n < 40, f"{peak / n:.0f} bytes an image"
