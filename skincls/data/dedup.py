@@ -127,8 +127,6 @@ def near_duplicate_pairs(
         return _all_pairs(hashes, max_distance, confirm_distance, chunk)
     ph, dh = hashes[:, 0, :], hashes[:, 1, :]
     i, k, j, d = _close_hashes(ph, ph[:, 0], max_distance, skip_self=True)
-    keep = i != j
-    i, k, j, d = i[keep], k[keep], j[keep], d[keep]
     ok = _confirmed(dh[i, k], dh[j, 0], confirm_distance)
     # Turning i or turning j can differ by a bit: keep the closer, and any confirmation.
     lo, hi, d, ok = _per_pair(np.minimum(i, j), np.maximum(i, j), d, ok, n)

@@ -63,8 +63,9 @@ def hdf5_key_array(path: str | Path) -> np.ndarray:
     (`S<longest>`, sorted: bytes order, which is UTF-8 text's order too): no object per name.
 
     Listed twice by HDF5's link iteration: once for the count and the longest name, once into
-    the array (`key_text` turns one back into the name h5py's `keys()` gives). The file is opened for this
-    alone: closing it frees HDF5's cache of the group's metadata (~6 MiB at 40,000 names).
+    the array (`key_text` turns one back into the name h5py's `keys()` gives). The file is
+    opened for this alone: closing it frees HDF5's cache of the group's metadata (~6 MiB at
+    40,000 names).
     """
     with _open(Path(path)) as f:
         return _key_array(f.id.links)

@@ -56,24 +56,21 @@ class Isic2024Files(Layout):
     """The two files fetch copies (`files`: the HDF5 file and the metadata CSV), before indexing."""
 
 
-class Members(Sequence[PurePosixPath]):
+class Members(Mapped[PurePosixPath]):
     """The images of one HDF5 file matched to a metadata row, in path order, as two arrays: each
     one's key (its bytes, `keys`) and the code of its row (`codes`) in `rows` (distinct rows as
-    `MetaRow.grouping` keeps them: a patient's images share one) and `labels` (each row's class). A path or
-    `Candidate` is made when asked for: past matching an image costs its key's bytes and 4."""
+    `MetaRow.grouping` keeps them: a patient's images share one) and `labels` (each row's
+    class). A path (`<hdf5>/<key>.jpg`) or `Candidate` is made when asked for: past matching an
+    image costs its key's bytes and 4."""
 
     def __init__(
         self, hdf5: str, keys: np.ndarray, codes: np.ndarray, rows: list[MetaRow], labels: list
     ) -> None:
         self.hdf5, self.keys, self.codes, self.rows, self.labels = hdf5, keys, codes, rows, labels
+        super().__init__(len(keys), lambda i: PurePosixPath(self.hdf5, self._name(i)))
 
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        return PurePosixPath(self.hdf5, f"{key_text(self.keys[i])}.jpg")
+    def _name(self, i: int) -> str:
+        return f"{key_text(self.keys[i])}.jpg"
 
     def candidates(self) -> Sequence[Candidate]:
         """The images as `Candidate`s, each made when indexed (401,059 are never all held)."""
@@ -81,7 +78,7 @@ class Members(Sequence[PurePosixPath]):
 
     def candidate(self, i: int) -> Candidate:
         row = int(self.codes[i])
-        rel = f"{self.hdf5}/{key_text(self.keys[i])}.jpg"
+        rel = f"{self.hdf5}/{self._name(i)}"
         return Candidate(rel, None, self.labels[row], self.rows[row])
 
 

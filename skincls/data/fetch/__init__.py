@@ -170,7 +170,7 @@ def _run(data_dir: Path, options: FetchOptions) -> FetchReport:
     # References are read first: a bad one stops the run before anything is written.
     references = load_references(options)
     workers = options.workers or default_workers()
-    columns = data_dir / COLUMNS  # the hashes, file-backed; a killed fetch's are removed first
+    columns = data_dir / COLUMNS  # the table's columns as files; a killed fetch's removed first
     shutil.rmtree(columns, ignore_errors=True)
     try:
         # The staged layout's record per file is dropped after verification: columns go on.

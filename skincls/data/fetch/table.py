@@ -223,7 +223,11 @@ class ImageTable:
     def codes(self, name: str) -> np.ndarray:
         """(N,) codes of one pooled field (`label`, `split`, `skin`, `row`): positions in
         `pools[name].values`."""
-        return self._codes.array[_FIELDS.index(name) :: len(_FIELDS)].astype(np.int64)
+        return self._field(name).astype(np.int64)
+
+    def _field(self, name: str) -> np.ndarray:
+        """One pooled field's codes, (N,) uint32: a view of the codes column, no copy."""
+        return self._codes.array[_FIELDS.index(name) :: len(_FIELDS)]
 
     def values(self, name: str) -> Coded:
         """One pooled field per image, looked up when indexed: `label`, `split`, `skin` or `row`
@@ -241,8 +245,7 @@ class ImageTable:
             (dict(s).get("ita", ""), dict(s).get("skin_tone", ""))
             for s in self.pools["skin"].values
         ]
-        codes = self._codes.array[_FIELDS.index("skin") :: len(_FIELDS)]
-        return codes, np.array(pairs, dtype=str).reshape(-1, 2)
+        return self._field("skin"), np.array(pairs, dtype=str).reshape(-1, 2)
 
     def __iter__(self) -> Iterator[VerifiedImage]:
         """The images one at a time, as `VerifiedImage`s (made as they are asked for)."""

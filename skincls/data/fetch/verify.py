@@ -35,7 +35,7 @@ def verify_images(
     `workers` processes decode and hash (`parallel.inspect_all`: same results in the same order
     as one); images whose bytes `cache` knows are not decoded again, and the cache is saved with
     this fetch's images. Only columns are kept per image (`table.ImageTable`; with `columns`, a
-    folder, its hashes in a memory-mapped file there), and the layout handed on has no per-file
+    folder, as files there, read back memory-mapped), and the layout handed on has no per-file
     records left.
 
     Raises:
