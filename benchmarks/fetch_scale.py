@@ -36,6 +36,7 @@ import _smoke
 
 ISIC2024 = 401_059
 _PER_PATIENT = 385  # 401,059 images of 1,042 patients
+_SITES = ("posterior torso", "anterior torso", "lower extremity", "upper extremity", "head/neck")
 _CHILD = """
 import json, resource, sys, time
 from skincls.data.fetch import fetch
@@ -77,7 +78,11 @@ def lesion_jpegs(n: int, size: int, seed: int = 0) -> Iterator[bytes]:
 
 
 def make_isic2024(out: Path, n: int, size: int, seed: int = 0) -> Path:
-    """ISIC 2024's layout: `train-image.hdf5` (JPEG bytes by isic_id) + `train-metadata.csv`."""
+    """ISIC 2024's layout: `train-image.hdf5` (JPEG bytes by isic_id) + `train-metadata.csv`.
+
+    As in the real set, each patient keeps one age, sex and hospital (one total-body photograph per
+    patient), the body site varies between a patient's lesions, and ~5.5% of the crops (22,058 of
+    401,059) carry a `lesion_id` of their own."""
     import h5py
     import numpy as np
 
@@ -86,6 +91,7 @@ def make_isic2024(out: Path, n: int, size: int, seed: int = 0) -> Path:
     columns = ["isic_id", "target", "patient_id", "age_approx", "sex", "anatom_site_general",
                "tbp_lv_areaMM2", "tbp_lv_location_simple", "attribution", "lesion_id"]  # fmt: skip
     patients = max(2, n // _PER_PATIENT)
+    age, sex, hospital = (rng.integers(k, size=patients) for k in (12, 2, 7))
     with (
         h5py.File(out / "train-image.hdf5", "w") as f,
         open(out / "train-metadata.csv", "w", newline="") as fh,
@@ -96,10 +102,12 @@ def make_isic2024(out: Path, n: int, size: int, seed: int = 0) -> Path:
             isic_id = f"ISIC_{i:07d}"
             f.create_dataset(isic_id, data=np.bytes_(data))
             target = int(i % 1000 == 0)  # ~0.1% malignant, as in the real set
-            w.writerow([isic_id, target, f"IP_{int(rng.integers(patients)):07d}",
-                        str(30 + 5 * int(rng.integers(10))), ("male", "female")[i % 2],
-                        "posterior torso", f"{rng.random() * 20:.2f}", "Torso Back",
-                        f"Hospital {i % 7}", ""])  # fmt: skip
+            p = int(rng.integers(patients))
+            lesion = f"IL_{i:07d}" if rng.random() < 0.055 else ""
+            w.writerow([isic_id, target, f"IP_{p:07d}", str(30 + 5 * int(age[p])),
+                        ("male", "female")[sex[p]], _SITES[int(rng.integers(len(_SITES)))],
+                        f"{rng.random() * 20:.2f}", "Torso Back", f"Hospital {hospital[p]}",
+                        lesion])  # fmt: skip
     return out
 
 
