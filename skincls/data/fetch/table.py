@@ -213,8 +213,9 @@ class ImageTable:
 
     @property
     def sha256_raw(self) -> np.ndarray:
-        """(N,) SHA-256 of each image's bytes, 32 raw bytes each (`V32`, a copy)."""
-        return np.array(self._sha.array)
+        """(N,) SHA-256 of each image's bytes, 32 raw bytes each (`V32`): with a folder, the
+        column's read-only memory map, no copy; in memory, a copy."""
+        return self._sha.array if self._sha.path is not None else np.array(self._sha.array)
 
     def sha_hex(self, i: int) -> str:
         """Image `i`'s SHA-256, hex."""
