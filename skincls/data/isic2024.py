@@ -181,6 +181,10 @@ class _RowPool:
             self.why.append(why or "no class")
         return code
 
+    def close(self) -> None:
+        """No row is added after: the lookup of codes goes (a dict entry a distinct row)."""
+        self._codes = {}
+
 
 class _ByIndex(Mapping):
     """Key index → `values[codes[index]]` for the indices in `taken` (a summary's view of the
@@ -251,6 +255,7 @@ def _match_keys(
             if pool.labels[code] is None:
                 m.skipped.append((f"{hdf5}/{row.image}.jpg", pool.why[code]))
     del elsewhere
+    pool.close()
     not_listed = f"not listed in {meta_name}"
     m.skipped += [
         (f"{hdf5}/{key_text(keys[i])}.jpg", not_listed) for i in np.flatnonzero(first < 0)
