@@ -102,45 +102,69 @@ class HashCache:
         """
         if self.path is None:
             return
-        again = [i for group in shared_indices(sha256) for i in group[1:]]  # an image's bytes again
-        first = None  # no image twice: no copies
-        if again:
-            keep = np.ones(len(sha256), bool)
-            keep[again] = False
-            first = np.flatnonzero(keep)
-        n = len(sha256) - len(again)
+        sha256 = np.asarray(sha256)  # (a memory map stays one)
+        again = _repeats(sha256)  # an image's bytes again: left out
+        n_in, n = len(sha256), len(sha256) - len(again)
 
-        def rows(a: np.ndarray, start: int, end: int) -> np.ndarray:
-            return a[start:end] if first is None else a[first[start:end]]
+        def rows(a: np.ndarray) -> Callable[[int, int], np.ndarray]:
+            return lambda i, j: np.delete(a[i:j], again[(again >= i) & (again < j)] - i, axis=0)
 
         arrays = {
             "version": lambda: np.array(CACHE_VERSION),
-            "sha256": _Rows("S64", (n,), lambda i, j: sha256_hex(rows(sha256, i, j))),  # ASCII
-            "hashes": _Rows(np.uint64, (n, 2, 8), lambda i, j: rows(hashes, i, j)),
-            "skin_codes": _Rows(np.uint32, (n,), lambda i, j: rows(skin, i, j)),
+            "sha256": _Rows("S64", (n,), lambda i, j: sha256_hex(rows(sha256)(i, j)), n_in),
+            "hashes": _Rows(np.uint64, (n, 2, 8), rows(hashes), n_in),
+            "skin_codes": _Rows(np.uint32, (n,), rows(skin), n_in),
             "skin_values": lambda: np.asarray(skin_values, dtype=str).reshape(-1, 2),
         }
         with atomic_path(self.path) as tmp, open(tmp, "wb") as fh:
             _write_npz(fh, arrays)
 
 
-_CHUNK = 1 << 16  # rows of an array made and written at once
+_CHUNK = 1 << 12  # rows of an array made and written at once (~0.5 MiB of hashes)
+
+
+def _repeats(sha256: np.ndarray) -> np.ndarray:
+    """Indices (ascending) of the entries whose SHA-256 an earlier entry has. ~9 transient bytes
+    an entry: each one's first 8 bytes, sorted in place; only the few entries whose first 8 bytes
+    another shares are compared whole (`dedup.shared_indices`)."""
+    starts = range(0, len(sha256), _CHUNK)
+    prefix = np.empty(len(sha256), np.uint64)
+    for start in starts:
+        prefix[start : start + _CHUNK] = _prefix(sha256[start : start + _CHUNK])
+    prefix.sort()
+    shared = prefix[1:][prefix[1:] == prefix[:-1]]
+    del prefix
+    some = [
+        start + np.flatnonzero(np.isin(_prefix(sha256[start : start + _CHUNK]), shared))
+        for start in starts
+    ]
+    some = np.concatenate(some) if some else np.empty(0, np.int64)
+    again = [i for group in shared_indices(sha256[some]) for i in group[1:]]
+    return np.sort(some[again])
+
+
+def _prefix(sha256: np.ndarray) -> np.ndarray:
+    """(n,) uint64: each SHA-256's first 8 bytes (raw or hex)."""
+    raw = np.ascontiguousarray(sha256).view(np.uint8).reshape(len(sha256), -1)
+    return np.ascontiguousarray(raw[:, :8]).view(np.uint64).ravel()
 
 
 @dataclass(frozen=True)
 class _Rows:
-    """An array of `shape` written `_CHUNK` rows at a time: `part(start, end)` makes those rows."""
+    """An array of `shape` written `_CHUNK` rows at a time: `part(start, end)` makes the rows of
+    input rows `start` to `end` (of `n_in`, those left out dropped)."""
 
     dtype: object
     shape: tuple[int, ...]
     part: Callable[[int, int], np.ndarray]
+    n_in: int
 
     def write(self, out) -> None:
         dtype = np.dtype(self.dtype)
         header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
         np.lib.format.write_array_header_1_0(out, {**header, "shape": self.shape})
-        for start in range(0, self.shape[0], _CHUNK):
-            part = self.part(start, min(start + _CHUNK, self.shape[0]))
+        for start in range(0, self.n_in, _CHUNK):
+            part = self.part(start, min(start + _CHUNK, self.n_in))
             out.write(np.ascontiguousarray(part, dtype=dtype).tobytes())
 
 

@@ -50,6 +50,7 @@ METADATA_NAME = "train-metadata.csv"
 REQUIRED = ("isic_id", "target", "patient_id")
 LABEL_RULE = {"target 1": MALIGNANT, "target 0": BENIGN}
 JPEG_FOLDER = "train-image"  # the competition's second copy of the images, as files
+_AT_ONCE = 1 << 12  # keys looked at together: a small fixed share of temporary arrays and ints
 
 
 class Isic2024Files(Layout):
@@ -180,6 +181,10 @@ class _RowPool:
             self.why.append(why or "no class")
         return code
 
+    def close(self) -> None:
+        """No row is added after: the lookup of codes goes (a dict entry a distinct row)."""
+        self._codes = {}
+
 
 class _ByIndex(Mapping):
     """Key index → `values[codes[index]]` for the indices in `taken` (a summary's view of the
@@ -192,8 +197,8 @@ class _ByIndex(Mapping):
         return len(self.taken)
 
     def __iter__(self) -> Iterator[int]:
-        for start in range(0, len(self.taken), 1 << 16):
-            yield from self.taken[start : start + (1 << 16)].tolist()
+        for start in range(0, len(self.taken), _AT_ONCE):
+            yield from self.taken[start : start + _AT_ONCE].tolist()
 
     def __getitem__(self, i: int):
         at = int(np.searchsorted(self.taken, i))  # `taken` is sorted
@@ -250,29 +255,68 @@ def _match_keys(
             if pool.labels[code] is None:
                 m.skipped.append((f"{hdf5}/{row.image}.jpg", pool.why[code]))
     del elsewhere
+    pool.close()
     not_listed = f"not listed in {meta_name}"
     m.skipped += [
         (f"{hdf5}/{key_text(keys[i])}.jpg", not_listed) for i in np.flatnonzero(first < 0)
     ]
     labelled = np.array([label is not None for label in pool.labels] + [False])
-    taken = np.flatnonzero(labelled[first])  # first -1: the appended False
+    chosen = labelled[first]  # first -1: the appended False
+    every = bool(chosen.all())  # ISIC 2024's own files: each key matched, with a class
+    taken = np.arange(len(keys), dtype=np.int32) if every else _positions(chosen)
+    del chosen
     m.chosen, m.labels = _ByIndex(taken, first, pool.rows), _ByIndex(taken, first, pool.labels)
     _refuse_conflicts(m.conflicts, meta_name)
     _check_labels(m.labels, m.chosen, meta_name)
-    paths = np.char.add(keys[taken], b".jpg")
-    if len(paths) > 1 and bool(np.any(paths[:-1] > paths[1:])):
-        taken = taken[np.argsort(paths, kind="stable")]  # as their paths sort
-    del paths
+    if not _sorted_as_paths(keys, taken):
+        paths = np.char.add(keys[taken], b".jpg")
+        taken, every = taken[np.argsort(paths, kind="stable")], False  # as their paths sort
+        del paths
     # The rows as the table keeps them (`MetaRow.grouping`): its pool holds these same objects,
-    # and the full rows (with their target) go with the pool.
+    # and the full rows (with their target) go with the pool. Every key taken in order: the
+    # arrays themselves, no copy.
     rows = [r.grouping() for r in pool.rows]
-    members = Members(hdf5, keys[taken], first[taken], rows, pool.labels)
+    members = (
+        Members(hdf5, keys, first, rows, pool.labels)
+        if every
+        else Members(hdf5, keys[taken], first[taken], rows, pool.labels)
+    )
+    counts = _counts(members.codes, len(pool.rows))
+    used = np.flatnonzero(counts).tolist()  # the distinct rows matched, each once
+    counted = lambda: ((pool.rows[c], pool.labels[c], int(counts[c])) for c in used)  # noqa: E731
     return Isic2024Layout(
         (),
         members,
         skipped=sorted(m.skipped),
-        summary=_summary(m, n_rows + len(bad_rows), bad_rows, [meta_name]),
+        summary=_summary(m, n_rows + len(bad_rows), bad_rows, [meta_name], counted),
     )
+
+
+def _positions(mask: np.ndarray) -> np.ndarray:
+    """`np.flatnonzero(mask)` as int32, made `_AT_ONCE` at a time (no int64 index per key)."""
+    parts = [
+        np.int32(start) + np.flatnonzero(mask[start : start + _AT_ONCE]).astype(np.int32)
+        for start in range(0, len(mask), _AT_ONCE)
+    ]
+    return np.concatenate(parts) if parts else np.empty(0, np.int32)
+
+
+def _sorted_as_paths(keys: np.ndarray, taken: np.ndarray) -> bool:
+    """Whether `keys[taken]` (sorted as keys) sort the same as paths (`<key>.jpg`; they differ
+    where a key is another's start), checked `_AT_ONCE` at a time."""
+    for start in range(0, len(taken), _AT_ONCE):
+        paths = np.char.add(keys[taken[start : start + _AT_ONCE + 1]], b".jpg")
+        if bool(np.any(paths[:-1] > paths[1:])):
+            return False
+    return True
+
+
+def _counts(codes: np.ndarray, n: int) -> np.ndarray:
+    """How many images each of the `n` rows has, of their row codes, `_AT_ONCE` at a time."""
+    counts = np.zeros(n, np.int64)
+    for start in range(0, len(codes), _AT_ONCE):
+        counts += np.bincount(codes[start : start + _AT_ONCE], minlength=n)
+    return counts
 
 
 def index_isic2024(staging: Path, files: Isic2024Files, policy: LabelPolicy) -> Isic2024Layout:

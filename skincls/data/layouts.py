@@ -10,7 +10,7 @@ both image folders) is taken once and the copy reported.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
@@ -376,9 +376,22 @@ def _match_rows(
 
 
 def _summary(
-    m: _Matches, n_rows: int, bad_rows: list[tuple[str, str]], meta_files: list[str]
+    m: _Matches,
+    n_rows: int,
+    bad_rows: list[tuple[str, str]],
+    meta_files: list[str],
+    counted: Callable[[], Iterable[tuple[MetaRow, str, int]]] | None = None,
 ) -> dict:
-    """What the metadata held and how its rows matched (`MetadataSummary`, less the layout)."""
+    """What the metadata held and how its rows matched (`MetadataSummary`, less the layout).
+
+    `counted()` gives the chosen images as (row, class, number of images) (by default one
+    triple an image, from `m`): rows shared by many images are counted once each."""
+    if counted is None:
+        counted = lambda: ((r, m.labels[p], 1) for p, r in m.chosen.items())  # noqa: E731
+    diagnoses, classes = Counter(), Counter()
+    for row, label, n in counted():
+        diagnoses[row.diagnosis] += n
+        classes[label] += n
     return {
         "metadata_files": meta_files,
         "rows": n_rows,
@@ -387,9 +400,9 @@ def _summary(
         "rows_without_image": len(m.missing),
         "rows_without_image_examples": m.missing[:_SHOWN_MISSING],
         "rows_unreadable": [list(b) for b in bad_rows],
-        "diagnoses": dict(sorted(Counter(r.diagnosis for r in m.chosen.values()).items())),
-        "classes": dict(sorted(Counter(m.labels.values()).items())),
-        **_lesion_conflicts(m.chosen, m.labels),
+        "diagnoses": dict(sorted(diagnoses.items())),
+        "classes": dict(sorted(classes.items())),
+        **_lesion_conflicts(counted),
     }
 
 
@@ -426,31 +439,42 @@ def _check_labels(labels: dict, rows: dict[PurePosixPath, MetaRow], source: str)
                 f"labels {shown} in {source} differ only in case: change them to one spelling to "
                 "merge them, or to clearly different names, and run fetch again"
             )
-    values = Counter(("label", v) for v in labels.values())  # counted as made: no list per row
-    values.update((k, getattr(r, k)) for r in rows.values() for k in ("lesion_id", "patient_id"))
-    for (what, value), n in values.items():
-        char = formula_start(value)
-        if char:
-            raise DataError(
-                f"{what} {value!r} ({_rows(n)} of {source}) starts with {char!r}: a spreadsheet "
-                "opening skincls's CSVs would run it as a formula (CSV injection); change it in "
-                f"{source} and run fetch again"
-            )
+
+    def values() -> Iterator[tuple[str, str]]:  # made as iterated: no list or count per value
+        yield from (("label", v) for v in labels.values())
+        yield from ((k, getattr(r, k)) for r in rows.values() for k in ("lesion_id", "patient_id"))
+
+    found = next((v for v in values() if formula_start(v[1])), None)
+    if found:  # only the value refused is counted
+        (what, value), n, char = found, sum(v == found for v in values()), formula_start(found[1])
+        raise DataError(
+            f"{what} {value!r} ({_rows(n)} of {source}) starts with {char!r}: a spreadsheet "
+            "opening skincls's CSVs would run it as a formula (CSV injection); change it in "
+            f"{source} and run fetch again"
+        )
 
 
 def _rows(n: int) -> str:
     return f"{n} row{'s' * (n != 1)}"
 
 
-def _lesion_conflicts(rows: dict[PurePosixPath, MetaRow], labels: dict) -> dict:
-    """Lesions whose photos carry different diagnoses (a lesion has one): counts and examples."""
+def _lesion_conflicts(counted: Callable[[], Iterable[tuple[MetaRow, str, int]]]) -> dict:
+    """Lesions whose photos carry different diagnoses (a lesion has one): counts and examples.
+
+    A first pass keeps one diagnosis a lesion; only lesions seen with another are counted."""
+    seen: dict[str, str] = {}
+    several = set()
+    for r, _, _ in counted():
+        if r.lesion_id and seen.setdefault(r.lesion_id, r.diagnosis) != r.diagnosis:
+            several.add(r.lesion_id)
+    del seen
     dx: dict[str, Counter] = {}
     classes: dict[str, set] = {}
-    for p, r in rows.items():
-        if r.lesion_id:
-            dx.setdefault(r.lesion_id, Counter())[r.diagnosis] += 1
-            classes.setdefault(r.lesion_id, set()).add(labels[p])
-    several = sorted(k for k, v in dx.items() if len(v) > 1)
+    for r, label, n in counted():
+        if r.lesion_id in several:
+            dx.setdefault(r.lesion_id, Counter())[r.diagnosis] += n
+            classes.setdefault(r.lesion_id, set()).add(label)
+    several = sorted(several)
     return {
         "lesions_with_several_diagnoses": len(several),
         "lesions_with_several_classes": sum(len(classes[k]) > 1 for k in several),

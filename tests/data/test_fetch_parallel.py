@@ -175,6 +175,35 @@ def test_cache_reads_hex_digests_stored_as_unicode_and_saves_each_once(tmp_path,
     assert np.array_equal(again.get(sha[0]).hashes, hashes[0])
 
 
+def test_cache_save_holds_no_copy_or_index_per_image(tmp_path, monkeypatch):
+    # ISIC 2024 has 401,059 images: `save` reads the table's memory-mapped columns a chunk at a
+    # time and finds repeated bytes by each one's first 8 bytes (~9 bytes an image), never a copy,
+    # hex digest or index per image (~300 bytes an image before).
+    import tracemalloc
+
+    from skincls.data.fetch.table import ImageTable
+
+    monkeypatch.setattr(hashcache, "_CHUNK", 1 << 10)  # a small fixed share
+    n, rng = 20_000, np.random.default_rng(0)
+    table = ImageTable(n, tmp_path / "columns")
+    shas = [rng.bytes(32).hex() for _ in range(n)]
+    shas[7] = shas[19_999] = shas[3]  # one image's bytes three times
+    for i, sha in enumerate(shas):
+        table.append(f"{i}.jpg", "benign", None, sha, np.full((2, 8), i, np.uint64), None, ())
+    cache = HashCache(tmp_path / CACHE_NAME)
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        cache.save(table.sha256_raw, table.hashes, *table.skin_table())
+        peak = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+    saved = HashCache(tmp_path / CACHE_NAME)
+    assert len(saved) == n - 2 and saved.get(shas[3]).hashes[0, 0] == 3
+    assert saved.get(shas[19_998]).hashes[0, 0] == 19_998
+    assert peak / n < 30, f"{peak / n:.0f} bytes an image"  # 56 before
+
+
 def test_cache_keeps_a_skin_code_per_image_and_ignores_codes_it_cannot_read(tmp_path, monkeypatch):
     # ISIC 2024 has 401,059 images and a few hundred distinct (ITA, skin tone) pairs: the cache
     # stores each image's code into a table of them, not the pair's strings (~96 bytes an image).

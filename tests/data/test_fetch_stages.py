@@ -49,6 +49,25 @@ def _image(rel: str, label: str, split: str | None = None, seed: int = 0, row=No
     return VerifiedImage(rel, label, split, f"{seed:064x}", look, row)  # SHA-256: 64 hex digits
 
 
+def test_image_table_in_files_buffers_a_fixed_share_of_each_column(tmp_path):
+    # ISIC 2024 has 401,059 images: appended to files, the columns buffer a small fixed share
+    # (64 KiB each), not ~1 MiB each (up to ~30,000 images, ~70 bytes an image held).
+    import tracemalloc
+
+    n, hashes = 20_000, np.zeros((2, 8), np.uint64)
+    table = ImageTable(n, tmp_path / "columns")
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for i in range(n):
+            table.append(f"train-image.hdf5/ISIC_{i:07d}.jpg", "benign", None, f"{i:064x}", hashes)
+        peak = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+    assert table.sha_hex(n - 1) == f"{n - 1:064x}" and table.rel[n - 1].endswith("9999.jpg")
+    assert peak / n < 24, f"{peak / n:.0f} bytes an image"  # 14; 99 before
+
+
 def test_image_table_in_files_reads_back_as_the_one_in_memory(tmp_path, monkeypatch):
     # With a folder, the SHA-256, codes and paths are appended to files a chunk at a time (here
     # 40 bytes, so values straddle chunks) and read back memory-mapped: the same table.

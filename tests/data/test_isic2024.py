@@ -389,3 +389,45 @@ def test_isic2024_keys_are_matched_as_the_generic_matcher_matches_paths():
     conflict = [*rows, MetaRow("a", "unk", patient_id="P2")]
     with pytest.raises(DataError, match=r"m.csv describes image\(s\) 'a' twice, differently"):
         _match_keys("train-image.hdf5", conflict, [], array, policy, "m.csv")
+
+
+def test_isic2024_summary_counts_lesions_as_the_generic_matcher():
+    # The summary counts each distinct row once, with its number of images: the same diagnoses,
+    # classes and lesions with several diagnoses or classes as counted image by image.
+    spec = [("a", "nev", "L1", False), ("b", "mel", "L1", True), ("c", "nev", "L2", False)]
+    spec += [("d", "nev", "L2", False), ("e", "bcc", "", True), ("f", "nev", "L3", False)]
+    rows = [MetaRow(k, dx, lesion_id=les, patient_id="P", malignant=m) for k, dx, les, m in spec]
+    array = np.array([k.encode() for k, *_ in spec])
+    new = _match_keys("train-image.hdf5", rows, [], array, LabelPolicy(), "m.csv")
+    paths = [PurePosixPath("train-image.hdf5", f"{k}.jpg") for k, *_ in spec]
+    old = _match(PurePosixPath(), rows, [], paths, {}, LabelPolicy(), ["m.csv"], False)
+    assert new.summary == old.summary
+    assert new.summary["diagnoses"] == {"bcc": 1, "mel": 1, "nev": 4}
+    assert new.summary["lesions_with_several_diagnoses"] == 1
+    assert new.summary["lesions_with_several_classes"] == 1
+    assert new.summary["lesion_conflict_examples"] == {"L1": {"mel": 1, "nev": 1}}
+
+
+def test_isic2024_matching_holds_a_few_bytes_per_key():
+    # ISIC 2024 has 401,059 keys: matching keeps each key's bytes, its row's code and its index;
+    # the checks, the paths' order and the summary look at a small fixed share of keys at a
+    # time and count rows by code: no Python int, path or count entry for every key.
+    import tracemalloc
+
+    n = 20_000
+    keys = np.array([f"ISIC_{i:07d}".encode() for i in range(n)])
+
+    def rows():
+        for i in range(n):
+            yield MetaRow(f"ISIC_{i:07d}", "unk", patient_id=f"P{i % 50}", malignant=i % 7 == 0)
+
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        layout = _match_keys("train-image.hdf5", rows(), [], keys, LabelPolicy(), "m.csv")
+        peak = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+    assert len(layout.files) == n and layout.files[n - 1].name == f"ISIC_{n - 1:07d}.jpg"
+    assert layout.summary["classes"] == {"benign": n - 2858, "malignant": 2858}
+    assert peak / n < 40, f"{peak / n:.0f} bytes a key"  # 26; 70 before
