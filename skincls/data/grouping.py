@@ -20,6 +20,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
+from .dedup import _numbered_by_first
 from .lazy import Mapped
 
 __all__ = ["Grouping", "build_grouping", "carve_groups", "group_images", "groups_across_splits"]
@@ -204,9 +205,11 @@ def _dense(values: np.ndarray) -> tuple[np.ndarray, int]:
 def _by_first(component: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Components renumbered 0..G-1 by first item (int32), and each one's first item: scipy
     numbers them so already (nodes in order), which is checked, not assumed."""
-    values, first = np.unique(component, return_index=True)
-    if np.array_equal(values, np.arange(len(values))) and (np.diff(first) > 0).all():
+    if _numbered_by_first(component):
+        top = np.maximum.accumulate(component)
+        first = np.flatnonzero(np.diff(top, prepend=-1) > 0)  # where each new one appears
         return component.astype(np.int32, copy=False), first
+    values, first = np.unique(component, return_index=True)
     rank = np.empty(len(first), np.int32)
     rank[np.argsort(first, kind="stable")] = np.arange(len(first))
     inverse = np.searchsorted(values, component)
