@@ -20,6 +20,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
+from .dedup import _numbered_by_first
 from .lazy import Mapped
 
 __all__ = ["Grouping", "build_grouping", "carve_groups", "group_images", "groups_across_splits"]
@@ -78,8 +79,6 @@ class Grouping:
         sizes = Counter(size.tolist())
         kinds = Counter(self.group_name(g).split(":", 1)[0] for g in range(len(self)))
         largest = np.lexsort((self.first, -size))[:_LARGEST]
-        order = np.argsort(self.ids, kind="stable")  # images by group, in image order
-        starts = np.cumsum(size) - size
         out = {
             "n_groups": len(self),
             "n_images": len(self.ids),
@@ -94,11 +93,7 @@ class Grouping:
                     "group": self.group_name(g),
                     "images": int(size[g]),
                     "labels": dict(
-                        sorted(
-                            Counter(
-                                labels[i] for i in order[starts[g] : starts[g] + size[g]]
-                            ).items()
-                        )
+                        sorted(Counter(labels[i] for i in self._members(g).tolist()).items())
                     ),
                     "example": paths[self.first[g]],
                     **({"split": splits[self.first[g]]} if splits is not None else {}),
@@ -110,11 +105,17 @@ class Grouping:
             out["groups_across_splits"] = groups_across_splits(self.ids, splits)
         return out
 
+    def _members(self, g: int) -> np.ndarray:
+        """Group `g`'s images, in image order."""
+        return np.flatnonzero(self.ids == g)
+
     def _several_lesions(self) -> int:
         """Groups whose images bring two or more lesion ids."""
-        pairs = np.unique(self.ids * len(self.key_sets) + self.key_set)
-        g, k = np.divmod(pairs, len(self.key_sets))
         lesions = [[x for x in ks if x.startswith("lesion:")] for ks in self.key_sets]
+        some = np.flatnonzero(np.array([bool(x) for x in lesions], bool)[self.key_set])
+        # Only the images that bring a lesion id: a (group, key set) pair each, once.
+        pairs = np.unique(self.ids[some].astype(np.int64) * len(lesions) + self.key_set[some])
+        g, k = np.divmod(pairs, len(lesions))
         seen = {(int(a), x) for a, b in zip(g.tolist(), k.tolist()) for x in lesions[b]}
         return sum(n > 1 for n in Counter(a for a, _ in seen).values())
 
@@ -148,8 +149,11 @@ def group_images(
     object per image.
     """
     canon: dict[tuple[str, ...], int] = {}  # equal sets, however ordered, as one
-    same = np.array([canon.setdefault(tuple(sorted(set(k))), len(canon)) for k in key_sets])
-    key_set = same[np.asarray(key_set, dtype=np.int64)] if len(key_set) else np.zeros(0, np.int64)
+    same = [canon.setdefault(tuple(sorted(set(k))), len(canon)) for k in key_sets]
+    # Codes of the narrowest width (no int64 copy of a uint32 column): nodes number ~4 per image.
+    key_set = (
+        np.array(same, np.int32)[np.asarray(key_set)] if len(key_set) else np.zeros(0, np.int32)
+    )
     sets = [list(k) for k in canon]
     clusters = np.asarray(clusters, dtype=np.int64).reshape(-1)
     n, s = len(key_set), len(sets)
@@ -157,31 +161,59 @@ def group_images(
     used[key_set] = True  # a set no image brought joins nothing
     node: dict[str, int] = {}
     pairs = [(a, node.setdefault(k, len(node))) for a, ks in enumerate(sets) if used[a] for k in ks]
-    set_of, key_of = np.array(pairs, dtype=np.int64).reshape(-1, 2).T
-    cluster_node = np.unique(clusters, return_inverse=True)[1].ravel()
+    set_of, key_of = np.array(pairs, dtype=np.int32).reshape(-1, 2).T
+    cluster_node, n_clusters = _dense(clusters)
     keyed = np.array([bool(k) for k in sets], bool)[key_set]  # an empty set joins nothing
     # Nodes: images, then key sets, keys and clusters.
-    size = n + s + len(node) + (int(cluster_node.max()) + 1 if n else 0)
+    size = n + s + len(node) + n_clusters
     edges = (
-        np.concatenate([np.flatnonzero(keyed), np.arange(n), n + set_of]),
-        np.concatenate([n + key_set[keyed], n + s + len(node) + cluster_node, n + s + key_of]),
+        np.concatenate(
+            [np.flatnonzero(keyed), np.arange(n, dtype=np.int32), n + set_of], dtype=np.int32
+        ),
+        np.concatenate(
+            [key_set[keyed] + n, cluster_node + (n + s + len(node)), n + s + key_of],
+            dtype=np.int32,
+        ),
     )
+    del keyed, cluster_node
     graph = coo_matrix((np.ones(len(edges[0]), dtype=np.int8), edges), shape=(size, size))
-    component = connected_components(graph, directed=False)[1][:n]
-    _, first, ids = np.unique(component, return_index=True, return_inverse=True)
-    rank = np.empty(len(first), np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-    ids = rank[ids.ravel()]
-    first = np.sort(first)
+    del edges
+    ids, first = _by_first(connected_components(graph, directed=False)[1][:n])
     # Each key set's best key, then each group's best over its images' key sets.
     ranked = sorted({min(ks, key=_key_rank) for ks in sets if ks}, key=_key_rank)
     place = {k: r for r, k in enumerate(ranked)}
-    set_best = np.array([place[min(ks, key=_key_rank)] if ks else len(ranked) for ks in sets])
+    set_best = [place[min(ks, key=_key_rank)] if ks else len(ranked) for ks in sets]
+    set_best = np.array(set_best, np.int32)
     best = np.full(len(first), len(ranked), np.int64)
     if n:
         np.minimum.at(best, ids, set_best[key_set])
     best[best == len(ranked)] = -1
     return Grouping(ids, sets, key_set, clusters, best, ranked, first)
+
+
+def _dense(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """`values` as codes 0..K-1 with K: as they are where they already lie in 0..len (duplicate
+    clusters do: no sort, no inverse), else their positions among the distinct values."""
+    if not len(values):
+        return np.zeros(0, np.int32), 0
+    if values.dtype.kind in "iu" and values.min() >= 0 and values.max() <= len(values):
+        return values, int(values.max()) + 1
+    codes = np.unique(values, return_inverse=True)[1].ravel()
+    return codes, int(codes.max()) + 1
+
+
+def _by_first(component: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Components renumbered 0..G-1 by first item (int32), and each one's first item: scipy
+    numbers them so already (nodes in order), which is checked, not assumed."""
+    if _numbered_by_first(component):
+        top = np.maximum.accumulate(component)
+        first = np.flatnonzero(np.diff(top, prepend=-1) > 0)  # where each new one appears
+        return component.astype(np.int32, copy=False), first
+    values, first = np.unique(component, return_index=True)
+    rank = np.empty(len(first), np.int32)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    inverse = np.searchsorted(values, component)
+    return rank[inverse], np.sort(first)
 
 
 def _key_rank(key: str) -> tuple[int, str]:
@@ -192,18 +224,33 @@ def _in_several(values: Sequence[int]) -> list[int]:
     """Indices of the items whose value another item also has."""
     if not len(values):
         return []
-    inverse, counts = np.unique(np.asarray(values), return_inverse=True, return_counts=True)[1:]
-    return np.flatnonzero(counts[inverse.ravel()] > 1).tolist()
+    codes, k = _dense(np.asarray(values).ravel())
+    return np.flatnonzero(np.bincount(codes, minlength=k)[codes] > 1).tolist()
 
 
 def groups_across_splits(groups: Sequence, splits: Sequence[str]) -> int:
-    """How many groups have images in more than one split (0 for a leak-free split)."""
+    """How many groups have images in more than one split (0 for a leak-free split).
+
+    Group numbers 0..N (`Grouping.ids`) and split names as codes (`table.Coded`) are read as
+    they are: a byte or two an item (per group its lowest and highest split), no sort."""
     if not len(groups):
         return 0
-    g = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
-    s = np.unique(np.asarray(splits), return_inverse=True)[1].ravel()
-    pairs = np.unique(g * (int(s.max()) + 1) + s)
-    return int((np.bincount(pairs // (int(s.max()) + 1)) > 1).sum())
+    g, k = _dense(np.asarray(groups).ravel())
+    s = _codes(splits)
+    low, high = np.full(k, s.max(), s.dtype), np.full(k, s.min(), s.dtype)
+    np.minimum.at(low, g, s)
+    np.maximum.at(high, g, s)
+    return int((low < high).sum())
+
+
+def _codes(values: Sequence) -> np.ndarray:
+    """Items as codes that are equal where the items are: a `Coded`'s own codes (through the
+    positions of its distinct values), else positions among the distinct items."""
+    codes, distinct = getattr(values, "codes", None), getattr(values, "values", None)
+    if isinstance(codes, np.ndarray) and isinstance(distinct, Sequence):
+        same = np.unique(np.asarray(list(distinct)), return_inverse=True)[1].ravel()
+        return same.astype(np.min_scalar_type(max(len(same), 1)))[codes]
+    return np.unique(np.asarray(values), return_inverse=True)[1].ravel()
 
 
 def _as_folds(fraction: float) -> tuple[int, int]:
@@ -240,7 +287,7 @@ def carve_groups(
     k_small = min(k, n_groups, int(np.bincount(y).max()))
     if k_small < k:
         m, k = min(max(1, round(fraction * k_small)), k_small - 1), k_small
-    x = np.zeros((n, 1))
+    x = np.empty((n, 0))  # scikit-learn reads only its length
     if k >= 2 and m >= 1:
         folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         with warnings.catch_warnings():

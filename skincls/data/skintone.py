@@ -170,8 +170,12 @@ def _median(values: list[tuple[float, int]]) -> float | None:
     """The median (one decimal) of values given with their counts; None without any."""
     if not values:
         return None
-    x, n = np.array([v for v, _ in values]), np.array([n for _, n in values])
-    return round(float(np.median(np.repeat(x, n))), 1)
+    x, n = np.array([v for v, _ in values]), np.array([n for _, n in values], np.int64)
+    order = np.argsort(x, kind="stable")
+    x, ends = x[order], np.cumsum(n[order])
+    # The middle one or two of the values repeated by their counts, not a value per image.
+    lo, hi = x[np.searchsorted(ends, [(ends[-1] - 1) // 2, ends[-1] // 2], "right")]
+    return round(float(np.mean([lo, hi]) if lo != hi else lo), 1)
 
 
 def describe_skin_tones(summary: dict | None) -> str | None:

@@ -130,7 +130,9 @@ def unify_ranks(rank: np.ndarray, groups: Sequence[int]) -> np.ndarray:
     """`unify_groups` of codes: per item, the highest `split_rank` in its group."""
     if not len(rank):
         return np.zeros(0, np.int8)
-    g = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+    g = np.asarray(groups).ravel()
+    if not (g.dtype.kind in "iu" and g.min() >= 0 and g.max() <= len(g)):  # as they are: 0..N
+        g = np.unique(g, return_inverse=True)[1].ravel()
     best = np.zeros(int(g.max()) + 1, np.int8)
     np.maximum.at(best, g, rank)
     return best[g]

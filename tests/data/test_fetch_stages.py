@@ -309,3 +309,48 @@ def test_write_puts_manifest_skipped_and_dataset_json_in_the_data_dir(tmp_path):
     ]
     assert again.records == records and again.info == written
     assert info["counts"] == again.counts() and sum(info["counts"]["test"].values()) == 1
+
+
+def test_skin_tones_counted_a_fixed_share_of_images_at_a_time(monkeypatch):
+    # ISIC 2024: a metadata row per image or nearly. The (split, skin tone, row) combinations
+    # are counted a share of images at a time, rows alike in the counted columns as one: ~45
+    # bytes an image before (an int64 key per image, its copies and sort).
+    import tracemalloc
+    from collections import Counter
+
+    from skincls.data.fetch import write
+    from skincls.data.fetch.records import Curated
+    from skincls.data.skintone import skin_tone_counts
+
+    monkeypatch.setattr(write, "_IMAGES_AT_ONCE", 1 << 10, raising=False)
+    n, tones = 30_000, [(("ita", f"{v:.1f}"), ("skin_tone", t)) for v, t in ((41.2, "light"),
+                        (12.5, "tan"), (-40.0, "dark"), (33.3, "intermediate"))] + [()]  # fmt: skip
+    table, hashes = ImageTable(n), np.zeros((2, 8), np.uint64)
+    for i in range(n):
+        row = MetaRow(
+            f"i{i}",
+            "nv",
+            patient_id=f"p{i}",
+            attributes=(("fitzpatrick", ["I", "II", "III"][i % 3]),),
+        )
+        table.append(f"{i}.jpg", "nv", None, f"{i:064x}", hashes, row, tones[i % 7 % 5])
+    split = (np.arange(n) % 3).astype(np.int8)
+    curated = Curated(table, split, np.arange(n), [""] * n, [""] * n, [""] * n)
+    counts: Counter = Counter()
+    for s, im in zip(split.tolist(), table):
+        a = dict(im.row.attributes + im.skin)
+        counts[
+            ["train", "val", "test"][s],
+            a.get("skin_tone", ""),
+            a.get("ita", ""),
+            a.get("fitzpatrick", ""),
+        ] += 1
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        summary = write._skin_tones(curated)
+        peak = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+    assert summary == skin_tone_counts(counts) and summary["median_ita"] == 22.9
+    assert peak / n < 15, f"{peak / n:.0f} bytes an image"

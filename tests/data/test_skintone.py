@@ -109,3 +109,14 @@ def test_fetch_writes_ita_skin_tone_and_metadata_columns(tmp_path):
     # The manifest reads back with the same columns.
     first = report.manifest.records[0]
     assert first.column("skin_tone") == rows[0]["skin_tone"] and first.column("sex")
+
+
+def test_median_of_counted_values_equals_the_median_of_them_repeated():
+    from skincls.data.skintone import _median
+
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 3, 10, 50):
+        x = np.round(rng.normal(20, 30, size), 1).tolist()
+        n = rng.integers(1, 5, size).tolist()
+        assert _median(list(zip(x, n))) == round(float(np.median(np.repeat(x, n))), 1)
+    assert _median([(1.0, 1), (2.0, 1)]) == 1.5 and _median([]) is None

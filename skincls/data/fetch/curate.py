@@ -61,7 +61,8 @@ def curate(table: ImageTable, references: Sequence[Reference], options: FetchOpt
         seed=options.seed,
         groups=grouping.ids,
     )
-    labels, sources, names = table.values("label"), table.values("split"), Coded(splits, SPLITS)
+    labels, sources = (Coded(table.code_view(f), table.pools[f].values) for f in ("label", "split"))
+    names = Coded(splits, SPLITS)
     paths = table.rel
     rel = Mapped(len(paths), lambda i: f"images/{paths[i]}")  # as in the data dir
     return Curated(
@@ -82,13 +83,13 @@ def _label_ranks(table: ImageTable) -> np.ndarray:
     """Each image's class as its position among the classes sorted (the label id)."""
     values = table.pools["label"].values
     rank = {v: r for r, v in enumerate(sorted(values))}
-    return np.array([rank[v] for v in values], np.int64)[table.codes("label")]
+    return np.array([rank[v] for v in values], np.int32)[table.code_view("label")]
 
 
 def _source_ranks(table: ImageTable) -> np.ndarray:
     """Each image's source split as `split_rank` (none: train)."""
     values = table.pools["split"].values
-    return np.array([split_rank(v) for v in values], np.int8)[table.codes("split")]
+    return np.array([split_rank(v) for v in values], np.int8)[table.code_view("split")]
 
 
 def _moved(
@@ -96,7 +97,7 @@ def _moved(
 ) -> list[MovedImage]:
     """Images out of their source split: their group is whole in another (`unify_groups`)."""
     unified = unify_ranks(_source_ranks(table), grouping.ids)
-    values, code = table.pools["split"].values, table.codes("split")
+    values, code = table.pools["split"].values, table.code_view("split")
     # Per source split and split it is unified into: whether the image moved.
     differs = np.array([[v is not None and v != s for s in SPLITS] for v in values], bool)
     return [
@@ -116,7 +117,7 @@ def _identities(
 ) -> tuple[list[tuple[str, ...]], np.ndarray, Coded, Coded]:
     """The images' distinct sets of grouping keys, each image's set (a code), lesion id and
     patient id: from its metadata row first, then from the reference image it is a copy of."""
-    rows, row = table.pools["row"].values, table.codes("row")
+    rows, row = table.pools["row"].values, table.code_view("row")
     if prov is None:  # an image's row says it all: the rows are the codes
         lesion = Coded(row, [r.lesion_id for r in rows])
         return (
@@ -125,7 +126,7 @@ def _identities(
             lesion,
             Coded(row, [r.patient_id for r in rows]),
         )
-    pools, codes = (Pool(), Pool(), Pool()), np.empty((3, len(row)), np.int64)
+    pools, codes = (Pool(), Pool(), Pool()), np.empty((3, len(row)), np.int32)
     for i, c in enumerate(row.tolist()):
         r = rows[c]
         codes[:, i] = (

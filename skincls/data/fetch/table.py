@@ -227,6 +227,11 @@ class ImageTable:
         `pools[name].values`."""
         return self._field(name).astype(np.int64)
 
+    def code_view(self, name: str) -> np.ndarray:
+        """`codes(name)` as they are kept: (N,) uint32, a read-only view (memory-mapped with a
+        folder), no copy: 0 bytes an image in the process's own memory."""
+        return self._field(name)
+
     def _field(self, name: str) -> np.ndarray:
         """One pooled field's codes, (N,) uint32: a view of the codes column, no copy."""
         return self._codes.array[_FIELDS.index(name) :: len(_FIELDS)]

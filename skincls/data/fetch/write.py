@@ -16,8 +16,12 @@ from ..info import DatasetInfo, DatasetSource
 from ..skintone import skin_tone_counts
 from ..splits import SPLITS, stream_manifest
 from .records import Curated, FetchPlan, VerifiedImages
+from .table import Pool
 
 __all__ = ["dataset_info", "write_dataset"]
+
+_COUNTED = ("skin_tone", "ita", "fitzpatrick")  # the columns `skin_tone_counts` reads
+_IMAGES_AT_ONCE = 1 << 16
 
 
 def write_dataset(
@@ -62,13 +66,26 @@ def _skin_tones(curated: Curated) -> dict | None:
     tone, metadata row): no manifest record is made for it."""
     table = curated.table
     skin, rows = table.pools["skin"].values, table.pools["row"].values
-    # One integer per image for its (split, skin tone, row): a sort of N integers, no more.
-    shape = (len(SPLITS), len(skin), len(rows))
-    key = (curated.split.astype(np.int64) * shape[1] + table.codes("skin")) * shape[2]
-    key += table.codes("row")
-    combos, n = np.unique(key, return_counts=True)
+    # A row matters only by the columns counted: rows alike in them share a code, so the
+    # (split, skin tone, row) combinations number a few, not one per image.
+    alike = Pool()
+    row_code = np.fromiter((alike.code(_counted(r.attributes)) for r in rows), np.int32, len(rows))
+    shape = (len(SPLITS), len(skin), len(alike.values))
+    combos: Counter = Counter()
+    for start in range(0, len(table), _IMAGES_AT_ONCE):  # a fixed amount of memory, whatever N
+        part = slice(start, start + _IMAGES_AT_ONCE)
+        key = curated.split[part].astype(np.int64) * shape[1] + table.code_view("skin")[part]
+        key = key * shape[2] + row_code[table.code_view("row")[part]]
+        combos.update(dict(zip(*(x.tolist() for x in np.unique(key, return_counts=True)))))
     counts: Counter = Counter()
-    for (s, k, r), m in zip(zip(*np.unravel_index(combos, shape)), n.tolist()):
-        a = dict(rows[r].attributes + skin[k])  # as the manifest row's columns
+    for (s, k, r), m in zip(
+        zip(*np.unravel_index(np.array(list(combos), np.int64), shape)), combos.values()
+    ):
+        a = dict(alike.values[r] + skin[k])  # as the manifest row's columns
         counts[SPLITS[s], a.get("skin_tone", ""), a.get("ita", ""), a.get("fitzpatrick", "")] += m
     return skin_tone_counts(counts)
+
+
+def _counted(attributes: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """A row's attributes `_skin_tones` counts by, in the row's order (a later one wins)."""
+    return tuple((k, v) for k, v in attributes if k in _COUNTED)
