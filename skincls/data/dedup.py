@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_CONFIRM_DISTANCE",
     "DEFAULT_NEAR_DUP_DISTANCE",
     "Duplicates",
+    "by_first",
     "find_duplicates",
     "match_hashes",
     "near_duplicate_pairs",
@@ -368,21 +369,25 @@ def _components(n: int, edges: list[tuple[int, int]]) -> np.ndarray:
     a, b = np.array(edges, dtype=np.int64).reshape(-1, 2).T
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     labels = connected_components(graph, directed=False)[1]
-    if _numbered_by_first(labels):  # as scipy numbers them (checked, not assumed)
-        return labels.astype(np.int64)
-    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
-    rank = np.empty(len(first), np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-    return rank[inverse.ravel()]
+    return by_first(labels)[0].astype(np.int64)
 
 
-def _numbered_by_first(labels: np.ndarray) -> bool:
-    """Whether `labels` are 0, 1, 2, … in the order each first appears (each new one is the
-    highest so far plus one): no sort, ~5 bytes an item."""
+def by_first(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`labels` renumbered 0..G-1 in the order each first appears (int32), and each one's first
+    item. scipy's `connected_components` numbers components so already (nodes in order): that is
+    checked (~5 bytes an item, no sort), not assumed; other labels are sorted."""
+    labels = np.asarray(labels).ravel()
     if not len(labels):
-        return True
+        return np.zeros(0, np.int32), np.zeros(0, np.int64)
     top = np.maximum.accumulate(labels)
-    return bool(labels[0] == 0 and (np.diff(top) <= 1).all() and (labels <= top).all())
+    if labels[0] == 0 and (np.diff(top) <= 1).all() and (labels <= top).all():
+        first = np.flatnonzero(np.diff(top, prepend=-1) > 0)  # where each new one appears
+        return labels.astype(np.int32, copy=False), first
+    del top
+    values, first = np.unique(labels, return_index=True)
+    rank = np.empty(len(first), np.int32)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[np.searchsorted(values, labels)], np.sort(first)
 
 
 def shared_indices(values: Sequence) -> list[list[int]]:

@@ -20,7 +20,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
-from .dedup import _numbered_by_first
+from .dedup import by_first
 from .lazy import Mapped
 
 __all__ = ["Grouping", "build_grouping", "carve_groups", "group_images", "groups_across_splits"]
@@ -178,7 +178,7 @@ def group_images(
     del keyed, cluster_node
     graph = coo_matrix((np.ones(len(edges[0]), dtype=np.int8), edges), shape=(size, size))
     del edges
-    ids, first = _by_first(connected_components(graph, directed=False)[1][:n])
+    ids, first = by_first(connected_components(graph, directed=False)[1][:n])
     # Each key set's best key, then each group's best over its images' key sets.
     ranked = sorted({min(ks, key=_key_rank) for ks in sets if ks}, key=_key_rank)
     place = {k: r for r, k in enumerate(ranked)}
@@ -200,20 +200,6 @@ def _dense(values: np.ndarray) -> tuple[np.ndarray, int]:
         return values, int(values.max()) + 1
     codes = np.unique(values, return_inverse=True)[1].ravel()
     return codes, int(codes.max()) + 1
-
-
-def _by_first(component: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Components renumbered 0..G-1 by first item (int32), and each one's first item: scipy
-    numbers them so already (nodes in order), which is checked, not assumed."""
-    if _numbered_by_first(component):
-        top = np.maximum.accumulate(component)
-        first = np.flatnonzero(np.diff(top, prepend=-1) > 0)  # where each new one appears
-        return component.astype(np.int32, copy=False), first
-    values, first = np.unique(component, return_index=True)
-    rank = np.empty(len(first), np.int32)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-    inverse = np.searchsorted(values, component)
-    return rank[inverse], np.sort(first)
 
 
 def _key_rank(key: str) -> tuple[int, str]:

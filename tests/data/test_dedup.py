@@ -244,3 +244,24 @@ def test_duplicate_groups_counted_from_cluster_numbers_equal_a_full_sort():
     )
     assert Duplicates(cluster + 10**9, [], []).groups() == groups  # any numbers: sorted, as before
     assert peak / n < 30, f"{peak / n:.0f} bytes an image"
+
+
+@pytest.mark.parametrize("kind", ["by first", "shuffled", "gaps"])
+def test_by_first_numbers_labels_as_a_full_sort_does(kind):
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 40, 500)
+    if kind == "by first":  # as scipy numbers components: the checked path, no sort
+        labels = np.unique(labels, return_inverse=True)[1]
+        _, first = np.unique(labels, return_index=True)
+        labels = np.argsort(np.argsort(first))[labels]
+    elif kind == "gaps":
+        labels = labels * 7 + 1000
+    ids, first = dedup.by_first(labels)
+    # Reference: ranks of each label's first appearance.
+    _, ref_first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(ref_first))
+    assert ids.dtype == np.int32
+    assert ids.tolist() == rank[inverse].tolist()
+    assert first.tolist() == sorted(ref_first.tolist())
+    assert ids[first].tolist() == list(range(len(first)))
+    assert dedup.by_first(np.zeros(0, np.int64))[0].shape == (0,)
