@@ -235,6 +235,25 @@ def test_hdf5_key_array_holds_the_keys_h5py_lists(tmp_path):
     ]
 
 
+def test_hdf5_key_array_lists_with_a_small_metadata_cache(tmp_path, monkeypatch):
+    # HDF5's metadata cache grows to 32 MiB with the group (10 MiB more at 160,000 keys): the
+    # listing reads each part once, so its file holds the cache at 1 MiB.
+    path = tmp_path / "images.hdf5"
+    with h5py.File(path, "w") as f:
+        for key in ("ISIC_1", "ISIC_2"):
+            f.create_dataset(key, data=np.bytes_(key.encode()))
+    opened, real_open, real_keys, seen = [], hdf5_module._open, hdf5_module._key_array, []
+    monkeypatch.setattr(hdf5_module, "_open", lambda p: opened.append(real_open(p)) or opened[-1])
+
+    def key_array(links):
+        seen.append(opened[-1].id.get_mdc_config().max_size)
+        return real_keys(links)
+
+    monkeypatch.setattr(hdf5_module, "_key_array", key_array)
+    assert hdf5_module.hdf5_key_array(path).tolist() == [b"ISIC_1", b"ISIC_2"]
+    assert seen == [1 << 20]
+
+
 def _per_image_objects(n: int) -> Counter:
     """Live objects of the kinds fetch once kept one of (or more) per image, by type; and lists
     and dicts of `n` items: an entry per image (`list of n`, `dict of n`)."""
@@ -431,3 +450,20 @@ def test_isic2024_matching_holds_a_few_bytes_per_key():
     assert len(layout.files) == n and layout.files[n - 1].name == f"ISIC_{n - 1:07d}.jpg"
     assert layout.summary["classes"] == {"benign": n - 2858, "malignant": 2858}
     assert peak / n < 40, f"{peak / n:.0f} bytes a key"  # 26; 70 before
+
+
+def test_fetch_gives_the_freed_heap_back_before_curation(tmp_path, monkeypatch):
+    # glibc keeps freed pages (the listing's, verification's): curation's peak would come on top.
+    src = isic2024_source(tmp_path / "src", n=12, patients=2)
+    stages = sys.modules["skincls.data.fetch"]
+    real_curate, calls = stages.curate, []
+    monkeypatch.setattr(stages, "_give_back_freed_memory", lambda: calls.append("trim"))
+
+    def curate(*args, **kwargs):
+        calls.append("curate")
+        return real_curate(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "curate", curate)
+    fetch(tmp_path / "d", source_dir=src, dataset="isic2024", workers=1)
+    assert calls == ["trim", "curate"]
+    stages._give_back_freed_memory()  # the real one: returns, whatever the C library

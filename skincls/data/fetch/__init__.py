@@ -12,6 +12,8 @@ folder) → `verify_images` (decode, hash, skip with reasons) → `curate` (dupl
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import shutil
 from pathlib import Path
@@ -181,8 +183,17 @@ def _run(data_dir: Path, options: FetchOptions) -> FetchReport:
             cache=HashCache(data_dir / CACHE_NAME),
             columns=columns,
         )
+        _give_back_freed_memory()  # the listing's and verification's, before curation's peak
         curated = curate(verified.table, references, options)
         info = write_dataset(data_dir, plan, verified, curated)
     finally:
         shutil.rmtree(columns, ignore_errors=True)
     return FetchReport(data_dir, info, verified.skipped, changed=True, downloaded=plan.downloaded)
+
+
+def _give_back_freed_memory() -> None:
+    """Return the heap's freed pages to the system (glibc's `malloc_trim`), which otherwise keeps
+    them: a later stage's peak then comes on top of an earlier one's (measured: +6 MiB at 160,000
+    ISIC 2024 images). Elsewhere (no glibc) nothing."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
