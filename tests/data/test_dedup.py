@@ -11,6 +11,7 @@ from PIL import Image
 from skincls.data import dedup
 from skincls.data.dedup import _popcount, find_duplicates, near_duplicate_pairs, perceptual_hashes
 from skincls.data.synthetic import make_lesion
+from tests.data.traced import traced_peak
 
 
 def _lesion(seed: int, malignant: bool = True) -> Image.Image:
@@ -166,19 +167,11 @@ def test_multi_index_search_holds_no_entry_per_image_it_finds_itself(monkeypatch
     # Searched against itself, every image meets itself in each bit block: dropped as found,
     # not held until the end (3 blocks x 16 bytes an image, concatenated and sorted: ~220 bytes
     # an image at ISIC 2024's size, at the fetch's peak). Left: each block's sort, ~24 an image.
-    import tracemalloc
-
     monkeypatch.setattr(dedup, "_QUERIES_AT_ONCE", 1 << 10)  # a small fixed share
     n = 20_000
     hashes = np.random.default_rng(0).integers(0, 2**63, (n, 2, 8), dtype=np.uint64)
     hashes[1] = hashes[0]
-    tracemalloc.start()
-    try:
-        start = tracemalloc.get_traced_memory()[0]
-        confirmed, rejected = near_duplicate_pairs(hashes)
-        peak = tracemalloc.get_traced_memory()[1] - start
-    finally:
-        tracemalloc.stop()
+    (confirmed, rejected), peak = traced_peak(lambda: near_duplicate_pairs(hashes))
     assert confirmed == [(0, 1, 0)] and rejected == []
     assert peak / n < 80, f"{peak / n:.0f} bytes an image"  # 219 before
 
@@ -193,21 +186,13 @@ def test_blocks_cover_all_bits_and_any_close_pair_shares_one():
 def test_exact_copies_found_by_prefix_then_whole_value_equal_a_full_sort():
     # Raw SHA-256 (V32) are narrowed to those sharing their first 8 bytes, then compared whole:
     # the same groups as sorting every value; a prefix shared alone makes no group.
-    import tracemalloc
-
     n = 20_000
     raw = np.frombuffer(np.random.default_rng(1).bytes(32 * n), "V32").copy()
     u8 = raw.view(np.uint8).reshape(n, 32)
     u8[[7, 300, 19_999]] = u8[5]  # one content four times
     u8[[11, 12]] = u8[10]
     u8[40, :8] = u8[41, :8]  # same first 8 bytes, different content
-    tracemalloc.start()
-    try:
-        start = tracemalloc.get_traced_memory()[0]
-        groups = dedup.shared_indices(raw)
-        peak = tracemalloc.get_traced_memory()[1] - start
-    finally:
-        tracemalloc.stop()
+    groups, peak = traced_peak(lambda: dedup.shared_indices(raw))
     assert groups == [g.tolist() for g in dedup._groups(raw)] == [[5, 7, 300, 19_999], [10, 11, 12]]
     assert (
         dedup.shared_indices(raw.view("S32"))
@@ -220,8 +205,6 @@ def test_exact_copies_found_by_prefix_then_whole_value_equal_a_full_sort():
 def test_duplicate_groups_counted_from_cluster_numbers_equal_a_full_sort():
     # Cluster numbers 0..N are counted as they are (no sort with inverse and counts of every
     # image: ~73 bytes an image before); the groups are those of `shared_indices`.
-    import tracemalloc
-
     from skincls.data.dedup import Duplicates
 
     n = 50_000
@@ -232,13 +215,7 @@ def test_duplicate_groups_counted_from_cluster_numbers_equal_a_full_sort():
     rank = np.empty(len(first), np.int64)
     rank[np.argsort(first, kind="stable")] = np.arange(len(first))
     dups = Duplicates(rank[inverse], [], [])  # numbered by first image, as `find_duplicates` does
-    tracemalloc.start()
-    try:
-        start = tracemalloc.get_traced_memory()[0]
-        groups = dups.groups()
-        peak = tracemalloc.get_traced_memory()[1] - start
-    finally:
-        tracemalloc.stop()
+    groups, peak = traced_peak(lambda: dups.groups())
     assert (
         groups == dedup.shared_indices(dups.cluster.tolist()) == [[3, 9, 400, 49_999], [17, 20, 21]]
     )

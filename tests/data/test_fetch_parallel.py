@@ -15,6 +15,7 @@ from skincls.data.fetch import fetch
 from skincls.data.hashcache import CACHE_NAME, CACHE_VERSION, HashCache
 from skincls.errors import DataError
 from tests.data.test_fetch import _lesion, _tree
+from tests.data.traced import traced_peak
 
 
 def _source(root, per_folder=6):
@@ -179,8 +180,6 @@ def test_cache_save_holds_no_copy_or_index_per_image(tmp_path, monkeypatch):
     # ISIC 2024 has 401,059 images: `save` reads the table's memory-mapped columns a chunk at a
     # time and finds repeated bytes by each one's first 8 bytes (~9 bytes an image), never a copy,
     # hex digest or index per image (~300 bytes an image before).
-    import tracemalloc
-
     from skincls.data.fetch.table import ImageTable
 
     monkeypatch.setattr(hashcache, "_CHUNK", 1 << 10)  # a small fixed share
@@ -191,13 +190,7 @@ def test_cache_save_holds_no_copy_or_index_per_image(tmp_path, monkeypatch):
     for i, sha in enumerate(shas):
         table.append(f"{i}.jpg", "benign", None, sha, np.full((2, 8), i, np.uint64), None, ())
     cache = HashCache(tmp_path / CACHE_NAME)
-    tracemalloc.start()
-    try:
-        start = tracemalloc.get_traced_memory()[0]
-        cache.save(table.sha256_raw, table.hashes, *table.skin_table())
-        peak = tracemalloc.get_traced_memory()[1] - start
-    finally:
-        tracemalloc.stop()
+    _, peak = traced_peak(lambda: cache.save(table.sha256_raw, table.hashes, *table.skin_table()))
     saved = HashCache(tmp_path / CACHE_NAME)
     assert len(saved) == n - 2 and saved.get(shas[3]).hashes[0, 0] == 3
     assert saved.get(shas[19_998]).hashes[0, 0] == 19_998

@@ -32,6 +32,7 @@ from skincls.data.sources import plan_source
 from skincls.data.splits import load_manifest
 from skincls.errors import DataError
 from tests.data.test_fetch import FakeKaggle, _lesion, _tree, _zip_tree
+from tests.data.traced import traced_peak
 
 
 def _flat(root: Path, per_class: int = 3) -> Path:
@@ -52,18 +53,14 @@ def _image(rel: str, label: str, split: str | None = None, seed: int = 0, row=No
 def test_image_table_in_files_buffers_a_fixed_share_of_each_column(tmp_path):
     # ISIC 2024 has 401,059 images: appended to files, the columns buffer a small fixed share
     # (64 KiB each), not ~1 MiB each (up to ~30,000 images, ~70 bytes an image held).
-    import tracemalloc
-
     n, hashes = 20_000, np.zeros((2, 8), np.uint64)
     table = ImageTable(n, tmp_path / "columns")
-    tracemalloc.start()
-    try:
-        start = tracemalloc.get_traced_memory()[0]
+
+    def append() -> None:
         for i in range(n):
             table.append(f"train-image.hdf5/ISIC_{i:07d}.jpg", "benign", None, f"{i:064x}", hashes)
-        peak = tracemalloc.get_traced_memory()[1] - start
-    finally:
-        tracemalloc.stop()
+
+    _, peak = traced_peak(append)
     assert table.sha_hex(n - 1) == f"{n - 1:064x}" and table.rel[n - 1].endswith("9999.jpg")
     assert peak / n < 24, f"{peak / n:.0f} bytes an image"  # 14; 99 before
 
@@ -315,7 +312,6 @@ def test_skin_tones_counted_a_fixed_share_of_images_at_a_time(monkeypatch):
     # ISIC 2024: a metadata row per image or nearly. The (split, skin tone, row) combinations
     # are counted a share of images at a time, rows alike in the counted columns as one: ~45
     # bytes an image before (an int64 key per image, its copies and sort).
-    import tracemalloc
     from collections import Counter
 
     from skincls.data.fetch import write
@@ -345,12 +341,6 @@ def test_skin_tones_counted_a_fixed_share_of_images_at_a_time(monkeypatch):
             a.get("ita", ""),
             a.get("fitzpatrick", ""),
         ] += 1
-    tracemalloc.start()
-    try:
-        start = tracemalloc.get_traced_memory()[0]
-        summary = write._skin_tones(curated)
-        peak = tracemalloc.get_traced_memory()[1] - start
-    finally:
-        tracemalloc.stop()
+    summary, peak = traced_peak(lambda: write._skin_tones(curated))
     assert summary == skin_tone_counts(counts) and summary["median_ita"] == 22.9
     assert peak / n < 15, f"{peak / n:.0f} bytes an image"

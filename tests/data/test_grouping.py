@@ -9,6 +9,7 @@ import pytest
 
 from skincls.data.grouping import build_grouping, carve_groups, groups_across_splits
 from skincls.data.splits import assign_splits
+from tests.data.traced import traced_peak
 
 
 def test_lesion_patient_and_duplicates_join_transitively():
@@ -89,18 +90,6 @@ def test_carve_groups_holds_out_small_fractions_not_half(fraction, held):
     assert got.sum() == pytest.approx(held, abs=2)
 
 
-def _traced_peak(f) -> tuple[object, int]:
-    import tracemalloc
-
-    tracemalloc.start()
-    try:
-        start = tracemalloc.get_traced_memory()[0]
-        out = f()
-        return out, tracemalloc.get_traced_memory()[1] - start
-    finally:
-        tracemalloc.stop()
-
-
 def test_summary_and_splits_read_group_numbers_and_split_codes_as_they_are():
     # Group numbers 0..G-1 and split names as codes (`Coded`) need no sort, no int64 inverse
     # (~100 bytes an image before, at ISIC 2024's size at curation's peak), and the same counts.
@@ -119,12 +108,12 @@ def test_summary_and_splits_read_group_numbers_and_split_codes_as_they_are():
         [("train", "val", "test")[c] for c in codes],
     )
     labels = [f"c{i % 3}" for i in range(n)]
-    summary, peak = _traced_peak(lambda: grouping.summary(labels, labels, splits))
+    summary, peak = traced_peak(lambda: grouping.summary(labels, labels, splits))
     assert summary == grouping.summary(labels, labels, names)
     assert summary["groups_across_splits"] == groups_across_splits(grouping.ids.tolist(), names)
     assert peak / n < 40, f"{peak / n:.0f} bytes an image"  # 102 before
     y = rng.integers(0, 3, n).astype(np.int32)
-    out, peak = _traced_peak(lambda: split_codes(y, np.zeros(n, np.int8), groups=grouping.ids))
+    out, peak = traced_peak(lambda: split_codes(y, np.zeros(n, np.int8), groups=grouping.ids))
     far = grouping.ids.astype(np.int64) + 10**9  # not 0..N: read through a sort, as before
     assert (out == split_codes(y, np.zeros(n, np.int8), groups=far)).all()
     assert peak / n < 85, f"{peak / n:.0f} bytes an image"  # 97 before

@@ -27,6 +27,7 @@ from skincls.data.metadata import LabelPolicy, MetaRow
 from skincls.data.splits import Record
 from skincls.errors import DataError
 from tests.data.test_fetch import _lesion
+from tests.data.traced import traced_peak
 
 h5py = pytest.importorskip("h5py")
 
@@ -431,8 +432,6 @@ def test_isic2024_matching_holds_a_few_bytes_per_key():
     # ISIC 2024 has 401,059 keys: matching keeps each key's bytes, its row's code and its index;
     # the checks, the paths' order and the summary look at a small fixed share of keys at a
     # time and count rows by code: no Python int, path or count entry for every key.
-    import tracemalloc
-
     n = 20_000
     keys = np.array([f"ISIC_{i:07d}".encode() for i in range(n)])
 
@@ -440,13 +439,9 @@ def test_isic2024_matching_holds_a_few_bytes_per_key():
         for i in range(n):
             yield MetaRow(f"ISIC_{i:07d}", "unk", patient_id=f"P{i % 50}", malignant=i % 7 == 0)
 
-    tracemalloc.start()
-    try:
-        start = tracemalloc.get_traced_memory()[0]
-        layout = _match_keys("train-image.hdf5", rows(), [], keys, LabelPolicy(), "m.csv")
-        peak = tracemalloc.get_traced_memory()[1] - start
-    finally:
-        tracemalloc.stop()
+    layout, peak = traced_peak(
+        lambda: _match_keys("train-image.hdf5", rows(), [], keys, LabelPolicy(), "m.csv")
+    )
     assert len(layout.files) == n and layout.files[n - 1].name == f"ISIC_{n - 1:07d}.jpg"
     assert layout.summary["classes"] == {"benign": n - 2858, "malignant": 2858}
     assert peak / n < 40, f"{peak / n:.0f} bytes a key"  # 26; 70 before
