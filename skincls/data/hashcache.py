@@ -103,7 +103,8 @@ class HashCache:
         if self.path is None:
             return
         sha256 = np.asarray(sha256)  # (a memory map stays one)
-        again = _repeats(sha256)  # an image's bytes again: left out
+        # An image's bytes again (`dedup.shared_indices`: ~9 transient bytes an image): left out.
+        again = np.sort([i for group in shared_indices(sha256) for i in group[1:]]).astype(np.int64)
         n_in, n = len(sha256), len(sha256) - len(again)
 
         def rows(a: np.ndarray) -> Callable[[int, int], np.ndarray]:
@@ -121,32 +122,6 @@ class HashCache:
 
 
 _CHUNK = 1 << 12  # rows of an array made and written at once (~0.5 MiB of hashes)
-
-
-def _repeats(sha256: np.ndarray) -> np.ndarray:
-    """Indices (ascending) of the entries whose SHA-256 an earlier entry has. ~9 transient bytes
-    an entry: each one's first 8 bytes, sorted in place; only the few entries whose first 8 bytes
-    another shares are compared whole (`dedup.shared_indices`)."""
-    starts = range(0, len(sha256), _CHUNK)
-    prefix = np.empty(len(sha256), np.uint64)
-    for start in starts:
-        prefix[start : start + _CHUNK] = _prefix(sha256[start : start + _CHUNK])
-    prefix.sort()
-    shared = prefix[1:][prefix[1:] == prefix[:-1]]
-    del prefix
-    some = [
-        start + np.flatnonzero(np.isin(_prefix(sha256[start : start + _CHUNK]), shared))
-        for start in starts
-    ]
-    some = np.concatenate(some) if some else np.empty(0, np.int64)
-    again = [i for group in shared_indices(sha256[some]) for i in group[1:]]
-    return np.sort(some[again])
-
-
-def _prefix(sha256: np.ndarray) -> np.ndarray:
-    """(n,) uint64: each SHA-256's first 8 bytes (raw or hex)."""
-    raw = np.ascontiguousarray(sha256).view(np.uint8).reshape(len(sha256), -1)
-    return np.ascontiguousarray(raw[:, :8]).view(np.uint64).ravel()
 
 
 @dataclass(frozen=True)
