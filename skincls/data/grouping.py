@@ -4,12 +4,11 @@ A lesion photographed again (other zoom, angle, day) is no perceptual-hash dupli
 datasets' metadata says so; a patient's lesions share skin, camera and day. Every image gets one
 group: the connected component of the graph that links an image to its lesion id, its patient id
 and its duplicate cluster (scipy's `connected_components`). Splits then move whole groups
-(scikit-learn's `StratifiedGroupKFold`, `GroupShuffleSplit`).
+(`group_folds`: scikit-learn's `StratifiedGroupKFold` counted per group; `GroupShuffleSplit`).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,18 +17,26 @@ from fractions import Fraction
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+from sklearn.model_selection import GroupShuffleSplit
 
 from .dedup import by_first
 from .lazy import Mapped
 
-__all__ = ["Grouping", "build_grouping", "carve_groups", "group_images", "groups_across_splits"]
+__all__ = [
+    "Grouping",
+    "build_grouping",
+    "carve_groups",
+    "group_folds",
+    "group_images",
+    "groups_across_splits",
+]
 
 # Which key names a group, when a group holds several: a patient before a lesion before others.
 _KIND_ORDER = {"patient": 0, "lesion": 1}
 _MAX_FOLDS = 10
 _MAX_FINE_FOLDS = 100  # for fractions below 10 folds' reach
 _LARGEST = 10
+_CHUNK = 1 << 16  # items counted at a time (`group_folds`)
 
 
 @dataclass
@@ -254,36 +261,103 @@ def carve_groups(
 ) -> np.ndarray:
     """Which items to hold out: about `fraction` of them, whole groups at a time, stratified by label.
 
-    The fraction is taken as m of k folds of `StratifiedGroupKFold` (k ≤ 10, e.g. 0.2 = 1 of 5,
-    0.3 = 3 of 10; a fraction that ten folds cannot come near, up to 100: 0.02 = 1 of 50). With fewer groups (or items of the largest class) than folds, fewer folds
-    are used, so the fraction is coarser; below two, `GroupShuffleSplit` draws the groups.
+    The fraction is taken as m of k folds of `group_folds` (k ≤ 10, e.g. 0.2 = 1 of 5,
+    0.3 = 3 of 10; a fraction that ten folds cannot come near, up to 100: 0.02 = 1 of 50). With
+    fewer groups (or items of the largest class) than folds, fewer folds are used, so the
+    fraction is coarser; below two, `GroupShuffleSplit` draws the groups.
 
     Returns:
         A boolean mask over the items.
     """
     n = len(labels)
-    out = np.zeros(n, dtype=bool)
-    g = np.asarray(groups)
-    n_groups = len(np.unique(g))
+    g, n_groups = _compact(groups)
     if n == 0 or fraction <= 0 or n_groups < 2:
-        return out
+        return np.zeros(n, dtype=bool)
     m, k = _as_folds(fraction)
-    y = np.unique(np.asarray(labels), return_inverse=True)[1]
+    y, per_class = _compact(labels)
     # Small data: fewer folds (a coarser fraction) rather than an unstratified draw.
     k_small = min(k, n_groups, int(np.bincount(y).max()))
     if k_small < k:
         m, k = min(max(1, round(fraction * k_small)), k_small - 1), k_small
-    x = np.empty((n, 0))  # scikit-learn reads only its length
     if k >= 2 and m >= 1:
-        folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        with warnings.catch_warnings():
-            # "The least populated class has only N members": expected for rare diagnoses.
-            warnings.simplefilter("ignore", UserWarning)
-            for f, (_, held) in enumerate(folds.split(x, y, g)):
-                if f < m:
-                    out[held] = True
-        return out
+        return _folds_of(y, per_class, g, n_groups, k, seed) < m
+    out = np.zeros(n, dtype=bool)
     split = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
-    _, held = next(split.split(x, y, g))
+    _, held = next(split.split(np.empty((n, 0)), y, g))  # scikit-learn reads only X's length
     out[held] = True
     return out
+
+
+def group_folds(labels: Sequence, groups: Sequence, k: int, seed: int) -> np.ndarray:
+    """Fold (0..k-1) per item: whole groups per fold, each fold's class mix as even as groups allow.
+
+    scikit-learn's `StratifiedGroupKFold(k, shuffle=True, random_state=seed)` as of 1.8 (the same
+    folds), computed from per-group class counts: a few bytes an item, where scikit-learn holds
+    several int64 arrays and a Python list of indices per item. Before 1.8, scikit-learn's shuffle
+    left the counts and their groups out of step (scikit-learn PR 32540), so its folds, for the
+    same seed, depended on the installed version and were not stratified; these do not.
+
+    Raises:
+        ValueError: fewer groups than folds, or every class has fewer items than folds.
+    """
+    y, n_classes = _compact(labels)
+    g, n_groups = _compact(groups)
+    return _folds_of(y, n_classes, g, n_groups, k, seed)
+
+
+def _compact(values: Sequence) -> tuple[np.ndarray, int]:
+    """Items as codes 0..K-1 in their values' sorted order (`np.unique`'s inverse), with K.
+
+    Integers 0..N are numbered through a table of the values present (int32 per item, no sort)."""
+    v = np.asarray(values).ravel()
+    if not len(v):
+        return np.zeros(0, np.int32), 0
+    if v.dtype.kind in "iu" and v.min() >= 0 and v.max() <= len(v):
+        present = np.bincount(v, minlength=int(v.max()) + 1) > 0
+        return (np.cumsum(present, dtype=np.int32) - 1)[v], int(present.sum())
+    codes = np.unique(v, return_inverse=True)[1].ravel()
+    return codes, int(codes.max()) + 1
+
+
+def _folds_of(
+    y: np.ndarray, n_classes: int, g: np.ndarray, n_groups: int, k: int, seed: int
+) -> np.ndarray:
+    """`group_folds` of codes: `y` in 0..n_classes-1, `g` in 0..n_groups-1, each value present."""
+    if k > n_groups:
+        raise ValueError(f"{k} folds need at least as many groups, not {n_groups}")
+    counts = np.zeros(n_groups * n_classes)  # per group and class, as scikit-learn: float64
+    for start in range(0, len(y), _CHUNK):
+        cell = g[start : start + _CHUNK].astype(np.int64) * n_classes + y[start : start + _CHUNK]
+        counts += np.bincount(cell, minlength=len(counts))
+    counts = counts.reshape(n_groups, n_classes)
+    per_class = counts.sum(axis=0).astype(np.int64)
+    if (per_class < k).all():
+        raise ValueError(f"{k} folds need a class with at least as many items")
+    # As scikit-learn: groups shuffled, then the most lopsided first (stable: shuffled order
+    # among equals), each into the fold whose classes stay most even (then the smallest fold).
+    perm = np.arange(n_groups)
+    np.random.RandomState(seed).shuffle(perm)
+    counts = counts[perm]
+    per_fold = np.zeros((k, n_classes))
+    fold_of_row = np.zeros(n_groups, np.min_scalar_type(k))
+    trial = np.eye(k)[:, :, None]  # fold i's candidate: the group added to fold i only
+    for row in np.argsort(-np.std(counts, axis=1), kind="stable").tolist():
+        add = counts[row]
+        spread = np.std((per_fold + trial * add) / per_class, axis=1).mean(axis=1)
+        best = _best_fold(spread.tolist(), per_fold.sum(axis=1).tolist())
+        per_fold[best] += add
+        fold_of_row[row] = best
+    fold = np.empty_like(fold_of_row)
+    fold[perm] = fold_of_row
+    return fold[g]
+
+
+def _best_fold(spread: list[float], size: list[float]) -> int:
+    """The fold with the least class spread; among close ones (`np.isclose`), the smallest;
+    in scikit-learn's order of comparison."""
+    best, low, low_size = 0, np.inf, np.inf
+    for i, (s, n) in enumerate(zip(spread, size)):
+        close = abs(s - low) <= 1e-8 + 1e-5 * abs(low) if low != np.inf else False
+        if s < low or (close and n < low_size):
+            best, low, low_size = i, s, n
+    return best

@@ -7,14 +7,12 @@ lesion it trained on). `record_group` is the one place that reads them from a ma
 from __future__ import annotations
 
 import hashlib
-import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
-from ..data.grouping import build_grouping
+from ..data.grouping import build_grouping, group_folds
 from ..data.splits import Manifest, Record
 from ..errors import ConfigError, DataError, opt
 
@@ -90,9 +88,9 @@ def assign_folds(
 ) -> np.ndarray:
     """Fold index (0..folds-1) per record: whole groups per fold, class mix as even as groups allow.
 
-    scikit-learn's `StratifiedGroupKFold` (shuffled with `seed`) does the assignment. With
-    `group_by` the groups are `fold_groups`' (whole sites, sources, patients or lesions): with as
-    many folds as groups, each fold holds out one of them (leave-one-site-out).
+    `grouping.group_folds` (scikit-learn's `StratifiedGroupKFold`, shuffled with `seed`) does the
+    assignment. With `group_by` the groups are `fold_groups`' (whole sites, sources, patients or
+    lesions): with as many folds as groups, each fold holds out one of them (leave-one-site-out).
 
     Raises:
         ConfigError: fewer than 2 folds.
@@ -113,13 +111,7 @@ def assign_folds(
             )
     else:
         _enough_groups_per_class(labels, groups, classes, folds)
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    fold = np.full(len(records), -1, dtype=np.int64)
-    with warnings.catch_warnings():
-        # Raised when a class has fewer members than folds; checked above in terms of groups.
-        warnings.simplefilter("ignore", UserWarning)
-        for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(records)), labels, groups)):
-            fold[held_out] = k
+    fold = group_folds(labels, groups, folds, seed).astype(np.int64)
     if group_by is not None:
         _every_class_trained(labels, fold, classes, folds, group_by)
     return fold
