@@ -314,7 +314,7 @@ class Duplicates:
     """Duplicate structure of a list of images.
 
     Attributes:
-        cluster: Cluster id per image (0..K-1, numbered by first member; int64 array): duplicates
+        cluster: Cluster id per image (0..K-1, numbered by first member; int32 array): duplicates
             share one.
         exact_groups: Index lists of images with identical bytes (groups of 2 or more).
         near_pairs: Confirmed `(i, j, phash_distance)` pairs (exact copies included, at 0).
@@ -365,11 +365,11 @@ def _components(n: int, edges: list[tuple[int, int]]) -> np.ndarray:
     """Connected component of each of `n` items joined by `edges`, numbered by first item (scipy's
     `connected_components`: no Python object per item)."""
     if not n:
-        return np.zeros(0, np.int64)
+        return np.zeros(0, np.int32)
     a, b = np.array(edges, dtype=np.int64).reshape(-1, 2).T
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     labels = connected_components(graph, directed=False)[1]
-    return by_first(labels)[0].astype(np.int64)
+    return by_first(labels)[0]
 
 
 def by_first(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,6 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import GroupShuffleSplit
 
-from .dedup import by_first
 from .lazy import Mapped
 
 __all__ = [
@@ -152,50 +151,93 @@ def group_images(
 ) -> Grouping:
     """`build_grouping` of images given as codes: image i brings the keys `key_sets[key_set[i]]`.
 
-    A graph of images, key sets, keys and clusters (scipy's `connected_components`): no Python
-    object per image.
+    Components of key sets, keys and duplicate clusters (`_components`): no Python object and no
+    graph edge per image.
     """
     canon: dict[tuple[str, ...], int] = {}  # equal sets, however ordered, as one
     same = [canon.setdefault(tuple(sorted(set(k))), len(canon)) for k in key_sets]
-    # Codes of the narrowest width (no int64 copy of a uint32 column): nodes number ~4 per image.
-    key_set = (
-        np.array(same, np.int32)[np.asarray(key_set)] if len(key_set) else np.zeros(0, np.int32)
-    )
+    key_set = np.asarray(key_set).reshape(-1)
+    if same != list(range(len(same))):  # else the codes as they are (a uint32 column: no copy)
+        key_set = np.array(same, np.int32)[key_set] if len(key_set) else np.zeros(0, np.int32)
     sets = [list(k) for k in canon]
-    clusters = np.asarray(clusters, dtype=np.int64).reshape(-1)
-    n, s = len(key_set), len(sets)
-    used = np.zeros(s, bool)
-    used[key_set] = True  # a set no image brought joins nothing
-    node: dict[str, int] = {}
-    pairs = [(a, node.setdefault(k, len(node))) for a, ks in enumerate(sets) if used[a] for k in ks]
-    set_of, key_of = np.array(pairs, dtype=np.int32).reshape(-1, 2).T
-    cluster_node, n_clusters = _dense(clusters)
-    keyed = np.array([bool(k) for k in sets], bool)[key_set]  # an empty set joins nothing
-    # Nodes: images, then key sets, keys and clusters.
-    size = n + s + len(node) + n_clusters
-    edges = (
-        np.concatenate(
-            [np.flatnonzero(keyed), np.arange(n, dtype=np.int32), n + set_of], dtype=np.int32
-        ),
-        np.concatenate(
-            [key_set[keyed] + n, cluster_node + (n + s + len(node)), n + s + key_of],
-            dtype=np.int32,
-        ),
-    )
-    del keyed, cluster_node
-    graph = coo_matrix((np.ones(len(edges[0]), dtype=np.int8), edges), shape=(size, size))
-    del edges
-    ids, first = by_first(connected_components(graph, directed=False)[1][:n])
+    clusters = np.asarray(clusters).reshape(-1)
+    if clusters.dtype.kind not in "iu":
+        clusters = clusters.astype(np.int64)
+    ids, first = _components(sets, key_set, clusters)
     # Each key set's best key, then each group's best over its images' key sets.
     ranked = sorted({min(ks, key=_key_rank) for ks in sets if ks}, key=_key_rank)
     place = {k: r for r, k in enumerate(ranked)}
     set_best = [place[min(ks, key=_key_rank)] if ks else len(ranked) for ks in sets]
     set_best = np.array(set_best, np.int32)
     best = np.full(len(first), len(ranked), np.int64)
-    if n:
+    if len(ids):
         np.minimum.at(best, ids, set_best[key_set])
     best[best == len(ranked)] = -1
     return Grouping(ids, sets, key_set, clusters, best, ranked, first)
+
+
+def _components(
+    sets: list[list[str]], key_set: np.ndarray, clusters: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's group (0..G-1, numbered by first image, int32) and each group's first image.
+
+    A group is a connected component of images joined by a shared key or duplicate cluster. The
+    graph (scipy's `connected_components`) holds key sets, keys and the clusters of two or more
+    images, not the images: an image joins its key set to its cluster. An image with no key in a
+    cluster of its own is a group alone. Per image: a few int32 codes, never an edge."""
+    n, s = len(key_set), len(sets)
+    if not n:
+        return np.zeros(0, np.int32), np.zeros(0, np.int64)
+    node: dict[str, int] = {}  # keys, numbered after the key sets
+    used = np.zeros(s, bool)
+    used[key_set] = True  # a set no image brought joins nothing
+    pairs = [(a, node.setdefault(k, len(node))) for a, ks in enumerate(sets) if used[a] for k in ks]
+    set_of, key_of = np.array(pairs, dtype=np.int64).reshape(-1, 2).T
+    several = np.bincount(clusters) > 1  # clusters of two or more images join
+    shared = np.cumsum(several, dtype=np.int32) - 1  # their node numbers, after the keys
+    keyed = np.array([bool(k) for k in sets], bool)  # per key set: an empty one joins nothing
+    joined = np.flatnonzero(several[clusters] & keyed[key_set])  # images joining set and cluster
+    offset = s + len(node)
+    a = np.concatenate([set_of, key_set[joined].astype(np.int64)])
+    b = np.concatenate([s + key_of, offset + shared[clusters[joined]]])
+    size = offset + int(several.sum())
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(size, size))
+    label = connected_components(graph, directed=False)[1].astype(np.int32)
+    del a, b, graph, joined, set_of, key_of
+    # Per image: its key set's component, else its cluster's, else -1 (a group alone).
+    raw = np.full(n, -1, np.int32)
+    _fill_components(raw, label, key_set, keyed, clusters, several, shared, offset)
+    del shared
+    # Number components by first image: each one's first image, then a running count of firsts.
+    first_of = np.full(len(label), n, np.int64)
+    for start in range(0, n, _CHUNK):
+        part = raw[start : start + _CHUNK]
+        on = part >= 0
+        np.minimum.at(first_of, part[on], np.flatnonzero(on) + start)
+    is_first = raw < 0
+    is_first[first_of[first_of < n]] = True
+    number = np.cumsum(is_first, dtype=np.int32) - 1
+    first = np.flatnonzero(is_first)
+    del is_first
+    for start in range(0, n, _CHUNK):
+        part = raw[start : start + _CHUNK]
+        on = part >= 0
+        part[on] = number[first_of[part[on]]]
+        part[~on] = number[start : start + _CHUNK][~on]
+    return raw, first
+
+
+def _fill_components(raw, label, key_set, keyed, clusters, several, shared, offset) -> None:
+    """`raw[i]`: image i's key set's component where it has keys, else its cluster's where the
+    cluster has two or more images (else left -1); `_CHUNK` images at a time."""
+    for start in range(0, len(raw), _CHUNK):
+        part = slice(start, start + _CHUNK)
+        ks, cl = key_set[part], clusters[part]
+        has_key, in_shared = keyed[ks], several[cl]
+        out = raw[part]
+        out[has_key] = label[ks[has_key]]
+        alone = ~has_key & in_shared
+        out[alone] = label[offset + shared[cl[alone]]]
 
 
 def _dense(values: np.ndarray) -> tuple[np.ndarray, int]:

@@ -138,7 +138,7 @@ class Curated:
     """The images with their split and group, and what curation found on the way.
 
     Per image, in table order: `split` (int8 codes, positions in `splits.SPLITS`) and duplicate
-    `cluster` (int64) as arrays; `group`, `lesion` and `patient` as sequences that look each name
+    `cluster` (int32) as arrays; `group`, `lesion` and `patient` as sequences that look each name
     up when indexed (`table.Coded`). The manifest rows are made from them one at a time
     (`records`).
 
