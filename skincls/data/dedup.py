@@ -88,8 +88,8 @@ def _popcount(x: np.ndarray) -> np.ndarray:
 
 # Below this many images the all-pairs comparison is as fast as building the index.
 _BRUTE_FORCE_BELOW = 2000
-# Candidates compared at once by the index (each costs ~40 bytes while it is checked).
-_CANDIDATES_AT_ONCE = 1 << 22
+# Candidates compared at once by the index (each costs ~80 bytes while it is checked: ~5 MB).
+_CANDIDATES_AT_ONCE = 1 << 16
 # Query hashes looked up at once by the index (~40 bytes each while they are: ~3 MB).
 _QUERIES_AT_ONCE = 1 << 16
 
@@ -200,12 +200,11 @@ def _close_hashes(
     found = []
     rows = max(1, _QUERIES_AT_ONCE // query.shape[1])  # a fixed amount of memory, whatever N
     for shift, width in _blocks(max_distance):
-        ref_keys = _block(reference, shift, width)
-        order = np.argsort(ref_keys, kind="stable")
-        sorted_keys = ref_keys[order]
+        sorted_keys, order = _sorted_block(reference, shift, width)
         for start in range(0, len(query), rows):
             flat = query[start : start + rows].ravel()
-            q_keys = _block(flat, shift, width)
+            # As the sorted keys' type: numpy would otherwise copy them all to compare.
+            q_keys = _block(flat, shift, width).astype(sorted_keys.dtype, copy=False)
             lo = np.searchsorted(sorted_keys, q_keys, "left")
             counts = np.searchsorted(sorted_keys, q_keys, "right") - lo
             for q, pos in _expand(lo, counts):
@@ -224,6 +223,33 @@ def _close_hashes(
     q, j = np.divmod(key, len(reference))
     i, k = np.divmod(q, query.shape[1])
     return i, k, j, dist[first]
+
+
+def _sorted_block(reference: np.ndarray, shift: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The references' block values sorted, and each one's reference index: (M,) each.
+
+    A block of up to 32 bits and its index share one uint64 (block above, index below), sorted in
+    place and split into two uint32 arrays, `_QUERIES_AT_ONCE` at a time: 8 bytes a reference
+    at the peak, where a block array, `argsort`'s int64 order and the sorted copy held ~32. Wider
+    blocks (a 0-bit search: the whole hash) are sorted by `argsort`. Equal blocks come out in
+    index order either way."""
+    m = len(reference)
+    if width > 32 or m >= 1 << 32:
+        ref_keys = _block(reference, shift, width)
+        order = np.argsort(ref_keys, kind="stable")
+        return ref_keys[order], order
+    both = np.empty(m, np.uint64)
+    for start in range(0, m, _QUERIES_AT_ONCE):
+        part = slice(start, start + _QUERIES_AT_ONCE)
+        both[part] = _block(reference[part], shift, width) << np.uint64(32)
+        both[part] |= np.arange(start, min(start + _QUERIES_AT_ONCE, m), dtype=np.uint64)
+    both.sort()  # unique values (the index): any sort keeps index order among equal blocks
+    keys, order = np.empty(m, np.uint32), np.empty(m, np.uint32)
+    for start in range(0, m, _QUERIES_AT_ONCE):
+        part = slice(start, start + _QUERIES_AT_ONCE)
+        keys[part] = both[part] >> np.uint64(32)
+        order[part] = both[part] & np.uint64(0xFFFFFFFF)
+    return keys, order
 
 
 def _expand(lo: np.ndarray, counts: np.ndarray):
