@@ -215,6 +215,7 @@ def _close_hashes(
                 if skip_self:
                     keep &= q // query.shape[1] != j
                 found.append((q[keep] * len(reference) + j[keep], d[keep]))
+        del sorted_keys, order  # before the next block's are made
     if not found:
         return (np.empty(0, np.int64),) * 4
     key = np.concatenate([f[0] for f in found])
