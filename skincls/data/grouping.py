@@ -350,12 +350,15 @@ def group_folds(labels: Sequence, groups: Sequence, k: int, seed: int) -> np.nda
 def _compact(values: Sequence) -> tuple[np.ndarray, int]:
     """Items as codes 0..K-1 in their values' sorted order (`np.unique`'s inverse), with K.
 
-    Integers 0..N are numbered through a table of the values present (int32 per item, no sort)."""
+    Integers 0..N are kept as they are where every one is present, else numbered through a
+    table of those present (int32 per item, no sort)."""
     v = np.asarray(values).ravel()
     if not len(v):
         return np.zeros(0, np.int32), 0
     if v.dtype.kind in "iu" and v.min() >= 0 and v.max() <= len(v):
         present = np.bincount(v, minlength=int(v.max()) + 1) > 0
+        if present.all():  # already 0..K-1: as they are
+            return v, len(present)
         return (np.cumsum(present, dtype=np.int32) - 1)[v], int(present.sum())
     codes = np.unique(v, return_inverse=True)[1].ravel()
     return codes, int(codes.max()) + 1

@@ -186,9 +186,14 @@ def split_codes(
     has_test, has_val = (out == 2).any(), (out == 1).any()
 
     def carve(target: int, fraction: float) -> None:
-        # Whole groups, stratified by label, among the items still in train.
-        idx = np.flatnonzero(out == 0)
-        out[idx[carve_groups(labels[idx], group_ids[idx], fraction, seed)]] = target
+        # Whole groups, stratified by label, among the items still in train (a mask, not an
+        # int64 index: 1 byte an item, and none while every item is in train).
+        among = out == 0
+        if among.all():
+            out[carve_groups(labels, group_ids, fraction, seed)] = target
+            return
+        held = carve_groups(labels[among], group_ids[among], fraction, seed)
+        out[among] = np.where(held, np.int8(target), np.int8(0))
 
     if not has_test and test_fraction > 0:
         carve(2, test_fraction)
