@@ -447,18 +447,20 @@ def test_isic2024_matching_holds_a_few_bytes_per_key():
     assert peak / n < 40, f"{peak / n:.0f} bytes a key"  # 26; 70 before
 
 
-def test_fetch_gives_the_freed_heap_back_before_curation(tmp_path, monkeypatch):
-    # glibc keeps freed pages (the listing's, verification's): curation's peak would come on top.
+def test_fetch_gives_the_freed_heap_back_before_curation_and_writing(tmp_path, monkeypatch):
+    # glibc keeps freed pages (the listing's, verification's, curation's): the next stage's peak
+    # would come on top.
     src = isic2024_source(tmp_path / "src", n=12, patients=2)
     stages = sys.modules["skincls.data.fetch"]
-    real_curate, calls = stages.curate, []
+    calls = []
     monkeypatch.setattr(stages, "_give_back_freed_memory", lambda: calls.append("trim"))
+    for name in ("curate", "write_dataset"):
 
-    def curate(*args, **kwargs):
-        calls.append("curate")
-        return real_curate(*args, **kwargs)
+        def stage(*args, _real=getattr(stages, name), _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
 
-    monkeypatch.setattr(stages, "curate", curate)
+        monkeypatch.setattr(stages, name, stage)
     fetch(tmp_path / "d", source_dir=src, dataset="isic2024", workers=1)
-    assert calls == ["trim", "curate"]
+    assert calls == ["trim", "curate", "trim", "write_dataset"]
     stages._give_back_freed_memory()  # the real one: returns, whatever the C library

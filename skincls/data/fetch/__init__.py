@@ -185,6 +185,7 @@ def _run(data_dir: Path, options: FetchOptions) -> FetchReport:
         )
         _give_back_freed_memory()  # the listing's and verification's, before curation's peak
         curated = curate(verified.table, references, options)
+        _give_back_freed_memory()  # curation's, before the manifest's
         info = write_dataset(data_dir, plan, verified, curated)
     finally:
         shutil.rmtree(columns, ignore_errors=True)
