@@ -163,7 +163,7 @@ def group_images(
     clusters = np.asarray(clusters).reshape(-1)
     if clusters.dtype.kind not in "iu":
         clusters = clusters.astype(np.int64)
-    ids, first = _components(sets, key_set, clusters)
+    ids, first = _components(sets, key_set, _dense(clusters)[0])
     # Each key set's best key, then each group's best over its images' key sets.
     ranked = sorted({min(ks, key=_key_rank) for ks in sets if ks}, key=_key_rank)
     place = {k: r for r, k in enumerate(ranked)}
@@ -193,14 +193,22 @@ def _components(
     used[key_set] = True  # a set no image brought joins nothing
     pairs = [(a, node.setdefault(k, len(node))) for a, ks in enumerate(sets) if used[a] for k in ks]
     set_of, key_of = np.array(pairs, dtype=np.int64).reshape(-1, 2).T
-    several = np.bincount(clusters) > 1  # clusters of two or more images join
-    shared = np.cumsum(several, dtype=np.int32) - 1  # their node numbers, after the keys
+    several = _repeated(clusters)  # clusters of two or more images join
+    shared = np.flatnonzero(several)  # their nodes, after the keys: by position here
     keyed = np.array([bool(k) for k in sets], bool)  # per key set: an empty one joins nothing
-    joined = np.flatnonzero(several[clusters] & keyed[key_set])  # images joining set and cluster
+    joined = np.concatenate(  # the images that join a key set to a cluster
+        [
+            np.flatnonzero(
+                several[clusters[start : start + _CHUNK]] & keyed[key_set[start : start + _CHUNK]]
+            )
+            + start
+            for start in range(0, n, _CHUNK)
+        ]
+    )
     offset = s + len(node)
     a = np.concatenate([set_of, key_set[joined].astype(np.int64)])
-    b = np.concatenate([s + key_of, offset + shared[clusters[joined]]])
-    size = offset + int(several.sum())
+    b = np.concatenate([s + key_of, offset + np.searchsorted(shared, clusters[joined])])
+    size = offset + len(shared)
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(size, size))
     label = connected_components(graph, directed=False)[1].astype(np.int32)
     del a, b, graph, joined, set_of, key_of
@@ -216,7 +224,8 @@ def _components(
         np.minimum.at(first_of, part[on], np.flatnonzero(on) + start)
     is_first = raw < 0
     is_first[first_of[first_of < n]] = True
-    number = np.cumsum(is_first, dtype=np.int32) - 1
+    number = np.cumsum(is_first, dtype=np.int32)
+    number -= 1  # in place: no second copy
     first = np.flatnonzero(is_first)
     del is_first
     for start in range(0, n, _CHUNK):
@@ -229,7 +238,7 @@ def _components(
 
 def _fill_components(raw, label, key_set, keyed, clusters, several, shared, offset) -> None:
     """`raw[i]`: image i's key set's component where it has keys, else its cluster's where the
-    cluster has two or more images (else left -1); `_CHUNK` images at a time."""
+    cluster has two or more images (`shared`, sorted; else left -1); `_CHUNK` images at a time."""
     for start in range(0, len(raw), _CHUNK):
         part = slice(start, start + _CHUNK)
         ks, cl = key_set[part], clusters[part]
@@ -237,7 +246,19 @@ def _fill_components(raw, label, key_set, keyed, clusters, several, shared, offs
         out = raw[part]
         out[has_key] = label[ks[has_key]]
         alone = ~has_key & in_shared
-        out[alone] = label[offset + shared[cl[alone]]]
+        out[alone] = label[offset + np.searchsorted(shared, cl[alone])]
+
+
+def _repeated(codes: np.ndarray) -> np.ndarray:
+    """Per code 0..K-1, whether two or more items have it: `_CHUNK` items at a time, 2 bytes a
+    code (not `np.bincount`'s int64 count per code)."""
+    k = int(codes.max()) + 1 if len(codes) else 0
+    seen, several = np.zeros(k, bool), np.zeros(k, bool)
+    for start in range(0, len(codes), _CHUNK):
+        values, counts = np.unique(codes[start : start + _CHUNK], return_counts=True)
+        several[values[(counts > 1) | seen[values]]] = True
+        seen[values] = True
+    return several
 
 
 def _dense(values: np.ndarray) -> tuple[np.ndarray, int]:
@@ -259,8 +280,8 @@ def _in_several(values: Sequence[int]) -> list[int]:
     """Indices of the items whose value another item also has."""
     if not len(values):
         return []
-    codes, k = _dense(np.asarray(values).ravel())
-    return np.flatnonzero(np.bincount(codes, minlength=k)[codes] > 1).tolist()
+    codes = _dense(np.asarray(values).ravel())[0]
+    return np.flatnonzero(_repeated(codes)[codes]).tolist()
 
 
 def groups_across_splits(groups: Sequence, splits: Sequence[str]) -> int:

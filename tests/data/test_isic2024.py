@@ -454,13 +454,16 @@ def test_fetch_gives_the_freed_heap_back_before_curation_and_writing(tmp_path, m
     stages = sys.modules["skincls.data.fetch"]
     calls = []
     monkeypatch.setattr(stages, "_give_back_freed_memory", lambda: calls.append("trim"))
+
+    def logged(name, real):
+        def stage(*args, **kwargs):
+            calls.append(name)
+            return real(*args, **kwargs)
+
+        return stage
+
     for name in ("curate", "write_dataset"):
-
-        def stage(*args, _real=getattr(stages, name), _name=name, **kwargs):
-            calls.append(_name)
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(stages, name, stage)
+        monkeypatch.setattr(stages, name, logged(name, getattr(stages, name)))
     fetch(tmp_path / "d", source_dir=src, dataset="isic2024", workers=1)
     assert calls == ["trim", "curate", "trim", "write_dataset"]
     stages._give_back_freed_memory()  # the real one: returns, whatever the C library
