@@ -231,9 +231,9 @@ def _sorted_block(reference: np.ndarray, shift: int, width: int) -> tuple[np.nda
 
     A block of up to 32 bits and its index share one uint64 (block above, index below), sorted in
     place and split into two uint32 arrays, `_QUERIES_AT_ONCE` at a time: 8 bytes a reference
-    at the peak, where a block array, `argsort`'s int64 order and the sorted copy held ~32. Wider
-    blocks (a 0-bit search: the whole hash) are sorted by `argsort`. Equal blocks come out in
-    index order either way."""
+    held, 16 at the peak, where a block array, `argsort`'s int64 order and the sorted copy held
+    ~32. Wider blocks (a 0-bit search: the whole hash) are sorted by `argsort`. Equal blocks come
+    out in index order either way."""
     m = len(reference)
     if width > 32 or m >= 1 << 32:
         ref_keys = _block(reference, shift, width)

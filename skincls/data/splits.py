@@ -152,8 +152,8 @@ def assign_splits(
     The source's own test (and val) items keep their split. When no item comes with a test split, a
     stratified `test_fraction` of groups is carved out first; when none comes with a val split,
     `val_fraction` of the remaining training items become validation, whole groups at a time and
-    stratified by label (`grouping.carve_groups`: scikit-learn's `StratifiedGroupKFold`'s folds). With
-    `groups` (lesion, patient and duplicate groups), a group never straddles two splits (see
+    stratified by label (`grouping.carve_groups`: scikit-learn's `StratifiedGroupKFold` folds).
+    With `groups` (lesion, patient and duplicate groups), a group never straddles two splits (see
     `unify_groups`).
 
     Returns:
