@@ -86,10 +86,10 @@ def test_groups_equal_a_union_find_over_images(seed):
         i, j = sorted(rng.integers(0, n, 2).tolist())
         clusters[j] = clusters[i]
     clusters = np.unique(clusters, return_inverse=True)[1]
-    grouping = group_images(sets, key_set, clusters)
+    found = group_images(sets, key_set, clusters)
     expected = _union_find_groups([sets[k] for k in key_set], clusters.tolist())
-    assert grouping.ids.tolist() == expected
-    assert grouping.first.tolist() == [expected.index(g) for g in range(max(expected) + 1)]
+    assert found.ids.tolist() == expected
+    assert found.first.tolist() == [expected.index(g) for g in range(max(expected) + 1)]
 
 
 def test_groups_hold_no_graph_edge_per_image(monkeypatch):
@@ -177,7 +177,8 @@ def test_group_folds_are_scikit_learns_stratified_group_folds(seed):
     # Counted per group, not per item; scikit-learn 1.8's folds (its shuffle fixed in PR 32540),
     # whatever scikit-learn is installed. Groups as strings or as numbers with gaps, rare classes,
     # one label per group or mixed, 2 to 50 folds.
-    sklearn = pytest.importorskip("sklearn")
+    import sklearn
+
     if tuple(int(x) for x in sklearn.__version__.split(".")[:2]) < (1, 8):
         pytest.skip("scikit-learn before 1.8 shuffles counts and groups out of step")
     rng = np.random.default_rng(seed)
