@@ -61,8 +61,7 @@ def curate(table: ImageTable, references: Sequence[Reference], options: FetchOpt
         seed=options.seed,
         groups=grouping.ids,
     )
-    labels, sources = (Coded(table.code_view(f), table.pools[f].values) for f in ("label", "split"))
-    names = Coded(splits, SPLITS)
+    labels, sources, names = table.values("label"), table.values("split"), Coded(splits, SPLITS)
     paths = table.rel
     rel = Mapped(len(paths), lambda i: f"images/{paths[i]}")  # as in the data dir
     return Curated(
@@ -83,13 +82,13 @@ def _label_ranks(table: ImageTable) -> np.ndarray:
     """Each image's class as its position among the classes sorted (the label id)."""
     values = table.pools["label"].values
     rank = {v: r for r, v in enumerate(sorted(values))}
-    return np.array([rank[v] for v in values], np.int32)[table.code_view("label")]
+    return np.array([rank[v] for v in values], np.int32)[table.codes("label")]
 
 
 def _source_ranks(table: ImageTable) -> np.ndarray:
     """Each image's source split as `split_rank` (none: train)."""
     values = table.pools["split"].values
-    return np.array([split_rank(v) for v in values], np.int8)[table.code_view("split")]
+    return np.array([split_rank(v) for v in values], np.int8)[table.codes("split")]
 
 
 def _moved(
@@ -97,7 +96,7 @@ def _moved(
 ) -> list[MovedImage]:
     """Images out of their source split: their group is whole in another (`unify_groups`)."""
     unified = unify_ranks(_source_ranks(table), grouping.ids)
-    values, code = table.pools["split"].values, table.code_view("split")
+    values, code = table.pools["split"].values, table.codes("split")
     # Per source split and split it is unified into: whether the image moved.
     differs = np.array([[v is not None and v != s for s in SPLITS] for v in values], bool)
     return [
@@ -117,7 +116,7 @@ def _identities(
 ) -> tuple[list[tuple[str, ...]], np.ndarray, Coded, Coded]:
     """The images' distinct sets of grouping keys, each image's set (a code), lesion id and
     patient id: from its metadata row first, then from the reference image it is a copy of."""
-    rows, row = table.pools["row"].values, table.code_view("row")
+    rows, row = table.pools["row"].values, table.codes("row")
     if prov is None:  # an image's row says it all: the rows are the codes
         lesion = Coded(row, [r.lesion_id for r in rows])
         return (

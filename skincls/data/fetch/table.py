@@ -224,16 +224,8 @@ class ImageTable:
 
     def codes(self, name: str) -> np.ndarray:
         """(N,) codes of one pooled field (`label`, `split`, `skin`, `row`): positions in
-        `pools[name].values`."""
-        return self._field(name).astype(np.int64)
-
-    def code_view(self, name: str) -> np.ndarray:
-        """`codes(name)` as they are kept: (N,) uint32, a read-only view (memory-mapped with a
-        folder), no copy: 0 bytes an image in the process's own memory."""
-        return self._field(name)
-
-    def _field(self, name: str) -> np.ndarray:
-        """One pooled field's codes, (N,) uint32: a view of the codes column, no copy."""
+        `pools[name].values`, as they are kept: uint32, a read-only view of the codes column
+        (memory-mapped with a folder), no copy: 0 bytes an image in the process's own memory."""
         return self._codes.array[_FIELDS.index(name) :: len(_FIELDS)]
 
     def values(self, name: str) -> Coded:
@@ -252,7 +244,7 @@ class ImageTable:
             (dict(s).get("ita", ""), dict(s).get("skin_tone", ""))
             for s in self.pools["skin"].values
         ]
-        return self._field("skin"), np.array(pairs, dtype=str).reshape(-1, 2)
+        return self.codes("skin"), np.array(pairs, dtype=str).reshape(-1, 2)
 
     def __iter__(self) -> Iterator[VerifiedImage]:
         """The images one at a time, as `VerifiedImage`s (made as they are asked for)."""

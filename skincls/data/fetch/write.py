@@ -74,8 +74,8 @@ def _skin_tones(curated: Curated) -> dict | None:
     combos: Counter = Counter()
     for start in range(0, len(table), _IMAGES_AT_ONCE):  # a fixed amount of memory, whatever N
         part = slice(start, start + _IMAGES_AT_ONCE)
-        key = curated.split[part].astype(np.int64) * shape[1] + table.code_view("skin")[part]
-        key = key * shape[2] + row_code[table.code_view("row")[part]]
+        key = curated.split[part].astype(np.int64) * shape[1] + table.codes("skin")[part]
+        key = key * shape[2] + row_code[table.codes("row")[part]]
         combos.update(dict(zip(*(x.tolist() for x in np.unique(key, return_counts=True)))))
     counts: Counter = Counter()
     for (s, k, r), m in zip(
