@@ -164,7 +164,7 @@ def group_images(
     clusters = np.asarray(clusters).reshape(-1)
     if clusters.dtype.kind not in "iu":
         clusters = clusters.astype(np.int64)
-    ids, first = _components(sets, key_set, _dense(clusters)[0])
+    ids, first = _components(sets, key_set, _compact(clusters)[0])
     # Each key set's best key, then each group's best over its images' key sets.
     ranked = sorted({min(ks, key=_key_rank) for ks in sets if ks}, key=_key_rank)
     place = {k: r for r, k in enumerate(ranked)}
@@ -262,17 +262,6 @@ def _repeated(codes: np.ndarray) -> np.ndarray:
     return several
 
 
-def _dense(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """`values` as codes 0..K-1 with K: as they are where they already lie in 0..len (duplicate
-    clusters do: no sort, no inverse), else their positions among the distinct values."""
-    if not len(values):
-        return np.zeros(0, np.int32), 0
-    if values.dtype.kind in "iu" and values.min() >= 0 and values.max() <= len(values):
-        return values, int(values.max()) + 1
-    codes = np.unique(values, return_inverse=True)[1].ravel()
-    return codes, int(codes.max()) + 1
-
-
 def _key_rank(key: str) -> tuple[int, str]:
     return _KIND_ORDER.get(key.split(":", 1)[0], 2), key
 
@@ -281,7 +270,7 @@ def _in_several(values: Sequence[int]) -> list[int]:
     """Indices of the items whose value another item also has."""
     if not len(values):
         return []
-    codes = _dense(np.asarray(values).ravel())[0]
+    codes = _compact(np.asarray(values).ravel())[0]
     return np.flatnonzero(_repeated(codes)[codes]).tolist()
 
 
@@ -292,7 +281,7 @@ def groups_across_splits(groups: Sequence, splits: Sequence[str]) -> int:
     they are: a byte or two an item (per group its lowest and highest split), no sort."""
     if not len(groups):
         return 0
-    g, k = _dense(np.asarray(groups).ravel())
+    g, k = _compact(np.asarray(groups).ravel())
     s = _codes(splits)
     low, high = np.full(k, s.max(), s.dtype), np.full(k, s.min(), s.dtype)
     np.minimum.at(low, g, s)
@@ -372,13 +361,14 @@ def group_folds(labels: Sequence, groups: Sequence, k: int, seed: int) -> np.nda
 def _compact(values: Sequence) -> tuple[np.ndarray, int]:
     """Items as codes 0..K-1 in their values' sorted order (`np.unique`'s inverse), with K.
 
-    Integers 0..N are kept as they are where every one is present, else numbered through a
-    table of those present (int32 per item, no sort)."""
+    Integers 0..N (group and cluster numbers) are kept as they are where every one is present,
+    else numbered through a table of those present (1 byte a value, int32 per item, no sort)."""
     v = np.asarray(values).ravel()
     if not len(v):
         return np.zeros(0, np.int32), 0
     if v.dtype.kind in "iu" and v.min() >= 0 and v.max() <= len(v):
-        present = np.bincount(v, minlength=int(v.max()) + 1) > 0
+        present = np.zeros(int(v.max()) + 1, bool)
+        present[v] = True
         if present.all():  # already 0..K-1: as they are
             return v, len(present)
         return (np.cumsum(present, dtype=np.int32) - 1)[v], int(present.sum())
