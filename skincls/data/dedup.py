@@ -24,7 +24,6 @@ __all__ = [
     "DEFAULT_CONFIRM_DISTANCE",
     "DEFAULT_NEAR_DUP_DISTANCE",
     "Duplicates",
-    "by_first",
     "find_duplicates",
     "match_hashes",
     "near_duplicate_pairs",
@@ -396,10 +395,10 @@ def _components(n: int, edges: list[tuple[int, int]]) -> np.ndarray:
     a, b = np.array(edges, dtype=np.int64).reshape(-1, 2).T
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     labels = connected_components(graph, directed=False)[1]
-    return by_first(labels)[0]
+    return _by_first(labels)[0]
 
 
-def by_first(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _by_first(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`labels` renumbered 0..G-1 in the order each first appears (int32), and each one's first
     item. scipy's `connected_components` numbers components so already (nodes in order): that is
     checked (~5 bytes an item, no sort), not assumed; other labels are sorted."""

@@ -248,7 +248,7 @@ def test_by_first_numbers_labels_as_a_full_sort_does(kind):
         labels = np.argsort(np.argsort(first))[labels]
     elif kind == "gaps":
         labels = labels * 7 + 1000
-    ids, first = dedup.by_first(labels)
+    ids, first = dedup._by_first(labels)
     # Reference: ranks of each label's first appearance.
     _, ref_first, inverse = np.unique(labels, return_index=True, return_inverse=True)
     rank = np.argsort(np.argsort(ref_first))
@@ -256,4 +256,4 @@ def test_by_first_numbers_labels_as_a_full_sort_does(kind):
     assert ids.tolist() == rank[inverse].tolist()
     assert first.tolist() == sorted(ref_first.tolist())
     assert ids[first].tolist() == list(range(len(first)))
-    assert dedup.by_first(np.zeros(0, np.int64))[0].shape == (0,)
+    assert dedup._by_first(np.zeros(0, np.int64))[0].shape == (0,)
